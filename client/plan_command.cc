@@ -1,0 +1,250 @@
+#include "client/plan_command.h"
+
+#include <array>
+#include <chrono>
+#include <optional>
+#include <ostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "client/cli_args.h"
+#include "core/contiguous_policy.h"
+#include "core/file_io.h"
+#include "core/map_format.h"
+#include "core/metrics.h"
+#include "core/policy.h"
+#include "core/status_macros.h"
+
+namespace eplb::cli {
+namespace {
+
+constexpr size_t kMaxInputBytes = size_t{1} << 30;
+
+constexpr std::array<FlagSpec, 14> kPlanFlags = {{
+    {"load", "FILE", "load file {\"load\": [[…E…] × L]} (required unless --policy contiguous)"},
+    {"num-physical-experts", "P", "physical expert slots in all (required)"},
+    {"num-ranks", "R", "ranks (GPUs) in the expert-parallel group (required)"},
+    {"num-groups", "G", "expert groups (default 1)"},
+    {"num-nodes", "N", "nodes (default 1)"},
+    {"num-layers", "L", "MoE layers (required without --load; must match it otherwise)"},
+    {"num-logical-experts", "E", "experts per layer (required without --load; must match it)"},
+    {"policy", "NAME", "placement policy: contiguous or deepseek (default deepseek)"},
+    {"previous", "FILE", "the map in use (any --format): compare with it and plan from it"},
+    {"output", "FILE", "write the map here, atomically (default: standard output)"},
+    {"format", "NAME", "eplb, vllm-ascend or sglang (default eplb)"},
+    {"bytes-per-expert", "B", "bytes of one expert's weights, to report the bytes to move"},
+    {"per-layer", "", "print the balancedness of every layer, before and after"},
+    {"help", "", "print this help"},
+}};
+
+struct PlanOptions {
+  DeploymentShape shape;
+  std::string policy = "deepseek";
+  std::optional<std::string> load_path, previous_path, output_path;
+  MapFormat format = MapFormat::kEplb;
+  int64_t bytes_per_expert = 0;
+  bool per_layer = false;
+};
+
+// A usage error (exit code 2) is any problem with the flags themselves.
+struct UsageError {
+  absl::Status status;
+};
+
+absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
+  PlanOptions o;
+  using L = ShapeLimits;
+  ASSIGN_OR_RETURN(o.shape.num_physical_experts,
+                   args.GetInt("num-physical-experts", -1, 1,
+                               int64_t{L::kMaxRedundancyFactor} * L::kMaxLogicalExperts));
+  if (o.shape.num_physical_experts < 0) return args.Require("num-physical-experts").status();
+  ASSIGN_OR_RETURN(o.shape.num_ranks, args.GetInt("num-ranks", -1, 1, L::kMaxRanks));
+  if (o.shape.num_ranks < 0) return args.Require("num-ranks").status();
+  ASSIGN_OR_RETURN(o.shape.num_groups, args.GetInt("num-groups", 1, 1, L::kMaxLogicalExperts));
+  ASSIGN_OR_RETURN(o.shape.num_nodes, args.GetInt("num-nodes", 1, 1, L::kMaxRanks));
+  ASSIGN_OR_RETURN(o.shape.num_layers, args.GetInt("num-layers", 0, 1, L::kMaxLayers));
+  ASSIGN_OR_RETURN(o.shape.num_logical_experts,
+                   args.GetInt("num-logical-experts", 0, 1, L::kMaxLogicalExperts));
+  ASSIGN_OR_RETURN(o.bytes_per_expert,
+                   args.GetInt("bytes-per-expert", 0, 0, int64_t{1} << 40));
+  o.policy = args.Get("policy", o.policy);
+  RETURN_IF_ERROR(CreatePolicy(o.policy).status());
+  ASSIGN_OR_RETURN(o.format, ParseMapFormat(args.Get("format", "eplb")));
+  if (args.Has("load")) o.load_path = args.Get("load");
+  if (args.Has("previous")) o.previous_path = args.Get("previous");
+  if (args.Has("output")) o.output_path = args.Get("output");
+  o.per_layer = args.Has("per-layer");
+  if (!o.load_path) {
+    if (o.policy != ContiguousPolicy::kName) {
+      return absl::InvalidArgumentError(absl::StrCat("--load is required by --policy ", o.policy));
+    }
+    if (o.shape.num_layers == 0) return args.Require("num-layers").status();
+    if (o.shape.num_logical_experts == 0) return args.Require("num-logical-experts").status();
+  }
+  return o;
+}
+
+absl::StatusOr<LoadMatrix> ReadLoad(const std::string& path) {
+  auto text = ReadFileToString(path, kMaxInputBytes);
+  if (!text.ok()) return text.status();
+  auto load = ParseLoadJson(*text);
+  if (!load.ok()) {
+    return absl::Status(load.status().code(), absl::StrCat(path, ": ", load.status().message()));
+  }
+  return load;
+}
+
+absl::StatusOr<ParsedExpertMap> ReadPrevious(const std::string& path,
+                                             const DeploymentShape& shape) {
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, kMaxInputBytes));
+  auto map = ParseExpertMapJson(
+      text, {.num_logical_experts = shape.num_logical_experts, .num_ranks = shape.num_ranks});
+  if (!map.ok()) {
+    return absl::Status(map.status().code(), absl::StrCat(path, ": ", map.status().message()));
+  }
+  if (absl::Status st = map->map.CheckFits(shape); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", st.message()));
+  }
+  return map;
+}
+
+void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* load,
+                  const ExpertMap& baseline, bool baseline_is_previous, double plan_ms,
+                  std::ostream& err) {
+  const DeploymentShape& s = o.shape;
+  err << absl::StrFormat(
+      "policy %s: %d layers, %d experts (%d groups), %d slots on %d ranks (%d nodes), %.2f ms\n",
+      o.policy, s.num_layers, s.num_logical_experts, s.num_groups, s.num_physical_experts,
+      s.num_ranks, s.num_nodes, plan_ms);
+  const char* baseline_name = baseline_is_previous ? "previous" : "contiguous";
+  if (load != nullptr) {
+    const MapQuality before = EvaluateMap(baseline, *load);
+    const MapQuality after = EvaluateMap(map, *load);
+    if (o.per_layer) {
+      err << absl::StrFormat("%5s  %-12s %-12s %s\n", "layer",
+                             absl::StrCat(baseline_name, ""), "planned", "max/bound");
+      for (int32_t l = 0; l < s.num_layers; ++l) {
+        err << absl::StrFormat("%5d  %-12.4f %-12.4f %.4f\n", l, before.layers[l].balancedness,
+                               after.layers[l].balancedness, after.layers[l].max_over_bound);
+      }
+    }
+    err << absl::StrFormat("balancedness  %-10s min %.4f  mean %.4f\n", baseline_name,
+                           before.min_balancedness, before.mean_balancedness);
+    err << absl::StrFormat("balancedness  %-10s min %.4f  mean %.4f  (max/bound mean %.4f)\n",
+                           "planned", after.min_balancedness, after.mean_balancedness,
+                           after.mean_max_over_bound);
+  }
+  if (baseline_is_previous) {
+    const Migration m = ComputeMigration(baseline, map, o.bytes_per_expert);
+    err << absl::StrFormat(
+        "vs previous: %d of %d slots changed, %d experts to receive (at most %d on one rank)",
+        m.slots_changed, int64_t{s.num_layers} * s.num_physical_experts, m.experts_received,
+        m.max_experts_received_by_a_rank);
+    if (o.bytes_per_expert > 0) err << absl::StrFormat(", %d bytes", m.bytes_moved);
+    err << "\n";
+  }
+}
+
+// Returns the exit code; writes the one-line error itself.
+int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
+  auto fail = [&err](const absl::Status& status) {
+    err << "eplbctl plan: " << status.message() << "\n";
+    return 1;
+  };
+  PlanOptions o = options;
+  std::optional<LoadMatrix> load;
+  if (o.load_path) {
+    auto read = ReadLoad(*o.load_path);
+    if (!read.ok()) return fail(read.status());
+    load = *std::move(read);
+    if (o.shape.num_layers != 0 && o.shape.num_layers != load->num_layers) {
+      return fail(absl::InvalidArgumentError(
+          absl::StrCat("--num-layers = ", o.shape.num_layers, ", but ", *o.load_path, " has ",
+                       load->num_layers, " layers")));
+    }
+    if (o.shape.num_logical_experts != 0 && o.shape.num_logical_experts != load->num_experts) {
+      return fail(absl::InvalidArgumentError(
+          absl::StrCat("--num-logical-experts = ", o.shape.num_logical_experts, ", but ",
+                       *o.load_path, " has ", load->num_experts, " experts per layer")));
+    }
+    o.shape.num_layers = load->num_layers;
+    o.shape.num_logical_experts = load->num_experts;
+  }
+  if (absl::Status st = ValidateShape(o.shape); !st.ok()) return fail(st);
+
+  std::optional<ParsedExpertMap> previous;
+  if (o.previous_path) {
+    auto read = ReadPrevious(*o.previous_path, o.shape);
+    if (!read.ok()) return fail(read.status());
+    previous = *std::move(read);
+  }
+
+  auto policy = CreatePolicy(o.policy);
+  if (!policy.ok()) return fail(policy.status());
+  const auto start = std::chrono::steady_clock::now();
+  auto map = (*policy)->Plan({.shape = o.shape,
+                              .load = load ? &*load : nullptr,
+                              .previous = previous ? &previous->map : nullptr});
+  const double plan_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  if (!map.ok()) return fail(map.status());
+
+  const int64_t version = previous ? previous->version + 1 : 1;
+  const std::string json = ExpertMapToJson(*map, o.format, version);
+  if (o.output_path) {
+    if (absl::Status st = WriteFileAtomically(*o.output_path, json); !st.ok()) return fail(st);
+  } else {
+    out << json;
+    out.flush();
+  }
+
+  std::optional<ExpertMap> contiguous;
+  if (!previous) {
+    auto planned = ContiguousPolicy().Plan({.shape = o.shape});
+    if (!planned.ok()) return fail(planned.status());
+    contiguous = *std::move(planned);
+  }
+  PrintSummary(o, *map, load ? &*load : nullptr, previous ? previous->map : *contiguous,
+               previous.has_value(), plan_ms, err);
+  if (o.output_path) {
+    err << absl::StrFormat("wrote %s (%s, version %d)\n", *o.output_path,
+                           MapFormatName(o.format), version);
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string PlanUsage() {
+  return absl::StrCat(
+      "usage: eplbctl plan --load LOAD.json --num-physical-experts P --num-ranks R\n"
+      "                    [--num-groups G] [--num-nodes N] [--policy contiguous|deepseek]\n"
+      "                    [--previous MAP.json] [--output MAP.json]\n"
+      "                    [--format eplb|vllm-ascend|sglang] [--per-layer]\n"
+      "       eplbctl plan --policy contiguous --num-layers L --num-logical-experts E\n"
+      "                    --num-physical-experts P --num-ranks R --output MAP.json\n\n"
+      "Plans an expert map offline. The map goes to --output (or standard output), a summary to\n"
+      "standard error.\n\nflags:\n",
+      FlagHelp(kPlanFlags));
+}
+
+int RunPlanCommand(std::span<const std::string> args, std::ostream& out, std::ostream& err) {
+  auto parsed = ParseArgs(args, kPlanFlags);
+  if (!parsed.ok()) {
+    err << "eplbctl plan: " << parsed.status().message() << " (see eplbctl plan --help)\n";
+    return 2;
+  }
+  if (parsed->Has("help")) {
+    out << PlanUsage();
+    return 0;
+  }
+  auto options = ReadOptions(*parsed);
+  if (!options.ok()) {
+    err << "eplbctl plan: " << options.status().message() << " (see eplbctl plan --help)\n";
+    return 2;
+  }
+  return Plan(*options, out, err);
+}
+
+}  // namespace eplb::cli

@@ -1,0 +1,160 @@
+#include "core/file_io.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <system_error>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace eplb {
+namespace {
+
+std::string ErrnoText(int error) { return std::generic_category().message(error); }
+
+// Closes a file descriptor on scope exit unless released.
+class FdCloser {
+ public:
+  explicit FdCloser(int fd) : fd_(fd) {}
+  FdCloser(const FdCloser&) = delete;
+  FdCloser& operator=(const FdCloser&) = delete;
+  ~FdCloser() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  // Closes now; returns close()'s errno, or 0.
+  int Close() {
+    const int fd = fd_;
+    fd_ = -1;
+    return ::close(fd) == 0 ? 0 : errno;
+  }
+
+ private:
+  int fd_;
+};
+
+std::string DirectoryOf(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// Writes all of `data`, retrying short writes and interruptions. Returns errno, or 0.
+int WriteAll(int fd, absl::string_view data) {
+  while (!data.empty()) {
+    const ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below as not regular.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int error = errno;
+    const std::string message = absl::StrCat("cannot open ", path, ": ", ErrnoText(error));
+    if (error == ENOENT) return absl::NotFoundError(message);
+    return absl::FailedPreconditionError(message);
+  }
+  FdCloser closer(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot stat ", path, ": ", ErrnoText(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " is not a regular file", S_ISDIR(st.st_mode) ? " (a directory)" : ""));
+  }
+  const auto too_large = [&](uint64_t size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is ", size, " bytes, more than the limit of ", max_bytes));
+  };
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) return too_large(st.st_size);
+
+  // The size is a hint: the file may change while it is read. Read until end of file, never more
+  // than max_bytes + 1 bytes.
+  std::string contents;
+  contents.resize(static_cast<size_t>(st.st_size) + 1);
+  size_t used = 0;
+  for (;;) {
+    if (used == contents.size()) {
+      if (used > max_bytes) return too_large(used);
+      const size_t limit = max_bytes == SIZE_MAX ? max_bytes : max_bytes + 1;
+      contents.resize(std::min(limit, std::max(contents.size() * 2, size_t{4096})));
+    }
+    const ssize_t n = ::read(fd, contents.data() + used, contents.size() - used);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot read ", path, ": ", ErrnoText(errno)));
+    }
+    if (n == 0) break;
+    used += static_cast<size_t>(n);
+  }
+  if (used > max_bytes) return too_large(used);
+  contents.resize(used);
+  return contents;
+}
+
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
+  if (path.empty()) return absl::InvalidArgumentError("cannot write a file with an empty path");
+  static std::atomic<uint64_t> counter{0};
+  const std::string temp_path =
+      absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1, std::memory_order_relaxed));
+  const auto failure = [&](const std::string& what, int error) {
+    return absl::ErrnoToStatus(error, absl::StrCat("cannot write ", path, ": ", what));
+  };
+
+  const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return failure(absl::StrCat("cannot create ", temp_path), errno);
+  FdCloser closer(fd);
+  const auto fail_and_remove = [&](const std::string& what, int error) {
+    closer.Close();
+    ::unlink(temp_path.c_str());
+    return failure(what, error);
+  };
+  if (int error = WriteAll(fd, contents); error != 0) {
+    return fail_and_remove(absl::StrCat("write to ", temp_path, " failed"), error);
+  }
+  if (::fsync(fd) != 0) return fail_and_remove(absl::StrCat("fsync of ", temp_path), errno);
+  if (int error = closer.Close(); error != 0) {
+    ::unlink(temp_path.c_str());
+    return failure(absl::StrCat("close of ", temp_path), error);
+  }
+  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(temp_path.c_str());
+    return failure(absl::StrCat("rename of ", temp_path), error);
+  }
+
+  // Make the rename itself durable.
+  const std::string dir = DirectoryOf(path);
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) {
+    return failure(absl::StrCat("renamed into place, but cannot open directory ", dir), errno);
+  }
+  FdCloser dir_closer(dir_fd);
+  // Some file systems cannot fsync a directory (EINVAL): nothing more can be done there.
+  if (::fsync(dir_fd) != 0 && errno != EINVAL) {
+    return failure(absl::StrCat("renamed into place, but fsync of directory ", dir, " failed"),
+                   errno);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace eplb

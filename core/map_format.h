@@ -1,0 +1,60 @@
+// File formats: the load file, eplb's own expert map (`eplb.expert_map.v1`), and the
+// map formats serving engines already read, so that a plan can be fed to them unchanged:
+//
+//   eplb         {"format": "eplb.expert_map.v1", "version": V, "num_layers": L, …, "phy2log": …,
+//                 "log2phy": …, "logcnt": …}
+//   vllm-ascend  {"moe_layer_count": L, "layer_list": [{"layer_id": l, "device_count": R,
+//                 "device_list": [{"device_id": r, "device_expert": [experts in rank r's slots]}]}]}
+//   sglang       {"physical_to_logical_map": [[…P…] × L]}
+//
+// Readers check everything (JSON syntax, keys, types, shapes, ranges, consistency of the tables) and
+// return INVALID_ARGUMENT naming the first offending field, e.g.
+// "phy2log[2][7] = 300 is out of range [0, 255]" or "line 3, column 14: expected ',' or ']'".
+#ifndef EPLB_CORE_MAP_FORMAT_H_
+#define EPLB_CORE_MAP_FORMAT_H_
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/statusor.h"
+#include "core/expert_map.h"
+#include "core/load.h"
+
+namespace eplb {
+
+enum class MapFormat { kEplb, kVllmAscend, kSglang };
+
+// "eplb", "vllm-ascend", "sglang". INVALID_ARGUMENT listing these for any other name.
+absl::StatusOr<MapFormat> ParseMapFormat(absl::string_view name);
+absl::string_view MapFormatName(MapFormat format);
+
+// {"load": [[l0e0, l0e1, …], …]}: L ≥ 1 rows of E ≥ 1 finite, non-negative numbers, every row of
+// the same length.
+absl::StatusOr<LoadMatrix> ParseLoadJson(absl::string_view json);
+std::string LoadToJson(const LoadMatrix& load);
+
+// Serialises `map` in `format`. `version` is written by the eplb format only.
+std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version = 0);
+
+// What a reader needs to know that a format does not carry. 0 means "not known": the value is then
+// taken from the file, or derived (experts: the largest expert index + 1).
+struct MapShapeHints {
+  int32_t num_logical_experts = 0;  // sglang files carry no E
+  int32_t num_ranks = 0;            // sglang files carry no R: required for them
+};
+
+struct ParsedExpertMap {
+  ExpertMap map;
+  MapFormat format;
+  int64_t version = 0;  // eplb format only; 0 otherwise
+};
+
+// Reads a map in any of the formats, recognised by its keys. A hint that disagrees with a value the
+// file carries is INVALID_ARGUMENT naming both.
+absl::StatusOr<ParsedExpertMap> ParseExpertMapJson(absl::string_view json,
+                                                   const MapShapeHints& hints = {});
+
+}  // namespace eplb
+
+#endif  // EPLB_CORE_MAP_FORMAT_H_

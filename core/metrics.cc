@@ -1,0 +1,117 @@
+#include "core/metrics.h"
+
+#include <algorithm>
+#include <queue>
+
+#include "core/check.h"
+
+namespace eplb {
+
+std::vector<double> RankLoads(const ExpertMap& map, int32_t layer, std::span<const double> load) {
+  EPLB_CHECK(load.size() == static_cast<size_t>(map.num_logical_experts()), load.size());
+  const SlotLayout& layout = map.layout();
+  const auto phy2log = map.phy2log(layer);
+  const auto logcnt = map.logcnt(layer);
+  std::vector<double> rank_loads(layout.num_ranks(), 0.0);
+  for (int32_t r = 0; r < layout.num_ranks(); ++r) {
+    double sum = 0.0;
+    for (int32_t p = layout.FirstSlotOfRank(r); p < layout.FirstSlotOfRank(r + 1); ++p) {
+      const int32_t e = phy2log[p];
+      sum += load[e] / logcnt[e];
+    }
+    rank_loads[r] = sum;
+  }
+  return rank_loads;
+}
+
+double Balancedness(std::span<const double> rank_loads) {
+  if (rank_loads.empty()) return 1.0;
+  double total = 0.0, max = 0.0;
+  for (double v : rank_loads) {
+    total += v;
+    max = std::max(max, v);
+  }
+  if (max <= 0.0) return 1.0;
+  return total / static_cast<double>(rank_loads.size()) / max;
+}
+
+double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks) {
+  const int32_t E = static_cast<int32_t>(load.size());
+  EPLB_CHECK(E >= 1 && num_slots >= E && num_ranks >= 1, E, " ", num_slots, " ", num_ranks);
+  double total = 0.0;
+  for (double v : load) total += v;
+  // Greedy replication is optimal for the min-max per-replica load: always split the expert whose
+  // replicas are the heaviest.
+  std::vector<int32_t> count(E, 1);
+  std::priority_queue<std::pair<double, int32_t>> heap;
+  for (int32_t e = 0; e < E; ++e) heap.emplace(load[e], e);
+  for (int32_t i = E; i < num_slots; ++i) {
+    const int32_t e = heap.top().second;
+    heap.pop();
+    ++count[e];
+    heap.emplace(load[e] / count[e], e);
+  }
+  return std::max(total / num_ranks, heap.top().first);
+}
+
+MapQuality EvaluateMap(const ExpertMap& map, const LoadMatrix& load) {
+  EPLB_CHECK(load.num_layers == map.num_layers() && load.num_experts == map.num_logical_experts(),
+             load.num_layers, "x", load.num_experts);
+  MapQuality quality;
+  quality.layers.resize(map.num_layers());
+  double sum_balancedness = 0.0, sum_over_bound = 0.0;
+  for (int32_t l = 0; l < map.num_layers(); ++l) {
+    const std::vector<double> rank_loads = RankLoads(map, l, load.row(l));
+    const double max = *std::max_element(rank_loads.begin(), rank_loads.end());
+    const double bound =
+        MaxRankLoadLowerBound(load.row(l), map.num_physical_experts(), map.num_ranks());
+    LayerQuality& q = quality.layers[l];
+    q.balancedness = Balancedness(rank_loads);
+    q.max_over_bound = bound > 0.0 ? max / bound : 1.0;
+    sum_balancedness += q.balancedness;
+    sum_over_bound += q.max_over_bound;
+    quality.min_balancedness =
+        l == 0 ? q.balancedness : std::min(quality.min_balancedness, q.balancedness);
+  }
+  quality.mean_balancedness = sum_balancedness / map.num_layers();
+  quality.mean_max_over_bound = sum_over_bound / map.num_layers();
+  return quality;
+}
+
+Migration ComputeMigration(const ExpertMap& before, const ExpertMap& after,
+                           int64_t bytes_per_expert) {
+  EPLB_CHECK(before.num_layers() == after.num_layers() &&
+                 before.num_logical_experts() == after.num_logical_experts() &&
+                 before.layout() == after.layout(),
+             "maps of different shapes");
+  const SlotLayout& layout = after.layout();
+  const int32_t R = layout.num_ranks();
+  Migration m;
+  m.experts_received_per_rank.assign(R, 0);
+  // held[e] == stamp: the rank being visited held e before; got[e] == stamp: e already counted.
+  std::vector<int64_t> held(after.num_logical_experts(), -1), got(after.num_logical_experts(), -1);
+  int64_t stamp = 0;
+  for (int32_t l = 0; l < after.num_layers(); ++l) {
+    const auto old_row = before.phy2log(l), new_row = after.phy2log(l);
+    for (int32_t r = 0; r < R; ++r, ++stamp) {
+      const int32_t first = layout.FirstSlotOfRank(r), end = layout.FirstSlotOfRank(r + 1);
+      for (int32_t p = first; p < end; ++p) held[old_row[p]] = stamp;
+      for (int32_t p = first; p < end; ++p) {
+        const int32_t e = new_row[p];
+        if (e != old_row[p]) ++m.slots_changed;
+        if (held[e] != stamp && got[e] != stamp) {
+          got[e] = stamp;
+          ++m.experts_received_per_rank[r];
+        }
+      }
+    }
+  }
+  for (int64_t n : m.experts_received_per_rank) {
+    m.experts_received += n;
+    m.max_experts_received_by_a_rank = std::max(m.max_experts_received_by_a_rank, n);
+  }
+  m.bytes_moved = m.experts_received * bytes_per_expert;
+  return m;
+}
+
+}  // namespace eplb

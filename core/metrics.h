@@ -1,0 +1,58 @@
+// Quality and cost of a placement: rank loads, balancedness, the lower bound on the busiest rank,
+// and the migration between two placements. Pure functions of their arguments.
+#ifndef EPLB_CORE_METRICS_H_
+#define EPLB_CORE_METRICS_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "core/expert_map.h"
+#include "core/load.h"
+
+namespace eplb {
+
+// Load on each rank of one layer: an expert's load splits evenly over its replicas.
+// REQUIRES: load.size() == map.num_logical_experts().
+std::vector<double> RankLoads(const ExpertMap& map, int32_t layer, std::span<const double> load);
+
+// mean / max of rank loads, in (0, 1]; 1.0 when every rank is idle.
+double Balancedness(std::span<const double> rank_loads);
+
+// A lower bound on the busiest rank's load over all placements with `num_slots` slots on
+// `num_ranks` ranks: max(total / R, the min over replica counts of the max per-replica load).
+double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks);
+
+struct LayerQuality {
+  double balancedness = 1.0;    // mean / max rank load
+  double max_over_bound = 1.0;  // max rank load / MaxRankLoadLowerBound (1.0 when both are 0)
+};
+
+struct MapQuality {
+  std::vector<LayerQuality> layers;
+  double min_balancedness = 1.0;
+  double mean_balancedness = 1.0;
+  double mean_max_over_bound = 1.0;
+};
+
+// REQUIRES: load has map.num_layers() rows of map.num_logical_experts() values.
+MapQuality EvaluateMap(const ExpertMap& map, const LoadMatrix& load);
+
+// What moving from `before` to `after` costs.
+struct Migration {
+  int64_t slots_changed = 0;  // slots whose logical expert changes, summed over layers
+  // Experts each rank must receive from another rank, summed over layers: an expert newly placed on
+  // a rank that held no replica of it before. (An expert the rank already held is copied locally.)
+  std::vector<int64_t> experts_received_per_rank;
+  int64_t experts_received = 0;  // sum over ranks
+  int64_t max_experts_received_by_a_rank = 0;
+  int64_t bytes_moved = 0;  // experts_received × bytes_per_expert
+};
+
+// REQUIRES: before and after have the same layers, experts, slots and ranks.
+Migration ComputeMigration(const ExpertMap& before, const ExpertMap& after,
+                           int64_t bytes_per_expert);
+
+}  // namespace eplb
+
+#endif  // EPLB_CORE_METRICS_H_

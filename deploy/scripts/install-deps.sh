@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages eplb needs to build, test and benchmark.
+# Idempotent: packages already present are left alone. Used by the README, .ci/run and the Dockerfile.
+#
+#   deploy/scripts/install-deps.sh          build + test dependencies
+#   deploy/scripts/install-deps.sh --runtime  only the shared libraries the binaries load
+set -euo pipefail
+
+build_packages=(
+  build-essential cmake ninja-build pkg-config git python3 clang libclang-rt-14-dev
+  libabsl-dev libspdlog-dev libfmt-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
+)
+runtime_packages=(
+  libabsl20220623 libspdlog1.10 libfmt9 libgrpc++1.51 libprotobuf32
+)
+
+packages=("${build_packages[@]}")
+if [[ "${1:-}" == "--runtime" ]]; then
+  packages=("${runtime_packages[@]}")
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+  sudo=(sudo)
+fi
+echo "install-deps: installing ${missing[*]}"
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what is needed, builds everything with g++ and runs all tests; then builds the tests with
+# clang under AddressSanitizer and UndefinedBehaviorSanitizer and runs them again.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+deploy/scripts/install-deps.sh
+jobs=$(nproc)
+
+echo "== g++ build and tests"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+echo "== clang, AddressSanitizer + UndefinedBehaviorSanitizer"
+CXX=clang++ cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+  -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_BENCH=OFF
+cmake --build build-sanitize -j "$jobs"
+ctest --test-dir build-sanitize --output-on-failure -j "$jobs"

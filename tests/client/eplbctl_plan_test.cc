@@ -1,0 +1,322 @@
+// End-to-end tests of `eplbctl plan`: the real binary, real files, exit codes and messages.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/file_io.h"
+#include "core/map_format.h"
+#include "core/metrics.h"
+
+namespace eplb {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
+using ::testing::StartsWith;
+
+struct Result {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+std::string Slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class EplbctlPlanTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("eplbctl_test_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+
+  std::string Write(const std::string& name, const std::string& contents) const {
+    std::ofstream(dir_ / name, std::ios::binary) << contents;
+    return Path(name);
+  }
+
+  // Runs eplbctl with `args`, stdout and stderr captured to files.
+  Result Run(std::vector<std::string> args) const {
+    args.insert(args.begin(), EPLBCTL_PATH);
+    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
+    const pid_t pid = fork();
+    if (pid == 0) {
+      if (!freopen(out.c_str(), "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(127);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    Result r;
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.out = Slurp(out);
+    r.err = Slurp(err);
+    return r;
+  }
+
+  fs::path dir_;
+};
+
+const std::string kExampleLoad =
+    R"({"load": [[90,132,40,61,104,165,39,4,73,56,183,86],
+                 [20,107,104,64,19,197,187,157,172,86,16,27]]})";
+
+std::vector<std::string> ExampleArgs(const std::string& load) {
+  return {"plan",         "--load",      load, "--num-physical-experts", "16", "--num-ranks", "8",
+          "--num-groups", "4",           "--num-nodes", "2", "--policy", "deepseek"};
+}
+
+TEST_F(EplbctlPlanTest, PlansThePublicExampleToStdout) {
+  const Result r = Run(ExampleArgs(Write("load.json", kExampleLoad)));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto parsed = ParseExpertMapJson(r.out);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->format, MapFormat::kEplb);
+  EXPECT_EQ(parsed->version, 1);
+  EXPECT_THAT(parsed->map.phy2log(0),
+              ::testing::ElementsAre(5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1));
+  EXPECT_THAT(parsed->map.phy2log(1),
+              ::testing::ElementsAre(7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1));
+  EXPECT_THAT(r.err, HasSubstr("policy deepseek: 2 layers, 12 experts (4 groups), 16 slots on 8 "
+                               "ranks (2 nodes)"));
+  EXPECT_THAT(r.err, MatchesRegex("(.|\n)*balancedness  contiguous min 0\\.[0-9]{4}  mean "
+                                  "0\\.[0-9]{4}\n(.|\n)*"));
+  EXPECT_THAT(r.err, MatchesRegex("(.|\n)*balancedness  planned    min 0\\.[0-9]{4}(.|\n)*"));
+}
+
+TEST_F(EplbctlPlanTest, SummaryFiguresAreTheMapsMetrics) {
+  const std::string load_path = Write("load.json", kExampleLoad);
+  std::vector<std::string> args = ExampleArgs(load_path);
+  args.insert(args.end(), {"--output", Path("map.json"), "--per-layer"});
+  const Result r = Run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "");
+  auto parsed = ParseExpertMapJson(Slurp(Path("map.json")));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  auto load = ParseLoadJson(kExampleLoad);
+  ASSERT_TRUE(load.ok());
+  const MapQuality q = EvaluateMap(parsed->map, *load);
+  char line[128];
+  std::snprintf(line, sizeof line, "    1  %-12.4f %-12.4f %.4f\n", 0.0, q.layers[1].balancedness,
+                q.layers[1].max_over_bound);
+  // The "before" column is the contiguous map's; check the planned columns.
+  EXPECT_THAT(r.err, HasSubstr(std::string(line).substr(20)));
+  EXPECT_THAT(r.err, HasSubstr("wrote " + Path("map.json") + " (eplb, version 1)"));
+}
+
+TEST_F(EplbctlPlanTest, ContiguousWithoutLoad) {
+  const Result r = Run({"plan", "--policy", "contiguous", "--num-layers", "2",
+                        "--num-logical-experts", "30", "--num-physical-experts", "30",
+                        "--num-ranks", "8", "--output", Path("map.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto parsed = ParseExpertMapJson(Slurp(Path("map.json")));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->map.num_layers(), 2);
+  for (int p = 0; p < 30; ++p) EXPECT_EQ(parsed->map.phy2log(1)[p], p);
+  EXPECT_EQ(parsed->map.layout().SlotsOnRank(0), 4);
+  EXPECT_EQ(parsed->map.layout().SlotsOnRank(7), 3);
+}
+
+TEST_F(EplbctlPlanTest, EveryFormatIsWrittenAndReadsBack) {
+  const std::string load_path = Write("load.json", kExampleLoad);
+  auto eplb = Run(ExampleArgs(load_path));
+  ASSERT_EQ(eplb.exit_code, 0);
+  const auto reference = ParseExpertMapJson(eplb.out);
+  ASSERT_TRUE(reference.ok());
+  for (const char* format : {"vllm-ascend", "sglang"}) {
+    std::vector<std::string> args = ExampleArgs(load_path);
+    args.insert(args.end(), {"--format", format});
+    const Result r = Run(args);
+    ASSERT_EQ(r.exit_code, 0) << format << ": " << r.err;
+    auto parsed = ParseExpertMapJson(r.out, {.num_logical_experts = 12, .num_ranks = 8});
+    ASSERT_TRUE(parsed.ok()) << format << ": " << parsed.status();
+    EXPECT_EQ(MapFormatName(parsed->format), format);
+    EXPECT_EQ(parsed->map.phy2log_table(), reference->map.phy2log_table()) << format;
+  }
+}
+
+TEST_F(EplbctlPlanTest, PreviousMapInAnyFormatIsComparedAndVersioned) {
+  const std::string load_path = Write("load.json", kExampleLoad);
+  // A contiguous previous map in SGLang's format (no version) and in ours (version 6).
+  ASSERT_EQ(Run({"plan", "--policy", "contiguous", "--num-layers", "2", "--num-logical-experts",
+                 "12", "--num-physical-experts", "16", "--num-ranks", "8", "--format", "sglang",
+                 "--output", Path("prev.sglang.json")})
+                .exit_code,
+            0);
+  std::vector<std::string> args = ExampleArgs(load_path);
+  args.insert(args.end(), {"--previous", Path("prev.sglang.json"), "--output", Path("next.json"),
+                           "--bytes-per-expert", "1000"});
+  const Result r = Run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, MatchesRegex("(.|\n)*vs previous: [0-9]+ of 32 slots changed, [0-9]+ experts "
+                                  "to receive \\(at most [0-9]+ on one rank\\), [0-9]+ bytes\n(.|\n)*"));
+  EXPECT_THAT(r.err, HasSubstr("balancedness  previous"));
+  auto next = ParseExpertMapJson(Slurp(Path("next.json")));
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->version, 1);
+
+  args = ExampleArgs(load_path);
+  args.insert(args.end(), {"--previous", Path("next.json"), "--output", Path("again.json")});
+  const Result again = Run(args);
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_THAT(again.err, HasSubstr("vs previous: 0 of 32 slots changed, 0 experts to receive"));
+  auto v2 = ParseExpertMapJson(Slurp(Path("again.json")));
+  ASSERT_TRUE(v2.ok());
+  EXPECT_EQ(v2->version, 2);
+}
+
+// Sets `flag` to `value`, replacing the value if the flag is already in `args`.
+void SetFlag(std::vector<std::string>& args, const std::string& flag, const std::string& value) {
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == flag) {
+      args[i + 1] = value;
+      return;
+    }
+  }
+  args.insert(args.end(), {flag, value});
+}
+
+struct BadCase {
+  const char* name;
+  const char* load;                     // contents of load.json; nullptr: no such file
+  std::vector<std::string> extra_args;  // appended to the example's arguments
+  int exit_code;
+  const char* message;  // the whole stderr, one line, after "eplbctl plan: "
+};
+
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name; }
+
+class EplbctlPlanBadInputTest : public EplbctlPlanTest,
+                                public ::testing::WithParamInterface<BadCase> {};
+
+// Bad input: one line naming the problem, a non-zero exit code, no crash, and the existing output
+// file untouched.
+TEST_P(EplbctlPlanBadInputTest, FailsWithOneLineAndLeavesOutputAlone) {
+  const BadCase& c = GetParam();
+  const std::string load_path = c.load ? Write("load.json", c.load) : Path("missing.json");
+  const std::string output = Write("out.json", "precious\n");
+  std::vector<std::string> args = ExampleArgs(load_path);
+  for (size_t i = 0; i + 1 < c.extra_args.size(); i += 2) {
+    SetFlag(args, c.extra_args[i], c.extra_args[i + 1]);
+  }
+  args.insert(args.end(), {"--output", output});
+  const Result r = Run(args);
+  EXPECT_EQ(r.exit_code, c.exit_code) << r.err;
+  std::string expected = std::string("eplbctl plan: ") + c.message + "\n";
+  size_t pos;
+  while ((pos = expected.find("$DIR")) != std::string::npos) expected.replace(pos, 4, dir_.string());
+  EXPECT_EQ(r.err, expected);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(Slurp(output), "precious\n");
+  // No temporary files left beside the output.
+  int files = 0;
+  for ([[maybe_unused]] const auto& entry : fs::directory_iterator(dir_)) ++files;
+  EXPECT_EQ(files, (c.load ? 1 : 0) + 3);  // load, out.json, stdout.txt, stderr.txt
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, EplbctlPlanBadInputTest,
+    ::testing::Values(
+        BadCase{"missing_file", nullptr, {}, 1, "cannot open $DIR/missing.json: No such file or directory"},
+        BadCase{"malformed_json", R"({"load": [[1, 2,]]})", {}, 1,
+                "$DIR/load.json: line 1, column 17: expected a value"},
+        BadCase{"ragged_rows", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12],[1,2]]})", {}, 1,
+                "$DIR/load.json: load[1] has 2 values, expected 12 (as load[0])"},
+        BadCase{"negative", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,-12]]})", {}, 1,
+                "$DIR/load.json: load[0][11] = -12 is negative"},
+        BadCase{"infinite", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,1e999]]})", {}, 1,
+                "$DIR/load.json: load[0][11] = inf is not a finite number"},
+        BadCase{"nan_literal", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,NaN]]})", {}, 1,
+                "$DIR/load.json: line 1, column 36: expected a value"},
+        BadCase{"groups_do_not_divide", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+                {"--num-groups", "5"}, 1,
+                "num_groups = 5 does not divide num_logical_experts = 12 (groups hold equal numbers "
+                "of experts)"},
+        BadCase{"too_few_slots",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]]})", {}, 1,
+                "num_physical_experts = 16 is out of range [20, 320] (max(num_logical_experts, "
+                "num_ranks) ≤ num_physical_experts ≤ 16 × num_logical_experts)"},
+        BadCase{"slots_not_multiple_of_ranks", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+                {"--num-ranks", "6", "--num-nodes", "1"}, 1,
+                "policy deepseek needs num_physical_experts (16) to be a multiple of num_ranks (6)"},
+        BadCase{"unknown_policy", R"({"load": [[1]]})", {"--policy", "magic"}, 2,
+                "policy = \"magic\" is not one of: contiguous, deepseek (see eplbctl plan --help)"},
+        BadCase{"not_an_integer", R"({"load": [[1]]})", {"--bytes-per-expert", "12x"}, 2,
+                "--bytes-per-expert = \"12x\" is not an integer (see eplbctl plan --help)"},
+        BadCase{"unknown_flag", R"({"load": [[1]]})", {"--num-gpus", "3"}, 2,
+                "unknown flag --num-gpus (see eplbctl plan --help)"},
+        BadCase{"bad_format", R"({"load": [[1]]})", {"--format", "yaml"}, 2,
+                "unknown map format \"yaml\": expected eplb, vllm-ascend or sglang (see eplbctl "
+                "plan --help)"},
+        BadCase{"layers_disagree", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+                {"--num-layers", "2"}, 1,
+                "--num-layers = 2, but $DIR/load.json has 1 layers"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST_F(EplbctlPlanTest, BadPreviousMapIsNamed) {
+  const std::string load_path = Write("load.json", kExampleLoad);
+  const std::string prev = Write("prev.json", R"({"physical_to_logical_map": [[0,1,2]]})");
+  std::vector<std::string> args = ExampleArgs(load_path);
+  args.insert(args.end(), {"--previous", prev});
+  const Result r = Run(args);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, AllOf(StartsWith("eplbctl plan: " + prev + ": "), HasSubstr("\n")));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.out, "");
+}
+
+TEST_F(EplbctlPlanTest, UsageAndUnknownCommand) {
+  const Result help = Run({"plan", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("--num-physical-experts P"));
+  const Result unknown = Run({"frobnicate"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_THAT(unknown.err, StartsWith("eplbctl: unknown command \"frobnicate\"\n"));
+  const Result none = Run({});
+  EXPECT_EQ(none.exit_code, 2);
+  const Result missing = Run({"plan", "--load", Write("l.json", "{\"load\": [[1]]}")});
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_EQ(missing.err,
+            "eplbctl plan: --num-physical-experts is required (see eplbctl plan --help)\n");
+  const Result no_load = Run({"plan", "--num-physical-experts", "4", "--num-ranks", "2"});
+  EXPECT_EQ(no_load.exit_code, 2);
+  EXPECT_EQ(no_load.err,
+            "eplbctl plan: --load is required by --policy deepseek (see eplbctl plan --help)\n");
+}
+
+TEST_F(EplbctlPlanTest, PlansTheShippedDeepSeekV3Example) {
+  const Result r = Run({"plan", "--load", std::string(EPLB_EXAMPLES_DIR) + "/load-deepseek-v3.json",
+                        "--num-physical-experts", "288", "--num-ranks", "32", "--num-groups", "8",
+                        "--num-nodes", "4", "--output", Path("v3.json")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto parsed = ParseExpertMapJson(Slurp(Path("v3.json")));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->map.num_layers(), 58);
+  EXPECT_EQ(parsed->map.num_physical_experts(), 288);
+}
+
+}  // namespace
+}  // namespace eplb
