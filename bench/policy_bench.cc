@@ -6,11 +6,12 @@
 //
 // Counters: `balancedness` (mean over layers) and `max_over_bound` of the planned map.
 #include <benchmark/benchmark.h>
+#include <malloc.h>
 
 #include <cmath>
 #include <cstdio>
-#include <string>
 #include <random>
+#include <string>
 
 #include "core/metrics.h"
 #include "core/policy.h"
@@ -24,12 +25,27 @@ struct NamedShape {
 };
 
 const NamedShape kShapes[] = {
-    {"prefill", {.num_layers = 58, .num_logical_experts = 256, .num_groups = 8, .num_nodes = 4,
-                 .num_ranks = 32, .num_physical_experts = 288}},
-    {"decode", {.num_layers = 58, .num_logical_experts = 256, .num_groups = 8, .num_nodes = 18,
-                .num_ranks = 144, .num_physical_experts = 288}},
-    {"large", {.num_layers = 58, .num_logical_experts = 512, .num_groups = 32, .num_nodes = 32,
-               .num_ranks = 256, .num_physical_experts = 768}},
+    {"prefill",
+     {.num_layers = 58,
+      .num_logical_experts = 256,
+      .num_groups = 8,
+      .num_nodes = 4,
+      .num_ranks = 32,
+      .num_physical_experts = 288}},
+    {"decode",
+     {.num_layers = 58,
+      .num_logical_experts = 256,
+      .num_groups = 8,
+      .num_nodes = 18,
+      .num_ranks = 144,
+      .num_physical_experts = 288}},
+    {"large",
+     {.num_layers = 58,
+      .num_logical_experts = 512,
+      .num_groups = 32,
+      .num_nodes = 32,
+      .num_ranks = 256,
+      .num_physical_experts = 768}},
 };
 
 // Integer token counts, log-normal per expert (σ = 1), as a router's histogram looks.
@@ -81,4 +97,16 @@ int RegisterAll() {
 }  // namespace
 }  // namespace eplb
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  // A planner plans again and again in one long-lived process. Keep freed memory in the heap, as
+  // such a process would after warming up: by default glibc returns the heap top to the kernel
+  // after every plan, and on virtual machines the page faults of the next plan then cost more than
+  // the planning itself.
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -32,7 +32,8 @@ absl::StatusOr<int64_t> ParsedArgs::GetInt(absl::string_view name, int64_t fallb
 
 absl::StatusOr<std::string> ParsedArgs::Require(absl::string_view name) const {
   auto it = values_.find(name);
-  if (it == values_.end()) return absl::InvalidArgumentError(absl::StrCat("--", name, " is required"));
+  if (it == values_.end())
+    return absl::InvalidArgumentError(absl::StrCat("--", name, " is required"));
   return it->second;
 }
 
@@ -50,8 +51,8 @@ absl::StatusOr<ParsedArgs> ParseArgs(std::span<const std::string> args,
       inline_value = std::string(name.substr(eq + 1));
       name = name.substr(0, eq);
     }
-    const auto spec = std::find_if(specs.begin(), specs.end(),
-                                   [&](const FlagSpec& s) { return s.name == name; });
+    const auto spec =
+        std::find_if(specs.begin(), specs.end(), [&](const FlagSpec& s) { return s.name == name; });
     if (spec == specs.end()) {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
     }
@@ -68,7 +69,8 @@ absl::StatusOr<ParsedArgs> ParseArgs(std::span<const std::string> args,
     } else if (i + 1 < args.size()) {
       value = args[++i];
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value (", spec->value, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " needs a value (", spec->value, ")"));
     }
     parsed.values_.emplace(std::string(name), std::move(value));
   }

@@ -66,8 +66,7 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
   ASSIGN_OR_RETURN(o.shape.num_layers, args.GetInt("num-layers", 0, 1, L::kMaxLayers));
   ASSIGN_OR_RETURN(o.shape.num_logical_experts,
                    args.GetInt("num-logical-experts", 0, 1, L::kMaxLogicalExperts));
-  ASSIGN_OR_RETURN(o.bytes_per_expert,
-                   args.GetInt("bytes-per-expert", 0, 0, int64_t{1} << 40));
+  ASSIGN_OR_RETURN(o.bytes_per_expert, args.GetInt("bytes-per-expert", 0, 0, int64_t{1} << 40));
   o.policy = args.Get("policy", o.policy);
   RETURN_IF_ERROR(CreatePolicy(o.policy).status());
   ASSIGN_OR_RETURN(o.format, ParseMapFormat(args.Get("format", "eplb")));
@@ -122,8 +121,8 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
     const MapQuality before = EvaluateMap(baseline, *load);
     const MapQuality after = EvaluateMap(map, *load);
     if (o.per_layer) {
-      err << absl::StrFormat("%5s  %-12s %-12s %s\n", "layer",
-                             absl::StrCat(baseline_name, ""), "planned", "max/bound");
+      err << absl::StrFormat("%5s  %-12s %-12s %s\n", "layer", absl::StrCat(baseline_name, ""),
+                             "planned", "max/bound");
       for (int32_t l = 0; l < s.num_layers; ++l) {
         err << absl::StrFormat("%5d  %-12.4f %-12.4f %.4f\n", l, before.layers[l].balancedness,
                                after.layers[l].balancedness, after.layers[l].max_over_bound);
@@ -159,9 +158,9 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
     if (!read.ok()) return fail(read.status());
     load = *std::move(read);
     if (o.shape.num_layers != 0 && o.shape.num_layers != load->num_layers) {
-      return fail(absl::InvalidArgumentError(
-          absl::StrCat("--num-layers = ", o.shape.num_layers, ", but ", *o.load_path, " has ",
-                       load->num_layers, " layers")));
+      return fail(absl::InvalidArgumentError(absl::StrCat("--num-layers = ", o.shape.num_layers,
+                                                          ", but ", *o.load_path, " has ",
+                                                          load->num_layers, " layers")));
     }
     if (o.shape.num_logical_experts != 0 && o.shape.num_logical_experts != load->num_experts) {
       return fail(absl::InvalidArgumentError(
@@ -191,11 +190,19 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
   if (!map.ok()) return fail(map.status());
 
   const int64_t version = previous ? previous->version + 1 : 1;
-  const std::string json = ExpertMapToJson(*map, o.format, version);
   if (o.output_path) {
-    if (absl::Status st = WriteFileAtomically(*o.output_path, json); !st.ok()) return fail(st);
+    auto writer = AtomicFileWriter::Create(*o.output_path);
+    if (!writer.ok()) return fail(writer.status());
+    absl::Status written;
+    WriteExpertMapJson(*map, o.format, version, [&](absl::string_view piece) {
+      if (written.ok()) written = writer->Append(piece);
+    });
+    if (written.ok()) written = writer->Commit();
+    if (!written.ok()) return fail(written);
   } else {
-    out << json;
+    WriteExpertMapJson(*map, o.format, version, [&out](absl::string_view piece) {
+      out.write(piece.data(), static_cast<std::streamsize>(piece.size()));
+    });
     out.flush();
   }
 
@@ -208,8 +215,8 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
   PrintSummary(o, *map, load ? &*load : nullptr, previous ? previous->map : *contiguous,
                previous.has_value(), plan_ms, err);
   if (o.output_path) {
-    err << absl::StrFormat("wrote %s (%s, version %d)\n", *o.output_path,
-                           MapFormatName(o.format), version);
+    err << absl::StrFormat("wrote %s (%s, version %d)\n", *o.output_path, MapFormatName(o.format),
+                           version);
   }
   return 0;
 }

@@ -9,10 +9,10 @@
 
 namespace eplb::cli {
 
-// Runs the verb with `args` (the words after "plan"). The map goes to --output or `out`; the summary
-// and errors go to `err`. Returns the process exit code: 0 on success, 1 when the input cannot be
-// planned (unreadable or invalid files, a shape the policy cannot serve), 2 for a usage error.
-// On failure no output file is created or changed.
+// Runs the verb with `args` (the words after "plan"). The map goes to --output or `out`; the
+// summary and errors go to `err`. Returns the process exit code: 0 on success, 1 when the input
+// cannot be planned (unreadable or invalid files, a shape the policy cannot serve), 2 for a usage
+// error. On failure no output file is created or changed.
 int RunPlanCommand(std::span<const std::string> args, std::ostream& out, std::ostream& err);
 
 // The verb's usage text.

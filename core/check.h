@@ -13,11 +13,11 @@ namespace eplb::internal {
 }  // namespace eplb::internal
 
 // EPLB_CHECK(cond, details...): details are absl::StrCat arguments, evaluated only on failure.
-#define EPLB_CHECK(cond, ...)                                                             \
-  do {                                                                                    \
-    if (!(cond)) [[unlikely]] {                                                           \
+#define EPLB_CHECK(cond, ...)                                                                \
+  do {                                                                                       \
+    if (!(cond)) [[unlikely]] {                                                              \
       ::eplb::internal::CheckFailed(__FILE__, __LINE__, #cond, ::absl::StrCat(__VA_ARGS__)); \
-    }                                                                                     \
+    }                                                                                        \
   } while (false)
 
 #endif  // EPLB_CORE_CHECK_H_

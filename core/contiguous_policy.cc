@@ -30,7 +30,8 @@ absl::StatusOr<ExpertMap> ContiguousPolicy::PlanValidated(const PlanInput& input
 
   std::vector<int32_t> phy2log;
   phy2log.reserve(static_cast<size_t>(shape.num_layers) * P);
-  for (int32_t l = 0; l < shape.num_layers; ++l) phy2log.insert(phy2log.end(), row.begin(), row.end());
+  for (int32_t l = 0; l < shape.num_layers; ++l)
+    phy2log.insert(phy2log.end(), row.begin(), row.end());
   return ExpertMap::FromPhy2Log(shape.num_layers, E, layout, std::move(phy2log));
 }
 

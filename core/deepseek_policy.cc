@@ -21,7 +21,12 @@ struct Scratch {
     int32_t expert;
   };
   std::vector<Replica> replica_heap;
+  std::vector<float> quotient;
 };
+
+// Replication scans all quotients for each added replica while (added replicas × experts) stays
+// under this; beyond it a heap is cheaper.
+constexpr int64_t kMaxReplicaScanWork = 4096;
 
 // Packs with at most this many packs pick the lightest by a linear scan; more use a heap.
 constexpr int32_t kMaxPacksForScan = 32;
@@ -54,9 +59,13 @@ void Pack(const float* x, int32_t n, int32_t m, int32_t* pack, int32_t* pos, Scr
     s.load.assign(m, 0.0);
     for (uint64_t key : s.keys) {
       const int32_t item = static_cast<int32_t>(key & 0xffffffffu);
+      // Branch-free argmin (the comparisons are unpredictable); strict < keeps the lowest index.
       int32_t best = 0;
+      double best_load = s.load[0];
       for (int32_t j = 1; j < m; ++j) {
-        if (s.load[j] < s.load[best]) best = j;
+        const bool lighter = s.load[j] < best_load;
+        best = lighter ? j : best;
+        best_load = lighter ? s.load[j] : best_load;
       }
       pack[item] = best;
       pos[item] = s.count[best]++;
@@ -96,6 +105,26 @@ void Replicate(const float* w, int32_t n, int32_t m, int32_t* phy, int32_t* rank
     cnt[i] = 1;
   }
   if (m == n) return;
+  if (int64_t{m - n} * n <= kMaxReplicaScanWork) {
+    // Few replicas to add: a branch-free scan for the largest quotient (strict > keeps the lowest
+    // index) beats keeping a heap.
+    auto& quotient = s.quotient;
+    quotient.assign(w, w + n);  // w / 1
+    for (int32_t i = n; i < m; ++i) {
+      int32_t r = 0;
+      float best = quotient[0];
+      for (int32_t k = 1; k < n; ++k) {
+        const bool heavier = quotient[k] > best;
+        r = heavier ? k : r;
+        best = heavier ? quotient[k] : best;
+      }
+      phy[i] = r;
+      rank[i] = cnt[r];
+      ++cnt[r];
+      quotient[r] = w[r] / static_cast<float>(cnt[r]);
+    }
+    return;
+  }
   // Max-heap on quotient, lowest index first among equal quotients.
   auto before = [](const Scratch::Replica& a, const Scratch::Replica& b) {
     return a.quotient < b.quotient || (a.quotient == b.quotient && a.expert > b.expert);

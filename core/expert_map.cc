@@ -82,8 +82,7 @@ absl::StatusOr<ExpertMap> ExpertMap::FromReplicaRanks(int32_t num_layers,
   map.phy2log_ = std::move(phy2log);
   RETURN_IF_ERROR(map.IndexPhy2Log());
   const int32_t E = num_logical_experts, P = layout.num_slots();
-  RETURN_IF_ERROR(
-      CheckSize("replica_rank", replica_rank.size(), int64_t{num_layers} * P, "L × P"));
+  RETURN_IF_ERROR(CheckSize("replica_rank", replica_rank.size(), int64_t{num_layers} * P, "L × P"));
   for (int32_t l = 0; l < num_layers; ++l) {
     const size_t row_base = static_cast<size_t>(l) * P;
     const int32_t* off = map.replica_offsets_.data() + static_cast<size_t>(l) * (E + 1);
@@ -119,8 +118,7 @@ absl::StatusOr<ExpertMap> ExpertMap::FromTables(int32_t num_layers, int32_t num_
   const int32_t L = num_layers, E = num_logical_experts, P = layout.num_slots();
   const int32_t W = map.log2phy_width();
   RETURN_IF_ERROR(CheckSize("logcnt", logcnt.size(), int64_t{L} * E, "L × E"));
-  RETURN_IF_ERROR(
-      CheckSize("log2phy", log2phy.size(), int64_t{L} * E * W, "L × E × (P − E + 1)"));
+  RETURN_IF_ERROR(CheckSize("log2phy", log2phy.size(), int64_t{L} * E * W, "L × E × (P − E + 1)"));
   for (int32_t l = 0; l < L; ++l) {
     for (int32_t e = 0; e < E; ++e) {
       const size_t i = static_cast<size_t>(l) * E + e;
@@ -149,19 +147,19 @@ absl::StatusOr<ExpertMap> ExpertMap::FromTables(int32_t num_layers, int32_t num_
           continue;
         }
         if (s < 0 || s >= P) {
-          return absl::InvalidArgumentError(absl::StrCat("log2phy[", l, "][", e, "][", k, "] = ",
-                                                         s, " is out of range [0, ", P - 1, "]"));
+          return absl::InvalidArgumentError(absl::StrCat("log2phy[", l, "][", e, "][", k, "] = ", s,
+                                                         " is out of range [0, ", P - 1, "]"));
         }
         if (row[s] != e) {
-          return absl::InvalidArgumentError(absl::StrCat("log2phy[", l, "][", e, "][", k, "] = ",
-                                                         s, ", but phy2log[", l, "][", s,
+          return absl::InvalidArgumentError(absl::StrCat("log2phy[", l, "][", e, "][", k, "] = ", s,
+                                                         ", but phy2log[", l, "][", s,
                                                          "] = ", row[s]));
         }
         for (int32_t j = 0; j < k; ++j) {
           if (slots[off[e] + j] == s) {
             return absl::InvalidArgumentError(absl::StrCat("log2phy[", l, "][", e, "][", k,
-                                                           "] = ", s, " repeats log2phy[", l,
-                                                           "][", e, "][", j, "]"));
+                                                           "] = ", s, " repeats log2phy[", l, "][",
+                                                           e, "][", j, "]"));
           }
         }
         slots[off[e] + k] = s;

@@ -6,8 +6,8 @@
 // least one slot, that every index is in range and that the three tables agree, and refuses with
 // INVALID_ARGUMENT naming the first offending entry. Copyable; safe to share between threads.
 //
-// The order of an expert's replicas is part of the map (the `deepseek` policy numbers replicas in the
-// order it creates them, not in slot order); maps that compare equal have equal tables, order
+// The order of an expert's replicas is part of the map (the `deepseek` policy numbers replicas in
+// the order it creates them, not in slot order); maps that compare equal have equal tables, order
 // included.
 #ifndef EPLB_CORE_EXPERT_MAP_H_
 #define EPLB_CORE_EXPERT_MAP_H_
@@ -30,9 +30,8 @@ class ExpertMap {
 
   // As FromPhy2Log, with replica_rank[l][p] = k placing slot p as replica k of its expert, i.e.
   // log2phy[l][phy2log[l][p]][k] = p. The ranks of each expert must be 0 … logcnt − 1, once each.
-  static absl::StatusOr<ExpertMap> FromReplicaRanks(int32_t num_layers,
-                                                    int32_t num_logical_experts, SlotLayout layout,
-                                                    std::vector<int32_t> phy2log,
+  static absl::StatusOr<ExpertMap> FromReplicaRanks(int32_t num_layers, int32_t num_logical_experts,
+                                                    SlotLayout layout, std::vector<int32_t> phy2log,
                                                     const std::vector<int32_t>& replica_rank);
 
   // From the three tables of the map file format: phy2log (L × P), log2phy (L × E × (P − E + 1),

@@ -10,9 +10,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <system_error>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 
 namespace eplb {
 namespace {
@@ -111,50 +113,88 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max
   return contents;
 }
 
-absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
+absl::StatusOr<AtomicFileWriter> AtomicFileWriter::Create(const std::string& path) {
   if (path.empty()) return absl::InvalidArgumentError("cannot write a file with an empty path");
   static std::atomic<uint64_t> counter{0};
-  const std::string temp_path =
+  AtomicFileWriter writer;
+  writer.path_ = path;
+  writer.temp_path_ =
       absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1, std::memory_order_relaxed));
-  const auto failure = [&](const std::string& what, int error) {
-    return absl::ErrnoToStatus(error, absl::StrCat("cannot write ", path, ": ", what));
-  };
+  writer.fd_ = ::open(writer.temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (writer.fd_ < 0) {
+    return writer.Failure(absl::StrCat("cannot create ", writer.temp_path_), errno);
+  }
+  return writer;
+}
 
-  const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return failure(absl::StrCat("cannot create ", temp_path), errno);
-  FdCloser closer(fd);
-  const auto fail_and_remove = [&](const std::string& what, int error) {
-    closer.Close();
-    ::unlink(temp_path.c_str());
-    return failure(what, error);
-  };
-  if (int error = WriteAll(fd, contents); error != 0) {
-    return fail_and_remove(absl::StrCat("write to ", temp_path, " failed"), error);
+AtomicFileWriter::AtomicFileWriter(AtomicFileWriter&& other) noexcept
+    : path_(std::move(other.path_)),
+      temp_path_(std::move(other.temp_path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      status_(std::move(other.status_)) {}
+
+AtomicFileWriter::~AtomicFileWriter() { Abandon(); }
+
+void AtomicFileWriter::Abandon() {
+  if (fd_ < 0) return;
+  ::close(fd_);
+  fd_ = -1;
+  ::unlink(temp_path_.c_str());
+}
+
+absl::Status AtomicFileWriter::Failure(const std::string& what, int error) const {
+  return absl::ErrnoToStatus(error, absl::StrCat("cannot write ", path_, ": ", what));
+}
+
+absl::Status AtomicFileWriter::Append(absl::string_view data) {
+  if (!status_.ok()) return status_;
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, " is already committed"));
+  if (int error = WriteAll(fd_, data); error != 0) {
+    status_ = Failure(absl::StrCat("write to ", temp_path_, " failed"), error);
+    Abandon();
   }
-  if (::fsync(fd) != 0) return fail_and_remove(absl::StrCat("fsync of ", temp_path), errno);
-  if (int error = closer.Close(); error != 0) {
-    ::unlink(temp_path.c_str());
-    return failure(absl::StrCat("close of ", temp_path), error);
+  return status_;
+}
+
+absl::Status AtomicFileWriter::Commit() {
+  if (!status_.ok()) return status_;
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, " is already committed"));
+  if (::fsync(fd_) != 0) {
+    status_ = Failure(absl::StrCat("fsync of ", temp_path_), errno);
+    Abandon();
+    return status_;
   }
-  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    ::unlink(temp_path.c_str());
-    return failure(absl::StrCat("rename of ", temp_path), error);
+  const int fd = std::exchange(fd_, -1);
+  if (::close(fd) != 0) {
+    status_ = Failure(absl::StrCat("close of ", temp_path_), errno);
+    ::unlink(temp_path_.c_str());
+    return status_;
+  }
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    status_ = Failure(absl::StrCat("rename of ", temp_path_), errno);
+    ::unlink(temp_path_.c_str());
+    return status_;
   }
 
   // Make the rename itself durable.
-  const std::string dir = DirectoryOf(path);
+  const std::string dir = DirectoryOf(path_);
   const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd < 0) {
-    return failure(absl::StrCat("renamed into place, but cannot open directory ", dir), errno);
+    return Failure(absl::StrCat("renamed into place, but cannot open directory ", dir), errno);
   }
   FdCloser dir_closer(dir_fd);
   // Some file systems cannot fsync a directory (EINVAL): nothing more can be done there.
   if (::fsync(dir_fd) != 0 && errno != EINVAL) {
-    return failure(absl::StrCat("renamed into place, but fsync of directory ", dir, " failed"),
+    return Failure(absl::StrCat("renamed into place, but fsync of directory ", dir, " failed"),
                    errno);
   }
   return absl::OkStatus();
+}
+
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
+  ASSIGN_OR_RETURN(AtomicFileWriter writer, AtomicFileWriter::Create(path));
+  RETURN_IF_ERROR(writer.Append(contents));
+  return writer.Commit();
 }
 
 }  // namespace eplb

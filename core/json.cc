@@ -20,6 +20,8 @@ namespace eplb {
 
 // ---- JsonValue ---------------------------------------------------------------------------------
 
+static_assert(sizeof(JsonValue) == 16, "a JsonValue is a tag and an 8-byte payload");
+
 JsonValue::JsonValue(const JsonValue& other) { *this = other; }
 
 JsonValue& JsonValue::operator=(const JsonValue& other) {

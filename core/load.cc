@@ -18,9 +18,8 @@ absl::Status ValidateLoad(const LoadMatrix& load, int32_t num_layers, int32_t nu
                                                    num_experts));
   }
   if (load.values.size() != static_cast<size_t>(num_layers) * num_experts) {
-    return absl::InvalidArgumentError(absl::StrCat("load holds ", load.values.size(),
-                                                   " values, expected ", num_layers, " × ",
-                                                   num_experts));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "load holds ", load.values.size(), " values, expected ", num_layers, " × ", num_experts));
   }
   for (int32_t l = 0; l < num_layers; ++l) {
     const auto row = load.row(l);

@@ -491,16 +491,41 @@ absl::StatusOr<ParsedExpertMap> ParseSglangMap(const JsonValue& root, const MapS
 
 // ---- Writing -----------------------------------------------------------------------------------
 
+// Collects output in a buffer and hands it to the sink in pieces of about kPieceBytes, so that a
+// large map is written without ever holding its whole text.
+class PieceWriter {
+ public:
+  static constexpr size_t kPieceBytes = 64 << 10;
+  explicit PieceWriter(absl::FunctionRef<void(absl::string_view)> sink) : sink_(sink) {
+    out_.reserve(2 * kPieceBytes);
+  }
+  ~PieceWriter() { Flush(); }
+  std::string* out() { return &out_; }
+  void MaybeFlush() {
+    if (out_.size() >= kPieceBytes) Flush();
+  }
+  void Flush() {
+    if (!out_.empty()) sink_(out_);
+    out_.clear();
+  }
+
+ private:
+  absl::FunctionRef<void(absl::string_view)> sink_;
+  std::string out_;
+};
+
 // Appends "[\n<indent>  row,\n…\n<indent>]" with one line per row, each written by `write_row`.
 template <typename WriteRow>
-void AppendRows(std::string* out, int64_t num_rows, absl::string_view indent,
+void AppendRows(PieceWriter& w, int64_t num_rows, absl::string_view indent,
                 const WriteRow& write_row) {
+  std::string* out = w.out();
   out->append("[\n");
   for (int64_t i = 0; i < num_rows; ++i) {
     out->append(indent.data(), indent.size());
     out->append("  ");
     write_row(i);
     out->append(i + 1 < num_rows ? ",\n" : "\n");
+    w.MaybeFlush();
   }
   out->append(indent.data(), indent.size());
   out->push_back(']');
@@ -512,93 +537,88 @@ void AppendKey(std::string* out, absl::string_view indent, absl::string_view key
   out->append(": ");
 }
 
-std::string EplbMapToJson(const ExpertMap& map, int64_t version) {
+void WriteEplbMap(const ExpertMap& map, int64_t version, PieceWriter& w) {
   const int32_t L = map.num_layers(), E = map.num_logical_experts(), P = map.num_physical_experts();
   const int32_t R = map.num_ranks(), W = map.log2phy_width();
-  const std::vector<int32_t> log2phy = map.PaddedLog2Phy();
-  std::string out;
-  // Most entries take 2 to 5 characters with their separator.
-  out.reserve(1024 + (static_cast<size_t>(L) * (P + E) + log2phy.size()) * 5);
-  out.append("{\n");
-  AppendKey(&out, "  ", "format");
-  AppendJsonString(&out, kEplbFormatId);
+  std::string* out = w.out();
+  out->append("{\n");
+  AppendKey(out, "  ", "format");
+  AppendJsonString(out, kEplbFormatId);
   const auto append_int_field = [&](absl::string_view key, int64_t value) {
-    out.append(",\n");
-    AppendKey(&out, "  ", key);
-    AppendJsonInt(&out, value);
+    out->append(",\n");
+    AppendKey(out, "  ", key);
+    AppendJsonInt(out, value);
   };
   append_int_field("version", version);
   append_int_field("num_layers", L);
   append_int_field("num_logical_experts", E);
   append_int_field("num_physical_experts", P);
   append_int_field("num_ranks", R);
-  out.append(",\n");
-  AppendKey(&out, "  ", "slots_per_rank");
+  out->append(",\n");
+  AppendKey(out, "  ", "slots_per_rank");
   std::vector<int32_t> slots_per_rank(R);
   for (int32_t r = 0; r < R; ++r) slots_per_rank[r] = map.layout().SlotsOnRank(r);
-  AppendJsonIntArray(&out, slots_per_rank);
+  AppendJsonIntArray(out, slots_per_rank);
 
-  out.append(",\n");
-  AppendKey(&out, "  ", "phy2log");
-  AppendRows(&out, L, "  ", [&](int64_t l) { AppendJsonIntArray(&out, map.phy2log(l)); });
-  out.append(",\n");
-  AppendKey(&out, "  ", "log2phy");
-  AppendRows(&out, L, "  ", [&](int64_t l) {
-    out.push_back('[');
+  out->append(",\n");
+  AppendKey(out, "  ", "phy2log");
+  AppendRows(w, L, "  ", [&](int64_t l) { AppendJsonIntArray(out, map.phy2log(l)); });
+  out->append(",\n");
+  AppendKey(out, "  ", "log2phy");
+  std::vector<int32_t> padded(W);
+  AppendRows(w, L, "  ", [&](int64_t l) {
+    out->push_back('[');
     for (int32_t e = 0; e < E; ++e) {
-      if (e > 0) out.append(", ");
-      AppendJsonIntArray(
-          &out, std::span<const int32_t>(log2phy).subspan((static_cast<size_t>(l) * E + e) * W, W));
+      if (e > 0) out->append(", ");
+      const auto slots = map.replicas(static_cast<int32_t>(l), e);
+      std::copy(slots.begin(), slots.end(), padded.begin());
+      std::fill(padded.begin() + static_cast<ptrdiff_t>(slots.size()), padded.end(), -1);
+      AppendJsonIntArray(out, padded);
     }
-    out.push_back(']');
+    out->push_back(']');
   });
-  out.append(",\n");
-  AppendKey(&out, "  ", "logcnt");
-  AppendRows(&out, L, "  ", [&](int64_t l) { AppendJsonIntArray(&out, map.logcnt(l)); });
-  out.append("\n}\n");
-  return out;
+  out->append(",\n");
+  AppendKey(out, "  ", "logcnt");
+  AppendRows(w, L, "  ", [&](int64_t l) { AppendJsonIntArray(out, map.logcnt(l)); });
+  out->append("\n}\n");
 }
 
-std::string VllmAscendMapToJson(const ExpertMap& map) {
+void WriteVllmAscendMap(const ExpertMap& map, PieceWriter& w) {
   const int32_t L = map.num_layers(), R = map.num_ranks();
   const SlotLayout& layout = map.layout();
-  std::string out;
-  out.reserve(256 + static_cast<size_t>(L) * (map.num_physical_experts() * 5 + R * 40));
-  out.append("{\n");
-  AppendKey(&out, "  ", "moe_layer_count");
-  AppendJsonInt(&out, L);
-  out.append(",\n");
-  AppendKey(&out, "  ", "layer_list");
-  AppendRows(&out, L, "  ", [&](int64_t l) {
-    out.append("{\"layer_id\": ");
-    AppendJsonInt(&out, l);
-    out.append(", \"device_count\": ");
-    AppendJsonInt(&out, R);
-    out.append(", \"device_list\": ");
+  std::string* out = w.out();
+  out->append("{\n");
+  AppendKey(out, "  ", "moe_layer_count");
+  AppendJsonInt(out, L);
+  out->append(",\n");
+  AppendKey(out, "  ", "layer_list");
+  AppendRows(w, L, "  ", [&](int64_t l) {
+    out->append("{\"layer_id\": ");
+    AppendJsonInt(out, l);
+    out->append(", \"device_count\": ");
+    AppendJsonInt(out, R);
+    out->append(", \"device_list\": ");
     const auto row = map.phy2log(static_cast<int32_t>(l));
-    AppendRows(&out, R, "    ", [&](int64_t r) {
+    AppendRows(w, R, "    ", [&](int64_t r) {
       const int32_t rank = static_cast<int32_t>(r);
-      out.append("{\"device_id\": ");
-      AppendJsonInt(&out, r);
-      out.append(", \"device_expert\": ");
-      AppendJsonIntArray(&out, row.subspan(layout.FirstSlotOfRank(rank), layout.SlotsOnRank(rank)));
-      out.push_back('}');
+      out->append("{\"device_id\": ");
+      AppendJsonInt(out, r);
+      out->append(", \"device_expert\": ");
+      AppendJsonIntArray(out, row.subspan(layout.FirstSlotOfRank(rank), layout.SlotsOnRank(rank)));
+      out->push_back('}');
     });
-    out.push_back('}');
+    out->push_back('}');
   });
-  out.append("\n}\n");
-  return out;
+  out->append("\n}\n");
 }
 
-std::string SglangMapToJson(const ExpertMap& map) {
-  std::string out;
-  out.reserve(64 + static_cast<size_t>(map.num_layers()) * map.num_physical_experts() * 5);
-  out.append("{\n");
-  AppendKey(&out, "  ", "physical_to_logical_map");
-  AppendRows(&out, map.num_layers(), "  ",
-             [&](int64_t l) { AppendJsonIntArray(&out, map.phy2log(static_cast<int32_t>(l))); });
-  out.append("\n}\n");
-  return out;
+void WriteSglangMap(const ExpertMap& map, PieceWriter& w) {
+  std::string* out = w.out();
+  out->append("{\n");
+  AppendKey(out, "  ", "physical_to_logical_map");
+  AppendRows(w, map.num_layers(), "  ",
+             [&](int64_t l) { AppendJsonIntArray(out, map.phy2log(static_cast<int32_t>(l))); });
+  out->append("\n}\n");
 }
 
 }  // namespace
@@ -667,35 +687,50 @@ absl::StatusOr<LoadMatrix> ParseLoadJson(absl::string_view json) {
 }
 
 std::string LoadToJson(const LoadMatrix& load) {
-  std::string out;
-  out.reserve(64 + load.values.size() * 8);
-  out.append("{\n");
-  AppendKey(&out, "  ", "load");
-  AppendRows(&out, load.num_layers, "  ", [&](int64_t l) {
-    out.push_back('[');
+  std::string json;
+  // PieceWriter keeps a reference to the sink: it must outlive the writer.
+  const auto append = [&json](absl::string_view piece) { json.append(piece.data(), piece.size()); };
+  PieceWriter writer(append);
+  std::string* out = writer.out();
+  out->append("{\n");
+  AppendKey(out, "  ", "load");
+  AppendRows(writer, load.num_layers, "  ", [&](int64_t l) {
+    out->push_back('[');
     const auto row = load.row(static_cast<int32_t>(l));
     for (size_t e = 0; e < row.size(); ++e) {
-      if (e > 0) out.append(", ");
-      AppendJsonNumber(&out, row[e]);
+      if (e > 0) out->append(", ");
+      AppendJsonNumber(out, row[e]);
     }
-    out.push_back(']');
+    out->push_back(']');
   });
-  out.append("\n}\n");
-  return out;
+  out->append("\n}\n");
+  writer.Flush();
+  return json;
 }
 
-std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version) {
+void WriteExpertMapJson(const ExpertMap& map, MapFormat format, int64_t version,
+                        absl::FunctionRef<void(absl::string_view)> sink) {
+  PieceWriter writer(sink);
   switch (format) {
     case MapFormat::kEplb:
       EPLB_CHECK(version >= 0, "version ", version);
-      return EplbMapToJson(map, version);
+      WriteEplbMap(map, version, writer);
+      return;  // ~PieceWriter hands over the rest
     case MapFormat::kVllmAscend:
-      return VllmAscendMapToJson(map);
+      WriteVllmAscendMap(map, writer);
+      return;
     case MapFormat::kSglang:
-      return SglangMapToJson(map);
+      WriteSglangMap(map, writer);
+      return;
   }
   EPLB_CHECK(false, "unknown map format ", static_cast<int>(format));
-  return std::string();
+}
+
+std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version) {
+  std::string json;
+  WriteExpertMapJson(map, format, version,
+                     [&json](absl::string_view piece) { json.append(piece.data(), piece.size()); });
+  return json;
 }
 
 absl::StatusOr<ParsedExpertMap> ParseExpertMapJson(absl::string_view json,

@@ -4,20 +4,22 @@
 //   eplb         {"format": "eplb.expert_map.v1", "version": V, "num_layers": L, …, "phy2log": …,
 //                 "log2phy": …, "logcnt": …}
 //   vllm-ascend  {"moe_layer_count": L, "layer_list": [{"layer_id": l, "device_count": R,
-//                 "device_list": [{"device_id": r, "device_expert": [experts in rank r's slots]}]}]}
+//                 "device_list": [{"device_id": r, "device_expert": [experts in rank r's
+//                 slots]}]}]}
 //   sglang       {"physical_to_logical_map": [[…P…] × L]}
 //
-// Readers check everything (JSON syntax, keys, types, shapes, ranges, consistency of the tables) and
-// return INVALID_ARGUMENT naming the first offending field, e.g.
-// "phy2log[2][7] = 300 is out of range [0, 255]" or "line 3, column 14: expected ',' or ']'".
+// Readers check everything (JSON syntax, keys, types, shapes, ranges, consistency of the tables)
+// and return INVALID_ARGUMENT naming the first offending field, e.g. "phy2log[2][7] = 300 is out of
+// range [0, 255]" or "line 3, column 14: expected ',' or ']'".
 #ifndef EPLB_CORE_MAP_FORMAT_H_
 #define EPLB_CORE_MAP_FORMAT_H_
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/expert_map.h"
 #include "core/load.h"
 
@@ -34,8 +36,13 @@ absl::string_view MapFormatName(MapFormat format);
 absl::StatusOr<LoadMatrix> ParseLoadJson(absl::string_view json);
 std::string LoadToJson(const LoadMatrix& load);
 
-// Serialises `map` in `format`. `version` is written by the eplb format only.
+// Serialises `map` in `format`. `version` (≥ 0) is written by the eplb format only.
 std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version = 0);
+
+// The same text, handed to `sink` in pieces of about 64 KiB as it is produced, so that a large map
+// (the eplb format of a DeepSeek-V3 plan is about 2 MB) is written without holding it whole.
+void WriteExpertMapJson(const ExpertMap& map, MapFormat format, int64_t version,
+                        absl::FunctionRef<void(absl::string_view)> sink);
 
 // What a reader needs to know that a format does not carry. 0 means "not known": the value is then
 // taken from the file, or derived (experts: the largest expert index + 1).

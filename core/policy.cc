@@ -18,8 +18,8 @@ absl::StatusOr<ExpertMap> PlacementPolicy::Plan(const PlanInput& input) const {
       return absl::InvalidArgumentError(
           absl::StrCat("policy ", name(), " plans from load, but no load was given"));
     }
-    RETURN_IF_ERROR(ValidateLoad(*input.load, input.shape.num_layers,
-                                 input.shape.num_logical_experts));
+    RETURN_IF_ERROR(
+        ValidateLoad(*input.load, input.shape.num_layers, input.shape.num_logical_experts));
   }
   if (input.previous != nullptr) {
     if (absl::Status st = input.previous->CheckFits(input.shape); !st.ok()) {
@@ -35,15 +35,15 @@ absl::StatusOr<ExpertMap> PlacementPolicy::Plan(const PlanInput& input) const {
 
 std::span<const absl::string_view> PolicyNames() {
   static constexpr std::array<absl::string_view, 2> kNames = {ContiguousPolicy::kName,
-                                                             DeepSeekPolicy::kName};
+                                                              DeepSeekPolicy::kName};
   return kNames;
 }
 
 absl::StatusOr<std::unique_ptr<PlacementPolicy>> CreatePolicy(absl::string_view name) {
   if (name == ContiguousPolicy::kName) return std::make_unique<ContiguousPolicy>();
   if (name == DeepSeekPolicy::kName) return std::make_unique<DeepSeekPolicy>();
-  return absl::InvalidArgumentError(absl::StrCat("policy = \"", name, "\" is not one of: ",
-                                                 absl::StrJoin(PolicyNames(), ", ")));
+  return absl::InvalidArgumentError(
+      absl::StrCat("policy = \"", name, "\" is not one of: ", absl::StrJoin(PolicyNames(), ", ")));
 }
 
 }  // namespace eplb

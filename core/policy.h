@@ -10,9 +10,9 @@
 
 #include <memory>
 #include <span>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/expert_map.h"
 #include "core/load.h"
 #include "core/shape.h"

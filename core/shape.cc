@@ -2,9 +2,9 @@
 
 #include <algorithm>
 
-#include "core/check.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/check.h"
 
 namespace eplb {
 
@@ -37,8 +37,8 @@ namespace {
 absl::Status CheckRange(const char* field, int64_t value, int64_t lo, int64_t hi,
                         const char* why = nullptr) {
   if (value >= lo && value <= hi) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(field, " = ", value, " is out of range [", lo, ", ",
-                                                 hi, "]", why ? why : ""));
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " = ", value, " is out of range [", lo, ", ", hi, "]", why ? why : ""));
 }
 
 }  // namespace
@@ -61,14 +61,15 @@ absl::Status ValidateShape(const DeploymentShape& s) {
                      s.num_logical_experts, " (groups hold equal numbers of experts)"));
   }
   if (auto st = CheckRange("num_ranks", s.num_ranks, 1, L::kMaxRanks); !st.ok()) return st;
-  if (auto st = CheckRange("num_nodes", s.num_nodes, 1, s.num_ranks, " (1 ≤ num_nodes ≤ num_ranks)");
+  if (auto st =
+          CheckRange("num_nodes", s.num_nodes, 1, s.num_ranks, " (1 ≤ num_nodes ≤ num_ranks)");
       !st.ok()) {
     return st;
   }
   if (s.num_ranks % s.num_nodes != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("num_nodes = ", s.num_nodes, " does not divide num_ranks = ", s.num_ranks,
-                     " (nodes hold equal numbers of ranks)"));
+    return absl::InvalidArgumentError(absl::StrCat("num_nodes = ", s.num_nodes,
+                                                   " does not divide num_ranks = ", s.num_ranks,
+                                                   " (nodes hold equal numbers of ranks)"));
   }
   const int64_t min_slots = std::max(s.num_logical_experts, s.num_ranks);
   const int64_t max_slots = int64_t{L::kMaxRedundancyFactor} * s.num_logical_experts;

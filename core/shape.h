@@ -1,5 +1,5 @@
-// The shape of one expert-parallel deployment (one model instance) and how its physical slots map to
-// ranks and nodes.
+// The shape of one expert-parallel deployment (one model instance) and how its physical slots map
+// to ranks and nodes.
 //
 // Terms: L MoE layers, E logical experts per layer in G groups of E/G consecutive
 // experts, R ranks (GPUs) in N nodes of R/N consecutive ranks, P physical slots in all. Slots are
@@ -20,8 +20,8 @@ struct ShapeLimits {
   static constexpr int32_t kMaxLayers = 4096;
   static constexpr int32_t kMaxLogicalExperts = 65536;
   static constexpr int32_t kMaxRanks = 65536;
-  static constexpr int32_t kMaxRedundancyFactor = 16;    // P ≤ 16 · E
-  static constexpr int64_t kMaxTotalSlots = 1LL << 24;   // L · P
+  static constexpr int32_t kMaxRedundancyFactor = 16;       // P ≤ 16 · E
+  static constexpr int64_t kMaxTotalSlots = 1LL << 24;      // L · P
   static constexpr int64_t kMaxLog2PhyEntries = 1LL << 27;  // L · E · (P − E + 1)
 };
 
@@ -69,8 +69,8 @@ struct DeploymentShape {
   friend bool operator==(const DeploymentShape&, const DeploymentShape&) = default;
 };
 
-// OK, or INVALID_ARGUMENT naming the first field out of range, its value and the allowed range, e.g.
-// "num_ranks = 0 is out of range [1, 65536]". Fields are checked in declaration order.
+// OK, or INVALID_ARGUMENT naming the first field out of range, its value and the allowed range,
+// e.g. "num_ranks = 0 is out of range [1, 65536]". Fields are checked in declaration order.
 absl::Status ValidateShape(const DeploymentShape& shape);
 
 }  // namespace eplb

@@ -11,9 +11,9 @@
 #define EPLB_STATUS_CONCAT_(a, b) EPLB_STATUS_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function if `expr` is not OK.
-#define RETURN_IF_ERROR(expr)                   \
-  do {                                          \
-    ::absl::Status eplb_status_ = (expr);       \
+#define RETURN_IF_ERROR(expr)                    \
+  do {                                           \
+    ::absl::Status eplb_status_ = (expr);        \
     if (!eplb_status_.ok()) return eplb_status_; \
   } while (false)
 
@@ -21,8 +21,8 @@
 #define ASSIGN_OR_RETURN(lhs, expr) \
   EPLB_ASSIGN_OR_RETURN_IMPL_(EPLB_STATUS_CONCAT_(eplb_statusor_, __LINE__), lhs, expr)
 
-#define EPLB_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr) \
-  auto statusor = (expr);                                \
+#define EPLB_ASSIGN_OR_RETURN_IMPL_(statusor, lhs, expr)   \
+  auto statusor = (expr);                                  \
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
 

@@ -85,8 +85,10 @@ const std::string kExampleLoad =
                  [20,107,104,64,19,197,187,157,172,86,16,27]]})";
 
 std::vector<std::string> ExampleArgs(const std::string& load) {
-  return {"plan",         "--load",      load, "--num-physical-experts", "16", "--num-ranks", "8",
-          "--num-groups", "4",           "--num-nodes", "2", "--policy", "deepseek"};
+  return {"plan",    "--load",      load, "--num-physical-experts",
+          "16",      "--num-ranks", "8",  "--num-groups",
+          "4",       "--num-nodes", "2",  "--policy",
+          "deepseek"};
 }
 
 TEST_F(EplbctlPlanTest, PlansThePublicExampleToStdout) {
@@ -128,9 +130,9 @@ TEST_F(EplbctlPlanTest, SummaryFiguresAreTheMapsMetrics) {
 }
 
 TEST_F(EplbctlPlanTest, ContiguousWithoutLoad) {
-  const Result r = Run({"plan", "--policy", "contiguous", "--num-layers", "2",
-                        "--num-logical-experts", "30", "--num-physical-experts", "30",
-                        "--num-ranks", "8", "--output", Path("map.json")});
+  const Result r =
+      Run({"plan", "--policy", "contiguous", "--num-layers", "2", "--num-logical-experts", "30",
+           "--num-physical-experts", "30", "--num-ranks", "8", "--output", Path("map.json")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto parsed = ParseExpertMapJson(Slurp(Path("map.json")));
   ASSERT_TRUE(parsed.ok()) << parsed.status();
@@ -171,8 +173,9 @@ TEST_F(EplbctlPlanTest, PreviousMapInAnyFormatIsComparedAndVersioned) {
                            "--bytes-per-expert", "1000"});
   const Result r = Run(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.err, MatchesRegex("(.|\n)*vs previous: [0-9]+ of 32 slots changed, [0-9]+ experts "
-                                  "to receive \\(at most [0-9]+ on one rank\\), [0-9]+ bytes\n(.|\n)*"));
+  EXPECT_THAT(r.err,
+              MatchesRegex("(.|\n)*vs previous: [0-9]+ of 32 slots changed, [0-9]+ experts "
+                           "to receive \\(at most [0-9]+ on one rank\\), [0-9]+ bytes\n(.|\n)*"));
   EXPECT_THAT(r.err, HasSubstr("balancedness  previous"));
   auto next = ParseExpertMapJson(Slurp(Path("next.json")));
   ASSERT_TRUE(next.ok());
@@ -227,7 +230,8 @@ TEST_P(EplbctlPlanBadInputTest, FailsWithOneLineAndLeavesOutputAlone) {
   EXPECT_EQ(r.exit_code, c.exit_code) << r.err;
   std::string expected = std::string("eplbctl plan: ") + c.message + "\n";
   size_t pos;
-  while ((pos = expected.find("$DIR")) != std::string::npos) expected.replace(pos, 4, dir_.string());
+  while ((pos = expected.find("$DIR")) != std::string::npos)
+    expected.replace(pos, 4, dir_.string());
   EXPECT_EQ(r.err, expected);
   EXPECT_EQ(r.out, "");
   EXPECT_EQ(Slurp(output), "precious\n");
@@ -240,39 +244,80 @@ TEST_P(EplbctlPlanBadInputTest, FailsWithOneLineAndLeavesOutputAlone) {
 INSTANTIATE_TEST_SUITE_P(
     Cases, EplbctlPlanBadInputTest,
     ::testing::Values(
-        BadCase{"missing_file", nullptr, {}, 1, "cannot open $DIR/missing.json: No such file or directory"},
-        BadCase{"malformed_json", R"({"load": [[1, 2,]]})", {}, 1,
+        BadCase{"missing_file",
+                nullptr,
+                {},
+                1,
+                "cannot open $DIR/missing.json: No such file or directory"},
+        BadCase{"malformed_json",
+                R"({"load": [[1, 2,]]})",
+                {},
+                1,
                 "$DIR/load.json: line 1, column 17: expected a value"},
-        BadCase{"ragged_rows", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12],[1,2]]})", {}, 1,
+        BadCase{"ragged_rows",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12],[1,2]]})",
+                {},
+                1,
                 "$DIR/load.json: load[1] has 2 values, expected 12 (as load[0])"},
-        BadCase{"negative", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,-12]]})", {}, 1,
+        BadCase{"negative",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,-12]]})",
+                {},
+                1,
                 "$DIR/load.json: load[0][11] = -12 is negative"},
-        BadCase{"infinite", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,1e999]]})", {}, 1,
+        BadCase{"infinite",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,1e999]]})",
+                {},
+                1,
                 "$DIR/load.json: load[0][11] = inf is not a finite number"},
-        BadCase{"nan_literal", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,NaN]]})", {}, 1,
+        BadCase{"nan_literal",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,NaN]]})",
+                {},
+                1,
                 "$DIR/load.json: line 1, column 36: expected a value"},
-        BadCase{"groups_do_not_divide", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
-                {"--num-groups", "5"}, 1,
-                "num_groups = 5 does not divide num_logical_experts = 12 (groups hold equal numbers "
-                "of experts)"},
+        BadCase{
+            "groups_do_not_divide",
+            R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+            {"--num-groups", "5"},
+            1,
+            "num_groups = 5 does not divide num_logical_experts = 12 (groups hold equal numbers "
+            "of experts)"},
         BadCase{"too_few_slots",
-                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]]})", {}, 1,
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]]})",
+                {},
+                1,
                 "num_physical_experts = 16 is out of range [20, 320] (max(num_logical_experts, "
                 "num_ranks) ≤ num_physical_experts ≤ 16 × num_logical_experts)"},
-        BadCase{"slots_not_multiple_of_ranks", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
-                {"--num-ranks", "6", "--num-nodes", "1"}, 1,
-                "policy deepseek needs num_physical_experts (16) to be a multiple of num_ranks (6)"},
-        BadCase{"unknown_policy", R"({"load": [[1]]})", {"--policy", "magic"}, 2,
+        BadCase{
+            "slots_not_multiple_of_ranks",
+            R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+            {"--num-ranks", "6", "--num-nodes", "1"},
+            1,
+            "policy deepseek needs num_physical_experts (16) to be a multiple of num_ranks (6)"},
+        BadCase{"unknown_policy",
+                R"({"load": [[1]]})",
+                {"--policy", "magic"},
+                2,
                 "policy = \"magic\" is not one of: contiguous, deepseek (see eplbctl plan --help)"},
-        BadCase{"not_an_integer", R"({"load": [[1]]})", {"--bytes-per-expert", "12x"}, 2,
+        BadCase{"not_an_integer",
+                R"({"load": [[1]]})",
+                {"--bytes-per-expert", "12x"},
+                2,
                 "--bytes-per-expert = \"12x\" is not an integer (see eplbctl plan --help)"},
-        BadCase{"unknown_flag", R"({"load": [[1]]})", {"--num-gpus", "3"}, 2,
+        BadCase{"unknown_flag",
+                R"({"load": [[1]]})",
+                {"--num-gpus", "3"},
+                2,
                 "unknown flag --num-gpus (see eplbctl plan --help)"},
-        BadCase{"bad_format", R"({"load": [[1]]})", {"--format", "yaml"}, 2,
+        BadCase{"bad_format",
+                R"({"load": [[1]]})",
+                {"--format", "yaml"},
+                2,
                 "unknown map format \"yaml\": expected eplb, vllm-ascend or sglang (see eplbctl "
                 "plan --help)"},
-        BadCase{"layers_disagree", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
-                {"--num-layers", "2"}, 1,
+        BadCase{"layers_disagree",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+                {"--num-layers", "2"},
+                1,
                 "--num-layers = 2, but $DIR/load.json has 1 layers"}),
     [](const auto& info) { return std::string(info.param.name); });
 

@@ -72,11 +72,20 @@ TEST_P(DeepSeekOracleTest, MatchesReferenceBitForBit) {
     for (auto& row : rows) {
       for (double& v : row) {
         switch (kind) {
-          case 0: v = static_cast<double>(rng() % 4); break;        // heavy ties
-          case 1: v = static_cast<double>(rng() % 100000); break;    // counts
-          case 2: v = static_cast<double>(rng() % 2 ? 7 : 0); break;  // two values
-          case 3: v = static_cast<double>(rng() % 1000) / 8.0; break;  // fractional
-          default: v = std::floor(std::exp(std::normal_distribution<double>(6, 1.5)(rng)));
+          case 0:
+            v = static_cast<double>(rng() % 4);
+            break;  // heavy ties
+          case 1:
+            v = static_cast<double>(rng() % 100000);
+            break;  // counts
+          case 2:
+            v = static_cast<double>(rng() % 2 ? 7 : 0);
+            break;  // two values
+          case 3:
+            v = static_cast<double>(rng() % 1000) / 8.0;
+            break;  // fractional
+          default:
+            v = std::floor(std::exp(std::normal_distribution<double>(6, 1.5)(rng)));
         }
       }
     }
@@ -92,18 +101,19 @@ TEST_P(DeepSeekOracleTest, MatchesReferenceBitForBit) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, DeepSeekOracleTest,
-    ::testing::Values(
-        OracleCase{"hierarchical", 4, 16, 24, 4, 2, 4},
-        OracleCase{"hierarchical_no_redundancy", 3, 16, 16, 4, 2, 8},
-        OracleCase{"hierarchical_one_slot_per_rank", 3, 12, 16, 4, 2, 16},
-        OracleCase{"hierarchical_v3_node", 2, 256, 288, 8, 4, 32},
-        OracleCase{"global_groups_not_multiple_of_nodes", 4, 24, 32, 3, 2, 8},
-        OracleCase{"global_one_group", 4, 20, 30, 1, 1, 10},
-        OracleCase{"global_no_redundancy", 3, 20, 20, 1, 1, 5},
-        OracleCase{"global_decode_like", 2, 64, 128, 1, 1, 64},
-        OracleCase{"single_rank", 2, 6, 9, 2, 1, 1},
-        OracleCase{"groups_equal_nodes", 3, 16, 32, 4, 4, 8},
-        OracleCase{"heavy_redundancy", 2, 8, 64, 2, 2, 8}),
+    ::testing::Values(OracleCase{"hierarchical", 4, 16, 24, 4, 2, 4},
+                      OracleCase{"hierarchical_no_redundancy", 3, 16, 16, 4, 2, 8},
+                      OracleCase{"hierarchical_one_slot_per_rank", 3, 12, 16, 4, 2, 16},
+                      OracleCase{"hierarchical_v3_node", 2, 256, 288, 8, 4, 32},
+                      OracleCase{"global_groups_not_multiple_of_nodes", 4, 24, 32, 3, 2, 8},
+                      OracleCase{"global_one_group", 4, 20, 30, 1, 1, 10},
+                      OracleCase{"global_no_redundancy", 3, 20, 20, 1, 1, 5},
+                      OracleCase{"global_decode_like", 2, 64, 128, 1, 1, 64},
+                      OracleCase{"global_v3_replica_heap", 2, 256, 288, 1, 1, 32},
+                      OracleCase{"global_many_packs_heap", 2, 96, 192, 1, 1, 48},
+                      OracleCase{"single_rank", 2, 6, 9, 2, 1, 1},
+                      OracleCase{"groups_equal_nodes", 3, 16, 32, 4, 4, 8},
+                      OracleCase{"heavy_redundancy", 2, 8, 64, 2, 2, 8}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(DeepSeekPolicyTest, FallsBackToGlobalWhenGroupsDoNotSplitOverNodes) {
@@ -131,7 +141,8 @@ TEST(DeepSeekPolicyTest, AllZeroLoadIsPlanned) {
   const LoadMatrix load = ToLoad({std::vector<double>(16, 0.0)});
   auto map = PlanDeepSeek(load, 24, 4, 2, 4);
   ASSERT_TRUE(map.ok()) << map.status();
-  const auto expected = testing_reference::RefRebalance({std::vector<double>(16, 0.0)}, 24, 4, 2, 4);
+  const auto expected =
+      testing_reference::RefRebalance({std::vector<double>(16, 0.0)}, 24, 4, 2, 4);
   EXPECT_THAT(map->phy2log_table(), ElementsAreArray(expected.phy2log));
 }
 

@@ -11,8 +11,9 @@ using ::testing::ElementsAreArray;
 
 // 2 layers, 4 experts, 6 slots on 2 ranks (3 each).
 ExpertMap SmallMap() {
-  auto map = ExpertMap::FromPhy2Log(2, 4, SlotLayout(6, 2), {0, 1, 2, 3, 0, 0,  //
-                                                             3, 2, 1, 0, 3, 1});
+  auto map = ExpertMap::FromPhy2Log(2, 4, SlotLayout(6, 2),
+                                    {0, 1, 2, 3, 0, 0,  //
+                                     3, 2, 1, 0, 3, 1});
   EXPECT_TRUE(map.ok()) << map.status();
   return *map;
 }
@@ -31,8 +32,8 @@ TEST(ExpertMapTest, DerivesCountsAndReplicasInSlotOrder) {
   EXPECT_THAT(map.replicas(0, 0), ElementsAre(0, 4, 5));
   EXPECT_THAT(map.replicas(1, 3), ElementsAre(0, 4));
   EXPECT_THAT(map.replicas(1, 1), ElementsAre(2, 5));
-  EXPECT_THAT(map.PaddedLog2Phy(), ElementsAreArray({0, 4, 5, 1, -1, -1, 2, -1, -1, 3, -1, -1,
-                                                     3, -1, -1, 2, 5, -1, 1, -1, -1, 0, 4, -1}));
+  EXPECT_THAT(map.PaddedLog2Phy(), ElementsAreArray({0, 4,  5,  1, -1, -1, 2, -1, -1, 3, -1, -1,
+                                                     3, -1, -1, 2, 5,  -1, 1, -1, -1, 0, 4,  -1}));
 }
 
 TEST(ExpertMapTest, ReplicaRanksSetTheOrder) {
@@ -61,8 +62,7 @@ TEST(ExpertMapTest, Phy2LogErrors) {
             "logical expert 2 of layer 0 has no slot in phy2log");
   EXPECT_EQ(Error(ExpertMap::FromPhy2Log(0, 4, SlotLayout(6, 2), {})).message(),
             "num_layers = 0 is out of range [1, 4096]");
-  EXPECT_EQ(Error(ExpertMap::FromPhy2Log(1, 4, SlotLayout(6, 2), {0, 1, 2, 3, 0, 0}))
-                .code(),
+  EXPECT_EQ(Error(ExpertMap::FromPhy2Log(1, 4, SlotLayout(6, 2), {0, 1, 2, 3, 0, 0})).code(),
             absl::StatusCode::kOk);
 }
 
@@ -104,15 +104,13 @@ TEST(ExpertMapTest, TableErrorsNameTheFirstOffendingEntry) {
 
 TEST(ExpertMapTest, CheckFitsNamesTheDifferingField) {
   const ExpertMap map = SmallMap();
-  DeploymentShape shape{.num_layers = 2, .num_logical_experts = 4, .num_ranks = 2,
-                        .num_physical_experts = 6};
+  DeploymentShape shape{
+      .num_layers = 2, .num_logical_experts = 4, .num_ranks = 2, .num_physical_experts = 6};
   EXPECT_TRUE(map.CheckFits(shape).ok());
   shape.num_ranks = 3;
-  EXPECT_EQ(map.CheckFits(shape).message(),
-            "map has num_ranks = 2, but the deployment has 3");
+  EXPECT_EQ(map.CheckFits(shape).message(), "map has num_ranks = 2, but the deployment has 3");
   shape.num_layers = 5;
-  EXPECT_EQ(map.CheckFits(shape).message(),
-            "map has num_layers = 2, but the deployment has 5");
+  EXPECT_EQ(map.CheckFits(shape).message(), "map has num_layers = 2, but the deployment has 5");
 }
 
 }  // namespace

@@ -228,3 +228,45 @@ TEST_F(FileIoTest, ConcurrentWritersNeverTearTheFile) {
 
 }  // namespace
 }  // namespace eplb
+
+namespace eplb {
+namespace {
+
+class AtomicFileWriterTest : public FileIoTest {};
+
+TEST_F(AtomicFileWriterTest, PiecesBecomeTheFileOnCommitOnly) {
+  WriteWithStream(Path("map.json"), "old");
+  auto writer = AtomicFileWriter::Create(Path("map.json"));
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE(writer->Append("new ").ok());
+  ASSERT_TRUE(writer->Append("contents").ok());
+  // Nothing is visible before Commit().
+  EXPECT_EQ(*ReadFileToString(Path("map.json")), "old");
+  ASSERT_TRUE(writer->Commit().ok());
+  EXPECT_EQ(*ReadFileToString(Path("map.json")), "new contents");
+  EXPECT_THAT(Entries(), UnorderedElementsAre("map.json"));
+  const absl::Status again = writer->Append("more");
+  EXPECT_EQ(again.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(again.message(), Path("map.json") + " is already committed");
+}
+
+TEST_F(AtomicFileWriterTest, AbandonedWriterLeavesNoTrace) {
+  WriteWithStream(Path("map.json"), "old");
+  {
+    auto writer = AtomicFileWriter::Create(Path("map.json"));
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE(writer->Append("half a map").ok());
+    EXPECT_EQ(Entries().size(), 2u);  // the target and the temporary file
+  }
+  EXPECT_EQ(*ReadFileToString(Path("map.json")), "old");
+  EXPECT_THAT(Entries(), UnorderedElementsAre("map.json"));
+}
+
+TEST_F(AtomicFileWriterTest, CreateFailsInAMissingDirectory) {
+  auto writer = AtomicFileWriter::Create(Path("no/such/dir/map.json"));
+  EXPECT_EQ(writer.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(writer.status().message(), HasSubstr("cannot write " + Path("no/such/dir/map.json")));
+}
+
+}  // namespace
+}  // namespace eplb

@@ -346,8 +346,7 @@ JsonValue RandomValue(std::mt19937& rng, int depth) {
     case 1:
       return JsonValue::Bool(rng() % 2 == 0);
     case 2:
-      return JsonValue::Int(static_cast<int64_t>(rng()) * static_cast<int64_t>(rng()) -
-                            (int64_t{1} << 40));
+      return JsonValue::Int(static_cast<int64_t>((uint64_t{rng()} << 32) | rng()));
     case 3:
       return JsonValue::Double(
           std::ldexp(static_cast<double>(rng()) - 2e9, static_cast<int>(rng() % 200) - 100));

@@ -714,3 +714,28 @@ TEST(MapFormatLoadTest, RaggedRowsNamedAt58x256) {
 
 }  // namespace
 }  // namespace eplb
+
+namespace eplb {
+namespace {
+
+TEST(MapFormatStreamingTest, PiecesAddUpToTheWholeText) {
+  const ExpertMap map = RandomMap({58, 256, 288, 32}, 3);
+  for (MapFormat format : {MapFormat::kEplb, MapFormat::kVllmAscend, MapFormat::kSglang}) {
+    std::vector<std::string> pieces;
+    WriteExpertMapJson(map, format, 9,
+                       [&](absl::string_view piece) { pieces.emplace_back(piece); });
+    std::string joined;
+    for (const std::string& piece : pieces) {
+      EXPECT_FALSE(piece.empty());
+      EXPECT_LE(piece.size(), size_t{200} << 10);  // bounded, never the whole map at once
+      joined += piece;
+    }
+    EXPECT_EQ(joined, ExpertMapToJson(map, format, 9)) << MapFormatName(format);
+    if (format == MapFormat::kEplb) {
+      EXPECT_GT(pieces.size(), 10u);  // about 2 MB in pieces
+    }
+  }
+}
+
+}  // namespace
+}  // namespace eplb

@@ -49,8 +49,9 @@ TEST(MetricsTest, LowerBound) {
 }
 
 TEST(MetricsTest, EvaluateMap) {
-  const ExpertMap map = Map(2, 3, 4, 2, {0, 1, 2, 0,  //
-                                         1, 2, 0, 1});
+  const ExpertMap map = Map(2, 3, 4, 2,
+                            {0, 1, 2, 0,  //
+                             1, 2, 0, 1});
   LoadMatrix load{.num_layers = 2, .num_experts = 3, .values = {10, 4, 2, 6, 6, 0}};
   const MapQuality q = EvaluateMap(map, load);
   ASSERT_EQ(q.layers.size(), 2u);

@@ -13,12 +13,17 @@ namespace {
 using ::testing::ElementsAre;
 
 DeploymentShape SmallShape() {
-  return {.num_layers = 2, .num_logical_experts = 8, .num_groups = 2, .num_nodes = 2,
-          .num_ranks = 4, .num_physical_experts = 12};
+  return {.num_layers = 2,
+          .num_logical_experts = 8,
+          .num_groups = 2,
+          .num_nodes = 2,
+          .num_ranks = 4,
+          .num_physical_experts = 12};
 }
 
 LoadMatrix UniformLoad(const DeploymentShape& s, double v = 1.0) {
-  return {.num_layers = s.num_layers, .num_experts = s.num_logical_experts,
+  return {.num_layers = s.num_layers,
+          .num_experts = s.num_logical_experts,
           .values = std::vector<double>(s.num_layers * s.num_logical_experts, v)};
 }
 
@@ -31,8 +36,7 @@ TEST(PolicyRegistryTest, NamesAndCreation) {
   }
   auto unknown = CreatePolicy("greedy");
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(unknown.status().message(),
-            "policy = \"greedy\" is not one of: contiguous, deepseek");
+  EXPECT_EQ(unknown.status().message(), "policy = \"greedy\" is not one of: contiguous, deepseek");
 }
 
 TEST(PolicyValidationTest, BadInputIsRefusedWithTheField) {
@@ -75,10 +79,9 @@ TEST(PolicyValidationTest, BadInputIsRefusedWithTheField) {
   other.num_physical_experts = 16;
   auto previous = (*CreatePolicy("contiguous"))->Plan({.shape = other});
   ASSERT_TRUE(previous.ok());
-  EXPECT_EQ(policy->Plan({.shape = shape, .load = &load, .previous = &*previous})
-                .status()
-                .message(),
-            "previous map has num_physical_experts = 16, but the deployment has 12");
+  EXPECT_EQ(
+      policy->Plan({.shape = shape, .load = &load, .previous = &*previous}).status().message(),
+      "previous map has num_physical_experts = 16, but the deployment has 12");
 }
 
 // Properties every policy keeps on random inputs: every expert placed, slot counts as the layout

@@ -9,8 +9,12 @@ namespace {
 using ::testing::HasSubstr;
 
 DeploymentShape V3Prefill() {
-  return {.num_layers = 58, .num_logical_experts = 256, .num_groups = 8, .num_nodes = 4,
-          .num_ranks = 32, .num_physical_experts = 288};
+  return {.num_layers = 58,
+          .num_logical_experts = 256,
+          .num_groups = 8,
+          .num_nodes = 4,
+          .num_ranks = 32,
+          .num_physical_experts = 288};
 }
 
 TEST(SlotLayoutTest, EvenSplit) {
@@ -67,8 +71,8 @@ TEST(ShapeTest, ValidShapes) {
   decode.num_ranks = 144;
   decode.num_nodes = 18;
   EXPECT_TRUE(ValidateShape(decode).ok());
-  DeploymentShape uneven = {.num_layers = 1, .num_logical_experts = 30, .num_ranks = 8,
-                            .num_physical_experts = 30};
+  DeploymentShape uneven = {
+      .num_layers = 1, .num_logical_experts = 30, .num_ranks = 8, .num_physical_experts = 30};
   EXPECT_TRUE(ValidateShape(uneven).ok());
   EXPECT_EQ(V3Prefill().ranks_per_node(), 8);
   EXPECT_EQ(V3Prefill().experts_per_group(), 32);
