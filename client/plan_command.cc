@@ -47,11 +47,6 @@ struct PlanOptions {
   bool per_layer = false;
 };
 
-// A usage error (exit code 2) is any problem with the flags themselves.
-struct UsageError {
-  absl::Status status;
-};
-
 absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
   PlanOptions o;
   using L = ShapeLimits;
