@@ -116,8 +116,8 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
     const MapQuality before = EvaluateMap(baseline, *load);
     const MapQuality after = EvaluateMap(map, *load);
     if (o.per_layer) {
-      err << absl::StrFormat("%5s  %-12s %-12s %s\n", "layer", absl::StrCat(baseline_name, ""),
-                             "planned", "max/bound");
+      err << absl::StrFormat("%5s  %-12s %-12s %s\n", "layer", baseline_name, "planned",
+                             "max/bound");
       for (int32_t l = 0; l < s.num_layers; ++l) {
         err << absl::StrFormat("%5d  %-12.4f %-12.4f %.4f\n", l, before.layers[l].balancedness,
                                after.layers[l].balancedness, after.layers[l].max_over_bound);

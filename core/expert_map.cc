@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/check.h"
 #include "core/status_macros.h"
 
 namespace eplb {
@@ -171,14 +172,21 @@ absl::StatusOr<ExpertMap> ExpertMap::FromTables(int32_t num_layers, int32_t num_
 
 std::vector<int32_t> ExpertMap::PaddedLog2Phy() const {
   const int32_t E = num_logical_experts_, W = log2phy_width();
-  std::vector<int32_t> out(static_cast<size_t>(num_layers_) * E * W, -1);
+  std::vector<int32_t> out(static_cast<size_t>(num_layers_) * E * W);
   for (int32_t l = 0; l < num_layers_; ++l) {
     for (int32_t e = 0; e < E; ++e) {
-      const auto slots = replicas(l, e);
-      std::copy(slots.begin(), slots.end(), out.begin() + (static_cast<size_t>(l) * E + e) * W);
+      PaddedLog2PhyRow(l, e,
+                       std::span<int32_t>(out).subspan((static_cast<size_t>(l) * E + e) * W, W));
     }
   }
   return out;
+}
+
+void ExpertMap::PaddedLog2PhyRow(int32_t layer, int32_t expert, std::span<int32_t> out) const {
+  const auto slots = replicas(layer, expert);
+  EPLB_CHECK(out.size() == static_cast<size_t>(log2phy_width()), out.size());
+  std::copy(slots.begin(), slots.end(), out.begin());
+  std::fill(out.begin() + static_cast<ptrdiff_t>(slots.size()), out.end(), -1);
 }
 
 absl::Status ExpertMap::CheckFits(const DeploymentShape& shape) const {

@@ -70,6 +70,9 @@ class ExpertMap {
   const std::vector<int32_t>& phy2log_table() const { return phy2log_; }
   // The padded log2phy table of the file format: L × E × (P − E + 1), −1 padded.
   std::vector<int32_t> PaddedLog2Phy() const;
+  // One row of it: the slots of `expert` in replica order, then −1s.
+  // REQUIRES: out.size() == log2phy_width().
+  void PaddedLog2PhyRow(int32_t layer, int32_t expert, std::span<int32_t> out) const;
   // The logcnt table, L × E row-major.
   const std::vector<int32_t>& logcnt_table() const { return logcnt_; }
 

@@ -122,7 +122,8 @@ absl::StatusOr<AtomicFileWriter> AtomicFileWriter::Create(const std::string& pat
       absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1, std::memory_order_relaxed));
   writer.fd_ = ::open(writer.temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (writer.fd_ < 0) {
-    return writer.Failure(absl::StrCat("cannot create ", writer.temp_path_), errno);
+    const int error = errno;
+    return writer.Failure(absl::StrCat("cannot create ", writer.temp_path_), error);
   }
   return writer;
 }
@@ -142,6 +143,7 @@ void AtomicFileWriter::Abandon() {
   ::unlink(temp_path_.c_str());
 }
 
+// Callers read errno into a local first: building the message allocates, which may change errno.
 absl::Status AtomicFileWriter::Failure(const std::string& what, int error) const {
   return absl::ErrnoToStatus(error, absl::StrCat("cannot write ", path_, ": ", what));
 }
@@ -160,18 +162,21 @@ absl::Status AtomicFileWriter::Commit() {
   if (!status_.ok()) return status_;
   if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, " is already committed"));
   if (::fsync(fd_) != 0) {
-    status_ = Failure(absl::StrCat("fsync of ", temp_path_), errno);
+    const int error = errno;
+    status_ = Failure(absl::StrCat("fsync of ", temp_path_), error);
     Abandon();
     return status_;
   }
   const int fd = std::exchange(fd_, -1);
   if (::close(fd) != 0) {
-    status_ = Failure(absl::StrCat("close of ", temp_path_), errno);
+    const int error = errno;
+    status_ = Failure(absl::StrCat("close of ", temp_path_), error);
     ::unlink(temp_path_.c_str());
     return status_;
   }
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
-    status_ = Failure(absl::StrCat("rename of ", temp_path_), errno);
+    const int error = errno;
+    status_ = Failure(absl::StrCat("rename of ", temp_path_), error);
     ::unlink(temp_path_.c_str());
     return status_;
   }
@@ -180,13 +185,15 @@ absl::Status AtomicFileWriter::Commit() {
   const std::string dir = DirectoryOf(path_);
   const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd < 0) {
-    return Failure(absl::StrCat("renamed into place, but cannot open directory ", dir), errno);
+    const int error = errno;
+    return Failure(absl::StrCat("renamed into place, but cannot open directory ", dir), error);
   }
   FdCloser dir_closer(dir_fd);
   // Some file systems cannot fsync a directory (EINVAL): nothing more can be done there.
   if (::fsync(dir_fd) != 0 && errno != EINVAL) {
+    const int error = errno;
     return Failure(absl::StrCat("renamed into place, but fsync of directory ", dir, " failed"),
-                   errno);
+                   error);
   }
   return absl::OkStatus();
 }

@@ -570,9 +570,7 @@ void WriteEplbMap(const ExpertMap& map, int64_t version, PieceWriter& w) {
     out->push_back('[');
     for (int32_t e = 0; e < E; ++e) {
       if (e > 0) out->append(", ");
-      const auto slots = map.replicas(static_cast<int32_t>(l), e);
-      std::copy(slots.begin(), slots.end(), padded.begin());
-      std::fill(padded.begin() + static_cast<ptrdiff_t>(slots.size()), padded.end(), -1);
+      map.PaddedLog2PhyRow(static_cast<int32_t>(l), e, padded);
       AppendJsonIntArray(out, padded);
     }
     out->push_back(']');
