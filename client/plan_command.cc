@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/cli_args.h"
+#include "client/cli_files.h"
 #include "core/contiguous_policy.h"
 #include "core/file_io.h"
 #include "core/map_format.h"
@@ -18,8 +19,6 @@
 
 namespace eplb::cli {
 namespace {
-
-constexpr size_t kMaxInputBytes = size_t{1} << 30;
 
 constexpr std::array<FlagSpec, 14> kPlanFlags = {{
     {"load", "FILE", "load file {\"load\": [[…E…] × L]} (required unless --policy contiguous)"},
@@ -77,16 +76,6 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
     if (o.shape.num_logical_experts == 0) return args.Require("num-logical-experts").status();
   }
   return o;
-}
-
-absl::StatusOr<LoadMatrix> ReadLoad(const std::string& path) {
-  auto text = ReadFileToString(path, kMaxInputBytes);
-  if (!text.ok()) return text.status();
-  auto load = ParseLoadJson(*text);
-  if (!load.ok()) {
-    return absl::Status(load.status().code(), absl::StrCat(path, ": ", load.status().message()));
-  }
-  return load;
 }
 
 absl::StatusOr<ParsedExpertMap> ReadPrevious(const std::string& path,
@@ -149,7 +138,7 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
   PlanOptions o = options;
   std::optional<LoadMatrix> load;
   if (o.load_path) {
-    auto read = ReadLoad(*o.load_path);
+    auto read = ReadLoadFile(*o.load_path);
     if (!read.ok()) return fail(read.status());
     load = *std::move(read);
     if (o.shape.num_layers != 0 && o.shape.num_layers != load->num_layers) {
@@ -186,14 +175,10 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
 
   const int64_t version = previous ? previous->version + 1 : 1;
   if (o.output_path) {
-    auto writer = AtomicFileWriter::Create(*o.output_path);
-    if (!writer.ok()) return fail(writer.status());
-    absl::Status written;
-    WriteExpertMapJson(*map, o.format, version, [&](absl::string_view piece) {
-      if (written.ok()) written = writer->Append(piece);
-    });
-    if (written.ok()) written = writer->Commit();
-    if (!written.ok()) return fail(written);
+    if (absl::Status written = WriteMapFile(*o.output_path, *map, o.format, version);
+        !written.ok()) {
+      return fail(written);
+    }
   } else {
     WriteExpertMapJson(*map, o.format, version, [&out](absl::string_view piece) {
       out.write(piece.data(), static_cast<std::streamsize>(piece.size()));

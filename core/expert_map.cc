@@ -189,6 +189,25 @@ void ExpertMap::PaddedLog2PhyRow(int32_t layer, int32_t expert, std::span<int32_
   std::fill(out.begin() + static_cast<ptrdiff_t>(slots.size()), out.end(), -1);
 }
 
+uint64_t ExpertMap::Hash() const {
+  constexpr uint64_t kOffsetBasis = 14695981039346656037ULL;
+  constexpr uint64_t kPrime = 1099511628211ULL;
+  uint64_t hash = kOffsetBasis;
+  const auto mix = [&hash](int32_t value) {
+    const auto bits = static_cast<uint32_t>(value);
+    for (int shift = 0; shift < 32; shift += 8) {
+      hash ^= (bits >> shift) & 0xffu;
+      hash *= kPrime;
+    }
+  };
+  mix(num_layers_);
+  mix(num_logical_experts_);
+  mix(num_physical_experts());
+  mix(num_ranks());
+  for (const int32_t expert : phy2log_) mix(expert);
+  return hash;
+}
+
 absl::Status ExpertMap::CheckFits(const DeploymentShape& shape) const {
   auto differs = [](const char* field, int64_t map_value, int64_t shape_value) {
     return absl::InvalidArgumentError(absl::StrCat("map has ", field, " = ", map_value,

@@ -80,6 +80,10 @@ class ExpertMap {
   // that differs otherwise.
   absl::Status CheckFits(const DeploymentShape& shape) const;
 
+  // The map's content hash, as planner and ranks compare it: 64-bit FNV-1a over the little-endian
+  // int32 values L, E, P, R and then phy2log row by row (phy2log determines the rest of the map).
+  uint64_t Hash() const;
+
   friend bool operator==(const ExpertMap&, const ExpertMap&) = default;
 
  private:

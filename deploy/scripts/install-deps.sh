@@ -7,13 +7,14 @@
 set -euo pipefail
 
 build_packages=(
-  build-essential cmake ninja-build pkg-config git python3 clang libclang-rt-14-dev
+  build-essential cmake ninja-build pkg-config git python3 clang libclang-rt-14-dev openssl
   libabsl-dev libspdlog-dev libfmt-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
 )
 runtime_packages=(
   libabsl20220623 libspdlog1.10 libfmt9 libgrpc++1.51 libprotobuf32
+  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
 )
 
 packages=("${build_packages[@]}")

@@ -1,20 +1,17 @@
 // End-to-end tests of `eplbctl plan`: the real binary, real files, exit codes and messages.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/file_io.h"
 #include "core/map_format.h"
 #include "core/metrics.h"
+#include "tests/client/subprocess.h"
 
 namespace eplb {
 namespace {
@@ -25,17 +22,8 @@ using ::testing::HasSubstr;
 using ::testing::MatchesRegex;
 using ::testing::StartsWith;
 
-struct Result {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string Slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using Result = testing::ProcessResult;
+using testing::Slurp;
 
 class EplbctlPlanTest : public ::testing::Test {
  protected:
@@ -55,26 +43,10 @@ class EplbctlPlanTest : public ::testing::Test {
     return Path(name);
   }
 
-  // Runs eplbctl with `args`, stdout and stderr captured to files.
+  // Runs eplbctl with `args`, stdout and stderr captured.
   Result Run(std::vector<std::string> args) const {
     args.insert(args.begin(), EPLBCTL_PATH);
-    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    const pid_t pid = fork();
-    if (pid == 0) {
-      if (!freopen(out.c_str(), "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(127);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    Result r;
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    r.out = Slurp(out);
-    r.err = Slurp(err);
-    return r;
+    return testing::RunProcess(std::move(args), dir_ / "eplbctl");
   }
 
   fs::path dir_;
@@ -238,7 +210,7 @@ TEST_P(EplbctlPlanBadInputTest, FailsWithOneLineAndLeavesOutputAlone) {
   // No temporary files left beside the output.
   int files = 0;
   for ([[maybe_unused]] const auto& entry : fs::directory_iterator(dir_)) ++files;
-  EXPECT_EQ(files, (c.load ? 1 : 0) + 3);  // load, out.json, stdout.txt, stderr.txt
+  EXPECT_EQ(files, (c.load ? 1 : 0) + 1);  // load, out.json
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -113,5 +113,16 @@ TEST(ExpertMapTest, CheckFitsNamesTheDifferingField) {
   EXPECT_EQ(map.CheckFits(shape).message(), "map has num_layers = 2, but the deployment has 5");
 }
 
+TEST(ExpertMapTest, HashIsFnv1aOverShapeAndPhy2Log) {
+  // Expected values: FNV-1a 64 over the little-endian int32s 2, 4, 6, 2 and then phy2log, computed
+  // independently of this code.
+  EXPECT_EQ(SmallMap().Hash(), 0x5a82645ebd299e75ULL);
+  auto swapped = ExpertMap::FromPhy2Log(2, 4, SlotLayout(6, 2),
+                                        {0, 1, 2, 3, 0, 0,  //
+                                         3, 2, 1, 0, 1, 3});
+  ASSERT_TRUE(swapped.ok()) << swapped.status();
+  EXPECT_EQ(swapped->Hash(), 0x58829a60269cb995ULL);
+}
+
 }  // namespace
 }  // namespace eplb

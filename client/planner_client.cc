@@ -1,0 +1,269 @@
+#include "client/planner_client.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/file_io.h"
+#include "core/status_macros.h"
+#include "proto/convert.h"
+
+namespace eplb::client {
+namespace {
+
+// PEM files are small; anything near this is not one.
+constexpr size_t kMaxPemBytes = size_t{1} << 20;
+
+enum class PemKind { kCertificate, kPrivateKey };
+
+// Reads a PEM file and checks that it holds a block of the expected kind, so that a wrong file is
+// named here rather than failing the TLS handshake later with a message that names no file.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, PemKind kind) {
+  ASSIGN_OR_RETURN(std::string pem, ReadFileToString(path, kMaxPemBytes));
+  const bool found =
+      kind == PemKind::kCertificate
+          ? absl::StrContains(pem, "-----BEGIN CERTIFICATE-----")
+          : absl::StrContains(pem, "-----BEGIN") && absl::StrContains(pem, "PRIVATE KEY-----");
+  if (!found) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, " holds no PEM ", kind == PemKind::kCertificate ? "certificate" : "private key"));
+  }
+  return pem;
+}
+
+absl::Status CheckOptions(const PlannerClientOptions& options) {
+  if (options.server.empty()) return absl::InvalidArgumentError("the server address is required");
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate needs both its certificate and its key file");
+  }
+  if (options.tls_ca_file.empty() &&
+      (!options.tls_cert_file.empty() || !options.tls_server_name.empty())) {
+    return absl::InvalidArgumentError(
+        "a client certificate or a TLS server name needs TLS (a CA file)");
+  }
+  if (options.rpc_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("the RPC timeout must be positive");
+  }
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError("the maximum message size must be positive");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PlannerClient>> PlannerClient::Create(
+    const PlannerClientOptions& options) {
+  RETURN_IF_ERROR(CheckOptions(options));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls_ca_file.empty()) {
+    credentials = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions ssl;
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(options.tls_ca_file, PemKind::kCertificate));
+    if (!options.tls_cert_file.empty()) {
+      ASSIGN_OR_RETURN(ssl.pem_cert_chain,
+                       ReadPemFile(options.tls_cert_file, PemKind::kCertificate));
+      ASSIGN_OR_RETURN(ssl.pem_private_key,
+                       ReadPemFile(options.tls_key_file, PemKind::kPrivateKey));
+    }
+    if (!options.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name);
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  auto channel = grpc::CreateCustomChannel(options.server, credentials, args);
+  return std::unique_ptr<PlannerClient>(new PlannerClient(options, std::move(channel)));
+}
+
+PlannerClient::PlannerClient(const PlannerClientOptions& options,
+                             std::shared_ptr<grpc::Channel> channel)
+    : bearer_token_(options.bearer_token),
+      rpc_timeout_(options.rpc_timeout),
+      channel_(std::move(channel)),
+      stub_(v1::Planner::NewStub(channel_)) {}
+
+void PlannerClient::PrepareContext(grpc::ClientContext* context, bool with_deadline) const {
+  if (!bearer_token_.empty()) {
+    context->AddMetadata("authorization", absl::StrCat("Bearer ", bearer_token_));
+  }
+  if (with_deadline) {
+    context->set_deadline(std::chrono::system_clock::now() +
+                          absl::ToChronoNanoseconds(rpc_timeout_));
+  }
+}
+
+absl::StatusOr<v1::Deployment> PlannerClient::CreateDeployment(const v1::DeploymentSpec& spec) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::CreateDeploymentRequest request;
+  *request.mutable_spec() = spec;
+  v1::Deployment response;
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->CreateDeployment(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<v1::Deployment> PlannerClient::GetDeployment(absl::string_view name) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::GetDeploymentRequest request;
+  request.set_name(std::string(name));
+  v1::Deployment response;
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->GetDeployment(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::Deployment>> PlannerClient::ListDeployments() {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::ListDeploymentsResponse response;
+  RETURN_IF_ERROR(
+      FromGrpcStatus(stub_->ListDeployments(&context, v1::ListDeploymentsRequest(), &response)));
+  return std::vector<v1::Deployment>(
+      std::make_move_iterator(response.mutable_deployments()->begin()),
+      std::make_move_iterator(response.mutable_deployments()->end()));
+}
+
+absl::Status PlannerClient::DeleteDeployment(absl::string_view name) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::DeleteDeploymentRequest request;
+  request.set_name(std::string(name));
+  v1::DeleteDeploymentResponse response;
+  return FromGrpcStatus(stub_->DeleteDeployment(&context, request, &response));
+}
+
+absl::StatusOr<v1::Plan> PlannerClient::GetPlan(absl::string_view deployment, int64_t version) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::GetPlanRequest request;
+  request.set_deployment(std::string(deployment));
+  request.set_version(version);
+  v1::Plan response;
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->GetPlan(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::Plan>> PlannerClient::ListPlans(absl::string_view deployment,
+                                                               bool include_maps) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::ListPlansRequest request;
+  request.set_deployment(std::string(deployment));
+  request.set_include_maps(include_maps);
+  v1::ListPlansResponse response;
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->ListPlans(&context, request, &response)));
+  return std::vector<v1::Plan>(std::make_move_iterator(response.mutable_plans()->begin()),
+                               std::make_move_iterator(response.mutable_plans()->end()));
+}
+
+absl::StatusOr<v1::Plan> PlannerClient::Rebalance(absl::string_view deployment, bool dry_run) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::RebalanceRequest request;
+  request.set_deployment(std::string(deployment));
+  request.set_dry_run(dry_run);
+  v1::RebalanceResponse response;
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->Rebalance(&context, request, &response)));
+  return std::move(*response.mutable_plan());
+}
+
+absl::StatusOr<v1::ReportSummary> PlannerClient::ReportLoad(
+    std::span<const v1::LoadReport> reports) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::ReportSummary summary;
+  std::unique_ptr<grpc::ClientWriter<v1::LoadReport>> writer =
+      stub_->ReportLoad(&context, &summary);
+  for (const v1::LoadReport& report : reports) {
+    // A failed write means the stream is over; Finish() says why.
+    if (!writer->Write(report)) break;
+  }
+  writer->WritesDone();
+  RETURN_IF_ERROR(FromGrpcStatus(writer->Finish()));
+  return summary;
+}
+
+absl::StatusOr<v1::GetLoadResponse> PlannerClient::GetLoad(absl::string_view deployment) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::GetLoadRequest request;
+  request.set_deployment(std::string(deployment));
+  v1::GetLoadResponse response;
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->GetLoad(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<std::unique_ptr<PlannerClient::Watch>> PlannerClient::StartWatch(
+    const v1::WatchPlansRequest::Subscribe& subscribe) {
+  auto watch = std::unique_ptr<Watch>(new Watch());
+  PrepareContext(&watch->context_, /*with_deadline=*/false);
+  watch->stream_ = stub_->WatchPlans(&watch->context_);
+  v1::WatchPlansRequest request;
+  *request.mutable_subscribe() = subscribe;
+  if (!watch->stream_->Write(request)) {
+    absl::MutexLock lock(&watch->read_mu_);
+    watch->FinishLocked();
+    return watch->final_status_;
+  }
+  return watch;
+}
+
+// ---- Watch --------------------------------------------------------------------------------------
+
+PlannerClient::Watch::~Watch() {
+  Cancel();
+  absl::MutexLock lock(&read_mu_);
+  if (finished_) return;
+  // gRPC requires the messages still queued to be read before Finish().
+  v1::WatchPlansResponse discarded;
+  while (stream_->Read(&discarded)) {
+  }
+  FinishLocked();
+}
+
+void PlannerClient::Watch::FinishLocked() {
+  absl::MutexLock lock(&write_mu_);
+  writes_closed_ = true;
+  const grpc::Status status = stream_->Finish();
+  final_status_ = status.ok() ? absl::OutOfRangeError("the planner ended the watch stream")
+                              : FromGrpcStatus(status);
+  finished_ = true;
+}
+
+absl::StatusOr<v1::WatchPlansResponse> PlannerClient::Watch::Next() {
+  absl::MutexLock lock(&read_mu_);
+  if (finished_) return final_status_;
+  v1::WatchPlansResponse response;
+  if (stream_->Read(&response)) return response;
+  FinishLocked();
+  return final_status_;
+}
+
+absl::Status PlannerClient::Watch::Ack(const v1::WatchPlansRequest::Ack& ack) {
+  absl::MutexLock lock(&write_mu_);
+  if (writes_closed_) return absl::FailedPreconditionError("the watch stream has ended");
+  v1::WatchPlansRequest request;
+  *request.mutable_ack() = ack;
+  if (!stream_->Write(request)) {
+    return absl::FailedPreconditionError("the watch stream has ended (Next() returns why)");
+  }
+  return absl::OkStatus();
+}
+
+void PlannerClient::Watch::Cancel() {
+  // Not under write_mu_: a Write blocked on flow control holds it, and cancelling is what unblocks
+  // it. ClientContext::TryCancel is thread-safe.
+  context_.TryCancel();
+}
+
+}  // namespace eplb::client

@@ -1,0 +1,99 @@
+// PlannerMetrics: the planner's state as Prometheus metrics (served by main() on --metrics-port).
+//
+//   eplb_plan_version{deployment, kind="committed"|"latest"}       gauge
+//   eplb_balancedness{deployment}        gauge: the committed plan under the smoothed load
+//   eplb_reports_total{deployment, result="accepted"|"duplicate"|<ErrorReason>}   counter
+//   eplb_rebalance_seconds{deployment}   histogram: policy + metrics time per planning run
+//   eplb_bytes_moved_total{deployment}   counter: bytes_to_move of committed plans
+//   eplb_plans_total{deployment, outcome="committed"|"aborted"}   counter
+//   eplb_ranks{deployment, state="none"|"staged"|"active"|"failed"}  gauge: ack states of the
+//                                        newest plan
+//   eplb_rank_hash_mismatch{deployment, rank}   gauge: 1 while the rank's map hash differs from the
+//                                        plan's
+//   eplb_watchers{deployment}            gauge: open WatchPlans streams
+//
+// Thread-safe (prometheus-cpp metrics are atomic; families lock internally).
+#ifndef EPLB_SERVER_METRICS_H_
+#define EPLB_SERVER_METRICS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace eplb::server {
+
+// The metrics of one deployment. Created by PlannerMetrics::AddDeployment; its series disappear
+// when it is destroyed.
+class DeploymentMetrics {
+ public:
+  ~DeploymentMetrics();
+  DeploymentMetrics(const DeploymentMetrics&) = delete;
+  DeploymentMetrics& operator=(const DeploymentMetrics&) = delete;
+
+  void SetVersions(int64_t committed, int64_t latest);
+  void SetBalancedness(double value) { balancedness_->Set(value); }
+  void ReportAccepted() { accepted_->Increment(); }
+  void ReportDuplicate() { duplicate_->Increment(); }
+  // `reason` is an ErrorReason name, e.g. "MALFORMED_COUNTS".
+  void ReportRejected(const std::string& reason);
+  void ObserveRebalanceSeconds(double seconds) { rebalance_seconds_->Observe(seconds); }
+  void PlanCommitted(int64_t bytes_moved);
+  void PlanAborted() { aborted_->Increment(); }
+  // Ack states of the newest plan: counts of ranks with no ack, STAGED, ACTIVE and FAILED.
+  void SetRankStates(int64_t none, int64_t staged, int64_t active, int64_t failed);
+  void SetHashMismatch(int32_t rank, bool mismatch);
+  void AddWatchers(int delta) { watchers_->Increment(delta); }
+
+ private:
+  friend class PlannerMetrics;
+  DeploymentMetrics(class PlannerMetrics* owner, std::string deployment);
+
+  class PlannerMetrics* owner_;
+  std::string deployment_;
+  prometheus::Gauge* committed_version_;
+  prometheus::Gauge* latest_version_;
+  prometheus::Gauge* balancedness_;
+  prometheus::Counter* accepted_;
+  prometheus::Counter* duplicate_;
+  prometheus::Histogram* rebalance_seconds_;
+  prometheus::Counter* bytes_moved_;
+  prometheus::Counter* committed_;
+  prometheus::Counter* aborted_;
+  prometheus::Gauge* ranks_[4];
+  prometheus::Gauge* watchers_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, prometheus::Counter*> rejected_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<int32_t, prometheus::Gauge*> mismatch_ ABSL_GUARDED_BY(mu_);
+};
+
+class PlannerMetrics {
+ public:
+  explicit PlannerMetrics(std::shared_ptr<prometheus::Registry> registry);
+  std::unique_ptr<DeploymentMetrics> AddDeployment(const std::string& deployment);
+  prometheus::Registry& registry() { return *registry_; }
+
+ private:
+  friend class DeploymentMetrics;
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Gauge>& plan_version_;
+  prometheus::Family<prometheus::Gauge>& balancedness_;
+  prometheus::Family<prometheus::Counter>& reports_;
+  prometheus::Family<prometheus::Histogram>& rebalance_seconds_;
+  prometheus::Family<prometheus::Counter>& bytes_moved_;
+  prometheus::Family<prometheus::Counter>& plans_;
+  prometheus::Family<prometheus::Gauge>& ranks_;
+  prometheus::Family<prometheus::Gauge>& hash_mismatch_;
+  prometheus::Family<prometheus::Gauge>& watchers_;
+};
+
+}  // namespace eplb::server
+
+#endif  // EPLB_SERVER_METRICS_H_

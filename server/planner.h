@@ -1,0 +1,172 @@
+// Planner: the planner service's logic, independent of the gRPC transport.
+//
+// It owns the deployments (shape, policy, smoothed load, plan history, rank acknowledgements,
+// watchers), the state directory and one worker thread. The worker runs everything slow or
+// blocking: policies, file writes (fsync), ack timeouts and load checkpoints. The other methods are
+// cheap, never block on I/O and may be called from gRPC reactor threads.
+//
+// Locking: a registry mutex guards the set of deployments; each deployment has its own mutex.
+// Order: registry, then deployment, then a watch sink's own lock (inside WatchSink::Send).
+#ifndef EPLB_SERVER_PLANNER_H_
+#define EPLB_SERVER_PLANNER_H_
+
+#include <grpcpp/support/byte_buffer.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/clock.h"
+#include "core/expert_map.h"
+#include "eplb/v1/planner.pb.h"
+#include "server/metrics.h"
+#include "server/state_store.h"
+
+namespace eplb::server {
+
+struct PlannerOptions {
+  // Policy of deployments created without one.
+  std::string default_policy = "deepseek";
+  // How often the smoothed load of a deployment that received reports is written to disk.
+  absl::Duration checkpoint_interval = absl::Seconds(10);
+};
+
+// One message for watchers, serialized once and shared by every stream that sends it.
+struct WatchUpdate {
+  int64_t version = 0;
+  v1::PlanState state = v1::PLAN_STATE_UNSPECIFIED;
+  grpc::ByteBuffer bytes;  // a serialized v1::WatchPlansResponse
+};
+
+// The receiving end of a watch (the gRPC stream). Both methods are called with the deployment's
+// lock held: they must not block and must not call back into Planner.
+class WatchSink {
+ public:
+  virtual ~WatchSink() = default;
+  virtual void Send(std::shared_ptr<const WatchUpdate> update) = 0;
+  // The watch ends (deployment deleted, planner shutting down). No Send follows.
+  virtual void Close(const absl::Status& status) = 0;
+};
+
+struct ReportOutcome {
+  bool duplicate = false;     // already counted; not counted again
+  int64_t last_sequence = 0;  // the rank's highest accepted sequence in this session
+};
+
+class Planner {
+ public:
+  // Loads every deployment from `store` and starts the worker. `clock` and `metrics` must outlive
+  // the planner; `metrics` may be null.
+  static absl::StatusOr<std::unique_ptr<Planner>> Create(const PlannerOptions& options,
+                                                         StateStore store, Clock* clock,
+                                                         PlannerMetrics* metrics);
+  // Shutdown() if not done.
+  ~Planner();
+  Planner(const Planner&) = delete;
+  Planner& operator=(const Planner&) = delete;
+
+  // ---- Run on the worker; `done` is called there (or inline when refused up front). ----
+  using DeploymentCallback = std::function<void(absl::StatusOr<v1::Deployment>)>;
+  using PlanCallback = std::function<void(absl::StatusOr<v1::Plan>)>;
+  // Validates the spec (INVALID_ARGUMENT / FAILED_PRECONDITION naming the field), fills defaults,
+  // persists the deployment with plan version 1 and returns it. Identical re-create: the existing
+  // deployment; different spec: ALREADY_EXISTS.
+  void CreateDeployment(const v1::DeploymentSpec& spec, DeploymentCallback done);
+  void DeleteDeployment(const std::string& name, std::function<void(absl::Status)> done);
+  // Plans from the current smoothed load. Publishes a new version (FAILED_PRECONDITION
+  // PLAN_IN_FLIGHT while one is being staged), or with dry_run returns the candidate as version 0.
+  void Rebalance(const std::string& name, bool dry_run, PlanCallback done);
+
+  // ---- Cheap, any thread. ----
+  absl::StatusOr<v1::Deployment> GetDeployment(const std::string& name) const;
+  std::vector<v1::Deployment> ListDeployments() const;
+  // version 0: the newest committed plan.
+  absl::StatusOr<v1::Plan> GetPlan(const std::string& name, int64_t version) const;
+  absl::StatusOr<std::vector<v1::Plan>> ListPlans(const std::string& name, bool include_maps) const;
+  absl::StatusOr<v1::GetLoadResponse> GetLoad(const std::string& name) const;
+
+  // Validates and counts one load report. Errors name the field; a refused report changes nothing.
+  absl::StatusOr<ReportOutcome> Report(const v1::LoadReport& report);
+
+  // Registers `sink` and sends it the current plans. Until Unsubscribe (which the sink's owner
+  // must call before destroying it), the sink receives every update.
+  absl::Status Subscribe(const v1::WatchPlansRequest::Subscribe& subscribe, WatchSink* sink);
+  void Unsubscribe(const std::string& name, WatchSink* sink);
+  // Records a rank's acknowledgement; may commit or abort the plan in flight.
+  absl::Status Ack(const std::string& name, int32_t rank, const v1::WatchPlansRequest::Ack& ack);
+
+  // Ends every watch with UNAVAILABLE; from now on creating, deleting, rebalancing and subscribing
+  // fail with UNAVAILABLE (reports and queries still work, so in-flight RPCs can finish).
+  // Idempotent.
+  void BeginShutdown();
+  // BeginShutdown, then stops the worker after its queued work and writes the load checkpoints.
+  // Idempotent.
+  void Shutdown();
+
+ private:
+  struct Deployment;
+  using Task = std::function<void()>;
+
+  Planner(const PlannerOptions& options, StateStore store, Clock* clock, PlannerMetrics* metrics);
+  absl::Status LoadState();
+  std::shared_ptr<Deployment> Find(const std::string& name) const;
+  absl::StatusOr<std::shared_ptr<Deployment>> FindOrError(const std::string& name) const;
+
+  void Post(Task task);
+  void WorkerLoop();
+  void CheckTimers();
+  void Checkpoint(Deployment& d, bool force);
+
+  void CreateOnWorker(const v1::DeploymentSpec& spec, const DeploymentCallback& done);
+  void DeleteOnWorker(const std::string& name, const std::function<void(absl::Status)>& done);
+  enum class PlanReason { kTrigger, kOnDemand };
+  absl::StatusOr<v1::Plan> PlanOnWorker(const std::shared_ptr<Deployment>& d, PlanReason reason,
+                                        bool dry_run);
+  absl::StatusOr<v1::Plan> Publish(const std::shared_ptr<Deployment>& d, v1::Plan plan,
+                                   ExpertMap map);
+  // Queues a trigger evaluation when one is due. REQUIRES: d->mu held.
+  void MaybeTrigger(const std::shared_ptr<Deployment>& d);
+  absl::StatusOr<ReportOutcome> ReportTo(const std::shared_ptr<Deployment>& d,
+                                         const v1::LoadReport& report);
+  void FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, int64_t version,
+                             v1::PlanState state, const std::string& reason);
+
+  const PlannerOptions options_;
+  StateStore store_;
+  Clock* const clock_;
+  PlannerMetrics* const metrics_;
+
+  mutable absl::Mutex registry_mu_;
+  std::map<std::string, std::shared_ptr<Deployment>> deployments_ ABSL_GUARDED_BY(registry_mu_);
+  bool shut_down_ ABSL_GUARDED_BY(registry_mu_) = false;
+  bool worker_stopped_ ABSL_GUARDED_BY(registry_mu_) = false;
+
+  absl::Mutex queue_mu_;
+  std::deque<Task> queue_ ABSL_GUARDED_BY(queue_mu_);
+  bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
+  bool woken_ ABSL_GUARDED_BY(queue_mu_) = false;
+  absl::CondVar queue_cv_;
+  std::thread worker_;
+
+  // What the clock's advance callback reaches; cleared before the planner goes away, since the
+  // clock may outlive it.
+  struct WakeTarget {
+    absl::Mutex mu;
+    Planner* planner ABSL_GUARDED_BY(mu) = nullptr;
+  };
+  std::shared_ptr<WakeTarget> wake_target_ = std::make_shared<WakeTarget>();
+};
+
+}  // namespace eplb::server
+
+#endif  // EPLB_SERVER_PLANNER_H_

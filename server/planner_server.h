@@ -1,0 +1,74 @@
+// PlannerServer: a running planner: the state directory loaded, the gRPC server listening with the
+// Planner service, grpc.health.v1 and server reflection. main() runs one; tests run one on
+// 127.0.0.1:0 with a FakeClock.
+#ifndef EPLB_SERVER_PLANNER_SERVER_H_
+#define EPLB_SERVER_PLANNER_SERVER_H_
+
+#include <grpcpp/server.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/clock.h"
+#include "prometheus/registry.h"
+#include "server/metrics.h"
+#include "server/planner.h"
+#include "server/planner_service.h"
+
+namespace eplb::server {
+
+struct PlannerServerOptions {
+  // HOST:PORT; port 0 picks a free port (see PlannerServer::port()).
+  std::string listen = "0.0.0.0:50051";
+  std::string state_dir = "./eplb-state";
+  PlannerOptions planner;
+  PlannerServiceOptions service;
+  // Largest message received or sent. A bigger one fails with RESOURCE_EXHAUSTED.
+  int max_message_bytes = 64 << 20;
+  // HTTP/2 pings on idle connections, so that a dead peer of a long watch or report stream is
+  // noticed; clients may ping as often as every keepalive_min_client_interval.
+  absl::Duration keepalive_time = absl::Seconds(30);
+  absl::Duration keepalive_timeout = absl::Seconds(10);
+  absl::Duration keepalive_min_client_interval = absl::Seconds(10);
+  // TLS: PEM contents (not paths). Certificate and key together enable TLS; a client CA in
+  // addition requires and verifies client certificates (mutual TLS).
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  std::string tls_client_ca_pem;
+};
+
+class PlannerServer {
+ public:
+  // Loads the state, then listens; health is SERVING once this returns. `clock` must outlive the
+  // server. `registry` (may be null) receives the planner's metrics.
+  static absl::StatusOr<std::unique_ptr<PlannerServer>> Start(
+      const PlannerServerOptions& options, Clock* clock,
+      std::shared_ptr<prometheus::Registry> registry);
+  // Shutdown(absl::ZeroDuration()) unless done.
+  ~PlannerServer();
+
+  // The port the gRPC server listens on.
+  int port() const { return port_; }
+  Planner& planner() { return *planner_; }
+
+  // Graceful stop: health turns NOT_SERVING, watches end with UNAVAILABLE, other calls in flight
+  // get `grace` to finish, then the planner's queued work completes and the load is
+  // checkpointed. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  PlannerServer() = default;
+
+  std::unique_ptr<PlannerMetrics> metrics_;
+  std::unique_ptr<Planner> planner_;
+  std::unique_ptr<PlannerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace eplb::server
+
+#endif  // EPLB_SERVER_PLANNER_SERVER_H_

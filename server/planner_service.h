@@ -1,0 +1,75 @@
+// PlannerService: the eplb.v1.Planner gRPC service on top of Planner, with the callback API.
+//
+// Reactors never block: queries and reports run inline (they only take a deployment's lock for
+// microseconds); creating, deleting and rebalancing finish from the planner's worker thread.
+// WatchPlans sends pre-serialized messages (one serialization per plan update, shared by every
+// stream), each stream with its own bounded queue, so a slow reader never holds up the others.
+#ifndef EPLB_SERVER_PLANNER_SERVICE_H_
+#define EPLB_SERVER_PLANNER_SERVICE_H_
+
+#include <string>
+
+#include "eplb/v1/planner.grpc.pb.h"
+#include "server/planner.h"
+
+namespace eplb::server {
+
+struct PlannerServiceOptions {
+  // When non-empty, every call must carry "authorization: Bearer <token>" metadata.
+  std::string bearer_token;
+  // Updates one watch stream may have queued (distinct versions) before it is ended with
+  // RESOURCE_EXHAUSTED; the client reconnects and gets the current plans.
+  int max_watch_queue = 64;
+};
+
+using PlannerServiceBase = v1::Planner::WithCallbackMethod_CreateDeployment<
+    v1::Planner::WithCallbackMethod_GetDeployment<v1::Planner::WithCallbackMethod_ListDeployments<
+        v1::Planner::WithCallbackMethod_DeleteDeployment<v1::Planner::WithCallbackMethod_ReportLoad<
+            v1::Planner::WithCallbackMethod_GetPlan<v1::Planner::WithCallbackMethod_ListPlans<
+                v1::Planner::WithRawCallbackMethod_WatchPlans<
+                    v1::Planner::WithCallbackMethod_Rebalance<
+                        v1::Planner::WithCallbackMethod_GetLoad<v1::Planner::Service>>>>>>>>>>;
+
+// `planner` must outlive the service.
+class PlannerService final : public PlannerServiceBase {
+ public:
+  PlannerService(Planner* planner, PlannerServiceOptions options);
+
+  grpc::ServerUnaryReactor* CreateDeployment(grpc::CallbackServerContext* context,
+                                             const v1::CreateDeploymentRequest* request,
+                                             v1::Deployment* response) override;
+  grpc::ServerUnaryReactor* GetDeployment(grpc::CallbackServerContext* context,
+                                          const v1::GetDeploymentRequest* request,
+                                          v1::Deployment* response) override;
+  grpc::ServerUnaryReactor* ListDeployments(grpc::CallbackServerContext* context,
+                                            const v1::ListDeploymentsRequest* request,
+                                            v1::ListDeploymentsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteDeployment(grpc::CallbackServerContext* context,
+                                             const v1::DeleteDeploymentRequest* request,
+                                             v1::DeleteDeploymentResponse* response) override;
+  grpc::ServerReadReactor<v1::LoadReport>* ReportLoad(grpc::CallbackServerContext* context,
+                                                      v1::ReportSummary* response) override;
+  grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* context,
+                                    const v1::GetPlanRequest* request, v1::Plan* response) override;
+  grpc::ServerUnaryReactor* ListPlans(grpc::CallbackServerContext* context,
+                                      const v1::ListPlansRequest* request,
+                                      v1::ListPlansResponse* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* WatchPlans(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* Rebalance(grpc::CallbackServerContext* context,
+                                      const v1::RebalanceRequest* request,
+                                      v1::RebalanceResponse* response) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
+                                    const v1::GetLoadRequest* request,
+                                    v1::GetLoadResponse* response) override;
+
+ private:
+  absl::Status Authenticate(grpc::CallbackServerContext* context) const;
+
+  Planner* const planner_;
+  const PlannerServiceOptions options_;
+};
+
+}  // namespace eplb::server
+
+#endif  // EPLB_SERVER_PLANNER_SERVICE_H_

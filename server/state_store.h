@@ -1,0 +1,61 @@
+// StateStore: the planner's state directory (format in proto/eplb/state/v1/state.proto).
+//
+// Every write replaces one file atomically (temp file + fsync + rename + directory fsync), so a
+// crash at any point leaves either the old or the new content. A deployment directory appears
+// atomically (built under a temporary name, then renamed) and disappears atomically (renamed away,
+// then removed). Leftovers of interrupted operations are cleaned up by Open().
+//
+// Thread-compatible: the planner calls it from its one worker thread (and from startup).
+#ifndef EPLB_SERVER_STATE_STORE_H_
+#define EPLB_SERVER_STATE_STORE_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "eplb/state/v1/state.pb.h"
+#include "eplb/v1/planner.pb.h"
+
+namespace eplb::server {
+
+// One deployment as found on disk.
+struct LoadedDeployment {
+  state::v1::StoredDeployment record;
+  std::vector<v1::Plan> plans;  // by version, ascending
+  std::optional<state::v1::LoadCheckpoint> load;
+};
+
+class StateStore {
+ public:
+  // Creates `dir` (and parents) if needed and removes leftovers of interrupted operations.
+  static absl::StatusOr<StateStore> Open(const std::string& dir);
+
+  // Every deployment, by name. A file that cannot be read or parsed is DATA_LOSS naming it: the
+  // planner refuses to start rather than run on a partial state.
+  absl::StatusOr<std::vector<LoadedDeployment>> LoadAll() const;
+
+  // Creates the deployment's directory with its record and first plan, atomically.
+  // ALREADY_EXISTS if the directory exists.
+  absl::Status CreateDeployment(const state::v1::StoredDeployment& record,
+                                const v1::Plan& first_plan);
+  absl::Status WriteRecord(const state::v1::StoredDeployment& record);
+  absl::Status WritePlan(const v1::Plan& plan);
+  absl::Status RemovePlan(const std::string& deployment, int64_t version);
+  absl::Status WriteLoad(const std::string& deployment, const state::v1::LoadCheckpoint& load);
+  absl::Status DeleteDeployment(const std::string& deployment);
+
+  const std::string& dir() const { return dir_; }
+
+ private:
+  explicit StateStore(std::string dir) : dir_(std::move(dir)) {}
+  std::string DeploymentDir(const std::string& deployment) const;
+  std::string PlanPath(const std::string& deployment, int64_t version) const;
+
+  std::string dir_;
+};
+
+}  // namespace eplb::server
+
+#endif  // EPLB_SERVER_STATE_STORE_H_

@@ -1,0 +1,423 @@
+// Tests of PlannerClient against a real planner on 127.0.0.1:0 (in-process,
+// tests/server/test_env.h): every RPC, errors with their details, bearer tokens, TLS and mutual
+// TLS, and the Watch stream (Next, Ack, Cancel from another thread, the final status). Option
+// errors need no server.
+#include "client/planner_client.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/expert_map.h"
+#include "core/file_io.h"
+#include "proto/convert.h"
+#include "tests/client/subprocess.h"
+#include "tests/server/test_env.h"
+
+namespace eplb {
+namespace {
+
+namespace fs = std::filesystem;
+using client::PlannerClient;
+using client::PlannerClientOptions;
+using ::testing::HasSubstr;
+using testing::PlannerEnv;
+using testing::Reason;
+
+std::unique_ptr<PlannerClient> Connect(const PlannerEnv& env, PlannerClientOptions options = {}) {
+  options.server = absl::StrCat("127.0.0.1:", env.port());
+  auto client = PlannerClient::Create(options);
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
+// Dense counts for L layers of E experts, skewed towards high expert indices.
+std::vector<std::vector<double>> SkewedCounts(int layers, int experts) {
+  std::vector<std::vector<double>> counts(layers, std::vector<double>(experts));
+  for (int l = 0; l < layers; ++l) {
+    for (int e = 0; e < experts; ++e) counts[l][e] = (e + 1) * (e + 1) + l;
+  }
+  return counts;
+}
+
+// ---- Options ------------------------------------------------------------------------------------
+
+class PlannerClientOptionsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::MakeTempDir();
+    ca_ = Write("ca.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string Write(const std::string& name, const std::string& contents) {
+    const std::string path = (fs::path(dir_) / name).string();
+    std::ofstream(path) << contents;
+    return path;
+  }
+  absl::Status CreateError(const PlannerClientOptions& options) {
+    return PlannerClient::Create(options).status();
+  }
+
+  std::string dir_;
+  std::string ca_;
+};
+
+TEST_F(PlannerClientOptionsTest, InconsistentOptionsAreRefused) {
+  EXPECT_EQ(CreateError({}), absl::InvalidArgumentError("the server address is required"));
+  EXPECT_EQ(CreateError({.server = "h:1", .tls_ca_file = ca_, .tls_cert_file = ca_}),
+            absl::InvalidArgumentError(
+                "a client certificate needs both its certificate and its key file"));
+  EXPECT_EQ(CreateError({.server = "h:1", .tls_cert_file = ca_, .tls_key_file = ca_}),
+            absl::InvalidArgumentError(
+                "a client certificate or a TLS server name needs TLS (a CA file)"));
+  EXPECT_EQ(CreateError({.server = "h:1", .tls_server_name = "x"}),
+            absl::InvalidArgumentError(
+                "a client certificate or a TLS server name needs TLS (a CA file)"));
+  EXPECT_EQ(CreateError({.server = "h:1", .rpc_timeout = absl::ZeroDuration()}),
+            absl::InvalidArgumentError("the RPC timeout must be positive"));
+  EXPECT_EQ(CreateError({.server = "h:1", .max_message_bytes = 0}),
+            absl::InvalidArgumentError("the maximum message size must be positive"));
+  EXPECT_TRUE(PlannerClient::Create({.server = "h:1"}).ok());
+  EXPECT_TRUE(PlannerClient::Create({.server = "h:1", .tls_ca_file = ca_}).ok());
+}
+
+TEST_F(PlannerClientOptionsTest, PemFilesAreNamed) {
+  const std::string missing = (fs::path(dir_) / "missing.pem").string();
+  EXPECT_EQ(
+      CreateError({.server = "h:1", .tls_ca_file = missing}),
+      absl::NotFoundError(absl::StrCat("cannot open ", missing, ": No such file or directory")));
+  const std::string text = Write("text.pem", "hello\n");
+  EXPECT_EQ(CreateError({.server = "h:1", .tls_ca_file = text}),
+            absl::InvalidArgumentError(absl::StrCat(text, " holds no PEM certificate")));
+  EXPECT_EQ(
+      CreateError({.server = "h:1", .tls_ca_file = ca_, .tls_cert_file = ca_, .tls_key_file = ca_}),
+      absl::InvalidArgumentError(absl::StrCat(ca_, " holds no PEM private key")));
+}
+
+TEST(PlannerClientTest, UnreachableServerIsUnavailable) {
+  auto client = PlannerClient::Create({.server = "127.0.0.1:1"});
+  ASSERT_TRUE(client.ok());
+  EXPECT_EQ((*client)->ListDeployments().status().code(), absl::StatusCode::kUnavailable);
+  const v1::LoadReport report;
+  EXPECT_EQ((*client)->ReportLoad({&report, 1}).status().code(), absl::StatusCode::kUnavailable);
+  v1::WatchPlansRequest::Subscribe subscribe;
+  subscribe.set_deployment("d");
+  auto watch = (*client)->StartWatch(subscribe);
+  const absl::Status status = watch.ok() ? (*watch)->Next().status() : watch.status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+}
+
+// ---- RPCs against a planner ---------------------------------------------------------------------
+
+TEST(PlannerClientTest, EveryCallRoundTrips) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_NE(client, nullptr);
+
+  v1::DeploymentSpec spec = testing::Spec("d1", 2, 8, 8, 2);
+  spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
+  auto created = client->CreateDeployment(spec);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_EQ(created->spec().name(), "d1");
+  EXPECT_EQ(created->committed_version(), 1);
+  auto again = client->CreateDeployment(spec);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->committed_version(), 1);
+
+  auto got = client->GetDeployment("d1");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->spec().shape().num_ranks(), 2);
+  auto listed = client->ListDeployments();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].spec().name(), "d1");
+
+  std::vector<v1::LoadReport> reports;
+  for (int rank = 0; rank < 2; ++rank) {
+    reports.push_back(testing::Report("d1", rank, 1, 0, 9, SkewedCounts(2, 8)));
+  }
+  reports.push_back(reports[0]);  // a retry: not counted again
+  auto summary = client->ReportLoad(reports);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->accepted(), 2);
+  EXPECT_EQ(summary->duplicates(), 1);
+
+  auto load = client->GetLoad("d1");
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_EQ(load->num_layers(), 2);
+  EXPECT_EQ(load->smoothed_load_size(), 16);
+
+  auto dry = client->Rebalance("d1", /*dry_run=*/true);
+  ASSERT_TRUE(dry.ok()) << dry.status();
+  EXPECT_EQ(dry->version(), 0);
+  auto plan = client->Rebalance("d1");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->version(), 2);
+
+  auto committed = client->GetPlan("d1");
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  EXPECT_EQ(committed->version(), 2);
+  auto map = ExpertMapFromProto(committed->map());
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(map->Hash(), committed->map_hash());
+  auto first = client->GetPlan("d1", 1);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->reason(), v1::INITIAL);
+
+  auto plans = client->ListPlans("d1");
+  ASSERT_TRUE(plans.ok()) << plans.status();
+  ASSERT_EQ(plans->size(), 2u);
+  EXPECT_EQ((*plans)[0].version(), 2);
+  EXPECT_FALSE((*plans)[0].has_map());
+  auto with_maps = client->ListPlans("d1", /*include_maps=*/true);
+  ASSERT_TRUE(with_maps.ok()) << with_maps.status();
+  EXPECT_TRUE((*with_maps)[1].has_map());
+
+  ASSERT_TRUE(client->DeleteDeployment("d1").ok());
+  EXPECT_TRUE(client->ListDeployments()->empty());
+}
+
+TEST(PlannerClientTest, ErrorsKeepTheirDetail) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_NE(client, nullptr);
+  const absl::Status missing = client->GetDeployment("nope").status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Reason(missing), v1::DEPLOYMENT_NOT_FOUND);
+
+  v1::DeploymentSpec spec = testing::Spec("d1", 2, 8, 8, 2);
+  spec.mutable_shape()->set_num_ranks(0);
+  const absl::Status invalid = client->CreateDeployment(spec).status();
+  EXPECT_EQ(invalid.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Reason(invalid), v1::FIELD_OUT_OF_RANGE) << invalid;
+  EXPECT_THAT(StatusToDisplayString(invalid), HasSubstr("num_ranks"));
+
+  // A report stream ends at the first bad report, with its error.
+  ASSERT_TRUE(client->CreateDeployment(testing::Spec("d2", 2, 8, 8, 2)).ok());
+  std::vector<v1::LoadReport> reports = {testing::Report("d2", 0, 1, 0, 0, SkewedCounts(2, 8)),
+                                         testing::Report("d2", 5, 1, 0, 0, SkewedCounts(2, 8))};
+  const absl::Status bad_rank = client->ReportLoad(reports).status();
+  EXPECT_EQ(bad_rank.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Reason(bad_rank), v1::UNKNOWN_RANK) << bad_rank;
+}
+
+TEST(PlannerClientTest, BearerToken) {
+  server::PlannerServerOptions options;
+  options.service.bearer_token = "s3cret";
+  PlannerEnv env(options);
+  auto anonymous = Connect(env);
+  const absl::Status refused = anonymous->ListDeployments().status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Reason(refused), v1::UNAUTHENTICATED_TOKEN);
+  auto wrong = Connect(env, {.bearer_token = "guess"});
+  EXPECT_EQ(wrong->ListDeployments().status().code(), absl::StatusCode::kUnauthenticated);
+  auto client = Connect(env, {.bearer_token = "s3cret"});
+  EXPECT_TRUE(client->ListDeployments().ok());
+  // Streams carry it too.
+  ASSERT_TRUE(client->CreateDeployment(testing::Spec("d1", 1, 4, 4, 2)).ok());
+  v1::WatchPlansRequest::Subscribe subscribe;
+  subscribe.set_deployment("d1");
+  subscribe.set_rank(-1);
+  auto watch = client->StartWatch(subscribe);
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  auto first = (*watch)->Next();
+  ASSERT_TRUE(first.ok()) << first.status();
+  const v1::LoadReport report = testing::Report("d1", 0, 1, 0, 0, SkewedCounts(1, 4));
+  EXPECT_TRUE(client->ReportLoad({&report, 1}).ok());
+  EXPECT_EQ(anonymous->ReportLoad({&report, 1}).status().code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+// ---- TLS ----------------------------------------------------------------------------------------
+
+// A CA, a server certificate for "planner.test" and a client certificate, made with openssl.
+class PlannerClientTlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists("/usr/bin/openssl")) GTEST_SKIP() << "no /usr/bin/openssl";
+    dir_ = testing::MakeTempDir();
+    const std::string script = absl::StrCat(
+        "set -e; cd ", dir_,
+        "; K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'"
+        "; openssl req -x509 $K -keyout ca.key -out ca.pem -days 3650 -subj /CN=eplb-test-ca"
+        "; printf 'subjectAltName=DNS:planner.test\\n' > server.ext"
+        "; openssl req $K -keyout server.key -out server.csr -subj /CN=planner.test"
+        "; openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "-out server.pem -days 3650 -extfile server.ext"
+        "; openssl req $K -keyout client.key -out client.csr -subj /CN=rank-0"
+        "; openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "-out client.pem -days 3650");
+    const testing::ProcessResult r =
+        testing::RunProcess({"/bin/sh", "-c", script}, fs::path(dir_) / "openssl");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  void TearDown() override {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+  std::string Path(const std::string& name) const { return (fs::path(dir_) / name).string(); }
+  std::string Read(const std::string& name) const { return *ReadFileToString(Path(name)); }
+
+  server::PlannerServerOptions ServerOptions(bool mutual) const {
+    server::PlannerServerOptions options;
+    options.tls_cert_pem = Read("server.pem");
+    options.tls_key_pem = Read("server.key");
+    if (mutual) options.tls_client_ca_pem = Read("ca.pem");
+    return options;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(PlannerClientTlsTest, ServerVerifiedUnderItsName) {
+  PlannerEnv env(ServerOptions(/*mutual=*/false));
+  auto client = Connect(env, {.tls_ca_file = Path("ca.pem"), .tls_server_name = "planner.test"});
+  ASSERT_NE(client, nullptr);
+  EXPECT_TRUE(client->ListDeployments().ok()) << client->ListDeployments().status();
+  // The certificate is for planner.test, not for the address connected to.
+  auto wrong_name = Connect(env, {.tls_ca_file = Path("ca.pem")});
+  EXPECT_EQ(wrong_name->ListDeployments().status().code(), absl::StatusCode::kUnavailable);
+  auto plaintext = Connect(env);
+  EXPECT_EQ(plaintext->ListDeployments().status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(PlannerClientTlsTest, MutualTls) {
+  PlannerEnv env(ServerOptions(/*mutual=*/true));
+  auto client = Connect(env, {.tls_ca_file = Path("ca.pem"),
+                              .tls_cert_file = Path("client.pem"),
+                              .tls_key_file = Path("client.key"),
+                              .tls_server_name = "planner.test"});
+  EXPECT_TRUE(client->ListDeployments().ok()) << client->ListDeployments().status();
+  auto no_cert = Connect(env, {.tls_ca_file = Path("ca.pem"), .tls_server_name = "planner.test"});
+  EXPECT_EQ(no_cert->ListDeployments().status().code(), absl::StatusCode::kUnavailable);
+}
+
+// ---- Watch --------------------------------------------------------------------------------------
+
+v1::WatchPlansRequest::Subscribe Subscription(const std::string& deployment, int rank) {
+  v1::WatchPlansRequest::Subscribe subscribe;
+  subscribe.set_deployment(deployment);
+  subscribe.set_rank(rank);
+  return subscribe;
+}
+
+TEST(PlannerClientWatchTest, CurrentPlanThenUpdatesThenCancel) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  v1::DeploymentSpec spec = testing::Spec("d1", 2, 8, 8, 2);
+  spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
+  ASSERT_TRUE(client->CreateDeployment(spec).ok());
+  auto watch = client->StartWatch(Subscription("d1", -1));
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  auto first = (*watch)->Next();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->plan().version(), 1);
+  EXPECT_EQ(first->plan().state(), v1::COMMITTED);
+
+  const v1::LoadReport report = testing::Report("d1", 0, 1, 0, 0, SkewedCounts(2, 8));
+  ASSERT_TRUE(client->ReportLoad({&report, 1}).ok());
+  ASSERT_TRUE(client->Rebalance("d1").ok());
+  auto second = (*watch)->Next();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->plan().version(), 2);
+  EXPECT_NE(second->nonce(), first->nonce());
+
+  // Cancel wakes a reader blocked in Next().
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    (*watch)->Cancel();
+  });
+  const absl::Status ended = (*watch)->Next().status();
+  canceller.join();
+  EXPECT_EQ(ended.code(), absl::StatusCode::kCancelled) << ended;
+  EXPECT_EQ((*watch)->Next().status(), ended);
+  EXPECT_EQ((*watch)->Ack({}).code(), absl::StatusCode::kFailedPrecondition);
+  (*watch)->Cancel();  // idempotent
+}
+
+TEST(PlannerClientWatchTest, SubscriptionErrorsComeFromNext) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  auto watch = client->StartWatch(Subscription("nope", -1));
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  const absl::Status status = (*watch)->Next().status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Reason(status), v1::DEPLOYMENT_NOT_FOUND);
+}
+
+TEST(PlannerClientWatchTest, DeletingTheDeploymentEndsTheWatch) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_TRUE(client->CreateDeployment(testing::Spec("d1", 1, 4, 4, 2)).ok());
+  auto watch = client->StartWatch(Subscription("d1", -1));
+  ASSERT_TRUE(watch.ok());
+  ASSERT_TRUE((*watch)->Next().ok());
+  ASSERT_TRUE(client->DeleteDeployment("d1").ok());
+  EXPECT_EQ((*watch)->Next().status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(PlannerClientWatchTest, RanksAcknowledgeAndThePlanCommits) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_TRUE(client->CreateDeployment(testing::Spec("d1", 2, 8, 8, 2)).ok());  // acked
+  std::vector<std::unique_ptr<PlannerClient::Watch>> ranks;
+  for (int rank = 0; rank < 2; ++rank) {
+    auto watch = client->StartWatch(Subscription("d1", rank));
+    ASSERT_TRUE(watch.ok()) << watch.status();
+    auto current = (*watch)->Next();
+    ASSERT_TRUE(current.ok()) << current.status();
+    EXPECT_EQ(current->plan().version(), 1);
+    ranks.push_back(*std::move(watch));
+  }
+  const v1::LoadReport report = testing::Report("d1", 0, 1, 0, 0, SkewedCounts(2, 8));
+  ASSERT_TRUE(client->ReportLoad({&report, 1}).ok());
+  auto published = client->Rebalance("d1");
+  ASSERT_TRUE(published.ok()) << published.status();
+  EXPECT_EQ(published->state(), v1::PENDING);
+
+  for (auto& watch : ranks) {
+    auto pending = watch->Next();
+    ASSERT_TRUE(pending.ok()) << pending.status();
+    ASSERT_EQ(pending->plan().version(), 2);
+    ASSERT_EQ(pending->plan().state(), v1::PENDING);
+    v1::WatchPlansRequest::Ack ack;
+    ack.set_version(2);
+    ack.set_nonce(pending->nonce());
+    ack.set_state(v1::STAGED);
+    ack.set_map_hash(pending->plan().map_hash());
+    ASSERT_TRUE(watch->Ack(ack).ok());
+  }
+  for (auto& watch : ranks) {
+    auto committed = watch->Next();
+    ASSERT_TRUE(committed.ok()) << committed.status();
+    EXPECT_EQ(committed->plan().version(), 2);
+    EXPECT_EQ(committed->plan().state(), v1::COMMITTED);
+  }
+  EXPECT_EQ(client->GetDeployment("d1")->committed_version(), 2);
+}
+
+TEST(PlannerClientTest, SharedByThreads) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_TRUE(client->CreateDeployment(testing::Spec("d1", 1, 4, 4, 2)).ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 20; ++i) {
+        if (client->GetPlan("d1").ok()) ++ok;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(ok.load(), 160);
+}
+
+}  // namespace
+}  // namespace eplb

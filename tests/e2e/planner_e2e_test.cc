@@ -1,0 +1,526 @@
+// End-to-end: the real eplb-planner binary and the real eplbctl, talking over gRPC on 127.0.0.1.
+// Covers the life of a deployment (create, report, rebalance, plans, load, watch, delete), acked
+// commits with ranks acknowledging through `eplbctl watch --ack`, and the invariants that survive a
+// crash: after kill -9 and a restart on the same state directory the plans, their maps and the
+// version counter are as before (a new plan never reuses a version).
+#include <arpa/inet.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "client/planner_client.h"
+#include "core/map_format.h"
+#include "tests/client/subprocess.h"
+
+namespace eplb {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ChildProcess;
+using ::testing::ContainsRegex;
+using ::testing::HasSubstr;
+using testing::ProcessResult;
+using ::testing::StartsWith;
+
+constexpr auto kStartTimeout = std::chrono::seconds(30);
+constexpr auto kWaitTimeout = std::chrono::seconds(20);
+
+// Polls `done` every 50 ms until it holds or `timeout` passes; returns whether it held.
+bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  return absl::StrSplit(text, '\n', absl::SkipEmpty());
+}
+
+// A load file for the test shape: skewed, different per rank, so that rebalancing pays.
+std::string LoadJson(int layers, int experts, int rank) {
+  std::string json = "{\"load\": [";
+  for (int l = 0; l < layers; ++l) {
+    absl::StrAppend(&json, l == 0 ? "[" : ", [");
+    for (int e = 0; e < experts; ++e) {
+      const int hot = (e * 7 + l * 3 + rank) % experts + 1;
+      absl::StrAppend(&json, e == 0 ? "" : ", ", hot * hot * (rank + 1));
+    }
+    absl::StrAppend(&json, "]");
+  }
+  absl::StrAppend(&json, "]}");
+  return json;
+}
+
+// The fields of a plan summary line that the tests check.
+struct PlanSummary {
+  int64_t version = -1;
+  std::string state;
+  std::string hash;
+  double balancedness_before = -1, balancedness_after = -1;
+};
+
+PlanSummary ParsePlanLine(const std::string& line) {
+  static const std::regex kPattern(
+      "version ([0-9]+)  parent [0-9]+  ([A-Z_]+)  [A-Z_]+  policy [a-z-]+  hash ([0-9a-f]{16})  "
+      "balancedness ([0-9.]+) -> ([0-9.]+)  slots changed [0-9]+  experts moved [0-9]+  bytes "
+      "[0-9]+.*");
+  std::smatch m;
+  PlanSummary s;
+  if (!std::regex_match(line, m, kPattern)) {
+    ADD_FAILURE() << "not a plan line: " << line;
+    return s;
+  }
+  s.version = std::stoll(m[1]);
+  s.state = m[2];
+  s.hash = m[3];
+  s.balancedness_before = std::stod(m[4]);
+  s.balancedness_after = std::stod(m[5]);
+  return s;
+}
+
+class PlannerE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("eplb_e2e_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "state");
+  }
+  void TearDown() override {
+    planner_.reset();
+    if (HasFailure()) {
+      std::cerr << "planner log:\n" << testing::Slurp(dir_ / "planner.log");
+    }
+    fs::remove_all(dir_);
+  }
+
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string Write(const std::string& name, const std::string& contents) const {
+    std::ofstream(dir_ / name, std::ios::binary) << contents;
+    return Path(name);
+  }
+
+  // Starts the planner on the state directory and waits until it serves (it writes its port).
+  void StartPlanner() {
+    const fs::path port_file = dir_ / "port";
+    fs::remove(port_file);
+    // The flags as an operator writes them: dashes, in a flag file.
+    const std::string flagfile =
+        Write("planner.flags",
+              absl::StrCat("# e2e planner\n--listen=127.0.0.1:0\n--state-dir=", Path("state"),
+                           "\n--metrics-port=0\n--port-file=", port_file.string(),
+                           "\n--log-level=debug\n"));
+    planner_ = std::make_unique<ChildProcess>(
+        std::vector<std::string>{EPLB_PLANNER_PATH, "--flagfile=" + flagfile},
+        dir_ / "planner.stdout", dir_ / "planner.log");
+    int port = 0;
+    const bool serving = WaitFor(
+        [&] {
+          if (!planner_->Running()) return true;
+          const std::string text(absl::StripAsciiWhitespace(testing::Slurp(port_file)));
+          return absl::SimpleAtoi(text, &port) && port > 0;
+        },
+        kStartTimeout);
+    ASSERT_TRUE(serving) << "the planner wrote no port file in time";
+    ASSERT_TRUE(planner_->Running())
+        << "the planner exited: " << testing::Slurp(dir_ / "planner.log");
+    server_ = absl::StrCat("127.0.0.1:", port);
+  }
+
+  // kill -9: no graceful shutdown, no final checkpoint.
+  void CrashPlanner() { EXPECT_EQ(planner_->Kill(SIGKILL), 128 + SIGKILL); }
+
+  // Runs eplbctl against the planner (through EPLB_SERVER, as an operator would).
+  ProcessResult Ctl(std::vector<std::string> args) const {
+    args.insert(args.begin(), EPLBCTL_PATH);
+    return testing::RunProcess(std::move(args), dir_ / "eplbctl",
+                               {"EPLB_SERVER=" + server_, "EPLB_TOKEN="});
+  }
+
+  // Runs eplbctl and expects success; returns its standard output.
+  std::string CtlOk(std::vector<std::string> args) const {
+    const ProcessResult r = Ctl(args);
+    EXPECT_EQ(r.exit_code, 0) << absl::StrJoin(args, " ") << ": " << r.err;
+    EXPECT_EQ(r.err, "") << absl::StrJoin(args, " ");
+    return r.out;
+  }
+
+  // eplbctl watch as a long-running child.
+  std::unique_ptr<ChildProcess> StartCtl(std::vector<std::string> args, const std::string& name) {
+    args.insert(args.begin(), EPLBCTL_PATH);
+    return std::make_unique<ChildProcess>(std::move(args), dir_ / (name + ".out"),
+                                          dir_ / (name + ".err"),
+                                          std::vector<std::string>{"EPLB_SERVER=" + server_});
+  }
+
+  fs::path dir_;
+  std::unique_ptr<ChildProcess> planner_;
+  std::string server_;
+};
+
+constexpr int kLayers = 4, kExperts = 16, kSlots = 20, kRanks = 4;
+
+std::vector<std::string> CreateArgs(const std::string& name, const std::string& commit) {
+  return {"create-deployment",
+          "--name",
+          name,
+          "--num-layers",
+          std::to_string(kLayers),
+          "--num-logical-experts",
+          std::to_string(kExperts),
+          "--num-physical-experts",
+          std::to_string(kSlots),
+          "--num-ranks",
+          std::to_string(kRanks),
+          "--commit",
+          commit,
+          "--bytes-per-expert",
+          "1000",
+          "--policy",
+          "deepseek"};
+}
+
+// `args` with `flag`'s value replaced.
+std::vector<std::string> WithFlag(std::vector<std::string> args, const std::string& flag,
+                                  const std::string& value) {
+  const auto it = std::find(args.begin(), args.end(), flag);
+  EXPECT_TRUE(it != args.end() && it + 1 != args.end()) << flag;
+  if (it != args.end() && it + 1 != args.end()) *(it + 1) = value;
+  return args;
+}
+
+TEST_F(PlannerE2eTest, DeploymentLifeAcrossACrash) {
+  ASSERT_NO_FATAL_FAILURE(StartPlanner());
+  EXPECT_EQ(CtlOk({"list"}), "");
+
+  // Create; an identical re-create is idempotent; a conflicting one is refused.
+  const std::string created = CtlOk(CreateArgs("e2e", "immediate"));
+  EXPECT_THAT(created, StartsWith("e2e  L=4 E=16 G=1 N=1 R=4 P=20  policy deepseek  commit "
+                                  "immediate  "));
+  EXPECT_THAT(created, HasSubstr("  committed 1  latest 1  steps 0\n"));
+  EXPECT_EQ(CtlOk(CreateArgs("e2e", "immediate")), created);
+  const ProcessResult conflict =
+      Ctl(WithFlag(CreateArgs("e2e", "immediate"), "--num-physical-experts", "24"));
+  EXPECT_EQ(conflict.exit_code, 1);
+  EXPECT_THAT(conflict.err, StartsWith("eplbctl: ALREADY_EXISTS: "));
+  EXPECT_THAT(conflict.err, HasSubstr("[DEPLOYMENT_CONFLICT"));
+  EXPECT_EQ(std::count(conflict.err.begin(), conflict.err.end(), '\n'), 1) << conflict.err;
+  EXPECT_EQ(Lines(CtlOk({"list"})).size(), 1u);
+
+  // Version 1 is the contiguous map.
+  const PlanSummary v1 = ParsePlanLine(Lines(CtlOk({"get-plan", "--deployment", "e2e"}))[0]);
+  EXPECT_EQ(v1.version, 1);
+  EXPECT_EQ(v1.state, "COMMITTED");
+
+  // Every rank reports 10 steps; a retried report is recognised as a duplicate.
+  for (int rank = 0; rank < kRanks; ++rank) {
+    const std::string load =
+        Write("load" + std::to_string(rank) + ".json", LoadJson(kLayers, kExperts, rank));
+    const std::string out =
+        CtlOk({"report", "--deployment", "e2e", "--rank", std::to_string(rank), "--load", load,
+               "--steps", "10", "--session", "77", "--repeat", rank == 0 ? "2" : "1"});
+    EXPECT_EQ(out, absl::StrCat("rank ", rank, ": accepted 1, duplicates ", rank == 0 ? 1 : 0,
+                                ", last sequence 1 (steps 0-9, plan version 1)\n"));
+  }
+  const ProcessResult bad_rank = Ctl({"report", "--deployment", "e2e", "--rank", "4", "--load",
+                                      Path("load0.json"), "--sequence", "2"});
+  EXPECT_EQ(bad_rank.exit_code, 1);
+  EXPECT_THAT(bad_rank.err, StartsWith("eplbctl: INVALID_ARGUMENT: "));
+  EXPECT_THAT(bad_rank.err, HasSubstr("[UNKNOWN_RANK"));
+
+  // The smoothed load has the deployment's shape.
+  EXPECT_THAT(CtlOk({"get-load", "--deployment", "e2e", "--output", Path("smoothed.json")}),
+              StartsWith("e2e: 4 layers x 16 experts, "));
+  const auto smoothed = ParseLoadJson(testing::Slurp(Path("smoothed.json")));
+  ASSERT_TRUE(smoothed.ok()) << smoothed.status();
+  EXPECT_EQ(smoothed->num_layers, kLayers);
+  EXPECT_EQ(smoothed->num_experts, kExperts);
+
+  // A dry run publishes nothing; a rebalance publishes version 2, better balanced.
+  EXPECT_THAT(CtlOk({"rebalance", "--deployment", "e2e", "--dry-run"}),
+              StartsWith("candidate  parent 1  UNPUBLISHED  ON_DEMAND  "));
+  EXPECT_EQ(Lines(CtlOk({"list-plans", "--deployment", "e2e"})).size(), 1u);
+  const PlanSummary v2 = ParsePlanLine(Lines(CtlOk({"rebalance", "--deployment", "e2e"}))[0]);
+  EXPECT_EQ(v2.version, 2);
+  EXPECT_EQ(v2.state, "COMMITTED");
+  EXPECT_GT(v2.balancedness_after, v2.balancedness_before);
+
+  // The map as written is the plan's (its hash is the one the planner states).
+  const std::string get_plan = CtlOk(
+      {"get-plan", "--deployment", "e2e", "--output", Path("map-before.json"), "--version", "2"});
+  EXPECT_THAT(get_plan, HasSubstr("wrote " + Path("map-before.json") + " (eplb, version 2)\n"));
+  EXPECT_EQ(ParsePlanLine(Lines(get_plan)[0]).hash, v2.hash);
+  const auto map = ParseExpertMapJson(testing::Slurp(Path("map-before.json")));
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(map->version, 2);
+  EXPECT_EQ(absl::StrFormat("%016x", map->map.Hash()), v2.hash);
+
+  const std::string plans_before = CtlOk({"list-plans", "--deployment", "e2e"});
+  ASSERT_EQ(Lines(plans_before).size(), 2u) << plans_before;
+  EXPECT_EQ(ParsePlanLine(Lines(plans_before)[0]).version, 2);
+  EXPECT_EQ(ParsePlanLine(Lines(plans_before)[1]).version, 1);
+  const std::string plan_before = CtlOk({"get-plan", "--deployment", "e2e"});
+  EXPECT_THAT(CtlOk({"status", "--deployment", "e2e"}),
+              StartsWith("e2e: committed version 2, latest version 2, "));
+  // A watcher gets the committed plan on subscribe.
+  EXPECT_THAT(CtlOk({"watch", "--deployment", "e2e", "--count", "1"}),
+              ContainsRegex("^version 2  COMMITTED  ON_DEMAND  balancedness [0-9.]+ -> [0-9.]+  "
+                            "hash " +
+                            v2.hash + "\n$"));
+
+  // kill -9 and restart on the same state directory: plans and maps are as before.
+  CrashPlanner();
+  ASSERT_NO_FATAL_FAILURE(StartPlanner());
+  EXPECT_EQ(CtlOk({"list-plans", "--deployment", "e2e"}), plans_before);
+  EXPECT_EQ(CtlOk({"get-plan", "--deployment", "e2e"}), plan_before);
+  CtlOk({"get-plan", "--deployment", "e2e", "--output", Path("map-after.json")});
+  EXPECT_EQ(testing::Slurp(Path("map-after.json")), testing::Slurp(Path("map-before.json")));
+  EXPECT_THAT(CtlOk({"list"}), HasSubstr("  committed 2  latest 2  "));
+  // Re-creating it is still idempotent: the restored spec is the same.
+  EXPECT_THAT(CtlOk(CreateArgs("e2e", "immediate")), HasSubstr("  committed 2  latest 2  "));
+
+  // The next plan gets the next version, never a used one.
+  for (int rank = 0; rank < kRanks; ++rank) {
+    CtlOk({"report", "--deployment", "e2e", "--rank", std::to_string(rank), "--load",
+           Path("load" + std::to_string((rank + 1) % kRanks) + ".json"), "--first-step", "10",
+           "--steps", "10"});
+  }
+  const PlanSummary v3 = ParsePlanLine(Lines(CtlOk({"rebalance", "--deployment", "e2e"}))[0]);
+  EXPECT_EQ(v3.version, 3);
+  EXPECT_EQ(Lines(CtlOk({"list-plans", "--deployment", "e2e"})).size(), 3u);
+
+  // And once more across a crash right after publishing.
+  CrashPlanner();
+  ASSERT_NO_FATAL_FAILURE(StartPlanner());
+  EXPECT_EQ(ParsePlanLine(Lines(CtlOk({"get-plan", "--deployment", "e2e"}))[0]).hash, v3.hash);
+  const PlanSummary v4 = ParsePlanLine(Lines(CtlOk({"rebalance", "--deployment", "e2e"}))[0]);
+  EXPECT_EQ(v4.version, 4);
+
+  // Delete: gone, also for plan queries.
+  EXPECT_EQ(CtlOk({"delete-deployment", "--name", "e2e"}), "deleted e2e\n");
+  EXPECT_EQ(CtlOk({"list"}), "");
+  const ProcessResult gone = Ctl({"get-plan", "--deployment", "e2e"});
+  EXPECT_EQ(gone.exit_code, 1);
+  EXPECT_THAT(gone.err, StartsWith("eplbctl: NOT_FOUND: "));
+  EXPECT_THAT(gone.err, HasSubstr("[DEPLOYMENT_NOT_FOUND"));
+}
+
+// GET /metrics over a plain socket.
+std::string FetchMetrics(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
+    const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buffer[4096];
+      for (ssize_t n; (n = ::read(fd, buffer, sizeof(buffer))) > 0;) response.append(buffer, n);
+    }
+  }
+  ::close(fd);
+  return response;
+}
+
+TEST_F(PlannerE2eTest, MetricsEndpointAndGracefulShutdownOnSigterm) {
+  ASSERT_NO_FATAL_FAILURE(StartPlanner());
+  CtlOk(CreateArgs("m", "immediate"));
+  CtlOk({"report", "--deployment", "m", "--rank", "0", "--load",
+         Write("load.json", R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16],
+           [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1], [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],
+           [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]]})"),
+         "--steps", "10"});
+  // The log names the metrics port.
+  std::smatch match;
+  const std::string log = testing::Slurp(dir_ / "planner.log");
+  ASSERT_TRUE(std::regex_search(log, match, std::regex("metrics on :([0-9]+)/metrics"))) << log;
+  const std::string metrics = FetchMetrics(std::stoi(match[1]));
+  EXPECT_THAT(metrics, ::testing::HasSubstr("200 OK"));
+  EXPECT_THAT(metrics,
+              ::testing::HasSubstr("eplb_plan_version{deployment=\"m\",kind=\"committed\"} 1"));
+  EXPECT_THAT(metrics,
+              ::testing::HasSubstr("eplb_reports_total{deployment=\"m\",result=\"accepted\"} 1"));
+  // SIGTERM: exit 0, and the smoothed load is checkpointed on the way out.
+  const fs::path checkpoint = dir_ / "state" / "deployments" / "m" / "load.pb";
+  EXPECT_FALSE(fs::exists(checkpoint));
+  EXPECT_EQ(planner_->Kill(SIGTERM), 0);
+  EXPECT_TRUE(fs::exists(checkpoint));
+  EXPECT_THAT(testing::Slurp(dir_ / "planner.log"), ::testing::HasSubstr("received SIGTERM"));
+  // After a restart the load is back: 10 steps seen.
+  ASSERT_NO_FATAL_FAILURE(StartPlanner());
+  EXPECT_THAT(CtlOk({"list"}), ::testing::HasSubstr("steps 10"));
+}
+
+TEST_F(PlannerE2eTest, InvalidSpecNamesTheField) {
+  ASSERT_NO_FATAL_FAILURE(StartPlanner());
+  // More ranks than slots.
+  const ProcessResult r = Ctl(WithFlag(CreateArgs("bad", "immediate"), "--num-ranks", "40"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, StartsWith("eplbctl: INVALID_ARGUMENT: "));
+  EXPECT_THAT(r.err, HasSubstr("[FIELD_OUT_OF_RANGE"));
+  EXPECT_EQ(CtlOk({"list"}), "");
+}
+
+TEST_F(PlannerE2eTest, AckedCommitWithRanksWatching) {
+  ASSERT_NO_FATAL_FAILURE(StartPlanner());
+  CtlOk(CreateArgs("acked", "acked"));
+  // Four ranks watch and acknowledge every plan.
+  std::vector<std::unique_ptr<ChildProcess>> ranks;
+  for (int rank = 0; rank < kRanks; ++rank) {
+    ranks.push_back(
+        StartCtl({"watch", "--deployment", "acked", "--rank", std::to_string(rank), "--ack"},
+                 "watch" + std::to_string(rank)));
+  }
+  // Each has the committed version 1 and acknowledged it as ACTIVE.
+  for (int rank = 0; rank < kRanks; ++rank) {
+    const fs::path out = dir_ / ("watch" + std::to_string(rank) + ".out");
+    ASSERT_TRUE(WaitFor([&] { return !testing::Slurp(out).empty(); }, kWaitTimeout))
+        << "rank " << rank << ": "
+        << testing::Slurp(dir_ / ("watch" + std::to_string(rank) + ".err"));
+    EXPECT_THAT(testing::Slurp(out), StartsWith("version 1  COMMITTED  INITIAL  "));
+  }
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return Ctl({"status", "--deployment", "acked"}).out.find("ACTIVE 4, STAGED 0") !=
+               std::string::npos;
+      },
+      kWaitTimeout))
+      << CtlOk({"status", "--deployment", "acked"});
+
+  for (int rank = 0; rank < kRanks; ++rank) {
+    CtlOk({"report", "--deployment", "acked", "--rank", std::to_string(rank), "--load",
+           Write("load" + std::to_string(rank) + ".json", LoadJson(kLayers, kExperts, rank))});
+  }
+  // Published as PENDING; commits once every rank staged it.
+  const PlanSummary v2 = ParsePlanLine(Lines(CtlOk({"rebalance", "--deployment", "acked"}))[0]);
+  EXPECT_EQ(v2.version, 2);
+  EXPECT_THAT(v2.state, ::testing::AnyOf("PENDING", "COMMITTED"));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const ProcessResult r = Ctl({"get-plan", "--deployment", "acked"});
+        return r.exit_code == 0 && ParsePlanLine(Lines(r.out)[0]).version == 2;
+      },
+      kWaitTimeout));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return Ctl({"status", "--deployment", "acked"})
+                   .out.find("committed version 2, latest version 2") != std::string::npos;
+      },
+      kWaitTimeout));
+  // Every watcher saw version 2 commit.
+  for (int rank = 0; rank < kRanks; ++rank) {
+    const fs::path out = dir_ / ("watch" + std::to_string(rank) + ".out");
+    EXPECT_TRUE(WaitFor(
+        [&] { return testing::Slurp(out).find("version 2  COMMITTED") != std::string::npos; },
+        kWaitTimeout))
+        << testing::Slurp(out);
+  }
+  // Deleting the deployment ends the watches with NOT_FOUND (exit 1).
+  CtlOk({"delete-deployment", "--name", "acked"});
+  for (int rank = 0; rank < kRanks; ++rank) {
+    EXPECT_TRUE(WaitFor([&] { return !ranks[rank]->Running(); }, kWaitTimeout)) << rank;
+    EXPECT_EQ(ranks[rank]->Kill(SIGKILL), 1);
+    EXPECT_THAT(testing::Slurp(dir_ / ("watch" + std::to_string(rank) + ".err")),
+                StartsWith("eplbctl: NOT_FOUND: "));
+  }
+}
+
+// `status` names the ranks whose acknowledged map differs and the ranks that failed; here the
+// ranks are PlannerClient watches in the test, so that they can misbehave.
+TEST_F(PlannerE2eTest, StatusNamesMismatchedAndFailedRanks) {
+  ASSERT_NO_FATAL_FAILURE(StartPlanner());
+  CtlOk(WithFlag(CreateArgs("acks", "acked"), "--num-ranks", "2"));
+  auto client = client::PlannerClient::Create({.server = server_});
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<std::unique_ptr<client::PlannerClient::Watch>> ranks;
+  std::vector<v1::WatchPlansResponse> current;
+  for (int rank = 0; rank < 2; ++rank) {
+    v1::WatchPlansRequest::Subscribe subscribe;
+    subscribe.set_deployment("acks");
+    subscribe.set_rank(rank);
+    auto watch = (*client)->StartWatch(subscribe);
+    ASSERT_TRUE(watch.ok()) << watch.status();
+    auto response = (*watch)->Next();
+    ASSERT_TRUE(response.ok()) << response.status();
+    current.push_back(*response);
+    ranks.push_back(*std::move(watch));
+  }
+  // Rank 0 runs a map other than version 1's.
+  for (int rank = 0; rank < 2; ++rank) {
+    v1::WatchPlansRequest::Ack ack;
+    ack.set_version(1);
+    ack.set_nonce(current[rank].nonce());
+    ack.set_state(v1::ACTIVE);
+    ack.set_map_hash(rank == 0 ? 0x1234 : current[rank].plan().map_hash());
+    ASSERT_TRUE(ranks[rank]->Ack(ack).ok());
+  }
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return Ctl({"status", "--deployment", "acks"})
+                   .out.find(
+                       "ranks: ACTIVE 2, STAGED 0, FAILED 0, no ack 0; hash mismatch: "
+                       "ranks 0\n") != std::string::npos;
+      },
+      kWaitTimeout))
+      << CtlOk({"status", "--deployment", "acks"});
+
+  // Rank 1 cannot stage version 2: the plan is aborted, rank 1 named with its error.
+  for (int rank = 0; rank < 2; ++rank) {
+    CtlOk({"report", "--deployment", "acks", "--rank", std::to_string(rank), "--load",
+           Write("load" + std::to_string(rank) + ".json", LoadJson(kLayers, kExperts, rank))});
+  }
+  const std::string published = CtlOk({"rebalance", "--deployment", "acks"});
+  ASSERT_EQ(ParsePlanLine(Lines(published)[0]).version, 2);
+  for (int rank = 0; rank < 2; ++rank) {
+    auto pending = ranks[rank]->Next();
+    ASSERT_TRUE(pending.ok()) << pending.status();
+    ASSERT_EQ(pending->plan().version(), 2);
+    v1::WatchPlansRequest::Ack ack;
+    ack.set_version(2);
+    ack.set_nonce(pending->nonce());
+    ack.set_state(rank == 1 ? v1::FAILED : v1::STAGED);
+    ack.set_map_hash(pending->plan().map_hash());
+    if (rank == 1) ack.set_error_detail("out of staging memory");
+    ASSERT_TRUE(ranks[rank]->Ack(ack).ok());
+  }
+  std::string status;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        status = Ctl({"status", "--deployment", "acks"}).out;
+        return status.find("ABORTED") != std::string::npos;
+      },
+      kWaitTimeout))
+      << status;
+  EXPECT_THAT(status, StartsWith("acks: committed version 1, latest version 2, "));
+  EXPECT_THAT(status, HasSubstr("failed: rank 1 (out of staging memory)"));
+  EXPECT_THAT(status, ContainsRegex("version 2  parent 1  ABORTED  ON_DEMAND  .*  aborted: "));
+}
+
+}  // namespace
+}  // namespace eplb

@@ -1,0 +1,491 @@
+// Integration tests of plan distribution and acknowledgement, persistence across restarts, and
+// the operational surface (health, bearer token, TLS, metrics): a real server on 127.0.0.1:0.
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "proto/eplb/test/reflection_wire.pb.h"
+#include "proto/grpc/health/v1/health.grpc.pb.h"
+#include "tests/server/test_env.h"
+
+namespace eplb {
+namespace {
+
+using ::eplb::testing::Create;
+using ::eplb::testing::GetLoad;
+using ::eplb::testing::GetPlan;
+using ::eplb::testing::ListPlans;
+using ::eplb::testing::PlannerEnv;
+using ::eplb::testing::Reason;
+using ::eplb::testing::Rebalance;
+using ::eplb::testing::Report;
+using ::eplb::testing::SendReports;
+using ::eplb::testing::Spec;
+using ::eplb::testing::WatchClient;
+using ::google::protobuf::util::MessageDifferencer;
+using ::testing::HasSubstr;
+
+v1::DeploymentSpec AckedSpec(const std::string& name) {
+  v1::DeploymentSpec spec = Spec(name, 2, 8, 8, 2);
+  spec.set_policy("deepseek");
+  spec.mutable_trigger()->set_interval_steps(0);
+  return spec;
+}
+
+// Skewed load so that a rebalance changes the map.
+void ReportSkew(PlannerEnv& env, const std::string& d) {
+  ASSERT_TRUE(
+      SendReports(env.stub(),
+                  {Report(d, 0, 1, 0, 9, {{9, 8, 7, 6, 1, 1, 1, 1}, {1, 1, 1, 1, 9, 9, 9, 9}}),
+                   Report(d, 1, 1, 0, 9, {{9, 8, 7, 6, 1, 1, 1, 1}, {1, 1, 1, 1, 9, 9, 9, 9}})})
+          .ok());
+}
+
+// ---- Watch delivery
+// -------------------------------------------------------------------------------
+
+TEST(PlannerWatchTest, SubscribeSendsTheCurrentPlanAndKnownVersionsAreSkipped) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  WatchClient fresh(env.stub(), "d", 0);
+  auto first = fresh.Get(0);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->plan().version(), 1);
+  EXPECT_EQ(first->plan().state(), v1::COMMITTED);
+  EXPECT_FALSE(first->nonce().empty());
+  EXPECT_EQ(first->plan().map().phy2log_size(), 16);
+
+  ReportSkew(env, "d");
+  ASSERT_TRUE(Rebalance(env.stub(), "d").ok());  // version 2, PENDING
+  // A watcher that already holds version 1 gets only the plan in flight.
+  WatchClient known(env.stub(), "d", 1, /*known_version=*/1);
+  auto pending = known.Get(0);
+  ASSERT_TRUE(pending.has_value());
+  EXPECT_EQ(pending->plan().version(), 2);
+  EXPECT_EQ(pending->plan().state(), v1::PENDING);
+  // Bad subscriptions end the stream with the error.
+  v1::Planner::Stub& stub = env.stub();
+  for (const auto& [deployment, rank, code] :
+       std::vector<std::tuple<std::string, int, grpc::StatusCode>>{
+           {"nope", 0, grpc::StatusCode::NOT_FOUND},
+           {"d", 2, grpc::StatusCode::INVALID_ARGUMENT},
+           {"d", -2, grpc::StatusCode::INVALID_ARGUMENT}}) {
+    grpc::ClientContext context;
+    auto stream = stub.WatchPlans(&context);
+    v1::WatchPlansRequest request;
+    request.mutable_subscribe()->set_deployment(deployment);
+    request.mutable_subscribe()->set_rank(rank);
+    stream->Write(request);
+    v1::WatchPlansResponse response;
+    EXPECT_FALSE(stream->Read(&response));
+    EXPECT_EQ(stream->Finish().error_code(), code) << deployment << " " << rank;
+  }
+}
+
+TEST(PlannerWatchTest, EveryWatcherGetsEveryPlanAndAStuckOneHoldsUpNobody) {
+  PlannerEnv env;
+  // Big maps (64 layers × 512 slots) so that the stuck stream's flow-control window fills up.
+  v1::DeploymentSpec spec = Spec("big", 64, 256, 512, 8);
+  spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
+  spec.mutable_trigger()->set_interval_steps(0);
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+
+  // A watcher that subscribes and never reads.
+  grpc::ClientContext stuck_context;
+  auto stuck = env.stub().WatchPlans(&stuck_context);
+  v1::WatchPlansRequest subscribe;
+  subscribe.mutable_subscribe()->set_deployment("big");
+  subscribe.mutable_subscribe()->set_rank(-1);
+  ASSERT_TRUE(stuck->Write(subscribe));
+
+  constexpr int kWatchers = 50;
+  constexpr int kPlans = 12;
+  std::vector<std::unique_ptr<WatchClient>> watchers;
+  for (int i = 0; i < kWatchers; ++i) {
+    watchers.push_back(std::make_unique<WatchClient>(env.stub(), "big", -1));
+    ASSERT_TRUE(watchers.back()->Get(0).has_value());
+  }
+  for (int v = 2; v <= kPlans + 1; ++v) {
+    auto plan = Rebalance(env.stub(), "big");
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    ASSERT_EQ(plan->version(), v);
+  }
+  for (auto& watcher : watchers) {
+    for (int v = 1; v <= kPlans + 1; ++v) {
+      auto response = watcher->Get(v - 1);
+      ASSERT_TRUE(response.has_value()) << "version " << v;
+      EXPECT_EQ(response->plan().version(), v);
+      EXPECT_EQ(response->plan().state(), v1::COMMITTED);
+    }
+  }
+  stuck_context.TryCancel();
+  EXPECT_THAT(env.MetricsText(), HasSubstr("eplb_watchers{deployment=\"big\"}"));
+}
+
+// ---- Acknowledgements
+// -----------------------------------------------------------------------------
+
+TEST(PlannerAckTest, APlanCommitsWhenEveryRankStagedIt) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  WatchClient rank0(env.stub(), "d", 0);
+  WatchClient rank1(env.stub(), "d", 1);
+  ASSERT_TRUE(rank0.Get(0).has_value());
+  ASSERT_TRUE(rank1.Get(0).has_value());
+  ReportSkew(env, "d");
+  auto published = Rebalance(env.stub(), "d");
+  ASSERT_TRUE(published.ok()) << published.status();
+  EXPECT_EQ(published->state(), v1::PENDING);
+  EXPECT_EQ(GetPlan(env.stub(), "d")->version(), 1);  // the committed one
+
+  auto pending = rank0.WaitFor(2, v1::PENDING);
+  ASSERT_TRUE(pending.has_value());
+  ASSERT_TRUE(rank1.WaitFor(2, v1::PENDING).has_value());
+  // No second plan while one is in flight.
+  auto second = Rebalance(env.stub(), "d");
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Reason(second.status()), v1::PLAN_IN_FLIGHT);
+  EXPECT_EQ(second.status().message(),
+            "version 2 of deployment \"d\" is still being staged; retry when it commits or "
+            "aborts");
+
+  const uint64_t hash = pending->plan().map_hash();
+  ASSERT_TRUE(rank0.Ack(2, v1::STAGED, hash));
+  ASSERT_TRUE(rank1.Ack(2, v1::STAGED, hash));
+  ASSERT_TRUE(rank0.WaitFor(2, v1::COMMITTED).has_value());
+  ASSERT_TRUE(rank1.WaitFor(2, v1::COMMITTED).has_value());
+  auto committed = GetPlan(env.stub(), "d");
+  ASSERT_TRUE(committed.ok());
+  EXPECT_EQ(committed->version(), 2);
+  EXPECT_EQ(committed->ranks(0).state(), v1::STAGED);
+  EXPECT_EQ(committed->ranks(1).map_hash(), hash);
+  EXPECT_THAT(env.MetricsText(),
+              HasSubstr("eplb_plan_version{deployment=\"d\",kind=\"committed\"} 2"));
+  EXPECT_THAT(env.MetricsText(),
+              HasSubstr("eplb_plans_total{deployment=\"d\",outcome=\"committed\"} 1"));
+}
+
+TEST(PlannerAckTest, AFailedRankAbortsThePlanAndVersionsAreNotReused) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  WatchClient rank0(env.stub(), "d", 0);
+  WatchClient rank1(env.stub(), "d", 1);
+  ReportSkew(env, "d");
+  ASSERT_TRUE(Rebalance(env.stub(), "d").ok());
+  auto pending = rank0.WaitFor(2, v1::PENDING);
+  ASSERT_TRUE(pending.has_value());
+  ASSERT_TRUE(rank0.Ack(2, v1::STAGED, pending->plan().map_hash()));
+  ASSERT_TRUE(rank1.Ack(2, v1::FAILED, 0, "out of device memory"));
+  auto aborted = rank0.WaitFor(2, v1::ABORTED);
+  ASSERT_TRUE(aborted.has_value());
+  EXPECT_EQ(aborted->plan().abort_reason(), "rank 1 failed: out of device memory");
+  EXPECT_EQ(GetPlan(env.stub(), "d")->version(), 1);
+  auto next = Rebalance(env.stub(), "d");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->version(), 3);
+  EXPECT_EQ(next->parent_version(), 1);
+}
+
+TEST(PlannerAckTest, AnAckTimeoutAbortsThePlan) {
+  PlannerEnv env;
+  v1::DeploymentSpec spec = AckedSpec("d");
+  spec.set_ack_timeout_ms(5000);
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+  WatchClient rank0(env.stub(), "d", 0);
+  ReportSkew(env, "d");
+  ASSERT_TRUE(Rebalance(env.stub(), "d").ok());
+  auto pending = rank0.WaitFor(2, v1::PENDING);
+  ASSERT_TRUE(pending.has_value());
+  ASSERT_TRUE(rank0.Ack(2, v1::STAGED, pending->plan().map_hash()));
+  ASSERT_TRUE(eplb::testing::WaitForRankState(env.stub(), "d", 2, 0, v1::STAGED));
+  env.clock().Advance(absl::Milliseconds(4999));
+  // Still pending: a dry run is a barrier on the planner's worker, which checks timers after it.
+  ASSERT_TRUE(Rebalance(env.stub(), "d", true).ok());
+  EXPECT_EQ(GetPlan(env.stub(), "d", 2)->state(), v1::PENDING);
+  env.clock().Advance(absl::Milliseconds(1));
+  auto aborted = rank0.WaitFor(2, v1::ABORTED);
+  ASSERT_TRUE(aborted.has_value());
+  EXPECT_EQ(aborted->plan().abort_reason(),
+            "ack timeout after 5000 ms: 1 of 2 ranks did not stage it (ranks 1)");
+  EXPECT_THAT(env.MetricsText(),
+              HasSubstr("eplb_plans_total{deployment=\"d\",outcome=\"aborted\"} 1"));
+}
+
+TEST(PlannerAckTest, ARankWithAnotherMapHashIsNamed) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  WatchClient rank0(env.stub(), "d", 0);
+  WatchClient rank1(env.stub(), "d", 1);
+  ReportSkew(env, "d");
+  ASSERT_TRUE(Rebalance(env.stub(), "d").ok());
+  auto pending = rank1.WaitFor(2, v1::PENDING);
+  ASSERT_TRUE(pending.has_value());
+  const uint64_t hash = pending->plan().map_hash();
+  ASSERT_TRUE(rank0.Ack(2, v1::STAGED, hash));
+  ASSERT_TRUE(rank1.Ack(2, v1::STAGED, 0x1234));
+  auto aborted = rank1.WaitFor(2, v1::ABORTED);
+  ASSERT_TRUE(aborted.has_value());
+  EXPECT_EQ(aborted->plan().abort_reason(),
+            absl::StrFormat("rank 1 holds map hash 0000000000001234, the plan's is %016x", hash));
+  auto plan = GetPlan(env.stub(), "d", 2);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_FALSE(plan->ranks(0).hash_mismatch());
+  EXPECT_TRUE(plan->ranks(1).hash_mismatch());
+  EXPECT_EQ(plan->ranks(1).map_hash(), 0x1234u);
+  EXPECT_THAT(env.MetricsText(),
+              HasSubstr("eplb_rank_hash_mismatch{deployment=\"d\",rank=\"1\"} 1"));
+  // Reporting the right map clears the mismatch.
+  ASSERT_TRUE(rank1.Ack(1, v1::ACTIVE, GetPlan(env.stub(), "d", 1)->map_hash()));
+  ASSERT_TRUE(eplb::testing::WaitForRankState(env.stub(), "d", 1, 1, v1::ACTIVE));
+  EXPECT_THAT(env.MetricsText(),
+              HasSubstr("eplb_rank_hash_mismatch{deployment=\"d\",rank=\"1\"} 0"));
+}
+
+TEST(PlannerAckTest, BadAcksEndTheStream) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  {
+    WatchClient observer(env.stub(), "d", -1);
+    ASSERT_TRUE(observer.Get(0).has_value());
+    observer.Ack(1, v1::STAGED, 0);
+    EXPECT_FALSE(observer.Get(1).has_value());  // the stream ended
+  }
+  {
+    WatchClient rank(env.stub(), "d", 0);
+    ASSERT_TRUE(rank.Get(0).has_value());
+    rank.Ack(1, v1::ACK_STATE_UNSPECIFIED, 0);
+    EXPECT_FALSE(rank.Get(1).has_value());
+  }
+}
+
+// ---- Persistence
+// ----------------------------------------------------------------------------------
+
+TEST(PlannerPersistenceTest, PlansVersionsAndLoadSurviveARestart) {
+  PlannerEnv env;
+  v1::DeploymentSpec spec = AckedSpec("d");
+  spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
+  spec.set_plan_history(3);
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+  v1::DeploymentSpec acked = AckedSpec("acked");
+  ASSERT_TRUE(Create(env.stub(), acked).ok());
+  ReportSkew(env, "d");
+  ReportSkew(env, "acked");
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Rebalance(env.stub(), "d").ok());  // versions 2..5
+  ASSERT_TRUE(Rebalance(env.stub(), "acked").ok());                          // 2, in flight
+  auto plans = ListPlans(env.stub(), "d");
+  ASSERT_EQ(plans->size(), 3u);  // 5, 4, 3
+  auto load = GetLoad(env.stub(), "d");
+  auto in_flight = GetPlan(env.stub(), "acked", 2);
+
+  env.Restart();
+
+  auto plans_after = ListPlans(env.stub(), "d");
+  ASSERT_TRUE(plans_after.ok()) << plans_after.status();
+  ASSERT_EQ(plans_after->size(), plans->size());
+  for (size_t i = 0; i < plans->size(); ++i) {
+    EXPECT_TRUE(MessageDifferencer::Equals((*plans)[i], (*plans_after)[i])) << i;
+  }
+  EXPECT_TRUE(MessageDifferencer::Equals(*load, *GetLoad(env.stub(), "d")));
+  // The plan in flight is still in flight and is sent to a watcher at once.
+  WatchClient rank0(env.stub(), "acked", 0, /*known_version=*/1);
+  auto pending = rank0.Get(0);
+  ASSERT_TRUE(pending.has_value());
+  EXPECT_EQ(pending->plan().version(), 2);
+  EXPECT_EQ(pending->plan().state(), v1::PENDING);
+  EXPECT_EQ(pending->plan().map_hash(), in_flight->map_hash());
+  // The next version continues the sequence.
+  auto next = Rebalance(env.stub(), "d");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->version(), 6);
+  // Retried reports from before the restart are still recognised.
+  auto retry = SendReports(
+      env.stub(), {Report("d", 0, 1, 0, 9, {{9, 8, 7, 6, 1, 1, 1, 1}, {1, 1, 1, 1, 9, 9, 9, 9}})});
+  ASSERT_TRUE(retry.ok()) << retry.status();
+  EXPECT_EQ(retry->duplicates(), 1);
+}
+
+TEST(PlannerPersistenceTest, AnUnreadableStateRefusesToStart) {
+  const std::string dir = eplb::testing::MakeTempDir();
+  std::filesystem::create_directories(dir + "/deployments/broken/plans");
+  std::ofstream(dir + "/deployments/broken/deployment.pb") << "not a protobuf \xff\xff\xff";
+  server::PlannerServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.state_dir = dir;
+  FakeClock clock;
+  auto server = server::PlannerServer::Start(options, &clock, nullptr);
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kDataLoss) << server.status();
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr("deployment.pb"));
+  std::filesystem::remove_all(dir);
+}
+
+// ---- Operations
+// -----------------------------------------------------------------------------------
+
+TEST(PlannerOperationsTest, HealthIsServingUntilShutdown) {
+  PlannerEnv env;
+  auto health = grpc::health::v1::Health::NewStub(env.channel());
+  for (const std::string service : {"", "eplb.v1.Planner"}) {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    ASSERT_TRUE(health->Check(&context, request, &response).ok());
+    EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+  grpc::ClientContext context;
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service("eplb.v1.Planner");
+  auto watch = health->Watch(&context, request);
+  grpc::health::v1::HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  std::thread stop([&env] { env.server().Shutdown(absl::Seconds(5)); });
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  context.TryCancel();
+  stop.join();
+}
+
+TEST(PlannerOperationsTest, ReflectionListsTheServices) {
+  PlannerEnv env;
+  grpc::GenericStub generic(env.channel());
+  grpc::CompletionQueue queue;
+  grpc::ClientContext context;
+  const auto step = [&queue] {
+    void* tag = nullptr;
+    bool ok = false;
+    return queue.Next(&tag, &ok) && ok;
+  };
+  auto call = generic.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &queue);
+  call->StartCall(nullptr);
+  ASSERT_TRUE(step());
+  eplb::test::ServerReflectionRequest request;
+  request.set_list_services("");
+  const std::string bytes = request.SerializeAsString();
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer outgoing(&slice, 1);
+  call->Write(outgoing, nullptr);
+  ASSERT_TRUE(step());
+  grpc::ByteBuffer incoming;
+  call->Read(&incoming, nullptr);
+  ASSERT_TRUE(step());
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(incoming.Dump(&slices).ok());
+  std::string received;
+  for (const grpc::Slice& piece : slices) {
+    received.append(reinterpret_cast<const char*>(piece.begin()), piece.size());
+  }
+  eplb::test::ServerReflectionResponse response;
+  ASSERT_TRUE(response.ParseFromString(received));
+  std::vector<std::string> names;
+  for (const auto& service : response.list_services_response().service()) {
+    names.push_back(service.name());
+  }
+  EXPECT_THAT(names, ::testing::IsSupersetOf({"eplb.v1.Planner", "grpc.health.v1.Health"}));
+  context.TryCancel();
+  grpc::Status status;
+  call->Finish(&status, nullptr);
+  step();
+  queue.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (queue.Next(&tag, &ok)) {
+  }
+}
+
+TEST(PlannerOperationsTest, ABearerTokenIsRequiredWhenConfigured) {
+  server::PlannerServerOptions options;
+  options.service.bearer_token = "s3cret";
+  PlannerEnv env(options);
+  const auto list = [&env](const std::string& authorization) {
+    grpc::ClientContext context;
+    if (!authorization.empty()) context.AddMetadata("authorization", authorization);
+    v1::ListDeploymentsResponse response;
+    return FromGrpcStatus(env.stub().ListDeployments(&context, {}, &response));
+  };
+  const absl::Status missing = list("");
+  EXPECT_EQ(missing.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(missing.message(), "missing bearer token (authorization metadata)");
+  EXPECT_EQ(Reason(missing), v1::UNAUTHENTICATED_TOKEN);
+  EXPECT_EQ(list("Bearer wrong").message(), "wrong bearer token");
+  EXPECT_TRUE(list("Bearer s3cret").ok());
+  // Streams too.
+  auto reports = SendReports(env.stub(), {Report("d", 0, 1, 0, 0, {{1}})});
+  EXPECT_EQ(reports.status().code(), absl::StatusCode::kUnauthenticated);
+  WatchClient watch(env.stub(), "d", 0);
+  EXPECT_FALSE(watch.Get(0).has_value());
+}
+
+// Writes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
+class TlsFiles {
+ public:
+  TlsFiles() : dir_(eplb::testing::MakeTempDir()) {
+    const std::string script = absl::StrCat(
+        "cd ", dir_, " && ",
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=eplb-test-ca "
+        "-keyout ca.key -out ca.pem && ",
+        "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key "
+        "-out server.csr && ",
+        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > san.ext && ",
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 "
+        "-extfile san.ext -out server.pem && ",
+        "openssl req -newkey rsa:2048 -nodes -subj /CN=worker -keyout client.key "
+        "-out client.csr && ",
+        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 "
+        "-out client.pem");
+    ok_ = std::system(absl::StrCat("(", script, ") > ", dir_, "/openssl.log 2>&1").c_str()) == 0;
+  }
+  ~TlsFiles() { std::filesystem::remove_all(dir_); }
+  bool ok() const { return ok_; }
+  std::string Read(const std::string& name) const {
+    std::ifstream in(dir_ + "/" + name);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+ private:
+  std::string dir_;
+  bool ok_ = false;
+};
+
+TEST(PlannerOperationsTest, MutualTlsAcceptsOnlyClientsWithACertificate) {
+  TlsFiles files;
+  ASSERT_TRUE(files.ok()) << "openssl failed";
+  server::PlannerServerOptions options;
+  options.tls_cert_pem = files.Read("server.pem");
+  options.tls_key_pem = files.Read("server.key");
+  options.tls_client_ca_pem = files.Read("ca.pem");
+  PlannerEnv env(options);
+  const auto list = [&](bool with_client_cert) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = files.Read("ca.pem");
+    if (with_client_cert) {
+      ssl.pem_private_key = files.Read("client.key");
+      ssl.pem_cert_chain = files.Read("client.pem");
+    }
+    auto channel =
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", env.port()), grpc::SslCredentials(ssl));
+    auto stub = v1::Planner::NewStub(channel);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    v1::ListDeploymentsResponse response;
+    return stub->ListDeployments(&context, {}, &response);
+  };
+  EXPECT_TRUE(list(true).ok()) << list(true).error_message();
+  EXPECT_EQ(list(false).error_code(), grpc::StatusCode::UNAVAILABLE);
+  // A plaintext client cannot talk to it either.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::ListDeploymentsResponse response;
+  EXPECT_FALSE(env.stub().ListDeployments(&context, {}, &response).ok());
+}
+
+}  // namespace
+}  // namespace eplb
