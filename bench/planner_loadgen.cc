@@ -48,6 +48,9 @@ ABSL_FLAG(std::string, policy, "", "Policy (when creating; empty: the planner's 
 ABSL_FLAG(std::string, commit, "immediate", "Commit mode when creating: immediate or acked");
 ABSL_FLAG(int64_t, interval_steps, 2000, "Trigger interval in steps (when creating)");
 ABSL_FLAG(double, min_gain, 0.01, "Trigger min_gain (when creating)");
+ABSL_FLAG(int64_t, bytes_per_expert, 44040192,
+          "Bytes of one expert's weights (when creating; default: DeepSeek-V3, 3 FP8 matrices of "
+          "7168 x 2048)");
 ABSL_FLAG(int64_t, half_life_steps, 2000, "EMA half-life in steps (when creating)");
 ABSL_FLAG(double, rate, 10, "Reports per second per rank; 0: as fast as possible");
 ABSL_FLAG(int, steps_per_report, 100, "Steps one report covers");
@@ -171,6 +174,7 @@ int main(int argc, char** argv) {
       shape.set_num_ranks(ranks);
       shape.set_num_physical_experts(absl::GetFlag(FLAGS_slots));
       spec.set_policy(absl::GetFlag(FLAGS_policy));
+      spec.set_bytes_per_expert(absl::GetFlag(FLAGS_bytes_per_expert));
       spec.set_commit_mode(absl::GetFlag(FLAGS_commit) == "acked"
                                ? eplb::v1::COMMIT_MODE_ACKED
                                : eplb::v1::COMMIT_MODE_IMMEDIATE);

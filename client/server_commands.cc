@@ -115,26 +115,31 @@ std::string StateText(const v1::Plan& plan) {
   return v1::PlanState_Name(plan.state());
 }
 
+// "balancedness B -> A", or what stands for it on the initial plan (planned before any load).
+std::string BalancednessText(const v1::Plan& plan) {
+  if (plan.reason() == v1::INITIAL) return "balancedness - -> -";  // planned before any load
+  return absl::StrFormat("balancedness %.4f -> %.4f", plan.metrics().balancedness_before(),
+                         plan.metrics().balancedness_after());
+}
+
 // The summary of a plan, one line.
 std::string PlanLine(const v1::Plan& plan) {
   const v1::PlanMetrics& m = plan.metrics();
   std::string line = absl::StrFormat(
-      "%s  parent %d  %s  %s  policy %s  hash %s  balancedness %.4f -> %.4f  slots changed %d  "
-      "experts moved %d  bytes %d",
+      "%s  parent %d  %s  %s  policy %s  hash %s  %s  slots changed %d  experts moved %d  "
+      "bytes %d",
       VersionText(plan.version()), plan.parent_version(), StateText(plan),
       v1::PlanReason_Name(plan.reason()), plan.policy(), Hex(plan.map_hash()),
-      m.balancedness_before(), m.balancedness_after(), m.slots_changed(), m.experts_moved(),
-      m.bytes_to_move());
+      BalancednessText(plan), m.slots_changed(), m.experts_moved(), m.bytes_to_move());
   if (!plan.abort_reason().empty()) absl::StrAppend(&line, "  aborted: ", plan.abort_reason());
   return line;
 }
 
 // The line `watch` prints per update.
 std::string WatchLine(const v1::Plan& plan) {
-  std::string line = absl::StrFormat(
-      "%s  %s  %s  balancedness %.4f -> %.4f  hash %s", VersionText(plan.version()),
-      StateText(plan), v1::PlanReason_Name(plan.reason()), plan.metrics().balancedness_before(),
-      plan.metrics().balancedness_after(), Hex(plan.map_hash()));
+  std::string line = absl::StrFormat("%s  %s  %s  %s  hash %s", VersionText(plan.version()),
+                                     StateText(plan), v1::PlanReason_Name(plan.reason()),
+                                     BalancednessText(plan), Hex(plan.map_hash()));
   if (!plan.abort_reason().empty()) absl::StrAppend(&line, "  aborted: ", plan.abort_reason());
   return line;
 }

@@ -22,8 +22,7 @@
 
 namespace eplb {
 
-// ---- Shapes and maps
-// -----------------------------------------------------------------------------
+// ---- Shapes and maps ----------------------------------------------------------------------------
 
 // 0 for num_groups / num_nodes means 1. Does not validate (ValidateShape does).
 DeploymentShape ShapeFromProto(const v1::Shape& shape);
@@ -35,14 +34,12 @@ void ExpertMapToProto(const ExpertMap& map, v1::ExpertMap* out);
 absl::StatusOr<ExpertMap> ExpertMapFromProto(const v1::ExpertMap& map,
                                              absl::string_view field = "map");
 
-// ---- Time
-// ----------------------------------------------------------------------------------------
+// ---- Time ---------------------------------------------------------------------------------------
 
 void TimeToProto(absl::Time time, google::protobuf::Timestamp* out);
 absl::Time TimeFromProto(const google::protobuf::Timestamp& time);
 
-// ---- Errors
-// --------------------------------------------------------------------------------------
+// ---- Errors -------------------------------------------------------------------------------------
 
 // An error status with an ErrorDetail (reason and field path) attached as a payload. It survives
 // ToGrpcStatus, which moves it into the grpc-status-details-bin trailer.

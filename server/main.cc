@@ -47,7 +47,7 @@ ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(30),
 ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
           "How long a keepalive ping may stay unanswered before the connection is closed");
 ABSL_FLAG(int, max_watch_queue, 64,
-          "Plan updates a watch stream may fall behind by before it is ended (1 to 10000)");
+          "Plan updates a watch stream may fall behind by before it is ended (2 to 10000)");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGTERM, how long calls in flight get to finish");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (with --tls-key enables TLS)");
@@ -151,9 +151,9 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
                      " is out of range [1s, 1h]"));
   }
   options.service.max_watch_queue = absl::GetFlag(FLAGS_max_watch_queue);
-  if (options.service.max_watch_queue < 1 || options.service.max_watch_queue > 10000) {
+  if (options.service.max_watch_queue < 2 || options.service.max_watch_queue > 10000) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--max-watch-queue=", options.service.max_watch_queue, " is out of range [1, 10000]"));
+        "--max-watch-queue=", options.service.max_watch_queue, " is out of range [2, 10000]"));
   }
   auto cert = ReadOptional(absl::GetFlag(FLAGS_tls_cert), "tls-cert");
   if (!cert.ok()) return cert.status();

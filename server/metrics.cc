@@ -55,8 +55,29 @@ PlannerMetrics::PlannerMetrics(std::shared_ptr<prometheus::Registry> registry)
                     .Help("Open WatchPlans streams")
                     .Register(*registry_)) {}
 
-std::unique_ptr<DeploymentMetrics> PlannerMetrics::AddDeployment(const std::string& deployment) {
-  return std::unique_ptr<DeploymentMetrics>(new DeploymentMetrics(this, deployment));
+std::shared_ptr<DeploymentMetrics> PlannerMetrics::AddDeployment(const std::string& deployment) {
+  absl::MutexLock lock(&mu_);
+  // A name whose last holder just let go is being removed: wait for that, or the new instance
+  // would get the series being removed (prometheus-cpp returns existing series for equal labels).
+  const auto settled = [this, &deployment]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const auto it = live_.find(deployment);
+    return it == live_.end() || !it->second.expired();
+  };
+  while (true) {
+    mu_.Await(absl::Condition(&settled));
+    const auto it = live_.find(deployment);
+    if (it == live_.end()) break;
+    if (std::shared_ptr<DeploymentMetrics> live = it->second.lock()) return live;
+  }
+  std::shared_ptr<DeploymentMetrics> metrics(new DeploymentMetrics(this, deployment),
+                                             [this](DeploymentMetrics* m) {
+                                               absl::MutexLock lock(&mu_);
+                                               const std::string name = m->deployment_;
+                                               delete m;  // removes the series
+                                               live_.erase(name);
+                                             });
+  live_[deployment] = metrics;
+  return metrics;
 }
 
 DeploymentMetrics::DeploymentMetrics(PlannerMetrics* owner, std::string deployment)

@@ -30,8 +30,9 @@
 
 namespace eplb::server {
 
-// The metrics of one deployment. Created by PlannerMetrics::AddDeployment; its series disappear
-// when it is destroyed.
+// The metrics of one deployment name. Created by PlannerMetrics::AddDeployment, shared by every
+// holder of that name (a deleted deployment's late work and its re-created successor write the
+// same series); the series disappear when the last holder lets go.
 class DeploymentMetrics {
  public:
   ~DeploymentMetrics();
@@ -77,12 +78,14 @@ class DeploymentMetrics {
 class PlannerMetrics {
  public:
   explicit PlannerMetrics(std::shared_ptr<prometheus::Registry> registry);
-  std::unique_ptr<DeploymentMetrics> AddDeployment(const std::string& deployment);
+  std::shared_ptr<DeploymentMetrics> AddDeployment(const std::string& deployment);
   prometheus::Registry& registry() { return *registry_; }
 
  private:
   friend class DeploymentMetrics;
   std::shared_ptr<prometheus::Registry> registry_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::weak_ptr<DeploymentMetrics>> live_ ABSL_GUARDED_BY(mu_);
   prometheus::Family<prometheus::Gauge>& plan_version_;
   prometheus::Family<prometheus::Gauge>& balancedness_;
   prometheus::Family<prometheus::Counter>& reports_;

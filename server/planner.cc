@@ -29,8 +29,7 @@ namespace {
 
 using v1::ErrorReason;
 
-// ---- Limits of the API (documented in planner.proto)
-// ---------------------------------------------
+// ---- Limits of the API (documented in planner.proto) -----------------------------------------
 constexpr int64_t kMaxBytesPerExpert = int64_t{1} << 40;
 constexpr int64_t kMaxHalfLifeSteps = 1'000'000;
 constexpr int64_t kMaxWindowSteps = 100'000;
@@ -50,6 +49,7 @@ constexpr int64_t kMaxStepsPerReport = 1'000'000;
 constexpr double kMaxCount = 9007199254740992.0;  // 2^53
 constexpr size_t kRecentSequences = 1024;
 constexpr size_t kMaxErrorDetailBytes = 4096;
+constexpr int64_t kMaxSmoothingBytes = int64_t{1} << 30;
 
 absl::Status OutOfRange(absl::string_view field, absl::string_view message) {
   return ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE, field,
@@ -137,6 +137,20 @@ absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
       result.smoothing.kind = SmoothingOptions::Kind::kWindow;
       result.smoothing.window_steps = smoothing.window_steps();
       break;
+  }
+  // Window smoothing keeps up to 65 buckets of L × E numbers: bound what one deployment may take.
+  if (result.smoothing.kind == SmoothingOptions::Kind::kWindow) {
+    const int64_t buckets = std::min<int64_t>(result.smoothing.window_steps, 64) + 1;
+    const int64_t bytes = buckets * result.shape.num_layers * result.shape.num_logical_experts *
+                          static_cast<int64_t>(sizeof(double));
+    if (bytes > kMaxSmoothingBytes) {
+      return OutOfRange(
+          "spec.smoothing.window_steps",
+          absl::StrCat("= ", result.smoothing.window_steps, " needs ", bytes,
+                       " bytes of window buckets for ", result.shape.num_layers, " × ",
+                       result.shape.num_logical_experts, " experts, more than the limit of ",
+                       kMaxSmoothingBytes, "; use a shorter window or ema_half_life_steps"));
+    }
   }
 
   if (!spec.has_trigger()) spec.mutable_trigger()->set_interval_steps(kDefaultIntervalSteps);
@@ -231,8 +245,7 @@ std::string Hex(uint64_t value) { return absl::StrFormat("%016x", value); }
 
 }  // namespace
 
-// ---- Deployment
-// -----------------------------------------------------------------------------------
+// ---- Deployment ---------------------------------------------------------------------------------
 
 namespace {
 
@@ -255,7 +268,7 @@ struct RankReportState {
 
 struct Planner::Deployment {
   Deployment(ValidatedSpec validated, SmoothedLoad smoothed, absl::Time created,
-             std::unique_ptr<DeploymentMetrics> deployment_metrics)
+             std::shared_ptr<DeploymentMetrics> deployment_metrics)
       : spec(std::move(validated.spec)),
         shape(validated.shape),
         layout(shape.num_physical_experts, shape.num_ranks),
@@ -274,7 +287,7 @@ struct Planner::Deployment {
   const SlotLayout layout;
   const std::unique_ptr<const PlacementPolicy> policy;
   const absl::Time create_time;
-  const std::unique_ptr<DeploymentMetrics> metrics;  // null without PlannerMetrics
+  const std::shared_ptr<DeploymentMetrics> metrics;  // null without PlannerMetrics
 
   mutable absl::Mutex mu;
   SmoothedLoad load ABSL_GUARDED_BY(mu);
@@ -289,6 +302,7 @@ struct Planner::Deployment {
   int64_t update_sequence ABSL_GUARDED_BY(mu) = 0;  // for nonces
   std::vector<WatchSink*> watchers ABSL_GUARDED_BY(mu);
   bool deleted ABSL_GUARDED_BY(mu) = false;
+  bool closed ABSL_GUARDED_BY(mu) = false;  // the planner is shutting down: no new watchers
   bool load_dirty ABSL_GUARDED_BY(mu) = false;
   absl::Time last_checkpoint ABSL_GUARDED_BY(mu) = absl::InfinitePast();
 
@@ -352,6 +366,8 @@ struct Planner::Deployment {
   v1::Deployment ToProto() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     v1::Deployment result;
     *result.mutable_spec() = spec;
+    // The initial map (up to 64 MiB) is plan version 1; it is not echoed back.
+    result.mutable_spec()->clear_initial_map();
     TimeToProto(create_time, result.mutable_create_time());
     result.set_committed_version(committed_version);
     result.set_latest_version(last_version);
@@ -377,8 +393,7 @@ struct Planner::Deployment {
   }
 };
 
-// ---- Creation and state loading
-// -------------------------------------------------------------------
+// ---- Creation and state loading -----------------------------------------------------------------
 
 Planner::Planner(const PlannerOptions& options, StateStore store, Clock* clock,
                  PlannerMetrics* metrics)
@@ -438,7 +453,7 @@ absl::Status Planner::LoadState() {
         *std::move(validated), *std::move(smoothed), TimeFromProto(stored.record.create_time()),
         metrics_ != nullptr ? metrics_->AddDeployment(name) : nullptr);
     absl::MutexLock lock(&d->mu);
-    d->last_version = stored.record.last_version();
+    d->last_version = stored.last_version;
     for (v1::Plan& plan : stored.plans) {
       auto map = ExpertMapFromProto(plan.map(), absl::StrCat("plan ", plan.version(), " map"));
       if (!map.ok()) return corrupt(map.status());
@@ -499,6 +514,7 @@ void Planner::BeginShutdown() {
   }
   for (const auto& d : all) {
     absl::MutexLock lock(&d->mu);
+    d->closed = true;
     for (WatchSink* sink : d->watchers) sink->Close(ShuttingDown());
     if (d->metrics) d->metrics->AddWatchers(-static_cast<int>(d->watchers.size()));
     d->watchers.clear();
@@ -541,8 +557,7 @@ absl::StatusOr<std::shared_ptr<Planner::Deployment>> Planner::FindOrError(
   return d;
 }
 
-// ---- Worker
-// ---------------------------------------------------------------------------------------
+// ---- Worker -------------------------------------------------------------------------------------
 
 void Planner::Post(Task task) {
   absl::MutexLock lock(&queue_mu_);
@@ -629,8 +644,7 @@ void Planner::Checkpoint(Deployment& d, bool force) {
   }
 }
 
-// ---- Deployments
-// ----------------------------------------------------------------------------------
+// ---- Deployments --------------------------------------------------------------------------------
 
 void Planner::CreateDeployment(const v1::DeploymentSpec& spec, DeploymentCallback done) {
   {
@@ -683,7 +697,6 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
   state::v1::StoredDeployment record;
   *record.mutable_spec() = validated->spec;
   TimeToProto(now, record.mutable_create_time());
-  record.set_last_version(1);
   if (absl::Status status = store_.CreateDeployment(record, plan); !status.ok()) {
     return done(ErrorWithDetail(
         absl::StatusCode::kInternal, v1::STATE_IO, "",
@@ -735,14 +748,15 @@ void Planner::DeleteOnWorker(const std::string& name,
         absl::StrCat("cannot delete deployment \"", name, "\": ", status.message())));
   }
   {
-    absl::MutexLock lock(&registry_mu_);
-    deployments_.erase(name);
-  }
-  {
     absl::MutexLock lock(&(*d)->mu);
     (*d)->deleted = true;
     for (WatchSink* sink : (*d)->watchers) sink->Close(DeploymentNotFound(name));
+    if ((*d)->metrics) (*d)->metrics->AddWatchers(-static_cast<int>((*d)->watchers.size()));
     (*d)->watchers.clear();
+  }
+  {
+    absl::MutexLock lock(&registry_mu_);
+    deployments_.erase(name);
   }
   spdlog::info("deployment {}: deleted", name);
   done(absl::OkStatus());
@@ -863,11 +877,9 @@ absl::StatusOr<v1::Plan> Planner::Publish(const std::shared_ptr<Deployment>& d, 
                                         d->name(), "\": ", status.message()));
   };
   // The counter first: once it is on disk the version is spent, whatever happens next.
-  state::v1::StoredDeployment record;
-  *record.mutable_spec() = d->spec;
-  TimeToProto(d->create_time, record.mutable_create_time());
-  record.set_last_version(version);
-  if (absl::Status status = store_.WriteRecord(record); !status.ok()) return io_error(status);
+  if (absl::Status status = store_.WriteVersionCounter(d->name(), version); !status.ok()) {
+    return io_error(status);
+  }
   {
     absl::MutexLock lock(&d->mu);
     d->last_version = version;
@@ -919,20 +931,41 @@ absl::StatusOr<v1::Plan> Planner::Publish(const std::shared_ptr<Deployment>& d, 
 }
 
 void Planner::FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, int64_t version,
-                                    v1::PlanState state, const std::string& reason) {
+                                    v1::PlanState state, std::string reason) {
   v1::Plan snapshot;
   {
     absl::MutexLock lock(&d->mu);
     const auto it = d->plans.find(version);
     if (d->deleted || it == d->plans.end() || it->second.plan.state() != v1::PENDING) return;
+    if (state == v1::COMMITTED) {
+      // An ack that arrived after the commit was queued may have failed the plan.
+      for (const v1::RankAck& ack : it->second.plan.ranks()) {
+        if (ack.state() == v1::FAILED) {
+          state = v1::ABORTED;
+          reason = absl::StrCat("rank ", ack.rank(), " failed: ", ack.error_detail());
+          break;
+        }
+        if (ack.hash_mismatch()) {
+          state = v1::ABORTED;
+          reason = absl::StrCat("rank ", ack.rank(), " holds map hash ", Hex(ack.map_hash()),
+                                ", the plan's is ", Hex(it->second.plan.map_hash()));
+          break;
+        }
+      }
+    }
     snapshot = it->second.plan;
   }
   snapshot.set_state(state);
   if (state == v1::ABORTED) snapshot.set_abort_reason(reason);
   if (absl::Status status = store_.WritePlan(snapshot); !status.ok()) {
-    // The decision stands in memory; after a restart the plan is PENDING again and re-staged.
     spdlog::error("deployment {}: cannot persist the {} state of version {}: {}", d->name(),
                   v1::PlanState_Name(state), version, status.ToString());
+    if (state == v1::COMMITTED) {
+      // A commit that is not on disk is not a commit: the ranks keep the previous plan. (An abort
+      // stands in memory; after a restart the plan is in flight again and re-staged.)
+      state = v1::ABORTED;
+      reason = absl::StrCat("the commit could not be persisted: ", status.message());
+    }
   }
   absl::MutexLock lock(&d->mu);
   const auto it = d->plans.find(version);
@@ -959,8 +992,7 @@ void Planner::FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, int64_
   MaybeTrigger(d);
 }
 
-// ---- Queries
-// --------------------------------------------------------------------------------------
+// ---- Queries ------------------------------------------------------------------------------------
 
 absl::StatusOr<v1::Deployment> Planner::GetDeployment(const std::string& name) const {
   if (name.empty()) return Required("name");
@@ -1032,8 +1064,7 @@ absl::StatusOr<v1::GetLoadResponse> Planner::GetLoad(const std::string& name) co
   return response;
 }
 
-// ---- Reports
-// --------------------------------------------------------------------------------------
+// ---- Reports ------------------------------------------------------------------------------------
 
 absl::StatusOr<ReportOutcome> Planner::Report(const v1::LoadReport& report) {
   ASSIGN_OR_RETURN(std::shared_ptr<Deployment> d, FindOrError(report.deployment()));
@@ -1168,15 +1199,10 @@ absl::StatusOr<ReportOutcome> Planner::ReportTo(const std::shared_ptr<Deployment
   return ReportOutcome{.duplicate = false, .last_sequence = state.last_sequence};
 }
 
-// ---- Watch and acknowledge
-// ------------------------------------------------------------------------
+// ---- Watch and acknowledge ----------------------------------------------------------------------
 
-absl::Status Planner::Subscribe(const v1::WatchPlansRequest::Subscribe& subscribe,
-                                WatchSink* sink) {
-  {
-    absl::MutexLock lock(&registry_mu_);
-    if (shut_down_) return ShuttingDown();
-  }
+absl::StatusOr<Planner::Subscription> Planner::Subscribe(
+    const v1::WatchPlansRequest::Subscribe& subscribe, WatchSink* sink) {
   ASSIGN_OR_RETURN(std::shared_ptr<Deployment> d, FindOrError(subscribe.deployment()));
   if (subscribe.rank() < -1 || subscribe.rank() >= d->shape.num_ranks) {
     return ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::UNKNOWN_RANK, "subscribe.rank",
@@ -1188,22 +1214,32 @@ absl::Status Planner::Subscribe(const v1::WatchPlansRequest::Subscribe& subscrib
                       absl::StrCat("= ", subscribe.known_version(), " is negative"));
   }
   absl::MutexLock lock(&d->mu);
+  if (d->closed) return ShuttingDown();
   if (d->deleted) return DeploymentNotFound(d->name());
+  if (subscribe.known_version() > d->last_version) {
+    return ErrorWithDetail(
+        absl::StatusCode::kFailedPrecondition, v1::PLAN_NOT_FOUND, "subscribe.known_version",
+        absl::StrCat("subscribe.known_version = ", subscribe.known_version(),
+                     " is newer than the latest version of deployment \"", d->name(), "\" (",
+                     d->last_version, "); was it deleted and created again?"));
+  }
   d->watchers.push_back(sink);
   if (d->metrics) d->metrics->AddWatchers(1);
   if (d->committed_version > subscribe.known_version()) {
     sink->Send(d->plans.at(d->committed_version).update);
   }
   if (d->pending_version != 0) sink->Send(d->plans.at(d->pending_version).update);
-  return absl::OkStatus();
+  Subscription subscription;
+  subscription.deployment_ = std::move(d);
+  return subscription;
 }
 
-void Planner::Unsubscribe(const std::string& name, WatchSink* sink) {
-  std::shared_ptr<Deployment> d = Find(name);
+void Planner::Unsubscribe(const Subscription& subscription, WatchSink* sink) {
+  Deployment* d = subscription.deployment_.get();
   if (d == nullptr) return;
   absl::MutexLock lock(&d->mu);
   const auto it = std::find(d->watchers.begin(), d->watchers.end(), sink);
-  if (it == d->watchers.end()) return;
+  if (it == d->watchers.end()) return;  // already closed by a delete or shutdown
   d->watchers.erase(it);
   if (d->metrics) d->metrics->AddWatchers(-1);
 }
@@ -1224,8 +1260,13 @@ absl::Status Planner::Ack(const std::string& name, int32_t rank,
                                                        " bytes, more than ", kMaxErrorDetailBytes));
   }
   absl::MutexLock lock(&d->mu);
+  if (ack.version() < 1 || ack.version() > d->last_version) {
+    return OutOfRange(
+        "ack.version",
+        absl::StrCat("= ", ack.version(), " was never published (latest: ", d->last_version, ")"));
+  }
   const auto it = d->plans.find(ack.version());
-  if (d->deleted || it == d->plans.end()) return absl::OkStatus();  // stale: nothing to record
+  if (d->deleted || it == d->plans.end()) return absl::OkStatus();  // pruned: nothing to record
   PlanEntry& entry = it->second;
   v1::RankAck& state = *entry.plan.mutable_ranks(rank);
   const bool mismatch = ack.state() != v1::FAILED && ack.map_hash() != entry.plan.map_hash();

@@ -64,7 +64,18 @@ struct ReportOutcome {
 };
 
 class Planner {
+ private:
+  struct Deployment;
+
  public:
+  // A watch's registration, returned by Subscribe and handed back to Unsubscribe. It keeps the
+  // deployment it watches reachable, also after a delete or re-create of the same name.
+  class Subscription {
+   private:
+    friend class Planner;
+    std::shared_ptr<Deployment> deployment_;
+  };
+
   // Loads every deployment from `store` and starts the worker. `clock` and `metrics` must outlive
   // the planner; `metrics` may be null.
   static absl::StatusOr<std::unique_ptr<Planner>> Create(const PlannerOptions& options,
@@ -99,10 +110,15 @@ class Planner {
   absl::StatusOr<ReportOutcome> Report(const v1::LoadReport& report);
 
   // Registers `sink` and sends it the current plans. Until Unsubscribe (which the sink's owner
-  // must call before destroying it), the sink receives every update.
-  absl::Status Subscribe(const v1::WatchPlansRequest::Subscribe& subscribe, WatchSink* sink);
-  void Unsubscribe(const std::string& name, WatchSink* sink);
-  // Records a rank's acknowledgement; may commit or abort the plan in flight.
+  // must call before destroying it), the sink receives every update. A known_version newer than
+  // the deployment's latest (a client of a deleted deployment of the same name) is
+  // FAILED_PRECONDITION.
+  absl::StatusOr<Subscription> Subscribe(const v1::WatchPlansRequest::Subscribe& subscribe,
+                                         WatchSink* sink);
+  // After it returns, no call reaches `sink` any more.
+  void Unsubscribe(const Subscription& subscription, WatchSink* sink);
+  // Records a rank's acknowledgement; may commit or abort the plan in flight. An ack of a version
+  // never published is INVALID_ARGUMENT; one of a pruned version is ignored.
   absl::Status Ack(const std::string& name, int32_t rank, const v1::WatchPlansRequest::Ack& ack);
 
   // Ends every watch with UNAVAILABLE; from now on creating, deleting, rebalancing and subscribing
@@ -114,7 +130,6 @@ class Planner {
   void Shutdown();
 
  private:
-  struct Deployment;
   using Task = std::function<void()>;
 
   Planner(const PlannerOptions& options, StateStore store, Clock* clock, PlannerMetrics* metrics);
@@ -139,7 +154,7 @@ class Planner {
   absl::StatusOr<ReportOutcome> ReportTo(const std::shared_ptr<Deployment>& d,
                                          const v1::LoadReport& report);
   void FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, int64_t version,
-                             v1::PlanState state, const std::string& reason);
+                             v1::PlanState state, std::string reason);
 
   const PlannerOptions options_;
   StateStore store_;

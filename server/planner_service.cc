@@ -28,8 +28,7 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
   return reactor;
 }
 
-// ---- ReportLoad
-// -----------------------------------------------------------------------------------
+// ---- ReportLoad ---------------------------------------------------------------------------------
 
 class ReportReactor final : public grpc::ServerReadReactor<v1::LoadReport> {
  public:
@@ -69,8 +68,7 @@ class ReportReactor final : public grpc::ServerReadReactor<v1::LoadReport> {
   v1::LoadReport report_;
 };
 
-// ---- WatchPlans
-// -----------------------------------------------------------------------------------
+// ---- WatchPlans ---------------------------------------------------------------------------------
 
 class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
                            public WatchSink {
@@ -107,9 +105,12 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       } else {
         deployment_ = request.subscribe().deployment();
         rank_ = request.subscribe().rank();
-        subscribed_ = true;  // before Subscribe: it sends the current plans right away
-        status = planner_->Subscribe(request.subscribe(), this);
-        if (!status.ok()) subscribed_ = false;
+        auto subscription = planner_->Subscribe(request.subscribe(), this);
+        if (subscription.ok()) {
+          subscription_ = *std::move(subscription);
+          subscribed_ = true;
+        }
+        status = subscription.status();
       }
     } else if (request.has_ack()) {
       status = planner_->Ack(deployment_, rank_, request.ack());
@@ -117,12 +118,12 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       status = ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
                                "subscribe", "a watch subscribes once; later messages are acks");
     }
+    absl::MutexLock lock(&mu_);
     if (!status.ok()) {
-      absl::MutexLock lock(&mu_);
       FinishLocked(status);
       return;
     }
-    StartRead(&incoming_);
+    if (!finished_) StartRead(&incoming_);  // a Close may have finished the stream meanwhile
   }
 
   void Send(std::shared_ptr<const WatchUpdate> update) override {
@@ -135,7 +136,7 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
         return;
       }
     }
-    if (queue_.size() >= static_cast<size_t>(max_queue_)) {
+    if (queue_.size() - (writing_ ? 1 : 0) >= static_cast<size_t>(max_queue_)) {
       FinishLocked(absl::ResourceExhaustedError(absl::StrCat(
           "watch stream fell behind by ", queue_.size(), " plan updates; resubscribe")));
       return;
@@ -169,7 +170,7 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 
   void OnDone() override {
     // After Unsubscribe returns the planner holds no pointer to this sink.
-    if (subscribed_) planner_->Unsubscribe(deployment_, this);
+    if (subscribed_) planner_->Unsubscribe(subscription_, this);
     delete this;
   }
 
@@ -185,6 +186,7 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   grpc::ByteBuffer incoming_;
   // Set on the reactor's read path only (reads are sequential).
   bool subscribed_ = false;
+  Planner::Subscription subscription_;
   std::string deployment_;
   int32_t rank_ = -1;
 

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "core/file_io.h"
 #include "core/status_macros.h"
+#include "spdlog/spdlog.h"
 
 namespace eplb::server {
 namespace {
@@ -24,6 +25,7 @@ namespace fs = std::filesystem;
 
 constexpr char kDeploymentsDir[] = "deployments";
 constexpr char kRecordFile[] = "deployment.pb";
+constexpr char kCounterFile[] = "version.pb";
 constexpr char kLoadFile[] = "load.pb";
 constexpr char kPlansDir[] = "plans";
 constexpr char kCreatingPrefix[] = ".creating-";
@@ -89,6 +91,19 @@ absl::StatusOr<StateStore> StateStore::Open(const std::string& dir) {
     }
   }
   if (error) return IoError(absl::StrCat("cannot list ", deployments), error);
+  // Temp files of writes a crash interrupted (their rename never happened).
+  std::vector<fs::path> leftovers;
+  for (const auto& entry : fs::recursive_directory_iterator(deployments, error)) {
+    if (entry.is_regular_file() &&
+        absl::StrContains(entry.path().filename().string(), ".pb.tmp.")) {
+      leftovers.push_back(entry.path());
+    }
+  }
+  if (error) return IoError(absl::StrCat("cannot list ", deployments), error);
+  for (const fs::path& path : leftovers) {
+    fs::remove(path, error);
+    if (error) return IoError(absl::StrCat("cannot remove ", path.string()), error);
+  }
   return StateStore(dir);
 }
 
@@ -122,14 +137,15 @@ absl::StatusOr<std::vector<LoadedDeployment>> StateStore::LoadAll() const {
                                               loaded.record.spec().name(), "\", expected \"", name,
                                               "\""));
     }
+    const std::string counter_path = absl::StrCat(dir, "/", kCounterFile);
+    if (fs::exists(counter_path, error)) {
+      ASSIGN_OR_RETURN(const auto counter, ReadMessage<state::v1::VersionCounter>(counter_path));
+      loaded.last_version = counter.last_version();
+    }
     const std::string plans_dir = absl::StrCat(dir, "/", kPlansDir);
     for (const auto& entry : fs::directory_iterator(plans_dir, error)) {
       const std::string file = entry.path().filename().string();
-      if (!absl::EndsWith(file, ".pb")) {
-        // A temp file of an interrupted write: its rename never happened.
-        if (absl::StrContains(file, ".pb.tmp.")) fs::remove(entry.path(), error);
-        continue;
-      }
+      if (!absl::EndsWith(file, ".pb")) continue;
       ASSIGN_OR_RETURN(v1::Plan plan, ReadMessage<v1::Plan>(entry.path().string()));
       int64_t version = 0;
       if (!absl::SimpleAtoi(file.substr(0, file.size() - 3), &version) ||
@@ -165,6 +181,11 @@ absl::Status StateStore::CreateDeployment(const state::v1::StoredDeployment& rec
   if (error) return IoError(absl::StrCat("cannot create ", temp_dir), error);
   absl::Status status = WriteMessage(absl::StrCat(temp_dir, "/", kRecordFile), record);
   if (status.ok()) {
+    state::v1::VersionCounter counter;
+    counter.set_last_version(first_plan.version());
+    status = WriteMessage(absl::StrCat(temp_dir, "/", kCounterFile), counter);
+  }
+  if (status.ok()) {
     status = WriteMessage(
         absl::StrFormat("%s/%s/%020d.pb", temp_dir, kPlansDir, first_plan.version()), first_plan);
   }
@@ -180,8 +201,10 @@ absl::Status StateStore::CreateDeployment(const state::v1::StoredDeployment& rec
   return SyncDirectory(absl::StrCat(dir_, "/", kDeploymentsDir));
 }
 
-absl::Status StateStore::WriteRecord(const state::v1::StoredDeployment& record) {
-  return WriteMessage(absl::StrCat(DeploymentDir(record.spec().name()), "/", kRecordFile), record);
+absl::Status StateStore::WriteVersionCounter(const std::string& deployment, int64_t last_version) {
+  state::v1::VersionCounter counter;
+  counter.set_last_version(last_version);
+  return WriteMessage(absl::StrCat(DeploymentDir(deployment), "/", kCounterFile), counter);
 }
 
 absl::Status StateStore::WritePlan(const v1::Plan& plan) {
@@ -209,7 +232,11 @@ absl::Status StateStore::DeleteDeployment(const std::string& deployment) {
   fs::rename(dir, doomed, error);
   if (error) return IoError(absl::StrCat("cannot rename ", dir), error);
   RETURN_IF_ERROR(SyncDirectory(absl::StrCat(dir_, "/", kDeploymentsDir)));
-  return RemoveTree(doomed);
+  // Gone for good once renamed; a leftover is removed by the next Open().
+  if (absl::Status status = RemoveTree(doomed); !status.ok()) {
+    spdlog::warn("{} (removed at the next start)", status.ToString());
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace eplb::server

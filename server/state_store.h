@@ -23,6 +23,7 @@ namespace eplb::server {
 // One deployment as found on disk.
 struct LoadedDeployment {
   state::v1::StoredDeployment record;
+  int64_t last_version = 0;     // from the version counter
   std::vector<v1::Plan> plans;  // by version, ascending
   std::optional<state::v1::LoadCheckpoint> load;
 };
@@ -32,15 +33,16 @@ class StateStore {
   // Creates `dir` (and parents) if needed and removes leftovers of interrupted operations.
   static absl::StatusOr<StateStore> Open(const std::string& dir);
 
-  // Every deployment, by name. A file that cannot be read or parsed is DATA_LOSS naming it: the
-  // planner refuses to start rather than run on a partial state.
+  // Every deployment, by name. Temp files of interrupted writes are removed. A file that cannot be
+  // read or parsed is DATA_LOSS naming it: the planner refuses to start rather than run on a
+  // partial state.
   absl::StatusOr<std::vector<LoadedDeployment>> LoadAll() const;
 
-  // Creates the deployment's directory with its record and first plan, atomically.
-  // ALREADY_EXISTS if the directory exists.
+  // Creates the deployment's directory with its record, version counter (the first plan's
+  // version) and first plan, atomically. ALREADY_EXISTS if the directory exists.
   absl::Status CreateDeployment(const state::v1::StoredDeployment& record,
                                 const v1::Plan& first_plan);
-  absl::Status WriteRecord(const state::v1::StoredDeployment& record);
+  absl::Status WriteVersionCounter(const std::string& deployment, int64_t last_version);
   absl::Status WritePlan(const v1::Plan& plan);
   absl::Status RemovePlan(const std::string& deployment, int64_t version);
   absl::Status WriteLoad(const std::string& deployment, const state::v1::LoadCheckpoint& load);

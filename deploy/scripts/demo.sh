@@ -3,7 +3,7 @@
 # runs an embedded planner (state in ./eplb-state, no other services) with 32 simulated ranks of a
 # DeepSeek-V3-shaped deployment (58 layers × 256 experts, 8 groups, 4 nodes, 288 slots) streaming
 # skewed, drifting expert load. The ranks acknowledge plans like agents would; the planner
-# rebalances when that gains at least 1% balancedness. It prints plan versions and balancedness as
+# rebalances when that gains at least 3% balancedness. It prints plan versions and balancedness as
 # they improve, then the plan history, and stops the planner with SIGTERM.
 #
 #   DEMO_SECONDS=30 deploy/scripts/demo.sh   # run longer (default 20 s)
@@ -27,7 +27,7 @@ server="127.0.0.1:$(cat "$state/planner.port")"
 
 build/bin/planner_loadgen --server="$server" --deployment=demo-v3 \
   --layers=58 --experts=256 --groups=8 --nodes=4 --ranks=32 --slots=288 \
-  --commit=acked --interval_steps=2000 --min_gain=0.01 --half_life_steps=2000 \
+  --commit=acked --interval_steps=2000 --min_gain=0.03 --half_life_steps=2000 \
   --rate=20 --steps_per_report=100 --skew=1.0 --drift=0.15 \
   --duration="${DEMO_SECONDS:-20}s" --planner_pid=$planner
 

@@ -85,7 +85,7 @@ struct PlanSummary {
 PlanSummary ParsePlanLine(const std::string& line) {
   static const std::regex kPattern(
       "version ([0-9]+)  parent [0-9]+  ([A-Z_]+)  [A-Z_]+  policy [a-z-]+  hash ([0-9a-f]{16})  "
-      "balancedness ([0-9.]+) -> ([0-9.]+)  slots changed [0-9]+  experts moved [0-9]+  bytes "
+      "balancedness ([0-9.]+|-) -> ([0-9.]+|-)  slots changed [0-9]+  experts moved [0-9]+  bytes "
       "[0-9]+.*");
   std::smatch m;
   PlanSummary s;
@@ -96,8 +96,8 @@ PlanSummary ParsePlanLine(const std::string& line) {
   s.version = std::stoll(m[1]);
   s.state = m[2];
   s.hash = m[3];
-  s.balancedness_before = std::stod(m[4]);
-  s.balancedness_after = std::stod(m[5]);
+  if (m[4] != "-") s.balancedness_before = std::stod(m[4]);  // "-": the initial plan
+  if (m[5] != "-") s.balancedness_after = std::stod(m[5]);
   return s;
 }
 

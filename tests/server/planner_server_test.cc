@@ -46,8 +46,7 @@ std::vector<double> Smoothed(v1::Planner::Stub& stub, const std::string& deploym
                    : std::vector<double>{};
 }
 
-// ---- Deployments
-// ----------------------------------------------------------------------------------
+// ---- Deployments --------------------------------------------------------------------------------
 
 TEST(PlannerDeploymentTest, CreateStartsWithTheContiguousPlanAsVersionOne) {
   PlannerEnv env;
@@ -188,8 +187,7 @@ TEST(PlannerDeploymentTest, DeleteRemovesEverythingAndUnknownNamesAreNotFound) {
   ASSERT_TRUE(Create(env.stub(), SmallSpec("gone")).ok());
 }
 
-// ---- Smoothing
-// ------------------------------------------------------------------------------------
+// ---- Smoothing ----------------------------------------------------------------------------------
 
 TEST(PlannerSmoothingTest, EmaMatchesHandComputedValuesInEveryArrivalOrder) {
   PlannerEnv env;
@@ -420,8 +418,7 @@ TEST(PlannerReportTest, ARetriedReportIsCountedOnce) {
   EXPECT_EQ(fresh->accepted(), 1);
 }
 
-// ---- Triggers and rebalancing
-// --------------------------------------------------------------------
+// ---- Triggers and rebalancing -------------------------------------------------------------------
 
 // Load on experts 0 and 1 only: the contiguous plan puts both on rank 0.
 std::vector<v1::LoadReport> SkewedReports(const std::string& d, int64_t first_step,

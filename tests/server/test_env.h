@@ -82,8 +82,7 @@ class PlannerEnv {
   std::unique_ptr<v1::Planner::Stub> stub_;
 };
 
-// ---- Calls
-// ---------------------------------------------------------------------------------------
+// ---- Calls --------------------------------------------------------------------------------------
 
 inline v1::DeploymentSpec Spec(const std::string& name, int layers, int experts, int slots,
                                int ranks) {

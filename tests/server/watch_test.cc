@@ -47,8 +47,7 @@ void ReportSkew(PlannerEnv& env, const std::string& d) {
           .ok());
 }
 
-// ---- Watch delivery
-// -------------------------------------------------------------------------------
+// ---- Watch delivery -----------------------------------------------------------------------------
 
 TEST(PlannerWatchTest, SubscribeSendsTheCurrentPlanAndKnownVersionsAreSkipped) {
   PlannerEnv env;
@@ -128,8 +127,7 @@ TEST(PlannerWatchTest, EveryWatcherGetsEveryPlanAndAStuckOneHoldsUpNobody) {
   EXPECT_THAT(env.MetricsText(), HasSubstr("eplb_watchers{deployment=\"big\"}"));
 }
 
-// ---- Acknowledgements
-// -----------------------------------------------------------------------------
+// ---- Acknowledgements ---------------------------------------------------------------------------
 
 TEST(PlannerAckTest, APlanCommitsWhenEveryRankStagedIt) {
   PlannerEnv env;
@@ -247,6 +245,70 @@ TEST(PlannerAckTest, ARankWithAnotherMapHashIsNamed) {
               HasSubstr("eplb_rank_hash_mismatch{deployment=\"d\",rank=\"1\"} 0"));
 }
 
+// Holds the planner's worker thread (a dry run whose callback waits) so that tests can queue work
+// behind it deterministically.
+class WorkerHold {
+ public:
+  WorkerHold(server::Planner& planner, const std::string& deployment) {
+    planner.Rebalance(deployment, /*dry_run=*/true, [this](absl::StatusOr<v1::Plan>) {
+      absl::MutexLock lock(&mu_);
+      held_ = true;
+      mu_.Await(absl::Condition(&released_));
+    });
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&held_));
+  }
+  void Release() {
+    absl::MutexLock lock(&mu_);
+    released_ = true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+  bool released_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+TEST(PlannerAckTest, AFailureAfterTheCommitWasDecidedStillAborts) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  ReportSkew(env, "d");
+  auto plan = Rebalance(env.stub(), "d");
+  ASSERT_TRUE(plan.ok());
+  server::Planner& planner = env.server().planner();
+  WorkerHold hold(planner, "d");
+  v1::WatchPlansRequest::Ack staged;
+  staged.set_version(2);
+  staged.set_state(v1::STAGED);
+  staged.set_map_hash(plan->map_hash());
+  ASSERT_TRUE(planner.Ack("d", 0, staged).ok());
+  ASSERT_TRUE(planner.Ack("d", 1, staged).ok());  // all staged: the commit is queued
+  v1::WatchPlansRequest::Ack failed;
+  failed.set_version(2);
+  failed.set_state(v1::FAILED);
+  failed.set_error_detail("lost the staged weights");
+  ASSERT_TRUE(planner.Ack("d", 1, failed).ok());
+  hold.Release();
+  ASSERT_TRUE(Rebalance(env.stub(), "d", true).ok());  // runs after the queued decision
+  auto after = GetPlan(env.stub(), "d", 2);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->state(), v1::ABORTED);
+  EXPECT_EQ(after->abort_reason(), "rank 1 failed: lost the staged weights");
+  EXPECT_EQ(GetPlan(env.stub(), "d")->version(), 1);
+}
+
+TEST(PlannerAckTest, AcksOfVersionsNeverPublishedAreRefused) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  v1::WatchPlansRequest::Ack ack;
+  ack.set_version(7);
+  ack.set_state(v1::STAGED);
+  const absl::Status status = env.server().planner().Ack("d", 0, ack);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "ack.version = 7 was never published (latest: 1)");
+  EXPECT_EQ(GetPlan(env.stub(), "d")->ranks(0).state(), v1::ACK_STATE_UNSPECIFIED);
+}
+
 TEST(PlannerAckTest, BadAcksEndTheStream) {
   PlannerEnv env;
   ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
@@ -264,8 +326,45 @@ TEST(PlannerAckTest, BadAcksEndTheStream) {
   }
 }
 
-// ---- Persistence
-// ----------------------------------------------------------------------------------
+TEST(PlannerWatchTest, DeleteEndsWatchesAndARecreatedDeploymentStartsOver) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  ReportSkew(env, "d");
+  {
+    WatchClient watcher(env.stub(), "d", 0);
+    ASSERT_TRUE(watcher.Get(0).has_value());
+    grpc::ClientContext context;
+    v1::DeleteDeploymentRequest request;
+    request.set_name("d");
+    v1::DeleteDeploymentResponse response;
+    ASSERT_TRUE(env.stub().DeleteDeployment(&context, request, &response).ok());
+    EXPECT_FALSE(watcher.Get(1).has_value());  // the stream ended (NOT_FOUND)
+  }
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  // A client of the old deployment that knew version 5 is told, not left waiting.
+  grpc::ClientContext context;
+  auto stream = env.stub().WatchPlans(&context);
+  v1::WatchPlansRequest request;
+  request.mutable_subscribe()->set_deployment("d");
+  request.mutable_subscribe()->set_rank(0);
+  request.mutable_subscribe()->set_known_version(5);
+  stream->Write(request);
+  v1::WatchPlansResponse response;
+  EXPECT_FALSE(stream->Read(&response));
+  const absl::Status status = FromGrpcStatus(stream->Finish());
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(status.message(),
+            "subscribe.known_version = 5 is newer than the latest version of deployment \"d\" "
+            "(1); was it deleted and created again?");
+  // The re-created deployment's series are live and start over.
+  ReportSkew(env, "d");
+  EXPECT_THAT(env.MetricsText(),
+              HasSubstr("eplb_reports_total{deployment=\"d\",result=\"accepted\"} 2"));
+  EXPECT_THAT(env.MetricsText(),
+              HasSubstr("eplb_plan_version{deployment=\"d\",kind=\"committed\"} 1"));
+}
+
+// ---- Persistence --------------------------------------------------------------------------------
 
 TEST(PlannerPersistenceTest, PlansVersionsAndLoadSurviveARestart) {
   PlannerEnv env;
@@ -325,8 +424,7 @@ TEST(PlannerPersistenceTest, AnUnreadableStateRefusesToStart) {
   std::filesystem::remove_all(dir);
 }
 
-// ---- Operations
-// -----------------------------------------------------------------------------------
+// ---- Operations ---------------------------------------------------------------------------------
 
 TEST(PlannerOperationsTest, HealthIsServingUntilShutdown) {
   PlannerEnv env;
