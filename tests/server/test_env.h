@@ -52,13 +52,18 @@ class PlannerEnv {
     auto server = server::PlannerServer::Start(options_, &clock_, registry_);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
+    options_.listen = absl::StrCat("127.0.0.1:", server_->port());  // restarts keep the port
     channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
                                    grpc::InsecureChannelCredentials());
     stub_ = v1::Planner::NewStub(channel_);
   }
-  void Restart() {
+  // Graceful stop; Start() brings it back on the same port and state directory.
+  void Stop() {
     server_->Shutdown(absl::ZeroDuration());
     server_.reset();
+  }
+  void Restart() {
+    Stop();
     Start();
   }
 

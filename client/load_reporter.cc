@@ -1,0 +1,240 @@
+#include "client/load_reporter.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "proto/convert.h"
+
+namespace eplb::client {
+namespace {
+
+constexpr int64_t kMaxFlushEverySteps = 1'000'000;
+
+// Errors that retrying the same report cannot fix: the planner refused its content.
+bool IsRefusal(const absl::Status& status) {
+  if (status.code() == absl::StatusCode::kInvalidArgument ||
+      status.code() == absl::StatusCode::kFailedPrecondition) {
+    return true;
+  }
+  const auto detail = GetErrorDetail(status);
+  return status.code() == absl::StatusCode::kNotFound && detail.has_value() &&
+         detail->reason() == v1::PLAN_NOT_FOUND;
+}
+
+absl::Status OutOfRange(absl::string_view field, int64_t value, absl::string_view range) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("LoadReporterOptions.", field, " = ", value, " is out of range ", range));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LoadReporter>> LoadReporter::Create(
+    PlannerClient* client, const LoadReporterOptions& options) {
+  if (client == nullptr) return absl::InvalidArgumentError("LoadReporter needs a PlannerClient");
+  if (options.deployment.empty()) {
+    return absl::InvalidArgumentError("LoadReporterOptions.deployment is required");
+  }
+  if (options.rank < 0) return OutOfRange("rank", options.rank, "[0, R)");
+  if (options.num_layers < 1) return OutOfRange("num_layers", options.num_layers, "[1, 4096]");
+  if (options.num_experts < 1) {
+    return OutOfRange("num_experts", options.num_experts, "[1, 65536]");
+  }
+  if (options.flush_every_steps < 1 || options.flush_every_steps > kMaxFlushEverySteps) {
+    return OutOfRange("flush_every_steps", options.flush_every_steps, "[1, 1000000]");
+  }
+  if (options.max_pending_reports < 2) {
+    return OutOfRange("max_pending_reports", options.max_pending_reports, "[2, ∞)");
+  }
+  if (options.initial_backoff <= absl::ZeroDuration() ||
+      options.max_backoff < options.initial_backoff) {
+    return absl::InvalidArgumentError(
+        "LoadReporterOptions: need 0 < initial_backoff ≤ max_backoff");
+  }
+  std::unique_ptr<LoadReporter> reporter(new LoadReporter(client, options));
+  reporter->thread_ = std::thread([r = reporter.get()] { r->Run(); });
+  return reporter;
+}
+
+LoadReporter::LoadReporter(PlannerClient* client, const LoadReporterOptions& options)
+    : client_(client), options_(options) {
+  if (options_.session == 0) {
+    std::random_device random;
+    const_cast<uint64_t&>(options_.session) =
+        (uint64_t{random()} << 32) ^ random() ^ static_cast<uint64_t>(::getpid());
+  }
+  batch_counts_.assign(static_cast<size_t>(options_.num_layers) * options_.num_experts, 0.0);
+}
+
+LoadReporter::~LoadReporter() {
+  {
+    absl::MutexLock lock(&mu_);
+    CloseBatchLocked();
+    stopping_ = true;
+  }
+  thread_.join();
+}
+
+absl::Status LoadReporter::AddStep(int64_t step, int64_t plan_version,
+                                   std::span<const double> counts) {
+  if (counts.size() != batch_counts_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "counts has ", counts.size(), " entries, expected L × E = ", batch_counts_.size()));
+  }
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (!(counts[i] >= 0.0) || std::isinf(counts[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("counts[", i / options_.num_experts, "][",
+                                                     i % options_.num_experts, "] = ", counts[i],
+                                                     " must be finite and ≥ 0"));
+    }
+  }
+  if (plan_version < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("plan_version = ", plan_version, " must be ≥ 1"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (step <= last_step_ || step < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step ", step, " must be ≥ 0 and after step ", last_step_));
+  }
+  if (batch_first_step_ >= 0 && plan_version != batch_plan_version_) CloseBatchLocked();
+  if (batch_first_step_ < 0) {
+    batch_first_step_ = step;
+    batch_plan_version_ = plan_version;
+  }
+  for (size_t i = 0; i < counts.size(); ++i) batch_counts_[i] += counts[i];
+  batch_last_step_ = step;
+  last_step_ = step;
+  ++stats_.steps_added;
+  if (batch_last_step_ - batch_first_step_ + 1 >= options_.flush_every_steps) CloseBatchLocked();
+  return absl::OkStatus();
+}
+
+void LoadReporter::CloseBatchLocked() {
+  if (batch_first_step_ < 0) return;
+  Pending pending;
+  v1::LoadReport& report = pending.report;
+  report.set_deployment(options_.deployment);
+  report.set_rank(options_.rank);
+  report.set_session(options_.session);
+  report.set_sequence(next_sequence_++);
+  report.set_first_step(batch_first_step_);
+  report.set_last_step(batch_last_step_);
+  report.set_plan_version(batch_plan_version_);
+  report.set_counts_kind(v1::LoadReport::LOGICAL);
+  const size_t experts = static_cast<size_t>(options_.num_experts);
+  for (int32_t l = 0; l < options_.num_layers; ++l) {
+    const double* row = batch_counts_.data() + l * experts;
+    report.add_layers()->mutable_counts()->Assign(row, row + experts);
+  }
+  pending_.push_back(std::move(pending));
+  std::fill(batch_counts_.begin(), batch_counts_.end(), 0.0);
+  batch_first_step_ = batch_last_step_ = -1;
+  if (pending_.size() > static_cast<size_t>(options_.max_pending_reports)) MergeUnsentLocked();
+  stats_.reports_pending = static_cast<int64_t>(pending_.size());
+}
+
+void LoadReporter::MergeUnsentLocked() {
+  // The two newest adjacent unsent reports of one plan version become one. Only reports never
+  // sent are merged: a sent one may already be counted under its sequence number.
+  for (size_t i = pending_.size() - 1; i >= 1; --i) {
+    Pending& earlier = pending_[i - 1];
+    Pending& later = pending_[i];
+    if (earlier.sent || later.sent) break;
+    if (earlier.report.plan_version() != later.report.plan_version()) continue;
+    earlier.report.set_last_step(later.report.last_step());
+    for (int l = 0; l < earlier.report.layers_size(); ++l) {
+      auto* into = earlier.report.mutable_layers(l)->mutable_counts();
+      const auto& from = later.report.layers(l).counts();
+      for (int e = 0; e < into->size(); ++e) into->Set(e, into->Get(e) + from.Get(e));
+    }
+    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+    ++stats_.reports_merged;
+    return;
+  }
+}
+
+absl::Status LoadReporter::Flush(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  CloseBatchLocked();
+  const auto drained = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending_.empty(); };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&drained), timeout)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        pending_.size(), " load reports not yet accepted by the planner after ",
+        absl::FormatDuration(timeout), (stats_.last_error.empty() ? "" : ": "), stats_.last_error));
+  }
+  return absl::OkStatus();
+}
+
+LoadReporter::Stats LoadReporter::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void LoadReporter::Run() {
+  absl::Duration backoff = options_.initial_backoff;
+  while (true) {
+    std::vector<v1::LoadReport> batch;
+    {
+      absl::MutexLock lock(&mu_);
+      const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !pending_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (pending_.empty()) return;  // stopping, nothing left
+      for (Pending& pending : pending_) {
+        pending.sent = true;
+        batch.push_back(pending.report);
+      }
+    }
+    const absl::StatusOr<v1::ReportSummary> summary = client_->ReportLoad(batch);
+    if (summary.ok()) {
+      absl::MutexLock lock(&mu_);
+      // The batch is the front of the queue: later reports were appended behind it, and merging
+      // never touches sent reports.
+      pending_.erase(pending_.begin(),
+                     pending_.begin() + static_cast<std::ptrdiff_t>(batch.size()));
+      stats_.reports_accepted += static_cast<int64_t>(batch.size());
+      stats_.reports_pending = static_cast<int64_t>(pending_.size());
+      backoff = options_.initial_backoff;
+      continue;
+    }
+    if (IsRefusal(summary.status())) {
+      SendBatch(std::move(batch));
+      continue;
+    }
+    absl::MutexLock lock(&mu_);
+    ++stats_.failed_attempts;
+    stats_.last_error = summary.status().ToString();
+    if (stopping_) return;  // one last try was made; what is pending is lost with the process
+    const auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+    mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff);
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+}
+
+void LoadReporter::SendBatch(std::vector<v1::LoadReport> reports) {
+  // One at a time, to find the report the planner refuses; the others are counted once each.
+  for (const v1::LoadReport& report : reports) {
+    const absl::StatusOr<v1::ReportSummary> summary =
+        client_->ReportLoad(std::span<const v1::LoadReport>(&report, 1));
+    absl::MutexLock lock(&mu_);
+    if (!summary.ok() && !IsRefusal(summary.status())) {
+      ++stats_.failed_attempts;
+      stats_.last_error = summary.status().ToString();
+      return;  // unreachable again: the normal retry path takes over
+    }
+    if (summary.ok()) {
+      ++stats_.reports_accepted;
+    } else {
+      ++stats_.reports_dropped;
+      stats_.last_error = summary.status().ToString();
+    }
+    pending_.pop_front();
+    stats_.reports_pending = static_cast<int64_t>(pending_.size());
+  }
+}
+
+}  // namespace eplb::client

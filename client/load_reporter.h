@@ -1,0 +1,115 @@
+// LoadReporter: the serving loop's side of load reporting.
+//
+// The serving loop calls AddStep() once per step with the tokens routed to each logical expert of
+// each layer. That only adds into an open batch (a short lock, no allocation, no network). Every
+// `flush_every_steps` steps the batch becomes a report with the next sequence number, and a
+// background thread sends the pending reports on a ReportLoad stream.
+//
+// Nothing is lost while the planner is unreachable or restarting: failed reports stay queued and
+// are sent again (the planner counts a retried sequence number once), with exponential backoff.
+// Memory stays bounded: beyond `max_pending_reports`, reports that were never sent are merged
+// pairwise (same plan version; their step ranges and counts add up), so an outage costs resolution,
+// not counts. A report the planner refuses as invalid (it cannot become valid by retrying) is
+// dropped and counted in stats().dropped_reports.
+//
+// Thread-safe. AddStep() is meant for one serving thread; Flush() and stats() from any thread.
+#ifndef EPLB_CLIENT_LOAD_REPORTER_H_
+#define EPLB_CLIENT_LOAD_REPORTER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "client/planner_client.h"
+#include "eplb/v1/planner.pb.h"
+
+namespace eplb::client {
+
+struct LoadReporterOptions {
+  std::string deployment;   // required
+  int32_t rank = 0;         // 0 ≤ rank < the deployment's R
+  int32_t num_layers = 0;   // L of the deployment, ≥ 1
+  int32_t num_experts = 0;  // E of the deployment, ≥ 1
+  // Steps per report, 1 … 1,000,000.
+  int64_t flush_every_steps = 100;
+  // Reports kept while the planner is unreachable before unsent ones are merged; ≥ 2.
+  int32_t max_pending_reports = 64;
+  absl::Duration initial_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(10);
+  // Identifies this process to the planner (sequence numbers restart per session); 0 picks a
+  // random one.
+  uint64_t session = 0;
+};
+
+class LoadReporter {
+ public:
+  // `client` must outlive the reporter. INVALID_ARGUMENT naming the option out of range.
+  static absl::StatusOr<std::unique_ptr<LoadReporter>> Create(PlannerClient* client,
+                                                              const LoadReporterOptions& options);
+  // Closes the open batch, tries once more to send what is pending, and stops the thread.
+  ~LoadReporter();
+  LoadReporter(const LoadReporter&) = delete;
+  LoadReporter& operator=(const LoadReporter&) = delete;
+
+  // Adds one step's counts (L × E, row-major, finite and ≥ 0) recorded under `plan_version`.
+  // Steps must increase. INVALID_ARGUMENT (nothing added) for the wrong size, a bad count or a
+  // step not after the previous one. A change of plan version closes the open batch first.
+  absl::Status AddStep(int64_t step, int64_t plan_version, std::span<const double> counts);
+
+  // Closes the open batch and waits until the planner accepted every report so far, or
+  // DEADLINE_EXCEEDED after `timeout` (they stay queued).
+  absl::Status Flush(absl::Duration timeout);
+
+  struct Stats {
+    int64_t steps_added = 0;
+    int64_t reports_accepted = 0;  // by the planner, duplicates included
+    int64_t reports_pending = 0;   // queued, not yet accepted
+    int64_t reports_merged = 0;    // unsent reports merged to bound memory
+    int64_t reports_dropped = 0;   // refused by the planner as invalid
+    int64_t failed_attempts = 0;   // RPCs that failed (planner unreachable, …)
+    std::string last_error;        // of the last failed attempt
+  };
+  Stats stats() const;
+
+ private:
+  struct Pending {
+    v1::LoadReport report;
+    bool sent = false;  // sent at least once: the planner may have counted it; never merged
+  };
+
+  LoadReporter(PlannerClient* client, const LoadReporterOptions& options);
+  void CloseBatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MergeUnsentLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Run();
+  // Sends `reports`; on a refusal, finds the refused one by sending one at a time and drops it.
+  void SendBatch(std::vector<v1::LoadReport> reports);
+
+  PlannerClient* const client_;
+  const LoadReporterOptions options_;
+
+  mutable absl::Mutex mu_;
+  // The open batch.
+  std::vector<double> batch_counts_ ABSL_GUARDED_BY(mu_);
+  int64_t batch_first_step_ ABSL_GUARDED_BY(mu_) = -1;  // −1: empty
+  int64_t batch_last_step_ ABSL_GUARDED_BY(mu_) = -1;
+  int64_t batch_plan_version_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t last_step_ ABSL_GUARDED_BY(mu_) = -1;
+  int64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
+  std::deque<Pending> pending_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
+}  // namespace eplb::client
+
+#endif  // EPLB_CLIENT_LOAD_REPORTER_H_

@@ -1,0 +1,146 @@
+// LoadReporter against a real planner on 127.0.0.1:0: counts arrive exactly once, across a
+// planner restart and an outage long enough to merge reports; bad input is refused.
+#include "client/load_reporter.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/server/test_env.h"
+
+namespace eplb::client {
+namespace {
+
+using ::eplb::testing::Create;
+using ::eplb::testing::GetLoad;
+using ::eplb::testing::PlannerEnv;
+using ::eplb::testing::Spec;
+using ::testing::DoubleNear;
+using ::testing::Pointwise;
+
+// One layer, four experts, one rank; a window of 64 steps: the smoothed load is the mean per step
+// over everything reported (as long as fewer than 64 steps were).
+void CreateDeployment(PlannerEnv& env) {
+  v1::DeploymentSpec spec = Spec("r", 1, 4, 4, 1);
+  spec.set_policy("contiguous");
+  spec.mutable_trigger()->set_interval_steps(0);
+  spec.mutable_smoothing()->set_window_steps(64);
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+}
+
+std::unique_ptr<PlannerClient> Client(PlannerEnv& env) {
+  auto client = PlannerClient::Create(
+      {.server = absl::StrCat("127.0.0.1:", env.port()), .rpc_timeout = absl::Seconds(5)});
+  EXPECT_TRUE(client.ok()) << client.status();
+  return *std::move(client);
+}
+
+LoadReporterOptions Options() {
+  return {.deployment = "r",
+          .rank = 0,
+          .num_layers = 1,
+          .num_experts = 4,
+          .flush_every_steps = 4,
+          .max_pending_reports = 3,
+          .initial_backoff = absl::Milliseconds(5),
+          .max_backoff = absl::Milliseconds(50)};
+}
+
+std::vector<double> Smoothed(PlannerEnv& env) {
+  auto load = GetLoad(env.stub(), "r");
+  EXPECT_TRUE(load.ok()) << load.status();
+  return std::vector<double>(load->smoothed_load().begin(), load->smoothed_load().end());
+}
+
+TEST(LoadReporterTest, EveryStepIsCountedOnce) {
+  PlannerEnv env;
+  CreateDeployment(env);
+  auto client = Client(env);
+  LoadReporterOptions options = Options();
+  options.max_pending_reports = 64;  // no merging here
+  auto reporter = LoadReporter::Create(client.get(), options);
+  ASSERT_TRUE(reporter.ok()) << reporter.status();
+  for (int step = 0; step < 30; ++step) {
+    ASSERT_TRUE((*reporter)->AddStep(step, 1, std::vector<double>{1, 2, 3, 4}).ok());
+  }
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  // 30 steps of [1, 2, 3, 4]: the mean per step is [1, 2, 3, 4].
+  EXPECT_THAT(Smoothed(env), Pointwise(DoubleNear(1e-12), std::vector<double>{1, 2, 3, 4}));
+  const LoadReporter::Stats stats = (*reporter)->stats();
+  EXPECT_EQ(stats.steps_added, 30);
+  EXPECT_EQ(stats.reports_pending, 0);
+  EXPECT_EQ(stats.reports_accepted, 8);  // 7 full reports of 4 steps and one of 2
+  EXPECT_EQ(GetLoad(env.stub(), "r")->steps_seen(), 30);
+}
+
+TEST(LoadReporterTest, NothingIsLostAcrossAPlannerRestart) {
+  PlannerEnv env;
+  CreateDeployment(env);
+  auto client = Client(env);
+  auto reporter = LoadReporter::Create(client.get(), Options());
+  ASSERT_TRUE(reporter.ok());
+  for (int step = 0; step < 12; ++step) {
+    ASSERT_TRUE((*reporter)->AddStep(step, 1, std::vector<double>{4, 0, 0, 4}).ok());
+  }
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  env.Stop();  // the planner is down: 40 more steps queue up, and unsent reports get merged
+  for (int step = 12; step < 52; ++step) {
+    ASSERT_TRUE((*reporter)->AddStep(step, 1, std::vector<double>{4, 0, 0, 4}).ok());
+  }
+  const auto flush = (*reporter)->Flush(absl::Milliseconds(50));
+  EXPECT_EQ(flush.code(), absl::StatusCode::kDeadlineExceeded) << flush;
+  const LoadReporter::Stats outage = (*reporter)->stats();
+  EXPECT_LE(outage.reports_pending, 4);  // bounded: max_pending_reports + the one merged into
+  EXPECT_GT(outage.reports_merged, 0);
+  EXPECT_GT(outage.failed_attempts, 0);
+  env.Start();  // same port, same state directory
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  // 52 steps of [4, 0, 0, 4], each counted once.
+  EXPECT_THAT(Smoothed(env), Pointwise(DoubleNear(1e-9), std::vector<double>{4, 0, 0, 4}));
+  EXPECT_EQ(GetLoad(env.stub(), "r")->steps_seen(), 52);
+}
+
+TEST(LoadReporterTest, BadInputIsRefusedAndAddsNothing) {
+  PlannerEnv env;
+  CreateDeployment(env);
+  auto client = Client(env);
+  auto reporter = LoadReporter::Create(client.get(), Options());
+  ASSERT_TRUE(reporter.ok());
+  ASSERT_TRUE((*reporter)->AddStep(5, 1, std::vector<double>{1, 1, 1, 1}).ok());
+  EXPECT_EQ((*reporter)->AddStep(6, 1, std::vector<double>{1, 1, 1}).message(),
+            "counts has 3 entries, expected L × E = 4");
+  EXPECT_EQ((*reporter)->AddStep(6, 1, std::vector<double>{1, -1, 1, 1}).message(),
+            "counts[0][1] = -1 must be finite and ≥ 0");
+  EXPECT_EQ((*reporter)->AddStep(6, 1, std::vector<double>{1, 1, std::nan(""), 1}).message(),
+            "counts[0][2] = nan must be finite and ≥ 0");
+  EXPECT_EQ((*reporter)->AddStep(5, 1, std::vector<double>{1, 1, 1, 1}).message(),
+            "step 5 must be ≥ 0 and after step 5");
+  EXPECT_EQ((*reporter)->AddStep(6, 0, std::vector<double>{1, 1, 1, 1}).message(),
+            "plan_version = 0 must be ≥ 1");
+  EXPECT_EQ((*reporter)->stats().steps_added, 1);
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  EXPECT_THAT(Smoothed(env), Pointwise(DoubleNear(1e-12), std::vector<double>{1, 1, 1, 1}));
+
+  auto bad = LoadReporter::Create(
+      client.get(), {.deployment = "r", .num_layers = 1, .num_experts = 4, .flush_every_steps = 0});
+  EXPECT_EQ(bad.status().message(),
+            "LoadReporterOptions.flush_every_steps = 0 is out of range [1, 1000000]");
+}
+
+TEST(LoadReporterTest, AReportThePlannerRefusesIsDroppedNotRetriedForever) {
+  PlannerEnv env;
+  CreateDeployment(env);
+  auto client = Client(env);
+  auto reporter = LoadReporter::Create(client.get(), Options());
+  ASSERT_TRUE(reporter.ok());
+  // Plan version 9 was never published: the planner refuses that report.
+  ASSERT_TRUE((*reporter)->AddStep(0, 9, std::vector<double>{5, 5, 5, 5}).ok());
+  ASSERT_TRUE((*reporter)->AddStep(1, 1, std::vector<double>{2, 2, 2, 2}).ok());
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  const LoadReporter::Stats stats = (*reporter)->stats();
+  EXPECT_EQ(stats.reports_dropped, 1);
+  EXPECT_THAT(stats.last_error, ::testing::HasSubstr("plan_version 9 was never published"));
+  EXPECT_THAT(Smoothed(env), Pointwise(DoubleNear(1e-12), std::vector<double>{2, 2, 2, 2}));
+}
+
+}  // namespace
+}  // namespace eplb::client

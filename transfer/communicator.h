@@ -1,0 +1,56 @@
+// Communicator: the collective operations the placement agent needs between the ranks of one EP
+// group, behind one interface with two backends:
+//   - HostCommunicator (host_communicator.h): R ranks as threads of one process, buffers in host
+//     memory; for CPU tests and the demo.
+//   - NcclCommunicator (nccl_communicator.h, built with CUDA): a dedicated NCCL communicator on its
+//     own stream; buffers in device memory.
+//
+// Calls are collective: every rank of the group makes the same sequence of calls (sends and
+// receives matched pairwise inside one SendRecvGroup). A Communicator object belongs to one rank
+// and is used from one thread at a time.
+#ifndef EPLB_TRANSFER_COMMUNICATOR_H_
+#define EPLB_TRANSFER_COMMUNICATOR_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace eplb::transfer {
+
+// A point-to-point transfer of `bytes` bytes at `data` (device memory for NCCL, host memory for
+// the host backend).
+struct PeerTransfer {
+  int32_t peer = 0;
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int32_t rank() const = 0;
+  virtual int32_t size() const = 0;
+
+  // Posts all sends and receives as one group and waits until they completed (for NCCL: until the
+  // communicator's stream finished them). Sends to and receives from one peer are matched in
+  // order. Errors (a peer gone, a timeout, a backend error) are UNAVAILABLE / INTERNAL / ABORTED
+  // and leave the receive buffers' contents unspecified.
+  virtual absl::Status SendRecvGroup(std::span<const PeerTransfer> sends,
+                                     std::span<const PeerTransfer> receives) = 0;
+
+  // Every rank contributes `value`; returns the minimum over the ranks.
+  virtual absl::StatusOr<int64_t> AllReduceMin(int64_t value) = 0;
+
+  // Every rank contributes `bytes` (the same size on every rank); returns all contributions in
+  // rank order.
+  virtual absl::StatusOr<std::vector<std::vector<uint8_t>>> AllGather(
+      std::span<const uint8_t> bytes) = 0;
+};
+
+}  // namespace eplb::transfer
+
+#endif  // EPLB_TRANSFER_COMMUNICATOR_H_
