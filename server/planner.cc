@@ -94,8 +94,14 @@ struct ValidatedSpec {
   std::optional<ExpertMap> initial_map;
 };
 
+// Where a spec comes from: a request is checked in full; a spec loaded from the state directory
+// passed that check when it was created, so its initial map (already plan version 1) is not parsed
+// again and the policy is not probed again at start-up.
+enum class SpecSource { kRequest, kStored };
+
 absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
-                                           const std::string& default_policy) {
+                                           const std::string& default_policy,
+                                           SpecSource source = SpecSource::kRequest) {
   ValidatedSpec result;
   v1::DeploymentSpec& spec = result.spec;
   spec = input;
@@ -177,6 +183,7 @@ absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
   RETURN_IF_ERROR(
       CheckRange("spec.plan_history", spec.plan_history(), kMinPlanHistory, kMaxPlanHistory));
 
+  if (source == SpecSource::kStored) return result;
   if (!spec.initial_map().json().empty()) {
     if (spec.initial_map().json().size() > kMaxInitialMapBytes) {
       return OutOfRange("spec.initial_map.json",
@@ -333,6 +340,13 @@ struct Planner::Deployment {
     entry.update = std::move(update);
   }
 
+  // Ends every watch with `status`; the sinks are forgotten (their Unsubscribe finds nothing).
+  void CloseWatchers(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (WatchSink* sink : watchers) sink->Close(status);
+    if (metrics) metrics->AddWatchers(-static_cast<int>(watchers.size()));
+    watchers.clear();
+  }
+
   void Broadcast(const PlanEntry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     for (WatchSink* sink : watchers) sink->Send(entry.update);
   }
@@ -431,7 +445,8 @@ absl::Status Planner::LoadState() {
       return absl::DataLossError(absl::StrCat("state of deployment \"", name, "\" in ",
                                               store_.dir(), ": ", status.message()));
     };
-    auto validated = ValidateSpec(stored.record.spec(), options_.default_policy);
+    auto validated =
+        ValidateSpec(stored.record.spec(), options_.default_policy, SpecSource::kStored);
     if (!validated.ok()) return corrupt(validated.status());
     const DeploymentShape shape = validated->shape;
     auto smoothed =
@@ -515,9 +530,7 @@ void Planner::BeginShutdown() {
   for (const auto& d : all) {
     absl::MutexLock lock(&d->mu);
     d->closed = true;
-    for (WatchSink* sink : d->watchers) sink->Close(ShuttingDown());
-    if (d->metrics) d->metrics->AddWatchers(-static_cast<int>(d->watchers.size()));
-    d->watchers.clear();
+    d->CloseWatchers(ShuttingDown());
   }
 }
 
@@ -750,9 +763,7 @@ void Planner::DeleteOnWorker(const std::string& name,
   {
     absl::MutexLock lock(&(*d)->mu);
     (*d)->deleted = true;
-    for (WatchSink* sink : (*d)->watchers) sink->Close(DeploymentNotFound(name));
-    if ((*d)->metrics) (*d)->metrics->AddWatchers(-static_cast<int>((*d)->watchers.size()));
-    (*d)->watchers.clear();
+    (*d)->CloseWatchers(DeploymentNotFound(name));
   }
   {
     absl::MutexLock lock(&registry_mu_);

@@ -25,31 +25,15 @@ using ::testing::StartsWith;
 using Result = testing::ProcessResult;
 using testing::Slurp;
 
-class EplbctlPlanTest : public ::testing::Test {
+class EplbctlPlanTest : public testing::ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("eplbctl_test_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
-
-  std::string Write(const std::string& name, const std::string& contents) const {
-    std::ofstream(dir_ / name, std::ios::binary) << contents;
-    return Path(name);
-  }
+  EplbctlPlanTest() : ScratchDirTest("eplbctl_test") {}
 
   // Runs eplbctl with `args`, stdout and stderr captured.
   Result Run(std::vector<std::string> args) const {
     args.insert(args.begin(), EPLBCTL_PATH);
     return testing::RunProcess(std::move(args), dir_ / "eplbctl");
   }
-
-  fs::path dir_;
 };
 
 const std::string kExampleLoad =

@@ -23,22 +23,9 @@ using ::testing::StartsWith;
 // Nothing listens there: connections are refused at once.
 constexpr char kNoServer[] = "127.0.0.1:1";
 
-class EplbctlServerTest : public ::testing::Test {
+class EplbctlServerTest : public testing::ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("eplbctl_server_test_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
-  std::string Write(const std::string& name, const std::string& contents) const {
-    std::ofstream(dir_ / name, std::ios::binary) << contents;
-    return Path(name);
-  }
+  EplbctlServerTest() : ScratchDirTest("eplbctl_server_test") {}
 
   // Runs eplbctl with an environment free of EPLB_SERVER and EPLB_TOKEN, plus `env`.
   testing::ProcessResult Run(std::vector<std::string> args,
@@ -47,8 +34,6 @@ class EplbctlServerTest : public ::testing::Test {
     env.insert(env.begin(), {"EPLB_SERVER=", "EPLB_TOKEN="});
     return testing::RunProcess(std::move(args), dir_ / "eplbctl", env);
   }
-
-  fs::path dir_;
 };
 
 struct UsageCase {

@@ -3,6 +3,7 @@
 #ifndef EPLB_TESTS_CLIENT_SUBPROCESS_H_
 #define EPLB_TESTS_CLIENT_SUBPROCESS_H_
 
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -111,6 +112,34 @@ class ChildProcess {
  private:
   pid_t pid_;
   int exit_code_ = -1;
+};
+
+// A fixture with a fresh scratch directory per test, named after `prefix`, the process and the
+// test, removed afterwards.
+class ScratchDirTest : public ::testing::Test {
+ protected:
+  explicit ScratchDirTest(std::string prefix) : prefix_(std::move(prefix)) {}
+
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           (prefix_ + "_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  // Writes `contents` to `name` in the scratch directory; returns its path.
+  std::string Write(const std::string& name, const std::string& contents) const {
+    std::ofstream(dir_ / name, std::ios::binary) << contents;
+    return Path(name);
+  }
+
+  std::filesystem::path dir_;
+
+ private:
+  std::string prefix_;
 };
 
 }  // namespace eplb::testing

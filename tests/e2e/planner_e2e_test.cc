@@ -101,13 +101,12 @@ PlanSummary ParsePlanLine(const std::string& line) {
   return s;
 }
 
-class PlannerE2eTest : public ::testing::Test {
+class PlannerE2eTest : public testing::ScratchDirTest {
  protected:
+  PlannerE2eTest() : ScratchDirTest("eplb_e2e") {}
+
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("eplb_e2e_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
+    ScratchDirTest::SetUp();
     fs::create_directories(dir_ / "state");
   }
   void TearDown() override {
@@ -115,13 +114,7 @@ class PlannerE2eTest : public ::testing::Test {
     if (HasFailure()) {
       std::cerr << "planner log:\n" << testing::Slurp(dir_ / "planner.log");
     }
-    fs::remove_all(dir_);
-  }
-
-  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
-  std::string Write(const std::string& name, const std::string& contents) const {
-    std::ofstream(dir_ / name, std::ios::binary) << contents;
-    return Path(name);
+    ScratchDirTest::TearDown();
   }
 
   // Starts the planner on the state directory and waits until it serves (it writes its port).
@@ -177,7 +170,6 @@ class PlannerE2eTest : public ::testing::Test {
                                           std::vector<std::string>{"EPLB_SERVER=" + server_});
   }
 
-  fs::path dir_;
   std::unique_ptr<ChildProcess> planner_;
   std::string server_;
 };
