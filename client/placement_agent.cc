@@ -291,18 +291,20 @@ struct PlacementAgent::Impl {
         }
       }
       due.swap(switches);
-      sync_requests.push_back(step);
-      last_sync_posted = step;
     }
+    // The switches are queued before the next sync is posted: staging after that sync may reuse
+    // their staging areas, and must find the switches' reads already ordered before its writes.
     absl::Status result = absl::OkStatus();
     for (const Switch& sw : due) {
       if (absl::Status status = ApplySwitch(sw); !status.ok() && result.ok()) result = status;
     }
+    absl::MutexLock lock(&mu);
     if (!due.empty()) {
-      absl::MutexLock lock(&mu);
       stats.chunks_switched += static_cast<int64_t>(due.size());
       stats.active_version = ActiveVersion();
     }
+    sync_requests.push_back(step);
+    last_sync_posted = step;
     return result;
   }
 
@@ -551,14 +553,17 @@ struct PlacementAgent::Impl {
         }
       }
     }
+    const absl::Time start = absl::Now();
     absl::Status status = device->WaitForArea(area);
     if (status.ok()) status = device->StageCopies(local);
     if (status.ok()) status = comm->SendRecvGroup(sends, receives);
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
     a.stage_status = status;
+    absl::MutexLock lock(&mu);
+    stats.staging_seconds += seconds;
     if (!status.ok()) return;
     a.chunks_staged++;
     a.switch_copies.push_back(std::move(switch_copies));
-    absl::MutexLock lock(&mu);
     stats.bytes_received += received;
     stats.bytes_copied_locally += copied;
   }

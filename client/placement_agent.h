@@ -168,6 +168,7 @@ class PlacementAgent {
     int64_t bytes_received = 0;      // from other ranks
     int64_t bytes_copied_locally = 0;
     double stall_seconds = 0;        // serving thread waiting in OnStepBoundary
+    double staging_seconds = 0;      // agent thread staging chunks (copies and transfers)
     bool broken = false;             // the communicator failed; no more plans are applied
     std::string last_error;          // of the last failed plan or check
     std::vector<int32_t> mismatched_ranks;  // ranks whose map hash differed at the last check

@@ -54,6 +54,37 @@ AgentPlan Plan(int64_t version, PlanStatus status, std::shared_ptr<const ExpertM
   return plan;
 }
 
+// Host memory, but every switch takes a while, and a staging area is checked not to be staged into
+// while a switch still reads it (the agent must order the two).
+class SlowSwitchDevice final : public transfer::DeviceContext {
+ public:
+  absl::StatusOr<void*> Allocate(size_t bytes, transfer::MemoryKind kind) override {
+    return host_.Allocate(bytes, kind);
+  }
+  void Free(void* ptr, transfer::MemoryKind kind) override { host_.Free(ptr, kind); }
+  absl::Status WaitForArea(int area) override {
+    if (reading_[area].load()) overlaps_++;
+    return host_.WaitForArea(area);
+  }
+  absl::Status StageCopies(std::span<const transfer::CopyOp> ops) override {
+    return host_.StageCopies(ops);
+  }
+  absl::Status WaitForSwitches() override { return absl::OkStatus(); }
+  absl::Status SwitchCopies(std::span<const transfer::CopyOp> ops, int area) override {
+    reading_[area] = true;
+    absl::SleepFor(absl::Milliseconds(3));  // widens the window a misordered agent would hit
+    absl::Status status = host_.SwitchCopies(ops, area);
+    reading_[area] = false;
+    return status;
+  }
+  int overlaps() const { return overlaps_.load(); }
+
+ private:
+  HostDeviceContext host_;
+  std::atomic<bool> reading_[kNumAreas] = {false, false};
+  std::atomic<int> overlaps_ = 0;
+};
+
 struct Delivery {
   int64_t step = 0;   // offered by the rank's serving thread before this step's boundary
   int32_t rank = -1;  // −1: every rank
@@ -63,6 +94,7 @@ struct Delivery {
 struct RankResult {
   std::vector<uint64_t> map_per_step;  // hash of phy2log of every layer, per step
   int64_t content_errors = 0;
+  int area_overlaps = 0;  // with slow_switch
   std::string first_content_error;
   std::vector<AgentAck> acks;
   PlacementAgent::Status status;
@@ -78,6 +110,7 @@ struct GroupOptions {
   std::shared_ptr<const ExpertMap> initial;
   std::map<int32_t, std::shared_ptr<const ExpertMap>> initial_per_rank;  // overrides
   transfer::HostGroupOptions comm;
+  bool slow_switch = false;  // SlowSwitchDevice instead of HostDeviceContext
   // Set to the group once created, for fault hooks that need it.
   std::function<void(HostCommunicatorGroup*)> on_group;
 };
@@ -134,8 +167,11 @@ std::vector<RankResult> RunGroup(GroupOptions options, const std::vector<Deliver
         }
       }
       std::unique_ptr<transfer::Communicator> comm = group->ForRank(rank);
-      HostDeviceContext device;
-      auto agent = PlacementAgent::Create(agent_options, comm.get(), &device);
+      HostDeviceContext host_device;
+      SlowSwitchDevice slow_device;
+      transfer::DeviceContext* device =
+          options.slow_switch ? static_cast<transfer::DeviceContext*>(&slow_device) : &host_device;
+      auto agent = PlacementAgent::Create(agent_options, comm.get(), device);
       ASSERT_TRUE(agent.ok()) << agent.status();
       for (int64_t step = 0; step < options.steps; ++step) {
         for (const Delivery& d : deliveries) {
@@ -169,6 +205,7 @@ std::vector<RankResult> RunGroup(GroupOptions options, const std::vector<Deliver
       }
       out.status = (*agent)->status();
       agent->reset();
+      out.area_overlaps = slow_device.overlaps();
     });
   }
   for (auto& t : threads) t.join();
@@ -267,6 +304,24 @@ TEST(AgentTest, LayersSwitchOneChunkAtATimeAtSyncSteps) {
   EXPECT_THAT(change_steps, ElementsAre(8, 12, 16, 20, 24, 28));
   EXPECT_EQ(results[0].status.chunks_switched, 6);
   EXPECT_EQ(results[0].final_phy2log, v2->phy2log_table());
+}
+
+// Staging into an area waits for the switch that reads it, however slow that switch is.
+TEST(AgentTest, AStagingAreaIsReusedOnlyAfterItsSwitchRead) {
+  std::mt19937 rng(41);
+  GroupOptions options;
+  options.R = 2;
+  options.L = 6;
+  options.steps = 40;
+  options.slow_switch = true;
+  options.initial = RandomMap(options.L, options.E, options.P, options.R, rng);
+  auto v2 = RandomMap(options.L, options.E, options.P, options.R, rng);
+  const auto results = RunGroup(options, {{0, -1, Plan(2, PlanStatus::kCommitted, v2)}});
+  ExpectConsistent(results);
+  for (const auto& result : results) {
+    EXPECT_EQ(result.area_overlaps, 0);
+    EXPECT_EQ(result.final_phy2log, v2->phy2log_table());
+  }
 }
 
 TEST(AgentTest, LateDuplicateAndReorderedDeliveryNeverSplitsTheGroup) {

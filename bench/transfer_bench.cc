@@ -1,0 +1,294 @@
+// transfer_bench: the worker side's weight shuffle on real GPUs, one process per GPU.
+//
+// In one run, on every rank:
+//   1. raw: one exchange of --raw-mib MiB with the next rank (ncclSend + ncclRecv in a group) on a
+//      default-configured NCCL communicator; the best of --repeats, as GB/s per direction.
+//   2. shuffle: a PlacementAgent (NCCL communicator with --max-ctas) applies a plan from a random
+//      old placement to a random new one (or to the map in --plan-file), --layers layers of
+//      --experts experts, --slots slots per rank, --expert-mib MiB per expert, no serving work:
+//      bytes received from other ranks / time spent staging, next to the raw figure.
+//   (The agent syncs every --sync-every steps and switches one layer per sync.)
+//   3. decode: a decode-like loop (each step a --step-mib MiB device copy on the serving stream,
+//      then a host sync, as a sampler does) first alone, then while a plan stages; the mean step
+//      time of both and the slowdown.
+//
+//   transfer_bench [--ranks 2] [--layers 8] [--experts 64] [--slots 36] [--expert-mib 16]
+//                  [--raw-mib 1024] [--repeats 5] [--max-ctas 8] [--step-mib 4096]
+//                  [--sync-every 16]
+//                  [--plan-file map.json]
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "client/placement_agent.h"
+#include "core/file_io.h"
+#include "core/map_format.h"
+#include "transfer/cuda_device.h"
+#include "transfer/local_ranks.h"
+#include "transfer/nccl_communicator.h"
+
+namespace {
+
+using eplb::ExpertMap;
+using eplb::SlotLayout;
+using eplb::client::AgentPlan;
+using eplb::client::PlacementAgent;
+using eplb::client::PlacementAgentOptions;
+using eplb::client::PlanStatus;
+using Clock = std::chrono::steady_clock;
+
+#define CHECK_CUDA(expr)                                                                 \
+  do {                                                                                   \
+    if (cudaError_t e_ = (expr); e_ != cudaSuccess) {                                    \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                 \
+                   cudaGetErrorString(e_));                                              \
+      return 1;                                                                          \
+    }                                                                                    \
+  } while (false)
+#define CHECK_NCCL(expr)                                                                 \
+  do {                                                                                   \
+    if (ncclResult_t r_ = (expr); r_ != ncclSuccess) {                                   \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                 \
+                   ncclGetErrorString(r_));                                              \
+      return 1;                                                                          \
+    }                                                                                    \
+  } while (false)
+#define CHECK_OK(expr)                                                                   \
+  do {                                                                                   \
+    if (auto s_ = (expr); !s_.ok()) {                                                    \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.ToString().c_str());    \
+      return 1;                                                                          \
+    }                                                                                    \
+  } while (false)
+
+struct Args {
+  int ranks = 2, layers = 8, experts = 64, slots = 36, expert_mib = 16, raw_mib = 1024;
+  int repeats = 5, max_ctas = 8, step_mib = 4096, sync_every = 16;
+  std::string plan_file;
+};
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+std::shared_ptr<const ExpertMap> RandomMap(int L, int E, int P, int R, std::mt19937& rng) {
+  std::vector<int32_t> phy2log;
+  for (int l = 0; l < L; ++l) {
+    std::vector<int32_t> row(P);
+    for (int p = 0; p < P; ++p) row[p] = p < E ? p : static_cast<int32_t>(rng() % E);
+    std::shuffle(row.begin(), row.end(), rng);
+    phy2log.insert(phy2log.end(), row.begin(), row.end());
+  }
+  auto map = ExpertMap::FromPhy2Log(L, E, SlotLayout(P, R), std::move(phy2log));
+  if (!map.ok()) std::abort();
+  return std::make_shared<const ExpertMap>(*std::move(map));
+}
+
+// `comm` is a default-configured communicator (the raw baseline's, and the agent's parent).
+int RawExchange(const Args& args, int rank, int size, ncclComm_t comm, double* gbps) {
+  const size_t bytes = static_cast<size_t>(args.raw_mib) << 20;
+  void *send = nullptr, *recv = nullptr;
+  CHECK_CUDA(cudaMalloc(&send, bytes));
+  CHECK_CUDA(cudaMalloc(&recv, bytes));
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreate(&stream));
+  const int next = (rank + 1) % size, prev = (rank + size - 1) % size;
+  double best = 1e30;
+  for (int i = 0; i < args.repeats + 1; ++i) {  // the first is a warm-up
+    const auto start = Clock::now();
+    CHECK_NCCL(ncclGroupStart());
+    CHECK_NCCL(ncclSend(send, bytes, ncclUint8, next, comm, stream));
+    CHECK_NCCL(ncclRecv(recv, bytes, ncclUint8, prev, comm, stream));
+    CHECK_NCCL(ncclGroupEnd());
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    if (i > 0) best = std::min(best, Seconds(start, Clock::now()));
+  }
+  *gbps = bytes / best / 1e9;
+  cudaFree(send);
+  cudaFree(recv);
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
+int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniqueIdBytes& id) {
+  int devices = 0;
+  CHECK_CUDA(cudaGetDeviceCount(&devices));
+  const int device = rank % devices;
+  CHECK_CUDA(cudaSetDevice(device));
+
+  ncclUniqueId nid;
+  std::memcpy(nid.internal, id.data(), id.size());
+  ncclComm_t parent;
+  CHECK_NCCL(ncclCommInitRank(&parent, size, nid, rank));
+  double raw_gbps = 0;
+  if (RawExchange(args, rank, size, parent, &raw_gbps) != 0) return 1;
+
+  // The agent's communicator: split off the default one (as a serving engine would split its EP
+  // communicator), with the CTA budget.
+  auto comm = eplb::transfer::NcclCommunicator::Split(parent, {.max_ctas = args.max_ctas});
+  CHECK_OK(comm.status());
+
+  const int L = args.layers, E = args.experts, P = args.slots * size;
+  std::mt19937 rng(7);  // the same maps on every rank
+  std::vector<std::shared_ptr<const ExpertMap>> maps;
+  for (int i = 0; i < 4; ++i) maps.push_back(RandomMap(L, E, P, size, rng));
+  if (!args.plan_file.empty()) {
+    auto json = eplb::ReadFileToString(args.plan_file);
+    CHECK_OK(json.status());
+    auto parsed = eplb::ParseExpertMapJson(*json, {.num_ranks = size});
+    CHECK_OK(parsed.status());
+    if (parsed->map.num_layers() != L || parsed->map.num_logical_experts() != E ||
+        parsed->map.num_physical_experts() != P) {
+      std::fprintf(stderr, "the plan file's shape differs from --layers/--experts/--slots\n");
+      return 1;
+    }
+    maps[1] = std::make_shared<const ExpertMap>(parsed->map);
+  }
+  const SlotLayout layout = maps[0]->layout();
+  const int S = layout.SlotsOnRank(rank);
+  const size_t expert_bytes = static_cast<size_t>(args.expert_mib) << 20;
+
+  PlacementAgentOptions options;
+  options.rank = rank;
+  options.initial_map = maps[0];
+  options.initial_version = 1;
+  options.sync_every_steps = args.sync_every;
+  options.weights.resize(L);
+  for (int l = 0; l < L; ++l) {
+    for (int s = 0; s < S; ++s) {
+      void* ptr = nullptr;
+      CHECK_CUDA(cudaMalloc(&ptr, expert_bytes));
+      options.weights[l].push_back({{ptr, expert_bytes}});
+    }
+  }
+  cudaStream_t serving;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&serving, cudaStreamNonBlocking));
+  auto device_context =
+      eplb::transfer::CudaDeviceContext::Create(device, serving, (*comm)->stream());
+  CHECK_OK(device_context.status());
+  auto agent = PlacementAgent::Create(options, comm->get(), device_context->get());
+  CHECK_OK(agent.status());
+
+  // 2. The shuffle alone: steps with no serving work until the plan is active.
+  int64_t step = 0;
+  const auto apply = [&](int64_t version, const std::shared_ptr<const ExpertMap>& map,
+                         const std::function<int()>& serve, int* steps) -> int {
+    (*agent)->OfferPlan(AgentPlan{version, PlanStatus::kCommitted, map, map->Hash()});
+    *steps = 0;
+    while ((*agent)->active_version() != version) {
+      CHECK_OK((*agent)->OnStepBoundary(step++));
+      if (serve() != 0) return 1;
+      ++*steps;
+      if (*steps > 100000) {
+        std::fprintf(stderr, "rank %d: plan %ld not active after 100000 steps\n", rank,
+                     static_cast<long>(version));
+        return 1;
+      }
+    }
+    return 0;
+  };
+  int steps = 0;
+  const PlacementAgent::Status before = (*agent)->status();
+  const auto shuffle_start = Clock::now();
+  if (apply(2, maps[1], [] { return 0; }, &steps) != 0) return 1;
+  const double shuffle_wall = Seconds(shuffle_start, Clock::now());
+  const PlacementAgent::Status after = (*agent)->status();
+  const double received = static_cast<double>(after.bytes_received - before.bytes_received);
+  const double copied =
+      static_cast<double>(after.bytes_copied_locally - before.bytes_copied_locally);
+  const double staging = after.staging_seconds - before.staging_seconds;
+
+  // 3. Decode-like loop, alone and while plans stage.
+  const size_t step_bytes = static_cast<size_t>(args.step_mib) << 20;
+  void *a = nullptr, *b = nullptr;
+  CHECK_CUDA(cudaMalloc(&a, step_bytes / 2));
+  CHECK_CUDA(cudaMalloc(&b, step_bytes / 2));
+  const auto serve = [&]() -> int {
+    CHECK_CUDA(cudaMemcpyAsync(b, a, step_bytes / 2, cudaMemcpyDeviceToDevice, serving));
+    CHECK_CUDA(cudaStreamSynchronize(serving));
+    return 0;
+  };
+  const int kAloneSteps = 60;
+  for (int i = 0; i < 5; ++i) {
+    CHECK_OK((*agent)->OnStepBoundary(step++));
+    if (serve() != 0) return 1;
+  }
+  const auto alone_start = Clock::now();
+  for (int i = 0; i < kAloneSteps; ++i) {
+    CHECK_OK((*agent)->OnStepBoundary(step++));
+    if (serve() != 0) return 1;
+  }
+  const double alone_step = Seconds(alone_start, Clock::now()) / kAloneSteps;
+  int staged_steps = 0;
+  const auto staged_start = Clock::now();
+  if (apply(3, maps[2], serve, &staged_steps) != 0) return 1;
+  const double staged_step = Seconds(staged_start, Clock::now()) / staged_steps;
+
+  std::printf(
+      "rank %d (GPU %d): raw send/recv %.1f GB/s per direction (%d MiB, best of %d) | shuffle: "
+      "%.2f GiB received + %.2f GiB copied locally, staging %.1f ms -> %.1f GB/s = %.0f%% of raw; "
+      "plan active after %d steps, %.1f ms | decode step %.3f ms alone, %.3f ms while staging "
+      "(%+.1f%%, %d steps)\n",
+      rank, device, raw_gbps, args.raw_mib, args.repeats, received / (1 << 30), copied / (1 << 30),
+      staging * 1e3, received / staging / 1e9, 100.0 * received / staging / 1e9 / raw_gbps, steps,
+      shuffle_wall * 1e3, alone_step * 1e3, staged_step * 1e3,
+      100.0 * (staged_step - alone_step) / alone_step, staged_steps);
+  agent->reset();
+  device_context->reset();
+  comm->reset();
+  ncclCommDestroy(parent);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    const std::string value = argv[i + 1];
+    int* target = flag == "--ranks"        ? &args.ranks
+                  : flag == "--layers"     ? &args.layers
+                  : flag == "--experts"    ? &args.experts
+                  : flag == "--slots"      ? &args.slots
+                  : flag == "--expert-mib" ? &args.expert_mib
+                  : flag == "--raw-mib"    ? &args.raw_mib
+                  : flag == "--repeats"    ? &args.repeats
+                  : flag == "--max-ctas"   ? &args.max_ctas
+                  : flag == "--step-mib"   ? &args.step_mib
+                  : flag == "--sync-every" ? &args.sync_every
+                                           : nullptr;
+    if (flag == "--plan-file") {
+      args.plan_file = value;
+    } else if (target != nullptr) {
+      *target = std::atoi(value.c_str());
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  if (args.ranks < 1 || args.layers < 1 || args.experts < 1 || args.slots * args.ranks < args.experts ||
+      args.expert_mib < 1 || args.sync_every < 1 || args.raw_mib < 1 || args.repeats < 1 || args.step_mib < 2) {
+    std::fprintf(stderr, "flags out of range (need slots × ranks ≥ experts, all ≥ 1)\n");
+    return 2;
+  }
+  std::printf("transfer_bench: %d ranks, %d layers, %d experts, %d slots/rank, %d MiB/expert, "
+              "max_ctas %d, sync every %d steps, decode step = %d MiB device copy\n",
+              args.ranks, args.layers, args.experts, args.slots, args.expert_mib, args.max_ctas,
+              args.sync_every, args.step_mib);
+  std::fflush(stdout);
+  return eplb::transfer::RunLocalRanks(
+      args.ranks, [&](int rank, int size, const eplb::transfer::NcclUniqueIdBytes& id) {
+        return RunRank(args, rank, size, id);
+      });
+}
