@@ -4,11 +4,13 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "core/file_io.h"
 #include "core/status_macros.h"
 #include "proto/convert.h"
@@ -191,6 +193,46 @@ absl::StatusOr<v1::ReportSummary> PlannerClient::ReportLoad(
   writer->WritesDone();
   RETURN_IF_ERROR(FromGrpcStatus(writer->Finish()));
   return summary;
+}
+
+absl::Status PlannerClient::PublishRendezvous(absl::string_view deployment, absl::string_view key,
+                                              absl::string_view value) {
+  grpc::ClientContext context;
+  PrepareContext(&context, /*with_deadline=*/true);
+  v1::PublishRendezvousRequest request;
+  request.set_deployment(std::string(deployment));
+  request.set_key(std::string(key));
+  request.set_value(std::string(value));
+  v1::PublishRendezvousResponse response;
+  return FromGrpcStatus(stub_->PublishRendezvous(&context, request, &response));
+}
+
+absl::StatusOr<std::string> PlannerClient::AwaitRendezvous(absl::string_view deployment,
+                                                           absl::string_view key,
+                                                           absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::Duration backoff = absl::Milliseconds(5);
+  for (;;) {
+    grpc::ClientContext context;
+    PrepareContext(&context, /*with_deadline=*/true);
+    v1::GetRendezvousRequest request;
+    request.set_deployment(std::string(deployment));
+    request.set_key(std::string(key));
+    v1::GetRendezvousResponse response;
+    const absl::Status status = FromGrpcStatus(stub_->GetRendezvous(&context, request, &response));
+    if (status.ok()) return std::move(*response.mutable_value());
+    const auto detail = GetErrorDetail(status);
+    const bool not_yet = detail.has_value() && detail->reason() == v1::RENDEZVOUS_NOT_FOUND;
+    if (!not_yet && !absl::IsUnavailable(status)) return status;
+    if (absl::Now() + backoff > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("rendezvous key \"", key, "\" of deployment ",
+                                                      deployment, " not published within ",
+                                                      absl::FormatDuration(timeout), " (last: ",
+                                                      status.message(), ")"));
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Milliseconds(200));
+  }
 }
 
 absl::StatusOr<v1::GetLoadResponse> PlannerClient::GetLoad(absl::string_view deployment) {

@@ -90,6 +90,16 @@ class PlannerClient {
   absl::StatusOr<v1::ReportSummary> ReportLoad(std::span<const v1::LoadReport> reports);
   absl::StatusOr<v1::GetLoadResponse> GetLoad(absl::string_view deployment);
 
+  // ---- Rendezvous ----
+  // Publishes `value` (≤ 4096 bytes) under `key` for the deployment's ranks.
+  absl::Status PublishRendezvous(absl::string_view deployment, absl::string_view key,
+                                 absl::string_view value);
+  // The value published under `key`, polling (with backoff up to 200 ms) until it is there or
+  // `timeout` passed (DEADLINE_EXCEEDED naming the key). Other errors (an unknown deployment, the
+  // planner unreachable for longer than the timeout) are returned as they come.
+  absl::StatusOr<std::string> AwaitRendezvous(absl::string_view deployment, absl::string_view key,
+                                              absl::Duration timeout);
+
   // ---- Watch ----
   // Opens a WatchPlans stream and sends `subscribe` on it. The error of the stream (e.g.
   // UNAVAILABLE) if it cannot be opened; errors about the subscription itself (an unknown

@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <utility>
 
@@ -309,6 +310,7 @@ struct Planner::Deployment {
   int64_t update_sequence ABSL_GUARDED_BY(mu) = 0;  // for nonces
   std::vector<WatchSink*> watchers ABSL_GUARDED_BY(mu);
   bool deleted ABSL_GUARDED_BY(mu) = false;
+  std::map<std::string, std::string> rendezvous ABSL_GUARDED_BY(mu);
   bool closed ABSL_GUARDED_BY(mu) = false;  // the planner is shutting down: no new watchers
   bool load_dirty ABSL_GUARDED_BY(mu) = false;
   absl::Time last_checkpoint ABSL_GUARDED_BY(mu) = absl::InfinitePast();
@@ -1051,6 +1053,43 @@ absl::StatusOr<std::vector<v1::Plan>> Planner::ListPlans(const std::string& name
     if (!include_maps) result.back().clear_map();
   }
   return result;
+}
+
+absl::Status Planner::PublishRendezvous(const v1::PublishRendezvousRequest& request) {
+  constexpr size_t kMaxKeyBytes = 128, kMaxValueBytes = 4096, kMaxKeys = 64;
+  if (request.key().empty()) return Required("key");
+  if (request.key().size() > kMaxKeyBytes) {
+    return OutOfRange("key", absl::StrCat("has ", request.key().size(), " bytes, more than ",
+                                          kMaxKeyBytes));
+  }
+  if (request.value().size() > kMaxValueBytes) {
+    return OutOfRange("value", absl::StrCat("has ", request.value().size(), " bytes, more than ",
+                                            kMaxValueBytes));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<Deployment> d, FindOrError(request.deployment()));
+  absl::MutexLock lock(&d->mu);
+  if (d->deleted) return DeploymentNotFound(request.deployment());
+  if (!d->rendezvous.contains(request.key()) && d->rendezvous.size() >= kMaxKeys) {
+    return ErrorWithDetail(absl::StatusCode::kResourceExhausted, v1::RENDEZVOUS_FULL, "key",
+                           absl::StrCat("deployment ", d->name(), " holds ", kMaxKeys,
+                                        " rendezvous keys already"));
+  }
+  d->rendezvous[request.key()] = request.value();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Planner::GetRendezvous(const v1::GetRendezvousRequest& request) const {
+  if (request.key().empty()) return Required("key");
+  ASSIGN_OR_RETURN(std::shared_ptr<Deployment> d, FindOrError(request.deployment()));
+  absl::MutexLock lock(&d->mu);
+  const auto it = d->rendezvous.find(request.key());
+  if (d->deleted || it == d->rendezvous.end()) {
+    return ErrorWithDetail(absl::StatusCode::kNotFound, v1::RENDEZVOUS_NOT_FOUND, "key",
+                           absl::StrCat("rendezvous key \"", request.key(),
+                                        "\" was not published in deployment ",
+                                        request.deployment()));
+  }
+  return it->second;
 }
 
 absl::StatusOr<v1::GetLoadResponse> Planner::GetLoad(const std::string& name) const {

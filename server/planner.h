@@ -106,6 +106,10 @@ class Planner {
   absl::StatusOr<std::vector<v1::Plan>> ListPlans(const std::string& name, bool include_maps) const;
   absl::StatusOr<v1::GetLoadResponse> GetLoad(const std::string& name) const;
 
+  // Rendezvous values (see the proto): in memory, per deployment.
+  absl::Status PublishRendezvous(const v1::PublishRendezvousRequest& request);
+  absl::StatusOr<std::string> GetRendezvous(const v1::GetRendezvousRequest& request) const;
+
   // Validates and counts one load report. Errors name the field; a refused report changes nothing.
   absl::StatusOr<ReportOutcome> Report(const v1::LoadReport& report);
 

@@ -315,4 +315,20 @@ grpc::ServerUnaryReactor* PlannerService::GetLoad(grpc::CallbackServerContext* c
   return FinishNow(context, load.status());
 }
 
+grpc::ServerUnaryReactor* PlannerService::PublishRendezvous(
+    grpc::CallbackServerContext* context, const v1::PublishRendezvousRequest* request,
+    v1::PublishRendezvousResponse* /*response*/) {
+  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
+  return FinishNow(context, planner_->PublishRendezvous(*request));
+}
+
+grpc::ServerUnaryReactor* PlannerService::GetRendezvous(grpc::CallbackServerContext* context,
+                                                        const v1::GetRendezvousRequest* request,
+                                                        v1::GetRendezvousResponse* response) {
+  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
+  absl::StatusOr<std::string> value = planner_->GetRendezvous(*request);
+  if (value.ok()) response->set_value(*std::move(value));
+  return FinishNow(context, value.status());
+}
+
 }  // namespace eplb::server

@@ -28,7 +28,10 @@ using PlannerServiceBase = v1::Planner::WithCallbackMethod_CreateDeployment<
             v1::Planner::WithCallbackMethod_GetPlan<v1::Planner::WithCallbackMethod_ListPlans<
                 v1::Planner::WithRawCallbackMethod_WatchPlans<
                     v1::Planner::WithCallbackMethod_Rebalance<
-                        v1::Planner::WithCallbackMethod_GetLoad<v1::Planner::Service>>>>>>>>>>;
+                        v1::Planner::WithCallbackMethod_GetLoad<
+                            v1::Planner::WithCallbackMethod_PublishRendezvous<
+                                v1::Planner::WithCallbackMethod_GetRendezvous<
+                                    v1::Planner::Service>>>>>>>>>>>>;
 
 // `planner` must outlive the service.
 class PlannerService final : public PlannerServiceBase {
@@ -62,6 +65,12 @@ class PlannerService final : public PlannerServiceBase {
   grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
                                     const v1::GetLoadRequest* request,
                                     v1::GetLoadResponse* response) override;
+  grpc::ServerUnaryReactor* PublishRendezvous(grpc::CallbackServerContext* context,
+                                              const v1::PublishRendezvousRequest* request,
+                                              v1::PublishRendezvousResponse* response) override;
+  grpc::ServerUnaryReactor* GetRendezvous(grpc::CallbackServerContext* context,
+                                          const v1::GetRendezvousRequest* request,
+                                          v1::GetRendezvousResponse* response) override;
 
  private:
   absl::Status Authenticate(grpc::CallbackServerContext* context) const;

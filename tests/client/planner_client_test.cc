@@ -421,3 +421,61 @@ TEST(PlannerClientTest, SharedByThreads) {
 
 }  // namespace
 }  // namespace eplb
+
+namespace eplb {
+namespace {
+
+// The planner as rendezvous for the NCCL unique id: rank 0 publishes, the others wait for it.
+TEST(RendezvousTest, RanksReceiveWhatRankZeroPublished) {
+  testing::PlannerEnv env;
+  auto client = client::PlannerClient::Create(
+      {.server = absl::StrCat("127.0.0.1:", env.port()), .rpc_timeout = absl::Seconds(5)});
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->CreateDeployment(testing::Spec("r", 1, 4, 4, 2)).ok());
+  const std::string id(128, '\x07');
+  std::string got;
+  std::thread waiter([&] {
+    auto value = (*client)->AwaitRendezvous("r", "nccl/1", absl::Seconds(30));
+    ASSERT_TRUE(value.ok()) << value.status();
+    got = *value;
+  });
+  ASSERT_TRUE((*client)->PublishRendezvous("r", "nccl/1", id).ok());
+  waiter.join();
+  EXPECT_EQ(got, id);
+  // Publishing again replaces the value.
+  ASSERT_TRUE((*client)->PublishRendezvous("r", "nccl/1", "second").ok());
+  EXPECT_EQ(*(*client)->AwaitRendezvous("r", "nccl/1", absl::Seconds(5)), "second");
+}
+
+TEST(RendezvousTest, BadRequestsAreRefusedAndNothingIsStored) {
+  testing::PlannerEnv env;
+  auto client = client::PlannerClient::Create(
+      {.server = absl::StrCat("127.0.0.1:", env.port()), .rpc_timeout = absl::Seconds(5)});
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->CreateDeployment(testing::Spec("r", 1, 4, 4, 2)).ok());
+  auto& c = **client;
+  absl::Status status = c.PublishRendezvous("r", "", "x");
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "key is required");
+  status = c.PublishRendezvous("r", std::string(129, 'k'), "x");
+  EXPECT_EQ(status.message(), "key has 129 bytes, more than 128");
+  status = c.PublishRendezvous("r", "k", std::string(4097, 'v'));
+  EXPECT_EQ(status.message(), "value has 4097 bytes, more than 4096");
+  EXPECT_EQ(testing::Reason(status), v1::FIELD_OUT_OF_RANGE);
+  EXPECT_EQ(c.PublishRendezvous("nope", "k", "v").code(), absl::StatusCode::kNotFound);
+  // Nothing was stored: the key is still unknown.
+  auto missing = c.AwaitRendezvous("r", "k", absl::Milliseconds(30));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(missing.status().message()),
+              ::testing::HasSubstr("rendezvous key \"k\" of deployment r not published within"));
+  EXPECT_EQ(c.AwaitRendezvous("nope", "k", absl::Seconds(1)).status().code(),
+            absl::StatusCode::kNotFound);
+  for (int i = 0; i < 64; ++i) ASSERT_TRUE(c.PublishRendezvous("r", absl::StrCat("k", i), "v").ok());
+  status = c.PublishRendezvous("r", "one-more", "v");
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(status.message(), "deployment r holds 64 rendezvous keys already");
+  EXPECT_TRUE(c.PublishRendezvous("r", "k3", "replaced").ok());  // an existing key still works
+}
+
+}  // namespace
+}  // namespace eplb
