@@ -82,7 +82,7 @@ void BM_Plan(benchmark::State& state, const char* policy_name, const NamedShape*
 }
 
 int RegisterAll() {
-  for (const char* policy : {"contiguous", "deepseek"}) {
+  for (const char* policy : {"contiguous", "deepseek", "balanced"}) {
     for (const NamedShape& named : kShapes) {
       benchmark::RegisterBenchmark((std::string(policy) + "/" + named.name).c_str(), BM_Plan,
                                    policy, &named)

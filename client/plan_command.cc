@@ -28,7 +28,7 @@ constexpr std::array<FlagSpec, 14> kPlanFlags = {{
     {"num-nodes", "N", "nodes (default 1)"},
     {"num-layers", "L", "MoE layers (required without --load; must match it otherwise)"},
     {"num-logical-experts", "E", "experts per layer (required without --load; must match it)"},
-    {"policy", "NAME", "placement policy: contiguous or deepseek (default deepseek)"},
+    {"policy", "NAME", "placement policy: contiguous, deepseek or balanced (default balanced)"},
     {"previous", "FILE", "the map in use (any --format): compare with it and plan from it"},
     {"output", "FILE", "write the map here, atomically (default: standard output)"},
     {"format", "NAME", "eplb, vllm-ascend or sglang (default eplb)"},
@@ -39,7 +39,7 @@ constexpr std::array<FlagSpec, 14> kPlanFlags = {{
 
 struct PlanOptions {
   DeploymentShape shape;
-  std::string policy = "deepseek";
+  std::string policy = "balanced";
   std::optional<std::string> load_path, previous_path, output_path;
   MapFormat format = MapFormat::kEplb;
   int64_t bytes_per_expert = 0;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/balanced_policy.h"
 #include "core/check.h"
 #include "core/contiguous_policy.h"
 #include "core/deepseek_policy.h"
@@ -34,14 +35,15 @@ absl::StatusOr<ExpertMap> PlacementPolicy::Plan(const PlanInput& input) const {
 }
 
 std::span<const absl::string_view> PolicyNames() {
-  static constexpr std::array<absl::string_view, 2> kNames = {ContiguousPolicy::kName,
-                                                              DeepSeekPolicy::kName};
+  static constexpr std::array<absl::string_view, 3> kNames = {
+      ContiguousPolicy::kName, DeepSeekPolicy::kName, BalancedPolicy::kName};
   return kNames;
 }
 
 absl::StatusOr<std::unique_ptr<PlacementPolicy>> CreatePolicy(absl::string_view name) {
   if (name == ContiguousPolicy::kName) return std::make_unique<ContiguousPolicy>();
   if (name == DeepSeekPolicy::kName) return std::make_unique<DeepSeekPolicy>();
+  if (name == BalancedPolicy::kName) return std::make_unique<BalancedPolicy>();
   return absl::InvalidArgumentError(
       absl::StrCat("policy = \"", name, "\" is not one of: ", absl::StrJoin(PolicyNames(), ", ")));
 }

@@ -3,6 +3,8 @@
 //
 //   contiguous  the map before any load is known: experts in order, spread evenly over the ranks
 //   deepseek    DeepSeek's hierarchical EPLB algorithm, reproduced bit for bit
+//   balanced    near-optimal balance, and few moved experts given the previous placement
+//               (balanced_policy.h)
 //
 // Policies are stateless and thread-compatible: one instance may plan from several threads.
 #ifndef EPLB_CORE_POLICY_H_

@@ -36,8 +36,8 @@ ABSL_FLAG(std::string, state_dir, "./eplb-state",
           "Directory of deployments, plan history and load checkpoints (created if missing)");
 ABSL_FLAG(std::string, port_file, "",
           "If set, the bound gRPC port is written here (atomically) once the planner serves");
-ABSL_FLAG(std::string, default_policy, "deepseek",
-          "Placement policy of deployments created without one: deepseek or contiguous");
+ABSL_FLAG(std::string, default_policy, "balanced",
+          "Placement policy of deployments created without one: balanced, deepseek or contiguous");
 ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(10),
           "How often a deployment's smoothed load is written to the state directory (1s to 1h)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20,

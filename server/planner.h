@@ -36,7 +36,7 @@ namespace eplb::server {
 
 struct PlannerOptions {
   // Policy of deployments created without one.
-  std::string default_policy = "deepseek";
+  std::string default_policy = "balanced";
   // How often the smoothed load of a deployment that received reports is written to disk.
   absl::Duration checkpoint_interval = absl::Seconds(10);
 };

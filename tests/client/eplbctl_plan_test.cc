@@ -253,7 +253,7 @@ INSTANTIATE_TEST_SUITE_P(
                 R"({"load": [[1]]})",
                 {"--policy", "magic"},
                 2,
-                "policy = \"magic\" is not one of: contiguous, deepseek (see eplbctl plan --help)"},
+                "policy = \"magic\" is not one of: contiguous, deepseek, balanced (see eplbctl plan --help)"},
         BadCase{"not_an_integer",
                 R"({"load": [[1]]})",
                 {"--bytes-per-expert", "12x"},
@@ -305,7 +305,7 @@ TEST_F(EplbctlPlanTest, UsageAndUnknownCommand) {
   const Result no_load = Run({"plan", "--num-physical-experts", "4", "--num-ranks", "2"});
   EXPECT_EQ(no_load.exit_code, 2);
   EXPECT_EQ(no_load.err,
-            "eplbctl plan: --load is required by --policy deepseek (see eplbctl plan --help)\n");
+            "eplbctl plan: --load is required by --policy balanced (see eplbctl plan --help)\n");
 }
 
 TEST_F(EplbctlPlanTest, PlansTheShippedDeepSeekV3Example) {

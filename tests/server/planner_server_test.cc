@@ -54,7 +54,7 @@ TEST(PlannerDeploymentTest, CreateStartsWithTheContiguousPlanAsVersionOne) {
   ASSERT_TRUE(deployment.ok()) << deployment.status();
   EXPECT_EQ(deployment->committed_version(), 1);
   EXPECT_EQ(deployment->latest_version(), 1);
-  EXPECT_EQ(deployment->spec().policy(), "deepseek");  // the planner's default
+  EXPECT_EQ(deployment->spec().policy(), "balanced");  // the planner's default
   EXPECT_EQ(deployment->spec().smoothing().ema_half_life_steps(), 1000);
   EXPECT_EQ(deployment->spec().commit_mode(), v1::COMMIT_MODE_ACKED);
 

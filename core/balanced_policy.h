@@ -1,0 +1,52 @@
+// The `balanced` policy: near-optimal balance per layer, and as little weight movement as that
+// allows when a previous placement is given.
+//
+// Per layer:
+//   1. Replica counts: every expert gets one slot, and each further slot goes to the expert with
+//      the highest load per replica (a priority queue; never more replicas than ranks). This
+//      minimises the highest per-replica load, one of the two terms of the lower bound.
+//   2. Packing: replicas, heaviest first, go to the least loaded rank that has a free slot and no
+//      replica of the expert yet (slots per rank may differ: P need not be a multiple of R). Then
+//      the busiest rank swaps replicas with other ranks while that lowers it (best swap first).
+//   3. With a previous placement: the layer is kept as it is when its busiest rank is within
+//      `tolerance` of the packing above (nothing moves). Otherwise the packing starts from the
+//      previous placement (replicas stay on their ranks where the new counts allow), fills the rest
+//      the same way, and swaps only until the busiest rank is within `tolerance` of the fresh
+//      packing; if that fails, the fresh packing is used, its ranks matched to the previous ones to
+//      keep as many experts in place as possible. Either way, an expert that stays on its rank
+//      keeps its slot.
+//   4. When the `deepseek` policy can serve the shape and its layer has a strictly less loaded
+//      busiest rank, that layer is taken instead: `balanced` is never worse than `deepseek`.
+// Never two replicas of one expert on one rank (FAILED_PRECONDITION when P > E · R makes that
+// impossible). Deterministic: ties go to the lower expert, replica and rank index.
+#ifndef EPLB_CORE_BALANCED_POLICY_H_
+#define EPLB_CORE_BALANCED_POLICY_H_
+
+#include "core/policy.h"
+
+namespace eplb {
+
+struct BalancedOptions {
+  // Relative slack on the busiest rank's load within which fewer moved experts win (0.0075: a plan
+  // whose busiest rank is at most 0.75% above the best packing found is preferred when it moves
+  // less). ≥ 0.
+  double tolerance = 0.0075;
+};
+
+class BalancedPolicy final : public PlacementPolicy {
+ public:
+  static constexpr absl::string_view kName = "balanced";
+  explicit BalancedPolicy(BalancedOptions options = {}) : options_(options) {}
+  absl::string_view name() const override { return kName; }
+  bool uses_load() const override { return true; }
+
+ protected:
+  absl::StatusOr<ExpertMap> PlanValidated(const PlanInput& input) const override;
+
+ private:
+  BalancedOptions options_;
+};
+
+}  // namespace eplb
+
+#endif  // EPLB_CORE_BALANCED_POLICY_H_
