@@ -1,10 +1,12 @@
 #include "core/balanced_policy.h"
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 #include <optional>
 #include <queue>
 #include <set>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -161,6 +163,35 @@ std::vector<int32_t> ReplicaCounts(std::span<const double> load, int32_t P, int3
   return count;
 }
 
+// `count` with replicas moved, one at a time, from the expert that can best spare one to the
+// expert with the highest load per replica, until that is at most `target` (or no expert can spare
+// a replica without exceeding it).
+std::vector<int32_t> AdjustCounts(std::span<const double> load, std::vector<int32_t> count,
+                                  int32_t R, double target) {
+  const int32_t E = static_cast<int32_t>(load.size());
+  for (int32_t step = 0; step < E; ++step) {
+    int32_t hot = 0;
+    for (int32_t e = 1; e < E; ++e) {
+      if (load[e] / count[e] > load[hot] / count[hot]) hot = e;
+    }
+    if (load[hot] / count[hot] <= target || count[hot] >= R) break;
+    int32_t donor = -1;
+    double donor_weight = 0;
+    for (int32_t e = 0; e < E; ++e) {
+      if (e == hot || count[e] < 2) continue;
+      const double after = load[e] / (count[e] - 1);
+      if (after <= target && (donor < 0 || after < donor_weight)) {
+        donor = e;
+        donor_weight = after;
+      }
+    }
+    if (donor < 0) break;
+    --count[donor];
+    ++count[hot];
+  }
+  return count;
+}
+
 // Adds the replicas `count` asks for beyond what `packing` holds, heaviest first.
 bool FillRemaining(Packing& packing, std::span<const int32_t> count, std::span<const double> weight,
                    std::span<const int32_t> placed) {
@@ -305,7 +336,9 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
   }
 
   std::vector<int32_t> phy2log(static_cast<size_t>(L) * P);
-  for (int32_t l = 0; l < L; ++l) {
+  // Layers are independent: plan them on `threads` threads, each taking the next layer.
+  std::vector<absl::Status> layer_status(L);
+  const auto plan_layer = [&](int32_t l) -> absl::Status {
     const std::span<const double> load = input.load->row(l);
     const std::vector<int32_t> count = ReplicaCounts(load, P, R);
     std::vector<double> weight(E);
@@ -371,16 +404,18 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
       if (!HasDuplicates(prev_sets) &&
           MaxLoadOf(prev_sets, load, CountsOf(prev_sets, E)) <= target) {
         std::copy(previous.begin(), previous.end(), phy2log.begin() + static_cast<size_t>(l) * P);
-        continue;  // nothing moves
+        return absl::OkStatus();  // nothing moves
       }
       // Start from the previous placement: first with its replica counts (no replica appears or
-      // disappears), then with the new ones.
+      // disappears), then with those counts changed only where the target needs it, then with the
+      // new counts.
       const std::vector<int32_t> prev_count = CountsOf(prev_sets, E);
+      const std::vector<int32_t> adjusted = AdjustCounts(load, prev_count, R, target);
       std::vector<uint8_t> home(static_cast<size_t>(R) * E, 0);
       for (int32_t r = 0; r < R; ++r) {
         for (const int32_t e : prev_sets[r]) home[static_cast<size_t>(r) * E + e] = 1;
       }
-      for (const std::vector<int32_t>* counts : {&prev_count, &count}) {
+      for (const std::vector<int32_t>* counts : {&prev_count, &adjusted, &count}) {
         if (!from_fresh) break;
         std::vector<double> warm_weight(E);
         for (int32_t e = 0; e < E; ++e) warm_weight[e] = load[e] / (*counts)[e];
@@ -406,7 +441,25 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
     }
     WriteRow(sets, layout, previous,
              std::span<int32_t>(phy2log.data() + static_cast<size_t>(l) * P, P));
+    return absl::OkStatus();
+  };
+  const int32_t threads = std::clamp<int32_t>(
+      options_.threads > 0 ? options_.threads
+                           : static_cast<int32_t>(std::thread::hardware_concurrency()),
+      1, L);
+  if (threads == 1) {
+    for (int32_t l = 0; l < L; ++l) layer_status[l] = plan_layer(l);
+  } else {
+    std::atomic<int32_t> next = 0;
+    std::vector<std::thread> pool;
+    for (int32_t t = 0; t < threads; ++t) {
+      pool.emplace_back([&] {
+        for (int32_t l = next++; l < L; l = next++) layer_status[l] = plan_layer(l);
+      });
+    }
+    for (std::thread& thread : pool) thread.join();
   }
+  for (const absl::Status& status : layer_status) RETURN_IF_ERROR(status);
   return ExpertMap::FromPhy2Log(L, E, layout, std::move(phy2log));
 }
 

@@ -17,6 +17,7 @@
 //      keeps its slot.
 //   4. When the `deepseek` policy can serve the shape and its layer has a strictly less loaded
 //      busiest rank, that layer is taken instead: `balanced` is never worse than `deepseek`.
+// Layers are planned in parallel (BalancedOptions::threads).
 // Never two replicas of one expert on one rank (FAILED_PRECONDITION when P > E · R makes that
 // impossible). Deterministic: ties go to the lower expert, replica and rank index.
 #ifndef EPLB_CORE_BALANCED_POLICY_H_
@@ -31,6 +32,9 @@ struct BalancedOptions {
   // whose busiest rank is at most 0.75% above the best packing found is preferred when it moves
   // less). ≥ 0.
   double tolerance = 0.0075;
+  // Threads planning layers in parallel (at most one per layer): 1 plans on the calling thread
+  // alone, 0 uses one per hardware thread. The result does not depend on it.
+  int32_t threads = 1;
 };
 
 class BalancedPolicy final : public PlacementPolicy {

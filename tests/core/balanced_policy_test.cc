@@ -110,6 +110,25 @@ TEST(BalancedPolicyTest, ReachesTheBoundOnTheV3PrefillShape) {
   EXPECT_GT(EvaluateMap(*reference, load).mean_max_over_bound, 1.02);
 }
 
+TEST(BalancedPolicyTest, ParallelLayersGiveTheSameMap) {
+  const DeploymentShape shape{.num_layers = 12,
+                              .num_logical_experts = 64,
+                              .num_groups = 8,
+                              .num_nodes = 2,
+                              .num_ranks = 8,
+                              .num_physical_experts = 72};
+  std::mt19937_64 rng(5);
+  const LoadMatrix load = LogNormalLoad(shape, 1.0, rng);
+  auto one = BalancedPolicy({.threads = 1}).Plan({.shape = shape, .load = &load});
+  auto four = BalancedPolicy({.threads = 4}).Plan({.shape = shape, .load = &load});
+  auto all = BalancedPolicy({.threads = 0}).Plan({.shape = shape, .load = &load});
+  ASSERT_TRUE(one.ok() && four.ok() && all.ok());
+  EXPECT_EQ(*one, *four);
+  EXPECT_EQ(*one, *all);
+  auto moved = BalancedPolicy({.threads = 3}).Plan({.shape = shape, .load = &load, .previous = &*one});
+  EXPECT_EQ(*moved, *one);
+}
+
 TEST(BalancedPolicyTest, AnOptimalPreviousPlacementMovesNothing) {
   const DeploymentShape shape{.num_layers = 4,
                               .num_logical_experts = 32,
