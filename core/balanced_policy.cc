@@ -88,10 +88,19 @@ class Packing {
   // is above `target`. Returns the number of swaps made. Without `home`, the swap that lowers it
   // most goes first. With `home` (R × E: which rank held which expert before), the swap that puts
   // the fewest replicas on ranks that did not hold them goes first, then the one lowering most.
-  int64_t Improve(double target, int64_t max_swaps, const std::vector<uint8_t>* home = nullptr) {
+  // With `budget` > 0 (and `home`), no swap leaves a rank holding more than `budget` replicas away
+  // from home.
+  int64_t Improve(double target, int64_t max_swaps, const std::vector<uint8_t>* home = nullptr,
+                  int32_t budget = 0) {
     const auto away = [&](int32_t r, int32_t e) -> int {
       return home == nullptr || (*home)[static_cast<size_t>(r) * E_ + e] ? 0 : 1;
     };
+    std::vector<int32_t> away_count(capacity_.size(), 0);
+    if (budget > 0 && home != nullptr) {
+      for (int32_t r = 0; r < num_ranks(); ++r) {
+        for (const int32_t e : on_[r]) away_count[r] += away(r, e);
+      }
+    }
     int64_t swaps = 0;
     while (swaps < max_swaps) {
       const int32_t h = Busiest();
@@ -111,6 +120,11 @@ class Packing {
             const double m = std::max(lh - wa + wb, lr - wb + wa);
             if (m >= lh * (1 - 1e-12)) continue;
             const int cost = away(r, a) - away(h, a) + away(h, b) - away(r, b);
+            if (budget > 0 && home != nullptr &&
+                (away_count[h] - away(h, a) + away(h, b) > budget ||
+                 away_count[r] - away(r, b) + away(r, a) > budget)) {
+              continue;
+            }
             if (cost < best_cost || (cost == best_cost && m < best)) {
               best_cost = cost;
               best = m;
@@ -122,6 +136,10 @@ class Packing {
         }
       }
       if (best_a < 0) break;
+      if (budget > 0 && home != nullptr) {
+        away_count[h] += away(h, best_b) - away(h, best_a);
+        away_count[best_r] += away(best_r, best_a) - away(best_r, best_b);
+      }
       Remove(h, best_a);
       Remove(best_r, best_b);
       Add(h, best_b);
@@ -415,11 +433,17 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
       for (int32_t r = 0; r < R; ++r) {
         for (const int32_t e : prev_sets[r]) home[static_cast<size_t>(r) * E + e] = 1;
       }
+      const int32_t budget = options_.max_received_per_rank;
       for (const std::vector<int32_t>* counts : {&prev_count, &adjusted, &count}) {
         if (!from_fresh) break;
+        // Under a budget, replica counts stay: changing one costs moves.
+        if (budget > 0 && counts != &prev_count) break;
         std::vector<double> warm_weight(E);
         for (int32_t e = 0; e < E; ++e) warm_weight[e] = load[e] / (*counts)[e];
-        if (*std::max_element(warm_weight.begin(), warm_weight.end()) > target) continue;
+        if (budget == 0 &&
+            *std::max_element(warm_weight.begin(), warm_weight.end()) > target) {
+          continue;
+        }
         Packing warm(E, capacity, warm_weight);
         std::vector<int32_t> placed(E, 0);
         for (int32_t r = 0; r < R; ++r) {
@@ -431,8 +455,8 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
           }
         }
         if (!FillRemaining(warm, *counts, warm_weight, placed)) continue;
-        warm.Improve(target, max_swaps, &home);
-        if (warm.MaxLoad() <= target) {
+        warm.Improve(target, max_swaps, &home, budget);
+        if (warm.MaxLoad() <= target || budget > 0) {
           for (int32_t r = 0; r < R; ++r) sets[r] = warm.on(r);
           from_fresh = false;
         }

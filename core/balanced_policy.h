@@ -15,6 +15,7 @@
 //      packing; if that fails, the fresh packing is used, its ranks matched to the previous ones to
 //      keep as many experts in place as possible. Either way, an expert that stays on its rank
 //      keeps its slot.
+//      With BalancedOptions::max_received_per_rank, no rank receives more experts per layer.
 //   4. When the `deepseek` policy can serve the shape and its layer has a strictly less loaded
 //      busiest rank, that layer is taken instead: `balanced` is never worse than `deepseek`.
 // Layers are planned in parallel (BalancedOptions::threads).
@@ -32,6 +33,10 @@ struct BalancedOptions {
   // whose busiest rank is at most 0.75% above the best packing found is preferred when it moves
   // less). ≥ 0.
   double tolerance = 0.0075;
+  // Move budget: with a previous placement, at most this many experts received by one rank per
+  // layer (an expert placed on a rank that did not hold it); 0: no limit. Under a budget the
+  // previous replica counts are kept and the swaps stop at the budget, even above `tolerance`.
+  int32_t max_received_per_rank = 0;
   // Threads planning layers in parallel (at most one per layer): 1 plans on the calling thread
   // alone, 0 uses one per hardware thread. The result does not depend on it.
   int32_t threads = 1;

@@ -181,6 +181,46 @@ TEST(BalancedPolicyTest, DriftMovesFewExpertsAndKeepsTheBalance) {
                                        << deepseek_moved;
 }
 
+// With a move budget no rank receives more than that many experts per layer, and the balance still
+// improves on keeping the previous placement.
+TEST(BalancedPolicyTest, AMoveBudgetLimitsWhatEachRankReceives) {
+  const DeploymentShape shape{.num_layers = 4,
+                              .num_logical_experts = 64,
+                              .num_groups = 8,
+                              .num_nodes = 2,
+                              .num_ranks = 8,
+                              .num_physical_experts = 80};
+  std::mt19937_64 rng(21);
+  const LoadMatrix before = LogNormalLoad(shape, 1.0, rng);
+  const LoadMatrix after = LogNormalLoad(shape, 1.0, rng);  // a different load altogether
+  auto previous = BalancedPolicy().Plan({.shape = shape, .load = &before});
+  ASSERT_TRUE(previous.ok());
+  for (const int32_t budget : {1, 2}) {
+    SCOPED_TRACE(absl::StrCat("budget ", budget));
+    BalancedOptions options;
+    options.max_received_per_rank = budget;
+    auto next = BalancedPolicy(options).Plan(
+        {.shape = shape, .load = &after, .previous = &*previous});
+    ASSERT_TRUE(next.ok()) << next.status();
+    ExpectNoDuplicatesOnARank(*next);
+    for (int32_t l = 0; l < shape.num_layers; ++l) {
+      for (int32_t r = 0; r < shape.num_ranks; ++r) {
+        std::set<int32_t> old_set, new_set;
+        for (int32_t p = next->layout().FirstSlotOfRank(r);
+             p < next->layout().FirstSlotOfRank(r + 1); ++p) {
+          old_set.insert(previous->phy2log(l)[p]);
+          new_set.insert(next->phy2log(l)[p]);
+        }
+        int received = 0;
+        for (const int32_t e : new_set) received += old_set.contains(e) ? 0 : 1;
+        EXPECT_LE(received, budget) << "layer " << l << " rank " << r;
+      }
+    }
+    EXPECT_LT(EvaluateMap(*next, after).mean_max_over_bound,
+              EvaluateMap(*previous, after).mean_max_over_bound);
+  }
+}
+
 TEST(BalancedPolicyTest, ServesUnevenSlotsAndRefusesImpossibleShapes) {
   const DeploymentShape uneven{.num_layers = 2,
                                .num_logical_experts = 16,
