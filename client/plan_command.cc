@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "client/cli_args.h"
 #include "client/cli_files.h"
+#include "core/balanced_policy.h"
 #include "core/contiguous_policy.h"
 #include "core/file_io.h"
 #include "core/map_format.h"
@@ -20,7 +21,7 @@
 namespace eplb::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 14> kPlanFlags = {{
+constexpr std::array<FlagSpec, 15> kPlanFlags = {{
     {"load", "FILE", "load file {\"load\": [[…E…] × L]} (required unless --policy contiguous)"},
     {"num-physical-experts", "P", "physical expert slots in all (required)"},
     {"num-ranks", "R", "ranks (GPUs) in the expert-parallel group (required)"},
@@ -30,6 +31,8 @@ constexpr std::array<FlagSpec, 14> kPlanFlags = {{
     {"num-logical-experts", "E", "experts per layer (required without --load; must match it)"},
     {"policy", "NAME", "placement policy: contiguous, deepseek or balanced (default balanced)"},
     {"previous", "FILE", "the map in use (any --format): compare with it and plan from it"},
+    {"max-received-per-rank", "M",
+     "balanced with --previous: at most M experts received per rank and layer (default 0: any)"},
     {"output", "FILE", "write the map here, atomically (default: standard output)"},
     {"format", "NAME", "eplb, vllm-ascend or sglang (default eplb)"},
     {"bytes-per-expert", "B", "bytes of one expert's weights, to report the bytes to move"},
@@ -43,6 +46,7 @@ struct PlanOptions {
   std::optional<std::string> load_path, previous_path, output_path;
   MapFormat format = MapFormat::kEplb;
   int64_t bytes_per_expert = 0;
+  int64_t max_received_per_rank = 0;
   bool per_layer = false;
 };
 
@@ -62,6 +66,12 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
                    args.GetInt("num-logical-experts", 0, 1, L::kMaxLogicalExperts));
   ASSIGN_OR_RETURN(o.bytes_per_expert, args.GetInt("bytes-per-expert", 0, 0, int64_t{1} << 40));
   o.policy = args.Get("policy", o.policy);
+  ASSIGN_OR_RETURN(o.max_received_per_rank,
+                   args.GetInt("max-received-per-rank", 0, 0, L::kMaxLogicalExperts));
+  if (o.max_received_per_rank > 0 && o.policy != BalancedPolicy::kName) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-received-per-rank applies to --policy balanced, not ", o.policy));
+  }
   RETURN_IF_ERROR(CreatePolicy(o.policy).status());
   ASSIGN_OR_RETURN(o.format, ParseMapFormat(args.Get("format", "eplb")));
   if (args.Has("load")) o.load_path = args.Get("load");
@@ -165,6 +175,11 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
 
   auto policy = CreatePolicy(o.policy);
   if (!policy.ok()) return fail(policy.status());
+  if (o.max_received_per_rank > 0) {
+    BalancedOptions balanced;
+    balanced.max_received_per_rank = static_cast<int32_t>(o.max_received_per_rank);
+    *policy = std::make_unique<BalancedPolicy>(balanced);
+  }
   const auto start = std::chrono::steady_clock::now();
   auto map = (*policy)->Plan({.shape = o.shape,
                               .load = load ? &*load : nullptr,
@@ -206,8 +221,9 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
 std::string PlanUsage() {
   return absl::StrCat(
       "usage: eplbctl plan --load LOAD.json --num-physical-experts P --num-ranks R\n"
-      "                    [--num-groups G] [--num-nodes N] [--policy contiguous|deepseek]\n"
-      "                    [--previous MAP.json] [--output MAP.json]\n"
+      "                    [--num-groups G] [--num-nodes N]\n"
+      "                    [--policy contiguous|deepseek|balanced] [--previous MAP.json]\n"
+      "                    [--max-received-per-rank M] [--output MAP.json]\n"
       "                    [--format eplb|vllm-ascend|sglang] [--per-layer]\n"
       "       eplbctl plan --policy contiguous --num-layers L --num-logical-experts E\n"
       "                    --num-physical-experts P --num-ranks R --output MAP.json\n\n"

@@ -116,6 +116,8 @@ TEST_F(EplbctlPlanTest, EveryFormatIsWrittenAndReadsBack) {
   }
 }
 
+void SetFlag(std::vector<std::string>& args, const std::string& flag, const std::string& value);
+
 TEST_F(EplbctlPlanTest, PreviousMapInAnyFormatIsComparedAndVersioned) {
   const std::string load_path = Write("load.json", kExampleLoad);
   // A contiguous previous map in SGLang's format (no version) and in ours (version 6).
@@ -145,6 +147,15 @@ TEST_F(EplbctlPlanTest, PreviousMapInAnyFormatIsComparedAndVersioned) {
   auto v2 = ParseExpertMapJson(Slurp(Path("again.json")));
   ASSERT_TRUE(v2.ok());
   EXPECT_EQ(v2->version, 2);
+
+  // A move budget of one expert per rank and layer (2 layers: at most 2 per rank in all).
+  args = ExampleArgs(load_path);
+  SetFlag(args, "--policy", "balanced");
+  args.insert(args.end(), {"--previous", Path("prev.sglang.json"), "--max-received-per-rank", "1",
+                           "--output", Path("budget.json")});
+  const Result budget = Run(args);
+  ASSERT_EQ(budget.exit_code, 0) << budget.err;
+  EXPECT_THAT(budget.err, MatchesRegex("(.|\n)*\\(at most [012] on one rank\\)(.|\n)*"));
 }
 
 // Sets `flag` to `value`, replacing the value if the flag is already in `args`.
@@ -253,7 +264,14 @@ INSTANTIATE_TEST_SUITE_P(
                 R"({"load": [[1]]})",
                 {"--policy", "magic"},
                 2,
-                "policy = \"magic\" is not one of: contiguous, deepseek, balanced (see eplbctl plan --help)"},
+                "policy = \"magic\" is not one of: contiguous, deepseek, balanced (see eplbctl "
+                "plan --help)"},
+        BadCase{"budget_without_balanced",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+                {"--policy", "deepseek", "--max-received-per-rank", "1"},
+                2,
+                "--max-received-per-rank applies to --policy balanced, not deepseek (see eplbctl "
+                "plan --help)"},
         BadCase{"not_an_integer",
                 R"({"load": [[1]]})",
                 {"--bytes-per-expert", "12x"},
