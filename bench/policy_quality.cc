@@ -106,6 +106,31 @@ int main(int argc, char** argv) {
                   threads == 1 ? "" : "s", best);
     }
   }
+  {
+    // Node affinity: groups kept on one node, σ 1.0.
+    std::printf("\n| shape | deepseek max/LB | nodes per group | balanced max/LB | nodes per group | "
+                "balanced + affinity max/LB | nodes per group |\n|---|---|---|---|---|---|---|\n");
+    BalancedOptions affine_options;
+    affine_options.node_affinity = true;
+    const BalancedPolicy affine(affine_options);
+    for (const NamedShape& named : {kShapes[0], kShapes[2]}) {
+      std::mt19937_64 rng(1234);
+      const LoadMatrix load = LogNormalLoad(named.shape, 1.0, rng);
+      const ExpertMap maps[] = {*deepseek.Plan({.shape = named.shape, .load = &load}),
+                                *balanced.Plan({.shape = named.shape, .load = &load}),
+                                *affine.Plan({.shape = named.shape, .load = &load})};
+      std::printf("| %s", named.name);
+      for (const ExpertMap& map : maps) {
+        double spread = 0;
+        for (int32_t l = 0; l < map.num_layers(); ++l) {
+          spread += NodesPerGroup(map, l, load.row(l), named.shape.num_groups,
+                                  named.shape.num_nodes) / map.num_layers();
+        }
+        std::printf(" | %.4f | %.2f", EvaluateMap(map, load).mean_max_over_bound, spread);
+      }
+      std::printf(" |\n");
+    }
+  }
   std::printf("\n| shape | rounds | deepseek experts moved | balanced experts moved | ratio | "
               "balanced max/LB with previous | from scratch |\n|---|---|---|---|---|---|---|\n");
   for (const NamedShape& named : kShapes) {

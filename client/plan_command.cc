@@ -21,7 +21,7 @@
 namespace eplb::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 15> kPlanFlags = {{
+constexpr std::array<FlagSpec, 16> kPlanFlags = {{
     {"load", "FILE", "load file {\"load\": [[…E…] × L]} (required unless --policy contiguous)"},
     {"num-physical-experts", "P", "physical expert slots in all (required)"},
     {"num-ranks", "R", "ranks (GPUs) in the expert-parallel group (required)"},
@@ -33,6 +33,7 @@ constexpr std::array<FlagSpec, 15> kPlanFlags = {{
     {"previous", "FILE", "the map in use (any --format): compare with it and plan from it"},
     {"max-received-per-rank", "M",
      "balanced with --previous: at most M experts received per rank and layer (default 0: any)"},
+    {"node-affinity", "", "balanced: keep each expert group's replicas on one node"},
     {"output", "FILE", "write the map here, atomically (default: standard output)"},
     {"format", "NAME", "eplb, vllm-ascend or sglang (default eplb)"},
     {"bytes-per-expert", "B", "bytes of one expert's weights, to report the bytes to move"},
@@ -47,6 +48,7 @@ struct PlanOptions {
   MapFormat format = MapFormat::kEplb;
   int64_t bytes_per_expert = 0;
   int64_t max_received_per_rank = 0;
+  bool node_affinity = false;
   bool per_layer = false;
 };
 
@@ -71,6 +73,11 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
   if (o.max_received_per_rank > 0 && o.policy != BalancedPolicy::kName) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max-received-per-rank applies to --policy balanced, not ", o.policy));
+  }
+  o.node_affinity = args.Has("node-affinity");
+  if (o.node_affinity && o.policy != BalancedPolicy::kName) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--node-affinity applies to --policy balanced, not ", o.policy));
   }
   RETURN_IF_ERROR(CreatePolicy(o.policy).status());
   ASSIGN_OR_RETURN(o.format, ParseMapFormat(args.Get("format", "eplb")));
@@ -175,9 +182,10 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
 
   auto policy = CreatePolicy(o.policy);
   if (!policy.ok()) return fail(policy.status());
-  if (o.max_received_per_rank > 0) {
+  if (o.max_received_per_rank > 0 || o.node_affinity) {
     BalancedOptions balanced;
     balanced.max_received_per_rank = static_cast<int32_t>(o.max_received_per_rank);
+    balanced.node_affinity = o.node_affinity;
     *policy = std::make_unique<BalancedPolicy>(balanced);
   }
   const auto start = std::chrono::steady_clock::now();
@@ -223,7 +231,7 @@ std::string PlanUsage() {
       "usage: eplbctl plan --load LOAD.json --num-physical-experts P --num-ranks R\n"
       "                    [--num-groups G] [--num-nodes N]\n"
       "                    [--policy contiguous|deepseek|balanced] [--previous MAP.json]\n"
-      "                    [--max-received-per-rank M] [--output MAP.json]\n"
+      "                    [--max-received-per-rank M] [--node-affinity] [--output MAP.json]\n"
       "                    [--format eplb|vllm-ascend|sglang] [--per-layer]\n"
       "       eplbctl plan --policy contiguous --num-layers L --num-logical-experts E\n"
       "                    --num-physical-experts P --num-ranks R --output MAP.json\n\n"

@@ -258,9 +258,11 @@ void WriteRow(const std::vector<std::vector<int32_t>>& sets, const SlotLayout& l
 
 // Renumbers the ranks of `sets` (among ranks with equal slot counts) to keep as many experts as
 // possible on the rank that held them in `previous`.
+// With `ranks_per_node` > 0, a set only moves to a rank of the same node.
 std::vector<std::vector<int32_t>> MatchRanks(std::vector<std::vector<int32_t>> sets,
                                              const SlotLayout& layout, int32_t E,
-                                             std::span<const int32_t> previous) {
+                                             std::span<const int32_t> previous,
+                                             int32_t ranks_per_node = 0) {
   const int32_t R = layout.num_ranks();
   std::vector<uint8_t> prev_holds(static_cast<size_t>(R) * E, 0);
   for (int32_t r = 0; r < R; ++r) {
@@ -272,6 +274,7 @@ std::vector<std::vector<int32_t>> MatchRanks(std::vector<std::vector<int32_t>> s
   for (int32_t b = 0; b < R; ++b) {
     for (int32_t r = 0; r < R; ++r) {
       if (layout.SlotsOnRank(r) != layout.SlotsOnRank(b)) continue;
+      if (ranks_per_node > 0 && r / ranks_per_node != b / ranks_per_node) continue;
       int32_t overlap = 0;
       for (const int32_t e : sets[b]) overlap += prev_holds[static_cast<size_t>(r) * E + e];
       pairs.push_back({-overlap, b, r});
@@ -327,6 +330,69 @@ std::vector<int32_t> CountsOf(const std::vector<std::vector<int32_t>>& sets, int
   return count;
 }
 
+// Whether every group's replicas lie on the ranks of one node.
+bool KeepsGroupsOnNodes(const std::vector<std::vector<int32_t>>& sets, const DeploymentShape& shape) {
+  std::vector<int32_t> node_of_group(shape.num_groups, -1);
+  for (int32_t r = 0; r < shape.num_ranks; ++r) {
+    for (const int32_t e : sets[r]) {
+      int32_t& node = node_of_group[e / shape.experts_per_group()];
+      if (node < 0) node = shape.NodeOfRank(r);
+      if (node != shape.NodeOfRank(r)) return false;
+    }
+  }
+  return true;
+}
+
+// The layer with node affinity: groups packed onto nodes (G / N each, balanced by group load),
+// then each node's experts planned onto the node's ranks like a deployment of its own.
+absl::StatusOr<std::vector<std::vector<int32_t>>> PackWithAffinity(
+    std::span<const double> load, const DeploymentShape& shape, std::span<const int32_t> capacity,
+    int64_t max_swaps) {
+  const int32_t G = shape.num_groups, N = shape.num_nodes, R = shape.num_ranks;
+  const int32_t per_group = shape.experts_per_group(), rpn = shape.ranks_per_node();
+  std::vector<double> group_load(G, 0.0);
+  for (int32_t e = 0; e < shape.num_logical_experts; ++e) group_load[e / per_group] += load[e];
+  Packing nodes(G, std::vector<int32_t>(N, G / N), group_load);
+  const std::vector<int32_t> ones(G, 1), none(G, 0);
+  if (!FillRemaining(nodes, ones, group_load, none)) {
+    return absl::InternalError("cannot place the groups on the nodes");
+  }
+  nodes.Improve(0, max_swaps);
+  std::vector<std::vector<int32_t>> sets(R);
+  for (int32_t n = 0; n < N; ++n) {
+    std::vector<int32_t> experts;  // global ids, ascending
+    std::vector<int32_t> groups = nodes.on(n);
+    std::sort(groups.begin(), groups.end());
+    for (const int32_t g : groups) {
+      for (int32_t k = 0; k < per_group; ++k) experts.push_back(g * per_group + k);
+    }
+    const int32_t ne = static_cast<int32_t>(experts.size());
+    std::vector<int32_t> node_capacity(capacity.begin() + n * rpn,
+                                       capacity.begin() + (n + 1) * rpn);
+    const int32_t node_slots = std::accumulate(node_capacity.begin(), node_capacity.end(), 0);
+    if (node_slots < ne || static_cast<int64_t>(ne) * rpn < node_slots) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "node affinity: node ", n, " has ", node_slots, " slots for ", ne,
+          " experts on ", rpn, " ranks; it needs experts ≤ slots ≤ experts × ranks"));
+    }
+    std::vector<double> node_load(ne);
+    for (int32_t i = 0; i < ne; ++i) node_load[i] = load[experts[i]];
+    const std::vector<int32_t> count = ReplicaCounts(node_load, node_slots, rpn);
+    std::vector<double> weight(ne);
+    for (int32_t i = 0; i < ne; ++i) weight[i] = node_load[i] / count[i];
+    Packing packing(ne, node_capacity, weight);
+    const std::vector<int32_t> placed(ne, 0);
+    if (!FillRemaining(packing, count, weight, placed)) {
+      return absl::InternalError(absl::StrCat("node ", n, ": no room for every replica"));
+    }
+    packing.Improve(0, max_swaps);
+    for (int32_t i = 0; i < rpn; ++i) {
+      for (const int32_t local : packing.on(i)) sets[n * rpn + i].push_back(experts[local]);
+    }
+  }
+  return sets;
+}
+
 }  // namespace
 
 absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) const {
@@ -343,14 +409,22 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
   std::vector<int32_t> capacity(R);
   for (int32_t r = 0; r < R; ++r) capacity[r] = layout.SlotsOnRank(r);
   const int64_t max_swaps = 8 * static_cast<int64_t>(P);
+  const bool affinity = options_.node_affinity && shape.num_nodes > 1;
+  if (affinity && shape.num_groups % shape.num_nodes != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "node affinity needs num_groups (", shape.num_groups, ") to be a multiple of num_nodes (",
+        shape.num_nodes, ")"));
+  }
 
   // deepseek's plan, where it can serve the shape: a layer of it that beats ours is taken.
   std::optional<ExpertMap> deepseek;
   {
     PlanInput fresh = input;
     fresh.previous = nullptr;
-    absl::StatusOr<ExpertMap> planned = DeepSeekPolicy().Plan(fresh);
-    if (planned.ok()) deepseek = *std::move(planned);
+    if (!affinity) {
+      absl::StatusOr<ExpertMap> planned = DeepSeekPolicy().Plan(fresh);
+      if (planned.ok()) deepseek = *std::move(planned);
+    }
   }
 
   std::vector<int32_t> phy2log(static_cast<size_t>(L) * P);
@@ -363,6 +437,25 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
     for (int32_t e = 0; e < E; ++e) weight[e] = load[e] / count[e];
     const std::span<const int32_t> previous =
         input.previous != nullptr ? input.previous->phy2log(l) : std::span<const int32_t>();
+
+    if (affinity) {
+      ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> sets,
+                       PackWithAffinity(load, shape, capacity, max_swaps));
+      if (!previous.empty()) {
+        const double target = MaxLoadOf(sets, load, CountsOf(sets, E)) * (1 + options_.tolerance);
+        auto prev_sets = SetsOfRow(previous, layout);
+        if (!HasDuplicates(prev_sets) && KeepsGroupsOnNodes(prev_sets, shape) &&
+            MaxLoadOf(prev_sets, load, CountsOf(prev_sets, E)) <= target) {
+          std::copy(previous.begin(), previous.end(),
+                    phy2log.begin() + static_cast<size_t>(l) * P);
+          return absl::OkStatus();
+        }
+        sets = MatchRanks(std::move(sets), layout, E, previous, shape.ranks_per_node());
+      }
+      WriteRow(sets, layout, previous,
+               std::span<int32_t>(phy2log.data() + static_cast<size_t>(l) * P, P));
+      return absl::OkStatus();
+    }
 
     Packing fresh(E, capacity, weight);
     const std::vector<int32_t> none(E, 0);

@@ -37,6 +37,12 @@ struct BalancedOptions {
   // layer (an expert placed on a rank that did not hold it); 0: no limit. Under a budget the
   // previous replica counts are kept and the swaps stop at the budget, even above `tolerance`.
   int32_t max_received_per_rank = 0;
+  // Node affinity: every expert group's replicas stay on the ranks of one node (groups are packed
+  // onto nodes, G / N each, then each node is planned on its own), bounding cross-node traffic as
+  // the hierarchical algorithm does. Needs G to be a multiple of N; no effect with one node. With
+  // a previous placement, a layer that keeps groups on nodes and is within `tolerance` stays;
+  // otherwise the new layer's ranks are matched, within each node, to keep experts in place.
+  bool node_affinity = false;
   // Threads planning layers in parallel (at most one per layer): 1 plans on the calling thread
   // alone, 0 uses one per hardware thread. The result does not depend on it.
   int32_t threads = 1;

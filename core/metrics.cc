@@ -114,4 +114,25 @@ Migration ComputeMigration(const ExpertMap& before, const ExpertMap& after,
   return m;
 }
 
+double NodesPerGroup(const ExpertMap& map, int32_t layer, std::span<const double> load,
+                     int32_t num_groups, int32_t num_nodes) {
+  const int32_t rpn = map.num_ranks() / num_nodes;
+  const int32_t per_group = map.num_logical_experts() / num_groups;
+  double weighted = 0, total = 0;
+  for (int32_t g = 0; g < num_groups; ++g) {
+    std::vector<bool> on_node(num_nodes, false);
+    double group_load = 0;
+    for (int32_t e = g * per_group; e < (g + 1) * per_group; ++e) {
+      group_load += load[e];
+      for (const int32_t slot : map.replicas(layer, e)) {
+        on_node[map.layout().RankOfSlot(slot) / rpn] = true;
+      }
+    }
+    const auto nodes = static_cast<double>(std::count(on_node.begin(), on_node.end(), true));
+    weighted += group_load * nodes;
+    total += group_load;
+  }
+  return total > 0 ? weighted / total : 1.0;
+}
+
 }  // namespace eplb

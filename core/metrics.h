@@ -23,6 +23,16 @@ double Balancedness(std::span<const double> rank_loads);
 // `num_ranks` ranks: max(total / R, the min over replica counts of the max per-replica load).
 double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks);
 
+// How many nodes a layer spreads each expert group over, weighted by the group's load: the mean,
+// over groups, of the number of nodes holding a replica of any of its experts (1.0 when every
+// group lives on one node, as the hierarchical algorithm and node affinity keep it). With routing
+// limited to k groups per token, a token's traffic reaches at most k × this many nodes on average.
+// Ranks are grouped into `num_nodes` nodes of consecutive ranks; experts into `num_groups` groups
+// of consecutive experts. REQUIRES: load.size() == map.num_logical_experts(), num_nodes divides
+// map.num_ranks(), num_groups divides the number of experts.
+double NodesPerGroup(const ExpertMap& map, int32_t layer, std::span<const double> load,
+                     int32_t num_groups, int32_t num_nodes);
+
 struct LayerQuality {
   double balancedness = 1.0;    // mean / max rank load
   double max_over_bound = 1.0;  // max rank load / MaxRankLoadLowerBound (1.0 when both are 0)

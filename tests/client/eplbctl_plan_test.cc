@@ -156,6 +156,31 @@ TEST_F(EplbctlPlanTest, PreviousMapInAnyFormatIsComparedAndVersioned) {
   const Result budget = Run(args);
   ASSERT_EQ(budget.exit_code, 0) << budget.err;
   EXPECT_THAT(budget.err, MatchesRegex("(.|\n)*\\(at most [012] on one rank\\)(.|\n)*"));
+
+  // Node affinity: each of the 4 groups (3 experts) on the 4 ranks (8 slots) of one node.
+  args = ExampleArgs(load_path);
+  SetFlag(args, "--policy", "balanced");
+  args.insert(args.end(), {"--node-affinity", "--output", Path("affine.json")});
+  const Result affine = Run(args);
+  ASSERT_EQ(affine.exit_code, 0) << affine.err;
+  auto affine_map = ParseExpertMapJson(Slurp(Path("affine.json")));
+  ASSERT_TRUE(affine_map.ok());
+  for (int l = 0; l < affine_map->map.num_layers(); ++l) {
+    std::vector<int> node_of_group(4, -1);
+    for (int p = 0; p < 16; ++p) {
+      const int group = affine_map->map.phy2log(l)[p] / 3, node = p / 8;
+      if (node_of_group[group] < 0) node_of_group[group] = node;
+      EXPECT_EQ(node_of_group[group], node) << "layer " << l << " slot " << p;
+    }
+  }
+  args = ExampleArgs(load_path);  // --policy deepseek
+  args.insert(args.end(), {"--node-affinity", "--output", Path("not-written.json")});
+  const Result refused = Run(args);
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_EQ(refused.err,
+            "eplbctl plan: --node-affinity applies to --policy balanced, not deepseek (see eplbctl "
+            "plan --help)\n");
+  EXPECT_FALSE(std::filesystem::exists(Path("not-written.json")));
 }
 
 // Sets `flag` to `value`, replacing the value if the flag is already in `args`.

@@ -221,6 +221,64 @@ TEST(BalancedPolicyTest, AMoveBudgetLimitsWhatEachRankReceives) {
   }
 }
 
+// With node affinity every group stays on one node (the free packing spreads groups over nodes),
+// and the balance still beats deepseek's hierarchical algorithm.
+TEST(BalancedPolicyTest, NodeAffinityKeepsGroupsOnANodeAndBeatsDeepSeek) {
+  const DeploymentShape shape{.num_layers = 6,
+                              .num_logical_experts = 256,
+                              .num_groups = 8,
+                              .num_nodes = 4,
+                              .num_ranks = 32,
+                              .num_physical_experts = 288};
+  std::mt19937_64 rng(31);
+  const LoadMatrix load = LogNormalLoad(shape, 1.0, rng);
+  BalancedOptions options;
+  options.node_affinity = true;
+  auto affine = BalancedPolicy(options).Plan({.shape = shape, .load = &load});
+  ASSERT_TRUE(affine.ok()) << affine.status();
+  auto free = BalancedPolicy().Plan({.shape = shape, .load = &load});
+  auto deepseek = DeepSeekPolicy().Plan({.shape = shape, .load = &load});
+  ASSERT_TRUE(free.ok() && deepseek.ok());
+  ExpectNoDuplicatesOnARank(*affine);
+  double affine_spread = 0, free_spread = 0;
+  for (int32_t l = 0; l < shape.num_layers; ++l) {
+    std::vector<int32_t> node_of_group(shape.num_groups, -1);
+    for (int32_t p = 0; p < shape.num_physical_experts; ++p) {
+      const int32_t group = affine->phy2log(l)[p] / shape.experts_per_group();
+      const int32_t node = shape.NodeOfRank(affine->layout().RankOfSlot(p));
+      if (node_of_group[group] < 0) node_of_group[group] = node;
+      EXPECT_EQ(node_of_group[group], node) << "layer " << l << " group " << group;
+    }
+    affine_spread += NodesPerGroup(*affine, l, load.row(l), shape.num_groups, shape.num_nodes);
+    free_spread += NodesPerGroup(*free, l, load.row(l), shape.num_groups, shape.num_nodes);
+  }
+  EXPECT_DOUBLE_EQ(affine_spread / shape.num_layers, 1.0);
+  EXPECT_GT(free_spread / shape.num_layers, 2.0);
+  EXPECT_LT(EvaluateMap(*affine, load).mean_max_over_bound,
+            EvaluateMap(*deepseek, load).mean_max_over_bound);
+  // Planning again from it moves nothing.
+  auto again = BalancedPolicy(options).Plan({.shape = shape, .load = &load, .previous = &*affine});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *affine);
+
+  DeploymentShape uneven_groups = shape;
+  uneven_groups.num_groups = 2;
+  uneven_groups.num_nodes = 4;
+  auto refused = BalancedPolicy(options).Plan({.shape = uneven_groups, .load = &load});
+  EXPECT_EQ(refused.status().message(),
+            "node affinity needs num_groups (2) to be a multiple of num_nodes (4)");
+}
+
+TEST(MetricsNodesPerGroupTest, CountsTheNodesEachGroupReaches) {
+  // 4 experts in 2 groups, 5 slots on 4 ranks (2, 1, 1, 1) in 2 nodes: node 0 holds experts 0, 1,
+  // 2 and node 1 experts 3, 2, so group 0 (experts 0, 1) is on one node and group 1 on both.
+  auto map = ExpertMap::FromPhy2Log(1, 4, SlotLayout(5, 4), {0, 1, 2, 3, 2});
+  ASSERT_TRUE(map.ok());
+  // Group 0 carries 30 tokens on 1 node, group 1 carries 10 on 2 nodes: (30 + 20) / 40.
+  EXPECT_DOUBLE_EQ(NodesPerGroup(*map, 0, std::vector<double>{20, 10, 5, 5}, 2, 2), 50.0 / 40.0);
+  EXPECT_DOUBLE_EQ(NodesPerGroup(*map, 0, std::vector<double>{0, 0, 0, 0}, 2, 2), 1.0);
+}
+
 TEST(BalancedPolicyTest, ServesUnevenSlotsAndRefusesImpossibleShapes) {
   const DeploymentShape uneven{.num_layers = 2,
                                .num_logical_experts = 16,
