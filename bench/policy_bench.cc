@@ -13,8 +13,10 @@
 #include <random>
 #include <string>
 
+#include "bench/bench_shapes.h"
 #include "core/metrics.h"
 #include "core/policy.h"
+#include "tests/support/random_inputs.h"
 
 namespace eplb {
 namespace {
@@ -25,37 +27,15 @@ struct NamedShape {
 };
 
 const NamedShape kShapes[] = {
-    {"prefill",
-     {.num_layers = 58,
-      .num_logical_experts = 256,
-      .num_groups = 8,
-      .num_nodes = 4,
-      .num_ranks = 32,
-      .num_physical_experts = 288}},
-    {"decode",
-     {.num_layers = 58,
-      .num_logical_experts = 256,
-      .num_groups = 8,
-      .num_nodes = 18,
-      .num_ranks = 144,
-      .num_physical_experts = 288}},
-    {"large",
-     {.num_layers = 58,
-      .num_logical_experts = 512,
-      .num_groups = 32,
-      .num_nodes = 32,
-      .num_ranks = 256,
-      .num_physical_experts = 768}},
+    {"prefill", bench::kV3Prefill},
+    {"decode", bench::kV3Decode},
+    {"large", bench::kLarge},
 };
 
 // Integer token counts, log-normal per expert (σ = 1), as a router's histogram looks.
 LoadMatrix SyntheticLoad(const DeploymentShape& shape, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  std::lognormal_distribution<double> share(0.0, 1.0);
-  LoadMatrix load{.num_layers = shape.num_layers, .num_experts = shape.num_logical_experts};
-  load.values.resize(static_cast<size_t>(shape.num_layers) * shape.num_logical_experts);
-  for (double& v : load.values) v = std::round(share(rng) * 1000.0);
-  return load;
+  return testing::LogNormalLoad(shape, 1.0, rng);
 }
 
 void BM_Plan(benchmark::State& state, const char* policy_name, const NamedShape* named) {

@@ -18,9 +18,11 @@
 #include <random>
 #include <string>
 
+#include "bench/bench_shapes.h"
 #include "core/balanced_policy.h"
 #include "core/deepseek_policy.h"
 #include "core/metrics.h"
+#include "tests/support/random_inputs.h"
 
 namespace eplb {
 namespace {
@@ -31,24 +33,12 @@ struct NamedShape {
 };
 
 const NamedShape kShapes[] = {
-    {"V3 prefill (R 32, 9 slots/rank)",
-     {.num_layers = 58, .num_logical_experts = 256, .num_groups = 8, .num_nodes = 4,
-      .num_ranks = 32, .num_physical_experts = 288}},
-    {"V3 decode (R 144, 2 slots/rank)",
-     {.num_layers = 58, .num_logical_experts = 256, .num_groups = 8, .num_nodes = 18,
-      .num_ranks = 144, .num_physical_experts = 288}},
-    {"R 64, 8 nodes, 5 slots/rank",
-     {.num_layers = 58, .num_logical_experts = 256, .num_groups = 8, .num_nodes = 8,
-      .num_ranks = 64, .num_physical_experts = 320}},
+    {"V3 prefill (R 32, 9 slots/rank)", bench::kV3Prefill},
+    {"V3 decode (R 144, 2 slots/rank)", bench::kV3Decode},
+    {"R 64, 8 nodes, 5 slots/rank", bench::kR64},
 };
 
-LoadMatrix LogNormalLoad(const DeploymentShape& shape, double sigma, std::mt19937_64& rng) {
-  std::lognormal_distribution<double> share(0.0, sigma);
-  LoadMatrix load{.num_layers = shape.num_layers, .num_experts = shape.num_logical_experts};
-  load.values.resize(static_cast<size_t>(shape.num_layers) * shape.num_logical_experts);
-  for (double& v : load.values) v = std::round(share(rng) * 1000.0);
-  return load;
-}
+using testing::LogNormalLoad;
 
 double Millis(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();

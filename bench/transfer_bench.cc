@@ -33,6 +33,7 @@
 #include "client/placement_agent.h"
 #include "core/file_io.h"
 #include "core/map_format.h"
+#include "tests/support/random_inputs.h"
 #include "transfer/cuda_device.h"
 #include "transfer/local_ranks.h"
 #include "transfer/nccl_communicator.h"
@@ -45,6 +46,7 @@ using eplb::client::AgentPlan;
 using eplb::client::PlacementAgent;
 using eplb::client::PlacementAgentOptions;
 using eplb::client::PlanStatus;
+using eplb::testing::RandomExpertMap;
 using Clock = std::chrono::steady_clock;
 
 #define CHECK_CUDA(expr)                                                                 \
@@ -79,19 +81,6 @@ struct Args {
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-std::shared_ptr<const ExpertMap> RandomMap(int L, int E, int P, int R, std::mt19937& rng) {
-  std::vector<int32_t> phy2log;
-  for (int l = 0; l < L; ++l) {
-    std::vector<int32_t> row(P);
-    for (int p = 0; p < P; ++p) row[p] = p < E ? p : static_cast<int32_t>(rng() % E);
-    std::shuffle(row.begin(), row.end(), rng);
-    phy2log.insert(phy2log.end(), row.begin(), row.end());
-  }
-  auto map = ExpertMap::FromPhy2Log(L, E, SlotLayout(P, R), std::move(phy2log));
-  if (!map.ok()) std::abort();
-  return std::make_shared<const ExpertMap>(*std::move(map));
 }
 
 // `comm` is a default-configured communicator (the raw baseline's, and the agent's parent).
@@ -141,7 +130,7 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
   const int L = args.layers, E = args.experts, P = args.slots * size;
   std::mt19937 rng(7);  // the same maps on every rank
   std::vector<std::shared_ptr<const ExpertMap>> maps;
-  for (int i = 0; i < 4; ++i) maps.push_back(RandomMap(L, E, P, size, rng));
+  for (int i = 0; i < 4; ++i) maps.push_back(RandomExpertMap(L, E, P, size, rng));
   if (!args.plan_file.empty()) {
     auto json = eplb::ReadFileToString(args.plan_file);
     CHECK_OK(json.status());

@@ -16,11 +16,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "tests/support/random_inputs.h"
 #include "transfer/host_communicator.h"
 
 namespace eplb::client {
 namespace {
 
+using ::eplb::testing::RandomExpertMap;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using transfer::HostCommunicatorGroup;
@@ -33,20 +35,6 @@ uint8_t PatternByte(int32_t layer, int32_t expert, size_t buffer, size_t i) {
                (buffer << 10) ^ i;
   x *= 0x9E3779B97F4A7C15ULL;
   return static_cast<uint8_t>(x >> 56);
-}
-
-std::shared_ptr<const ExpertMap> RandomMap(int32_t L, int32_t E, int32_t P, int32_t R,
-                                           std::mt19937& rng) {
-  std::vector<int32_t> phy2log;
-  for (int32_t l = 0; l < L; ++l) {
-    std::vector<int32_t> row(P);
-    for (int32_t p = 0; p < P; ++p) row[p] = p < E ? p : static_cast<int32_t>(rng() % E);
-    std::shuffle(row.begin(), row.end(), rng);
-    phy2log.insert(phy2log.end(), row.begin(), row.end());
-  }
-  auto map = ExpertMap::FromPhy2Log(L, E, SlotLayout(P, R), std::move(phy2log));
-  EXPECT_TRUE(map.ok()) << map.status();
-  return std::make_shared<const ExpertMap>(*std::move(map));
 }
 
 AgentPlan Plan(int64_t version, PlanStatus status, std::shared_ptr<const ExpertMap> map) {
@@ -246,10 +234,10 @@ TEST_P(AgentGroupTest, EverySlotHoldsItsExpertAfterEverySwitch) {
   options.P = 3 * R + 1;  // uneven slots per rank
   options.steps = 120;
   options.layers_per_chunk = R % 2 == 0 ? 1 : 2;
-  options.initial = RandomMap(options.L, options.E, options.P, R, rng);
-  auto v2 = RandomMap(options.L, options.E, options.P, R, rng);
-  auto v3 = RandomMap(options.L, options.E, options.P, R, rng);
-  auto v4 = RandomMap(options.L, options.E, options.P, R, rng);
+  options.initial = RandomExpertMap(options.L, options.E, options.P, R, rng);
+  auto v2 = RandomExpertMap(options.L, options.E, options.P, R, rng);
+  auto v3 = RandomExpertMap(options.L, options.E, options.P, R, rng);
+  auto v4 = RandomExpertMap(options.L, options.E, options.P, R, rng);
   std::vector<Delivery> deliveries = {
       {0, -1, Plan(2, PlanStatus::kPending, v2)},   {3, -1, Plan(2, PlanStatus::kCommitted, v2)},
       {30, -1, Plan(3, PlanStatus::kPending, v3)},  {31, -1, Plan(3, PlanStatus::kCommitted, v3)},
@@ -289,8 +277,8 @@ TEST(AgentTest, LayersSwitchOneChunkAtATimeAtSyncSteps) {
   options.L = 6;
   options.sync_every_steps = 4;
   options.steps = 80;
-  options.initial = RandomMap(options.L, options.E, options.P, options.R, rng);
-  auto v2 = RandomMap(options.L, options.E, options.P, options.R, rng);
+  options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+  auto v2 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
   const auto results = RunGroup(options, {{0, -1, Plan(2, PlanStatus::kCommitted, v2)}});
   ExpectConsistent(results);
   std::vector<int64_t> change_steps;
@@ -314,8 +302,8 @@ TEST(AgentTest, AStagingAreaIsReusedOnlyAfterItsSwitchRead) {
   options.L = 6;
   options.steps = 40;
   options.slow_switch = true;
-  options.initial = RandomMap(options.L, options.E, options.P, options.R, rng);
-  auto v2 = RandomMap(options.L, options.E, options.P, options.R, rng);
+  options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+  auto v2 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
   const auto results = RunGroup(options, {{0, -1, Plan(2, PlanStatus::kCommitted, v2)}});
   ExpectConsistent(results);
   for (const auto& result : results) {
@@ -329,9 +317,9 @@ TEST(AgentTest, LateDuplicateAndReorderedDeliveryNeverSplitsTheGroup) {
   GroupOptions options;
   options.R = 4;
   options.steps = 140;
-  options.initial = RandomMap(options.L, options.E, options.P, options.R, rng);
-  auto v2 = RandomMap(options.L, options.E, options.P, options.R, rng);
-  auto v3 = RandomMap(options.L, options.E, options.P, options.R, rng);
+  options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+  auto v2 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+  auto v3 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
   std::vector<Delivery> deliveries = {
       // v2 reaches ranks 0–2 at once, rank 3 only at step 41 (late): nobody moves before.
       {0, 0, Plan(2, PlanStatus::kCommitted, v2)},
@@ -369,8 +357,8 @@ TEST(AgentTest, APlanOnlySomeRanksHaveIsNeverApplied) {
   GroupOptions options;
   options.R = 4;
   options.steps = 60;
-  options.initial = RandomMap(options.L, options.E, options.P, options.R, rng);
-  auto v2 = RandomMap(options.L, options.E, options.P, options.R, rng);
+  options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+  auto v2 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
   const auto results = RunGroup(options, {{0, 0, Plan(2, PlanStatus::kCommitted, v2)},
                                           {0, 1, Plan(2, PlanStatus::kCommitted, v2)},
                                           {0, 2, Plan(2, PlanStatus::kPending, v2)}});
@@ -388,9 +376,9 @@ TEST(AgentTest, AnAbortedPlanIsDroppedAndTheNextOneApplies) {
   GroupOptions options;
   options.R = 2;
   options.steps = 60;
-  options.initial = RandomMap(options.L, options.E, options.P, options.R, rng);
-  auto v2 = RandomMap(options.L, options.E, options.P, options.R, rng);
-  auto v3 = RandomMap(options.L, options.E, options.P, options.R, rng);
+  options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+  auto v2 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+  auto v3 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
   const auto results = RunGroup(options, {{0, -1, Plan(2, PlanStatus::kPending, v2)},
                                           {4, -1, Plan(2, PlanStatus::kAborted, nullptr)},
                                           {5, -1, Plan(2, PlanStatus::kCommitted, v2)},  // stale
@@ -413,8 +401,8 @@ TEST(AgentTest, ARankFailingMidStageAbortsThePlanOnEveryRank) {
     options.steps = 60;
     // A rank waiting on a transfer the failed rank's peers withdrew gives up after this.
     options.comm.timeout = absl::Seconds(2);
-    options.initial = RandomMap(options.L, options.E, options.P, options.R, rng);
-    auto v2 = RandomMap(options.L, options.E, options.P, options.R, rng);
+    options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+    auto v2 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
     std::atomic<HostCommunicatorGroup*> group = nullptr;
     std::atomic<int64_t> transfers = 0;
     options.on_group = [&](HostCommunicatorGroup* g) { group = g; };
@@ -450,9 +438,9 @@ TEST(AgentTest, RanksWithDifferentMapsAreNamedAndApplyNothing) {
   GroupOptions options;
   options.R = 4;
   options.steps = 30;
-  options.initial = RandomMap(options.L, options.E, options.P, options.R, rng);
-  options.initial_per_rank[2] = RandomMap(options.L, options.E, options.P, options.R, rng);
-  auto v2 = RandomMap(options.L, options.E, options.P, options.R, rng);
+  options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+  options.initial_per_rank[2] = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+  auto v2 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
   const auto results = RunGroup(options, {{0, -1, Plan(2, PlanStatus::kCommitted, v2)}});
   for (int32_t r = 0; r < options.R; ++r) {
     EXPECT_THAT(results[r].status.mismatched_ranks, ElementsAre(2));
@@ -467,12 +455,12 @@ TEST(AgentTest, APlanThatDoesNotMatchIsRefusedWithAFailedAck) {
   GroupOptions options;
   options.R = 2;
   options.steps = 20;
-  options.initial = RandomMap(options.L, options.E, options.P, options.R, rng);
+  options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
   AgentPlan bad_hash = Plan(2, PlanStatus::kPending,
-                            RandomMap(options.L, options.E, options.P, options.R, rng));
+                            RandomExpertMap(options.L, options.E, options.P, options.R, rng));
   bad_hash.map_hash ^= 1;
   AgentPlan bad_shape = Plan(3, PlanStatus::kPending,
-                             RandomMap(options.L + 1, options.E, options.P, options.R, rng));
+                             RandomExpertMap(options.L + 1, options.E, options.P, options.R, rng));
   const auto results = RunGroup(options, {{0, 0, bad_hash}, {0, 1, bad_shape}});
   ExpectConsistent(results);
   ASSERT_EQ(results[0].acks.size(), 1u);
@@ -493,7 +481,7 @@ class AgentCreateTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::mt19937 rng(31);
-    map_ = RandomMap(2, 4, 6, 2, rng);
+    map_ = RandomExpertMap(2, 4, 6, 2, rng);
     auto group = HostCommunicatorGroup::Create(2);
     ASSERT_TRUE(group.ok());
     comm_ = group->ForRank(0);
@@ -552,7 +540,7 @@ TEST_F(AgentCreateTest, BadOptionsAreRefusedByName) {
   expect_error([](auto& o) { o.weights[0][1][0].bytes = 8; },
                "weights[0][1][0] has 8 bytes, weights[0][0][0] has 16");
   std::mt19937 rng(37);
-  expect_error([&](auto& o) { o.initial_map = RandomMap(2, 4, 6, 3, rng); },
+  expect_error([&](auto& o) { o.initial_map = RandomExpertMap(2, 4, 6, 3, rng); },
                "the communicator has 2 ranks, the initial map has 3");
 }
 

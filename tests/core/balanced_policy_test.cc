@@ -11,17 +11,12 @@
 #include "absl/strings/str_cat.h"
 #include "core/deepseek_policy.h"
 #include "core/metrics.h"
+#include "tests/support/random_inputs.h"
 
 namespace eplb {
 namespace {
 
-LoadMatrix LogNormalLoad(const DeploymentShape& shape, double sigma, std::mt19937_64& rng) {
-  std::lognormal_distribution<double> share(0.0, sigma);
-  LoadMatrix load{.num_layers = shape.num_layers, .num_experts = shape.num_logical_experts};
-  load.values.resize(static_cast<size_t>(shape.num_layers) * shape.num_logical_experts);
-  for (double& v : load.values) v = std::round(share(rng) * 1000.0);
-  return load;
-}
+using ::eplb::testing::LogNormalLoad;
 
 double MaxRankLoad(const ExpertMap& map, int32_t layer, const LoadMatrix& load) {
   const auto loads = RankLoads(map, layer, load.row(layer));

@@ -28,6 +28,7 @@
 #include "transfer/local_ranks.h"
 #include "transfer/nccl_communicator.h"
 #include "tests/gpu/pattern_kernels.h"
+#include "tests/support/random_inputs.h"
 
 namespace {
 
@@ -37,6 +38,7 @@ using eplb::client::AgentPlan;
 using eplb::client::PlacementAgent;
 using eplb::client::PlacementAgentOptions;
 using eplb::client::PlanStatus;
+using eplb::testing::RandomExpertMap;
 using eplb::gpu_test::HostPattern;
 using eplb::gpu_test::LaunchCheck;
 using eplb::gpu_test::LaunchFill;
@@ -59,19 +61,6 @@ using eplb::gpu_test::SlotPtrs;
       return 1;                                                                             \
     }                                                                                       \
   } while (false)
-
-std::shared_ptr<const ExpertMap> RandomMap(int L, int E, int P, int R, std::mt19937& rng) {
-  std::vector<int32_t> phy2log;
-  for (int l = 0; l < L; ++l) {
-    std::vector<int32_t> row(P);
-    for (int p = 0; p < P; ++p) row[p] = p < E ? p : static_cast<int32_t>(rng() % E);
-    std::shuffle(row.begin(), row.end(), rng);
-    phy2log.insert(phy2log.end(), row.begin(), row.end());
-  }
-  auto map = ExpertMap::FromPhy2Log(L, E, SlotLayout(P, R), std::move(phy2log));
-  if (!map.ok()) std::abort();
-  return std::make_shared<const ExpertMap>(*std::move(map));
-}
 
 struct Args {
   int ranks = 2;
@@ -132,9 +121,9 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
 
   const int L = args.layers, E = 16, P = 24 * size / 2 + (size == 1 ? 12 : 0);
   std::mt19937 rng(2026);  // the same maps on every rank
-  auto initial = RandomMap(L, E, P, size, rng);
+  auto initial = RandomExpertMap(L, E, P, size, rng);
   std::vector<std::shared_ptr<const ExpertMap>> plans;
-  for (int i = 0; i < 3; ++i) plans.push_back(RandomMap(L, E, P, size, rng));
+  for (int i = 0; i < 3; ++i) plans.push_back(RandomExpertMap(L, E, P, size, rng));
   const SlotLayout layout = initial->layout();
   const int S = layout.SlotsOnRank(rank), first = layout.FirstSlotOfRank(rank);
   const uint64_t words[2] = {static_cast<uint64_t>(args.expert_mib) << 18,
