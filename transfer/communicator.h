@@ -51,6 +51,13 @@ class Communicator {
       std::span<const uint8_t> bytes) = 0;
 };
 
+// The argument check every backend's SendRecvGroup makes before posting anything: every peer in
+// [0, size) and no null `data` with `bytes` > 0. INVALID_ARGUMENT naming the first bad entry:
+// "SendRecvGroup on rank 0: send 2 has peer 7, outside [0, 4)" or "SendRecvGroup on rank 0:
+// receive 1 has null data for 16 bytes".
+absl::Status CheckPeerTransfers(int32_t rank, int32_t size, std::span<const PeerTransfer> sends,
+                                std::span<const PeerTransfer> receives);
+
 }  // namespace eplb::transfer
 
 #endif  // EPLB_TRANSFER_COMMUNICATOR_H_

@@ -257,20 +257,7 @@ absl::Status HostGroupState::SendRecvGroup(int32_t rank, std::span<const PeerTra
 
 absl::Status HostGroupState::RunSendRecvGroup(int32_t rank, std::span<const PeerTransfer> sends,
                                               std::span<const PeerTransfer> receives) {
-  for (const auto& [list, name] : {std::pair{sends, "send"}, std::pair{receives, "receive"}}) {
-    for (size_t i = 0; i < list.size(); ++i) {
-      if (list[i].peer < 0 || list[i].peer >= size_) {
-        return absl::InvalidArgumentError(absl::StrCat("SendRecvGroup on rank ", rank, ": ", name,
-                                                       " ", i, " has peer ", list[i].peer,
-                                                       ", outside [0, ", size_, ")"));
-      }
-      if (list[i].data == nullptr && list[i].bytes > 0) {
-        return absl::InvalidArgumentError(absl::StrCat("SendRecvGroup on rank ", rank, ": ", name,
-                                                       " ", i, " has null data for ", list[i].bytes,
-                                                       " bytes"));
-      }
-    }
-  }
+  RETURN_IF_ERROR(CheckPeerTransfers(rank, size_, sends, receives));
   // Payloads are copied in and out on the owning rank's thread, outside the lock; under the lock
   // a match only moves the vector. So no rank ever touches another rank's buffers.
   std::vector<PendingSend> pending_sends(sends.size());

@@ -95,15 +95,7 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
   ncclComm_t comm = nullptr;
   ncclResult_t r = ncclCommInitRankConfig(&comm, size, id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) return NcclError("ncclCommInitRankConfig", r);
-  if (absl::Status status = AwaitComm(comm, "ncclCommInitRankConfig", options.timeout);
-      !status.ok()) {
-    ncclCommAbort(comm);
-    return status;
-  }
-  auto communicator =
-      std::unique_ptr<NcclCommunicator>(new NcclCommunicator(comm, rank, size, device, options));
-  if (absl::Status status = communicator->Setup(); !status.ok()) return status;
-  return communicator;
+  return Adopt(comm, "ncclCommInitRankConfig", rank, size, device, options);
 }
 
 absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Split(
@@ -128,7 +120,13 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Split(
   if (r != ncclSuccess && r != ncclInProgress) return NcclError("ncclCommSplit", r, parent);
   // The parent may be blocking; the new communicator is not.
   if (comm == nullptr) return absl::InternalError("ncclCommSplit returned no communicator");
-  if (absl::Status status = AwaitComm(comm, "ncclCommSplit", options.timeout); !status.ok()) {
+  return Adopt(comm, "ncclCommSplit", rank, size, device, options);
+}
+
+absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Adopt(
+    ncclComm_t comm, const char* what, int32_t rank, int32_t size, int device,
+    const NcclCommunicatorOptions& options) {
+  if (absl::Status status = AwaitComm(comm, what, options.timeout); !status.ok()) {
     ncclCommAbort(comm);
     return status;
   }
@@ -217,22 +215,9 @@ absl::Status NcclCommunicator::Wait(const char* op) {
 absl::Status NcclCommunicator::SendRecvGroup(std::span<const PeerTransfer> sends,
                                              std::span<const PeerTransfer> receives) {
   if (!failed_.ok()) return failed_;
-  const auto check = [&](std::span<const PeerTransfer> list, const char* kind) -> absl::Status {
-    for (size_t i = 0; i < list.size(); ++i) {
-      if (list[i].peer < 0 || list[i].peer >= size_) {
-        return absl::InvalidArgumentError(absl::StrCat("SendRecvGroup on rank ", rank_, ": ", kind,
-                                                       " ", i, " has peer ", list[i].peer,
-                                                       ", outside [0, ", size_, ")"));
-      }
-      if (list[i].data == nullptr && list[i].bytes > 0) {
-        return absl::InvalidArgumentError(absl::StrCat("SendRecvGroup on rank ", rank_, ": ", kind,
-                                                       " ", i, " has no data"));
-      }
-    }
-    return absl::OkStatus();
-  };
-  if (absl::Status s = check(sends, "send"); !s.ok()) return s;
-  if (absl::Status s = check(receives, "receive"); !s.ok()) return s;
+  if (absl::Status status = CheckPeerTransfers(rank_, size_, sends, receives); !status.ok()) {
+    return status;
+  }
   if (sends.empty() && receives.empty()) return absl::OkStatus();
   cudaSetDevice(device_);
   ncclResult_t r = ncclGroupStart();

@@ -79,6 +79,11 @@ class NcclCommunicator final : public Communicator {
  private:
   NcclCommunicator(ncclComm_t comm, int32_t rank, int32_t size, int device,
                    NcclCommunicatorOptions options);
+  // Waits for a communicator being created (`what`: the NCCL call) and takes it over; aborts it
+  // on failure.
+  static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Adopt(
+      ncclComm_t comm, const char* what, int32_t rank, int32_t size, int device,
+      const NcclCommunicatorOptions& options);
   absl::Status Setup();
   // Waits for the communicator to leave ncclInProgress, then for the stream to drain.
   absl::Status Wait(const char* op);
