@@ -33,6 +33,7 @@
 #include "client/placement_agent.h"
 #include "core/file_io.h"
 #include "core/map_format.h"
+#include "tests/support/cuda_check.h"
 #include "tests/support/random_inputs.h"
 #include "transfer/cuda_device.h"
 #include "transfer/local_ranks.h"
@@ -49,14 +50,6 @@ using eplb::client::PlanStatus;
 using eplb::testing::RandomExpertMap;
 using Clock = std::chrono::steady_clock;
 
-#define CHECK_CUDA(expr)                                                                 \
-  do {                                                                                   \
-    if (cudaError_t e_ = (expr); e_ != cudaSuccess) {                                    \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                 \
-                   cudaGetErrorString(e_));                                              \
-      return 1;                                                                          \
-    }                                                                                    \
-  } while (false)
 #define CHECK_NCCL(expr)                                                                 \
   do {                                                                                   \
     if (ncclResult_t r_ = (expr); r_ != ncclSuccess) {                                   \

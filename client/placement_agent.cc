@@ -2,14 +2,19 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
+#include <deque>
+#include <optional>
 #include <set>
+#include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "absl/synchronization/mutex.h"
 #include "core/status_macros.h"
+#include "transfer/transfer_schedule.h"
 #include "spdlog/spdlog.h"
 
 namespace eplb::client {

@@ -43,23 +43,17 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "core/expert_map.h"
 #include "transfer/communicator.h"
 #include "transfer/device.h"
-#include "transfer/transfer_schedule.h"
 
 namespace eplb::client {
 

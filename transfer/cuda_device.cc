@@ -3,14 +3,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "transfer/cuda_status.h"
 
 namespace eplb::transfer {
-namespace {
-
-absl::Status CudaError(absl::string_view what, cudaError_t error) {
-  return absl::InternalError(absl::StrCat(what, ": CUDA error ", static_cast<int>(error), " (",
-                                          cudaGetErrorString(error), ")"));
-}
 
 #define EPLB_CUDA_RETURN(what, expr)                           \
   do {                                                         \
@@ -18,8 +13,6 @@ absl::Status CudaError(absl::string_view what, cudaError_t error) {
       return CudaError(what, e_);                              \
     }                                                          \
   } while (false)
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<CudaDeviceContext>> CudaDeviceContext::Create(
     int device, cudaStream_t serving_stream, cudaStream_t staging_stream) {

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "transfer/cuda_status.h"
 
 namespace eplb::transfer {
 namespace {
@@ -19,12 +20,6 @@ absl::Status NcclError(const char* what, ncclResult_t result, ncclComm_t comm = 
   return result == ncclRemoteError || result == ncclSystemError
              ? absl::UnavailableError(message)
              : absl::InternalError(message);
-}
-
-absl::Status CudaError(const char* what, cudaError_t error) {
-  return absl::InternalError(
-      absl::StrCat(what, ": CUDA error ", static_cast<int>(error), " (", cudaGetErrorString(error),
-                   ")"));
 }
 
 absl::Status CheckOptions(const NcclCommunicatorOptions& options) {
@@ -87,7 +82,7 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
   }
   if (absl::Status status = CheckOptions(options); !status.ok()) return status;
   if (const cudaError_t e = cudaSetDevice(device); e != cudaSuccess) {
-    return CudaError(absl::StrCat("cudaSetDevice(", device, ")").c_str(), e);
+    return CudaError(absl::StrCat("cudaSetDevice(", device, ")"), e);
   }
   ncclUniqueId id;
   std::memcpy(id.internal, id_bytes.data(), id_bytes.size());

@@ -28,6 +28,7 @@
 #include "transfer/local_ranks.h"
 #include "transfer/nccl_communicator.h"
 #include "tests/gpu/pattern_kernels.h"
+#include "tests/support/cuda_check.h"
 #include "tests/support/random_inputs.h"
 
 namespace {
@@ -44,14 +45,6 @@ using eplb::gpu_test::LaunchCheck;
 using eplb::gpu_test::LaunchFill;
 using eplb::gpu_test::SlotPtrs;
 
-#define CHECK_CUDA(expr)                                                                    \
-  do {                                                                                      \
-    if (cudaError_t e_ = (expr); e_ != cudaSuccess) {                                       \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                    \
-                   cudaGetErrorString(e_));                                                 \
-      return 1;                                                                             \
-    }                                                                                       \
-  } while (false)
 
 #define CHECK_OK(expr)                                                                      \
   do {                                                                                      \
