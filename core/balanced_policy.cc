@@ -19,26 +19,52 @@
 namespace eplb {
 namespace {
 
-// One layer's packing: which experts each rank holds (one replica each) and the rank loads.
+// What Packing::Improve may do, and where it stops.
+struct ImproveOptions {
+  // Stop once the busiest rank is at or below this load.
+  double target = 0;
+  int64_t max_steps = 0;
+  // R × E: which rank held which expert before. With it, the step that puts the fewest replicas on
+  // ranks that did not hold them goes first (then the one lowering the busiest rank most), and the
+  // budgets below apply. Without it, the step lowering the busiest rank most goes first.
+  const std::vector<uint8_t>* home = nullptr;
+  // With `home`: no rank holds more than this many replicas away from home (0: no limit) ...
+  int32_t rank_budget = 0;
+  // ... and the layer holds no more than this many in all (0: no limit).
+  int32_t layer_budget = 0;
+  // Besides swapping replicas between ranks, a rank's replica of an expert with two or more may be
+  // replaced by one more replica of an expert on the busiest rank (replica counts change).
+  bool retarget = false;
+};
+
+// One layer's packing: which experts each rank holds (one replica each), the replica counts and the
+// rank loads. A replica of expert e weighs load[e] / count[e].
 class Packing {
  public:
-  Packing(int32_t num_experts, std::vector<int32_t> capacity, std::span<const double> weight)
-      : E_(num_experts),
+  Packing(std::vector<int32_t> capacity, std::span<const double> load, std::vector<int32_t> count)
+      : E_(static_cast<int32_t>(load.size())),
         capacity_(std::move(capacity)),
-        weight_(weight),
+        expert_load_(load),
+        count_(std::move(count)),
+        weight_(E_),
         on_(capacity_.size()),
+        holders_(E_),
         load_(capacity_.size(), 0.0),
-        holds_(capacity_.size() * static_cast<size_t>(num_experts), 0) {}
+        holds_(capacity_.size() * static_cast<size_t>(E_), 0) {
+    for (int32_t e = 0; e < E_; ++e) weight_[e] = expert_load_[e] / count_[e];
+  }
 
   int32_t num_ranks() const { return static_cast<int32_t>(capacity_.size()); }
   bool Holds(int32_t r, int32_t e) const { return holds_[static_cast<size_t>(r) * E_ + e] != 0; }
   bool Full(int32_t r) const { return static_cast<int32_t>(on_[r].size()) == capacity_[r]; }
   double load(int32_t r) const { return load_[r]; }
   const std::vector<int32_t>& on(int32_t r) const { return on_[r]; }
-  int32_t capacity(int32_t r) const { return capacity_[r]; }
+  int32_t count(int32_t e) const { return count_[e]; }
+  double weight(int32_t e) const { return weight_[e]; }
 
   void Add(int32_t r, int32_t e) {
     on_[r].push_back(e);
+    holders_[e].push_back(r);
     load_[r] += weight_[e];
     holds_[static_cast<size_t>(r) * E_ + e] = 1;
   }
@@ -46,8 +72,16 @@ class Packing {
     auto it = std::find(on_[r].begin(), on_[r].end(), e);
     EPLB_CHECK(it != on_[r].end(), "expert ", e, " is not on rank ", r);
     on_[r].erase(it);
+    holders_[e].erase(std::find(holders_[e].begin(), holders_[e].end(), r));
     load_[r] -= weight_[e];
     holds_[static_cast<size_t>(r) * E_ + e] = 0;
+  }
+  // Rank r's replica of c becomes a replica of a: c loses a replica, a gains one.
+  void Retarget(int32_t r, int32_t c, int32_t a) {
+    Remove(r, c);
+    SetCount(c, count_[c] - 1);
+    SetCount(a, count_[a] + 1);
+    Add(r, a);
   }
 
   double MaxLoad() const { return *std::max_element(load_.begin(), load_.end()); }
@@ -84,49 +118,48 @@ class Packing {
     return false;
   }
 
-  // Swaps replicas between the busiest rank and others while that lowers the busiest rank and it
-  // is above `target`. Returns the number of swaps made. Without `home`, the swap that lowers it
-  // most goes first. With `home` (R × E: which rank held which expert before), the swap that puts
-  // the fewest replicas on ranks that did not hold them goes first, then the one lowering most.
-  // With `budget` > 0 (and `home`), no swap leaves a rank holding more than `budget` replicas away
-  // from home.
-  int64_t Improve(double target, int64_t max_swaps, const std::vector<uint8_t>* home = nullptr,
-                  int32_t budget = 0) {
-    const auto away = [&](int32_t r, int32_t e) -> int {
-      return home == nullptr || (*home)[static_cast<size_t>(r) * E_ + e] ? 0 : 1;
-    };
-    std::vector<int32_t> away_count(capacity_.size(), 0);
-    if (budget > 0 && home != nullptr) {
-      for (int32_t r = 0; r < num_ranks(); ++r) {
-        for (const int32_t e : on_[r]) away_count[r] += away(r, e);
-      }
-    }
-    int64_t swaps = 0;
-    while (swaps < max_swaps) {
+  // Lowers the busiest rank, one step at a time, while it is above `options.target` and some step
+  // lowers it. Returns the number of steps taken.
+  int64_t Improve(const ImproveOptions& options) {
+    return options.home == nullptr ? ImproveBySwaps(options) : ImproveNearHome(options);
+  }
+
+ private:
+  void SetCount(int32_t e, int32_t n) {
+    const double w = expert_load_[e] / n;
+    for (const int32_t r : holders_[e]) load_[r] += w - weight_[e];
+    weight_[e] = w;
+    count_[e] = n;
+  }
+
+  // Swaps only, the one lowering the busiest rank most first. The best swap with rank r lowers the
+  // pair's maximum by at most half the gap lh − lr, so ranks are tried least loaded first and the
+  // scan stops at a rank whose half gap cannot beat the best swap found.
+  int64_t ImproveBySwaps(const ImproveOptions& options) {
+    int64_t steps = 0;
+    std::vector<int32_t> order(capacity_.size());
+    while (steps < options.max_steps) {
       const int32_t h = Busiest();
       const double lh = load_[h];
-      if (lh <= target) break;
+      if (lh <= options.target) break;
       double best = lh * (1 - 1e-12);
-      int best_cost = 3;
       int32_t best_a = -1, best_r = -1, best_b = -1;
-      for (const int32_t a : on_[h]) {
-        const double wa = weight_[a];
-        for (int32_t r = 0; r < num_ranks(); ++r) {
-          if (r == h || load_[r] >= lh || Holds(r, a)) continue;
-          const double lr = load_[r];
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+        return load_[x] < load_[y] || (load_[x] == load_[y] && x < y);
+      });
+      for (const int32_t r : order) {
+        const double lr = load_[r];
+        if (r == h) continue;
+        if (lr >= lh || lh - (lh - lr) / 2 >= best) break;
+        for (const int32_t a : on_[h]) {
+          if (Holds(r, a)) continue;
+          const double wa = weight_[a];
           for (const int32_t b : on_[r]) {
             const double wb = weight_[b];
             if (wb >= wa || Holds(h, b)) continue;
             const double m = std::max(lh - wa + wb, lr - wb + wa);
-            if (m >= lh * (1 - 1e-12)) continue;
-            const int cost = away(r, a) - away(h, a) + away(h, b) - away(r, b);
-            if (budget > 0 && home != nullptr &&
-                (away_count[h] - away(h, a) + away(h, b) > budget ||
-                 away_count[r] - away(r, b) + away(r, a) > budget)) {
-              continue;
-            }
-            if (cost < best_cost || (cost == best_cost && m < best)) {
-              best_cost = cost;
+            if (m < best) {
               best = m;
               best_a = a;
               best_r = r;
@@ -136,26 +169,227 @@ class Packing {
         }
       }
       if (best_a < 0) break;
-      if (budget > 0 && home != nullptr) {
-        away_count[h] += away(h, best_b) - away(h, best_a);
-        away_count[best_r] += away(best_r, best_a) - away(best_r, best_b);
-      }
       Remove(h, best_a);
       Remove(best_r, best_b);
       Add(h, best_b);
       Add(best_r, best_a);
-      ++swaps;
+      ++steps;
     }
-    return swaps;
+    return steps;
   }
 
- private:
+  // Swaps and (with options.retarget) retargets. A step that brings the busiest rank, and every
+  // rank it touches, to the target wins over one that does not; among those, the one placing the
+  // fewest replicas away from home, then the one leaving the lowest maximum. When no step reaches
+  // the target, the one lowering the busiest rank most, then the cheapest. Within the budgets.
+  int64_t ImproveNearHome(const ImproveOptions& options) {
+    const std::vector<uint8_t>& home = *options.home;
+    const auto away = [&](int32_t r, int32_t e) -> int {
+      return home[static_cast<size_t>(r) * E_ + e] ? 0 : 1;
+    };
+    std::vector<int32_t> away_count(capacity_.size(), 0);
+    int32_t away_total = 0;
+    for (int32_t r = 0; r < num_ranks(); ++r) {
+      for (const int32_t e : on_[r]) away_count[r] += away(r, e);
+      away_total += away_count[r];
+    }
+    const auto within_budget = [&](int32_t r, int rank_change, int layer_change) {
+      return (options.rank_budget == 0 || away_count[r] + rank_change <= options.rank_budget) &&
+             (options.layer_budget == 0 || away_total + layer_change <= options.layer_budget);
+    };
+    const double target = options.target;
+    std::vector<int32_t> order(capacity_.size());
+    int64_t steps = 0;
+    while (steps < options.max_steps) {
+      const int32_t h = Busiest();
+      const double lh = load_[h];
+      if (lh <= target) break;
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+        return load_[x] < load_[y] || (load_[x] == load_[y] && x < y);
+      });
+      Step best;
+      if (options.retarget) RankHolders();
+      // The highest load after retargeting r's replica of b into one more replica of a.
+      const auto retarget_max = [&](int32_t a, int32_t r, int32_t b) {
+        const double drop = weight_[a] - expert_load_[a] / (count_[a] + 1);
+        const double rise = expert_load_[b] / (count_[b] - 1) - weight_[b];
+        double m = load_[r] - weight_[b] + expert_load_[a] / (count_[a] + 1);
+        for (const int32_t x : holders_[a]) {
+          m = std::max(m, load_[x] - drop + (Holds(x, b) ? rise : 0.0));
+        }
+        for (const int32_t y : holders_[b]) {
+          if (y != r && !Holds(y, a)) m = std::max(m, load_[y] + rise);
+        }
+        return m;
+      };
+
+      // Steps reaching the target: a swap needs lh − target ≤ wa − wb ≤ target − lr, so only
+      // ranks up to 2 · target − lh qualify; a retarget needs a's share on h to drop by lh −
+      // target.
+      const double fix_limit = 2 * target - lh;
+      for (const int32_t a : on_[h]) {
+        const double wa = weight_[a];
+        for (const int32_t r : order) {
+          const double lr = load_[r];
+          if (lr > fix_limit) break;
+          if (r == h || Holds(r, a)) continue;
+          const int ra = away(r, a);
+          for (const int32_t b : on_[r]) {
+            const double wb = weight_[b];
+            if (wb >= wa || wa - wb < lh - target || lr - wb + wa > target || Holds(h, b)) {
+              continue;
+            }
+            const int dh = away(h, b) - away(h, a), dr = ra - away(r, b);
+            const int cost = dh + dr;
+            const double m = std::max(lh - wa + wb, lr - wb + wa);
+            if (best.Beaten(cost, m) && within_budget(h, dh, cost) && within_budget(r, dr, cost)) {
+              best = {Step::kSwap, cost, m, a, r, b};
+            }
+          }
+        }
+      }
+      if (options.retarget) {
+        for (const int32_t a : on_[h]) {
+          const double wa_more = expert_load_[a] / (count_[a] + 1);
+          if (weight_[a] - wa_more < lh - target) continue;
+          for (const int32_t b : donors_) {
+            if (b == a) continue;
+            for (const int32_t r : holders_[b]) {
+              if (r == h || Holds(r, a) || load_[r] - weight_[b] + wa_more > target ||
+                  OtherHolderOver(b, r, a, target)) {
+                continue;
+              }
+              const int cost = away(r, a) - away(r, b);
+              if (!best.Beaten(cost, -1) || !within_budget(r, cost, cost)) continue;
+              const double m = retarget_max(a, r, b);
+              if (m <= target && best.Beaten(cost, m)) best = {Step::kRetarget, cost, m, a, r, b};
+            }
+          }
+        }
+      }
+
+      if (best.kind == Step::kNone) {
+        // No step reaches the target: the one lowering the busiest rank most. A swap with r
+        // lowers the pair's maximum by at most half the gap lh − lr.
+        double lowest = lh * (1 - 1e-12);
+        int lowest_cost = 3;
+        const auto lower = [&](Step::Kind kind, int cost, double m, int32_t a, int32_t r,
+                               int32_t b) {
+          if (m < lowest || (m == lowest && cost < lowest_cost)) {
+            lowest = m;
+            lowest_cost = cost;
+            best = {kind, cost, m, a, r, b};
+          }
+        };
+        for (const int32_t a : on_[h]) {
+          const double wa = weight_[a];
+          for (const int32_t r : order) {
+            const double lr = load_[r];
+            if (lr >= lh || lh - (lh - lr) / 2 > lowest) break;
+            if (r == h || Holds(r, a)) continue;
+            for (const int32_t b : on_[r]) {
+              const double wb = weight_[b];
+              if (wb >= wa || Holds(h, b)) continue;
+              const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
+              const double m = std::max(lh - wa + wb, lr - wb + wa);
+              if (within_budget(h, dh, dh + dr) && within_budget(r, dr, dh + dr)) {
+                lower(Step::kSwap, dh + dr, m, a, r, b);
+              }
+            }
+          }
+        }
+        if (options.retarget) {
+          for (const int32_t a : on_[h]) {
+            const double wa_more = expert_load_[a] / (count_[a] + 1);
+            for (const int32_t b : donors_) {
+              if (b == a) continue;
+              for (const int32_t r : holders_[b]) {
+                if (r == h || Holds(r, a) || load_[r] - weight_[b] + wa_more > lowest ||
+                    OtherHolderOver(b, r, a, lowest)) {
+                  continue;
+                }
+                const int cost = away(r, a) - away(r, b);
+                if (!within_budget(r, cost, cost)) continue;
+                lower(Step::kRetarget, cost, retarget_max(a, r, b), a, r, b);
+              }
+            }
+          }
+        }
+      }
+
+      if (best.kind == Step::kNone) break;
+      away_total += best.cost;
+      if (best.kind == Step::kRetarget) {
+        away_count[best.r] += away(best.r, best.a) - away(best.r, best.b);
+        Retarget(best.r, best.b, best.a);
+      } else {
+        away_count[h] += away(h, best.b) - away(h, best.a);
+        away_count[best.r] += away(best.r, best.a) - away(best.r, best.b);
+        Remove(h, best.a);
+        Remove(best.r, best.b);
+        Add(h, best.b);
+        Add(best.r, best.a);
+      }
+      ++steps;
+    }
+    return steps;
+  }
+
+  // For every expert with two or more replicas: its two most loaded holders, and how much each
+  // holder's load would rise if it lost one replica.
+  void RankHolders() {
+    top_.assign(E_, {-1, -1});
+    rise_.assign(E_, 0.0);
+    donors_.clear();
+    for (int32_t e = 0; e < E_; ++e) {
+      if (count_[e] < 2) continue;
+      donors_.push_back(e);
+      rise_[e] = expert_load_[e] / (count_[e] - 1) - weight_[e];
+      auto& [first, second] = top_[e];
+      for (const int32_t y : holders_[e]) {
+        if (first < 0 || load_[y] > load_[first]) {
+          second = first;
+          first = y;
+        } else if (second < 0 || load_[y] > load_[second]) {
+          second = y;
+        }
+      }
+    }
+  }
+  // Whether the most loaded holder of b other than r (if it does not hold a) would exceed `limit`
+  // once b loses r's replica: then retargeting r's b into a cannot reach `limit`.
+  bool OtherHolderOver(int32_t b, int32_t r, int32_t a, double limit) const {
+    const auto [first, second] = top_[b];
+    const int32_t y = first != r ? first : second;
+    return y >= 0 && !Holds(y, a) && load_[y] + rise_[b] > limit;
+  }
+
+  // A candidate step of ImproveNearHome: swap a (busiest → r) with b (r → busiest), or retarget
+  // r's replica of b into one more replica of a.
+  struct Step {
+    enum Kind { kNone, kSwap, kRetarget } kind = kNone;
+    int cost = 0;    // change in replicas away from home
+    double max = 0;  // the highest load among the ranks it touches, after it
+    int32_t a = -1, r = -1, b = -1;
+    // Whether a step of `c` moves leaving `m` is preferred to this one (m < 0: could it be).
+    bool Beaten(int c, double m) const {
+      return kind == kNone || c < cost || (c == cost && m < max);
+    }
+  };
+
   int32_t E_;
   std::vector<int32_t> capacity_;
-  std::span<const double> weight_;
+  std::span<const double> expert_load_;
+  std::vector<int32_t> count_;
+  std::vector<double> weight_;
   std::vector<std::vector<int32_t>> on_;
+  std::vector<std::vector<int32_t>> holders_;  // per expert: the ranks holding it
   std::vector<double> load_;
   std::vector<uint8_t> holds_;
+  std::vector<std::pair<int32_t, int32_t>> top_;  // RankHolders
+  std::vector<double> rise_;                      // RankHolders
+  std::vector<int32_t> donors_;                   // RankHolders: experts with 2+ replicas
 };
 
 // Replica counts minimising the highest load per replica: P − E extra slots, one at a time, to the
@@ -181,55 +415,38 @@ std::vector<int32_t> ReplicaCounts(std::span<const double> load, int32_t P, int3
   return count;
 }
 
-// `count` with replicas moved, one at a time, from the expert that can best spare one to the
-// expert with the highest load per replica, until that is at most `target` (or no expert can spare
-// a replica without exceeding it).
-std::vector<int32_t> AdjustCounts(std::span<const double> load, std::vector<int32_t> count,
-                                  int32_t R, double target) {
-  const int32_t E = static_cast<int32_t>(load.size());
-  for (int32_t step = 0; step < E; ++step) {
-    int32_t hot = 0;
-    for (int32_t e = 1; e < E; ++e) {
-      if (load[e] / count[e] > load[hot] / count[hot]) hot = e;
-    }
-    if (load[hot] / count[hot] <= target || count[hot] >= R) break;
-    int32_t donor = -1;
-    double donor_weight = 0;
-    for (int32_t e = 0; e < E; ++e) {
-      if (e == hot || count[e] < 2) continue;
-      const double after = load[e] / (count[e] - 1);
-      if (after <= target && (donor < 0 || after < donor_weight)) {
-        donor = e;
-        donor_weight = after;
-      }
-    }
-    if (donor < 0) break;
-    --count[donor];
-    ++count[hot];
-  }
-  return count;
-}
-
-// Adds the replicas `count` asks for beyond what `packing` holds, heaviest first.
-bool FillRemaining(Packing& packing, std::span<const int32_t> count, std::span<const double> weight,
-                   std::span<const int32_t> placed) {
+// Adds the replicas the packing's counts ask for beyond `placed`, heaviest first.
+bool FillRemaining(Packing& packing, std::span<const int32_t> placed) {
   std::vector<std::pair<double, int32_t>> items;  // (−weight, expert)
-  for (size_t e = 0; e < count.size(); ++e) {
-    for (int32_t k = placed[e]; k < count[e]; ++k) {
-      items.push_back({-weight[e], static_cast<int32_t>(e)});
-    }
+  for (int32_t e = 0; e < static_cast<int32_t>(placed.size()); ++e) {
+    for (int32_t k = placed[e]; k < packing.count(e); ++k) items.push_back({-packing.weight(e), e});
   }
   std::sort(items.begin(), items.end());
-  for (const auto& item : items) {
-    if (!packing.Place(item.second)) return false;
+  // Ranks with a free slot by (load, rank): the first one not holding the expert takes it.
+  std::set<std::pair<double, int32_t>> open;
+  const auto reopen = [&] {
+    open.clear();
+    for (int32_t r = 0; r < packing.num_ranks(); ++r) {
+      if (!packing.Full(r)) open.insert({packing.load(r), r});
+    }
+  };
+  reopen();
+  for (const auto& [neg_weight, e] : items) {
+    auto it = open.begin();
+    while (it != open.end() && packing.Holds(it->second, e)) ++it;
+    if (it == open.end()) {
+      // Every rank with room holds `e`: Place makes room elsewhere.
+      if (!packing.Place(e)) return false;
+      reopen();
+      continue;
+    }
+    const int32_t r = it->second;
+    open.erase(it);
+    packing.Add(r, e);
+    if (!packing.Full(r)) open.insert({packing.load(r), r});
   }
   return true;
 }
-
-struct LayerResult {
-  std::vector<std::vector<int32_t>> sets;  // experts per rank
-  double max_load = 0;
-};
 
 // The phy2log row: per rank, experts that were in the rank's previous slots keep those slots; the
 // others fill the remaining slots in ascending expert order.
@@ -293,7 +510,8 @@ std::vector<std::vector<int32_t>> MatchRanks(std::vector<std::vector<int32_t>> s
   return out;
 }
 
-std::vector<std::vector<int32_t>> SetsOfRow(std::span<const int32_t> row, const SlotLayout& layout) {
+std::vector<std::vector<int32_t>> SetsOfRow(std::span<const int32_t> row,
+                                            const SlotLayout& layout) {
   std::vector<std::vector<int32_t>> sets(layout.num_ranks());
   for (int32_t r = 0; r < layout.num_ranks(); ++r) {
     for (int32_t p = layout.FirstSlotOfRank(r); p < layout.FirstSlotOfRank(r + 1); ++p) {
@@ -331,7 +549,8 @@ std::vector<int32_t> CountsOf(const std::vector<std::vector<int32_t>>& sets, int
 }
 
 // Whether every group's replicas lie on the ranks of one node.
-bool KeepsGroupsOnNodes(const std::vector<std::vector<int32_t>>& sets, const DeploymentShape& shape) {
+bool KeepsGroupsOnNodes(const std::vector<std::vector<int32_t>>& sets,
+                        const DeploymentShape& shape) {
   std::vector<int32_t> node_of_group(shape.num_groups, -1);
   for (int32_t r = 0; r < shape.num_ranks; ++r) {
     for (const int32_t e : sets[r]) {
@@ -352,12 +571,11 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PackWithAffinity(
   const int32_t per_group = shape.experts_per_group(), rpn = shape.ranks_per_node();
   std::vector<double> group_load(G, 0.0);
   for (int32_t e = 0; e < shape.num_logical_experts; ++e) group_load[e / per_group] += load[e];
-  Packing nodes(G, std::vector<int32_t>(N, G / N), group_load);
-  const std::vector<int32_t> ones(G, 1), none(G, 0);
-  if (!FillRemaining(nodes, ones, group_load, none)) {
+  Packing nodes(std::vector<int32_t>(N, G / N), group_load, std::vector<int32_t>(G, 1));
+  if (!FillRemaining(nodes, std::vector<int32_t>(G, 0))) {
     return absl::InternalError("cannot place the groups on the nodes");
   }
-  nodes.Improve(0, max_swaps);
+  nodes.Improve({.max_steps = max_swaps});
   std::vector<std::vector<int32_t>> sets(R);
   for (int32_t n = 0; n < N; ++n) {
     std::vector<int32_t> experts;  // global ids, ascending
@@ -371,21 +589,17 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PackWithAffinity(
                                        capacity.begin() + (n + 1) * rpn);
     const int32_t node_slots = std::accumulate(node_capacity.begin(), node_capacity.end(), 0);
     if (node_slots < ne || static_cast<int64_t>(ne) * rpn < node_slots) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "node affinity: node ", n, " has ", node_slots, " slots for ", ne,
-          " experts on ", rpn, " ranks; it needs experts ≤ slots ≤ experts × ranks"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("node affinity: node ", n, " has ", node_slots, " slots for ", ne,
+                       " experts on ", rpn, " ranks; it needs experts ≤ slots ≤ experts × ranks"));
     }
     std::vector<double> node_load(ne);
     for (int32_t i = 0; i < ne; ++i) node_load[i] = load[experts[i]];
-    const std::vector<int32_t> count = ReplicaCounts(node_load, node_slots, rpn);
-    std::vector<double> weight(ne);
-    for (int32_t i = 0; i < ne; ++i) weight[i] = node_load[i] / count[i];
-    Packing packing(ne, node_capacity, weight);
-    const std::vector<int32_t> placed(ne, 0);
-    if (!FillRemaining(packing, count, weight, placed)) {
+    Packing packing(node_capacity, node_load, ReplicaCounts(node_load, node_slots, rpn));
+    if (!FillRemaining(packing, std::vector<int32_t>(ne, 0))) {
       return absl::InternalError(absl::StrCat("node ", n, ": no room for every replica"));
     }
-    packing.Improve(0, max_swaps);
+    packing.Improve({.max_steps = max_swaps});
     for (int32_t i = 0; i < rpn; ++i) {
       for (const int32_t local : packing.on(i)) sets[n * rpn + i].push_back(experts[local]);
     }
@@ -395,7 +609,29 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PackWithAffinity(
 
 }  // namespace
 
+absl::Status ValidateBalancedOptions(const BalancedOptions& options) {
+  const auto fraction = [](absl::string_view field, double value) {
+    if (value >= 0 && value <= 1) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(field, " = ", value, " is out of range [0, 1]"));
+  };
+  const auto count = [](absl::string_view field, int64_t value, int64_t max) {
+    if (value >= 0 && value <= max) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " = ", value, " is out of range [0, ", max, "]"));
+  };
+  RETURN_IF_ERROR(fraction("tolerance", options.tolerance));
+  RETURN_IF_ERROR(fraction("min_gain", options.min_gain));
+  // A budget above the slots of a layer is no limit, but is refused as a likely mistake.
+  constexpr int64_t kMaxSlots =
+      static_cast<int64_t>(ShapeLimits::kMaxLogicalExperts) * ShapeLimits::kMaxRedundancyFactor;
+  RETURN_IF_ERROR(count("max_received_per_rank", options.max_received_per_rank, kMaxSlots));
+  RETURN_IF_ERROR(count("max_received_per_layer", options.max_received_per_layer, kMaxSlots));
+  RETURN_IF_ERROR(count("threads", options.threads, 1024));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) const {
+  RETURN_IF_ERROR(ValidateBalancedOptions(options_));
   const DeploymentShape& shape = input.shape;
   const int32_t L = shape.num_layers, E = shape.num_logical_experts, P = shape.num_physical_experts,
                 R = shape.num_ranks;
@@ -411,9 +647,9 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
   const int64_t max_swaps = 8 * static_cast<int64_t>(P);
   const bool affinity = options_.node_affinity && shape.num_nodes > 1;
   if (affinity && shape.num_groups % shape.num_nodes != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "node affinity needs num_groups (", shape.num_groups, ") to be a multiple of num_nodes (",
-        shape.num_nodes, ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("node affinity needs num_groups (", shape.num_groups,
+                     ") to be a multiple of num_nodes (", shape.num_nodes, ")"));
   }
 
   // deepseek's plan, where it can serve the shape: a layer of it that beats ours is taken.
@@ -433,8 +669,6 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
   const auto plan_layer = [&](int32_t l) -> absl::Status {
     const std::span<const double> load = input.load->row(l);
     const std::vector<int32_t> count = ReplicaCounts(load, P, R);
-    std::vector<double> weight(E);
-    for (int32_t e = 0; e < E; ++e) weight[e] = load[e] / count[e];
     const std::span<const int32_t> previous =
         input.previous != nullptr ? input.previous->phy2log(l) : std::span<const int32_t>();
 
@@ -446,8 +680,7 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
         auto prev_sets = SetsOfRow(previous, layout);
         if (!HasDuplicates(prev_sets) && KeepsGroupsOnNodes(prev_sets, shape) &&
             MaxLoadOf(prev_sets, load, CountsOf(prev_sets, E)) <= target) {
-          std::copy(previous.begin(), previous.end(),
-                    phy2log.begin() + static_cast<size_t>(l) * P);
+          std::copy(previous.begin(), previous.end(), phy2log.begin() + static_cast<size_t>(l) * P);
           return absl::OkStatus();
         }
         sets = MatchRanks(std::move(sets), layout, E, previous, shape.ranks_per_node());
@@ -457,12 +690,11 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
       return absl::OkStatus();
     }
 
-    Packing fresh(E, capacity, weight);
-    const std::vector<int32_t> none(E, 0);
-    if (!FillRemaining(fresh, count, weight, none)) {
+    Packing fresh(capacity, load, count);
+    if (!FillRemaining(fresh, std::vector<int32_t>(E, 0))) {
       return absl::InternalError(absl::StrCat("layer ", l, ": no room for every replica"));
     }
-    fresh.Improve(0, max_swaps);
+    fresh.Improve({.max_steps = max_swaps});
     std::vector<std::vector<int32_t>> sets(R);
     for (int32_t r = 0; r < R; ++r) sets[r] = fresh.on(r);
     double best = fresh.MaxLoad();
@@ -485,10 +717,7 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
             std::set<int32_t> unique(ds_sets[r].begin(), ds_sets[r].end());
             for (const int32_t e : unique) ++merged[e];
           }
-          const std::vector<int32_t> repaired_count = ReplicaCounts(load, P, R, merged);
-          std::vector<double> ds_weight(E);
-          for (int32_t e = 0; e < E; ++e) ds_weight[e] = load[e] / repaired_count[e];
-          Packing repaired(E, capacity, ds_weight);
+          Packing repaired(capacity, load, ReplicaCounts(load, P, R, merged));
           std::vector<int32_t> placed(E, 0);
           for (int32_t r = 0; r < R; ++r) {
             for (const int32_t e : ds_sets[r]) {
@@ -498,8 +727,8 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
               }
             }
           }
-          if (FillRemaining(repaired, repaired_count, ds_weight, placed)) {
-            repaired.Improve(0, max_swaps);
+          if (FillRemaining(repaired, placed)) {
+            repaired.Improve({.max_steps = max_swaps});
             if (repaired.MaxLoad() < best) {
               for (int32_t r = 0; r < R; ++r) sets[r] = repaired.on(r);
               best = repaired.MaxLoad();
@@ -512,32 +741,27 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
     if (!previous.empty()) {
       const double target = best * (1 + options_.tolerance);
       auto prev_sets = SetsOfRow(previous, layout);
-      if (!HasDuplicates(prev_sets) &&
-          MaxLoadOf(prev_sets, load, CountsOf(prev_sets, E)) <= target) {
+      const bool prev_valid = !HasDuplicates(prev_sets);
+      const double prev_max = MaxLoadOf(prev_sets, load, CountsOf(prev_sets, E));
+      const auto keep = [&] {
         std::copy(previous.begin(), previous.end(), phy2log.begin() + static_cast<size_t>(l) * P);
         return absl::OkStatus();  // nothing moves
-      }
-      // Start from the previous placement: first with its replica counts (no replica appears or
-      // disappears), then with those counts changed only where the target needs it, then with the
-      // new counts.
+      };
+      if (prev_valid && prev_max <= target) return keep();
+      // Start from the previous placement: first with its replica counts (swaps and retargets
+      // change them only where that lowers the busiest rank), then with the new counts.
       const std::vector<int32_t> prev_count = CountsOf(prev_sets, E);
-      const std::vector<int32_t> adjusted = AdjustCounts(load, prev_count, R, target);
       std::vector<uint8_t> home(static_cast<size_t>(R) * E, 0);
       for (int32_t r = 0; r < R; ++r) {
         for (const int32_t e : prev_sets[r]) home[static_cast<size_t>(r) * E + e] = 1;
       }
-      const int32_t budget = options_.max_received_per_rank;
-      for (const std::vector<int32_t>* counts : {&prev_count, &adjusted, &count}) {
+      const bool budgeted =
+          options_.max_received_per_rank > 0 || options_.max_received_per_layer > 0;
+      for (const std::vector<int32_t>* counts : {&prev_count, &count}) {
         if (!from_fresh) break;
-        // Under a budget, replica counts stay: changing one costs moves.
-        if (budget > 0 && counts != &prev_count) break;
-        std::vector<double> warm_weight(E);
-        for (int32_t e = 0; e < E; ++e) warm_weight[e] = load[e] / (*counts)[e];
-        if (budget == 0 &&
-            *std::max_element(warm_weight.begin(), warm_weight.end()) > target) {
-          continue;
-        }
-        Packing warm(E, capacity, warm_weight);
+        // Under a budget, only repairs of the previous placement are tried.
+        if (budgeted && counts != &prev_count) break;
+        Packing warm(capacity, load, *counts);
         std::vector<int32_t> placed(E, 0);
         for (int32_t r = 0; r < R; ++r) {
           for (const int32_t e : prev_sets[r]) {
@@ -547,14 +771,23 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
             }
           }
         }
-        if (!FillRemaining(warm, *counts, warm_weight, placed)) continue;
-        warm.Improve(target, max_swaps, &home, budget);
-        if (warm.MaxLoad() <= target || budget > 0) {
+        if (!FillRemaining(warm, placed)) continue;
+        warm.Improve({.target = target,
+                      .max_steps = max_swaps,
+                      .home = &home,
+                      .rank_budget = options_.max_received_per_rank,
+                      .layer_budget = options_.max_received_per_layer,
+                      .retarget = true});
+        if (warm.MaxLoad() <= target || budgeted) {
           for (int32_t r = 0; r < R; ++r) sets[r] = warm.on(r);
           from_fresh = false;
         }
       }
       if (from_fresh) sets = MatchRanks(std::move(sets), layout, E, previous);
+      if (prev_valid &&
+          prev_max - MaxLoadOf(sets, load, CountsOf(sets, E)) < options_.min_gain * prev_max) {
+        return keep();
+      }
     }
     WriteRow(sets, layout, previous,
              std::span<int32_t>(phy2log.data() + static_cast<size_t>(l) * P, P));

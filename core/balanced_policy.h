@@ -37,6 +37,12 @@ struct BalancedOptions {
   // layer (an expert placed on a rank that did not hold it); 0: no limit. Under a budget the
   // previous replica counts are kept and the swaps stop at the budget, even above `tolerance`.
   int32_t max_received_per_rank = 0;
+  // Move budget per layer: with a previous placement, at most this many experts received in all
+  // ranks together per layer; 0: no limit. Combines with max_received_per_rank.
+  int32_t max_received_per_layer = 0;
+  // With a previous placement, a layer keeps it unless the new layer lowers its busiest rank by at
+  // least this fraction of that rank's load (0: any gain beyond `tolerance` moves). In [0, 1].
+  double min_gain = 0;
   // Node affinity: every expert group's replicas stay on the ranks of one node (groups are packed
   // onto nodes, G / N each, then each node is planned on its own), bounding cross-node traffic as
   // the hierarchical algorithm does. Needs G to be a multiple of N; no effect with one node. With
@@ -47,6 +53,9 @@ struct BalancedOptions {
   // alone, 0 uses one per hardware thread. The result does not depend on it.
   int32_t threads = 1;
 };
+
+// OK, or INVALID_ARGUMENT naming the first option out of range and the range.
+absl::Status ValidateBalancedOptions(const BalancedOptions& options);
 
 class BalancedPolicy final : public PlacementPolicy {
  public:

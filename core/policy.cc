@@ -40,10 +40,19 @@ std::span<const absl::string_view> PolicyNames() {
   return kNames;
 }
 
-absl::StatusOr<std::unique_ptr<PlacementPolicy>> CreatePolicy(absl::string_view name) {
+absl::StatusOr<std::unique_ptr<PlacementPolicy>> CreatePolicy(absl::string_view name,
+                                                              const BalancedOptions* balanced) {
+  if (name == BalancedPolicy::kName) {
+    if (balanced == nullptr) return std::make_unique<BalancedPolicy>();
+    RETURN_IF_ERROR(ValidateBalancedOptions(*balanced));
+    return std::make_unique<BalancedPolicy>(*balanced);
+  }
+  if (balanced != nullptr && (name == ContiguousPolicy::kName || name == DeepSeekPolicy::kName)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("options of policy balanced were given for policy ", name));
+  }
   if (name == ContiguousPolicy::kName) return std::make_unique<ContiguousPolicy>();
   if (name == DeepSeekPolicy::kName) return std::make_unique<DeepSeekPolicy>();
-  if (name == BalancedPolicy::kName) return std::make_unique<BalancedPolicy>();
   return absl::InvalidArgumentError(
       absl::StrCat("policy = \"", name, "\" is not one of: ", absl::StrJoin(PolicyNames(), ", ")));
 }

@@ -53,8 +53,13 @@ class PlacementPolicy {
 // The policies, in the order they are documented.
 std::span<const absl::string_view> PolicyNames();
 
-// INVALID_ARGUMENT naming the known policies if `name` is not one of them.
-absl::StatusOr<std::unique_ptr<PlacementPolicy>> CreatePolicy(absl::string_view name);
+struct BalancedOptions;
+
+// INVALID_ARGUMENT naming the known policies if `name` is not one of them. `balanced`: options of
+// the balanced policy (nullptr: its defaults); INVALID_ARGUMENT if given for another policy or if
+// one is out of range (ValidateBalancedOptions).
+absl::StatusOr<std::unique_ptr<PlacementPolicy>> CreatePolicy(
+    absl::string_view name, const BalancedOptions* balanced = nullptr);
 
 }  // namespace eplb
 

@@ -39,7 +39,8 @@ void ExpectNoDuplicatesOnARank(const ExpertMap& map) {
 bool HasDuplicateOnARank(const ExpertMap& map, int32_t l) {
   for (int32_t r = 0; r < map.num_ranks(); ++r) {
     std::set<int32_t> seen;
-    for (int32_t p = map.layout().FirstSlotOfRank(r); p < map.layout().FirstSlotOfRank(r + 1); ++p) {
+    for (int32_t p = map.layout().FirstSlotOfRank(r); p < map.layout().FirstSlotOfRank(r + 1);
+         ++p) {
       if (!seen.insert(map.phy2log(l)[p]).second) return true;
     }
   }
@@ -120,7 +121,8 @@ TEST(BalancedPolicyTest, ParallelLayersGiveTheSameMap) {
   ASSERT_TRUE(one.ok() && four.ok() && all.ok());
   EXPECT_EQ(*one, *four);
   EXPECT_EQ(*one, *all);
-  auto moved = BalancedPolicy({.threads = 3}).Plan({.shape = shape, .load = &load, .previous = &*one});
+  auto moved =
+      BalancedPolicy({.threads = 3}).Plan({.shape = shape, .load = &load, .previous = &*one});
   EXPECT_EQ(*moved, *one);
 }
 
@@ -172,13 +174,33 @@ TEST(BalancedPolicyTest, DriftMovesFewExpertsAndKeepsTheBalance) {
     previous = *std::move(next);
     deepseek_previous = *std::move(ds);
   }
-  EXPECT_LE(moved * 5, deepseek_moved) << "balanced moved " << moved << ", deepseek "
-                                       << deepseek_moved;
+  EXPECT_LE(moved * 5, deepseek_moved)
+      << "balanced moved " << moved << ", deepseek " << deepseek_moved;
 }
 
-// With a move budget no rank receives more than that many experts per layer, and the balance still
-// improves on keeping the previous placement.
-TEST(BalancedPolicyTest, AMoveBudgetLimitsWhatEachRankReceives) {
+// Experts received by rank r in layer l going from `from` to `to` (held now, not before).
+int32_t Received(const ExpertMap& from, const ExpertMap& to, int32_t l, int32_t r) {
+  std::set<int32_t> old_set, new_set;
+  for (int32_t p = to.layout().FirstSlotOfRank(r); p < to.layout().FirstSlotOfRank(r + 1); ++p) {
+    old_set.insert(from.phy2log(l)[p]);
+    new_set.insert(to.phy2log(l)[p]);
+  }
+  int32_t received = 0;
+  for (const int32_t e : new_set) received += old_set.contains(e) ? 0 : 1;
+  return received;
+}
+
+struct BudgetCase {
+  const char* name;
+  int32_t per_rank;
+  int32_t per_layer;
+};
+
+class BalancedBudgetTest : public ::testing::TestWithParam<BudgetCase> {};
+
+// With a move budget no rank (or layer) receives more than that many experts, and the balance
+// still improves on keeping the previous placement.
+TEST_P(BalancedBudgetTest, NoRankOrLayerReceivesMoreThanTheBudget) {
   const DeploymentShape shape{.num_layers = 4,
                               .num_logical_experts = 64,
                               .num_groups = 8,
@@ -190,30 +212,139 @@ TEST(BalancedPolicyTest, AMoveBudgetLimitsWhatEachRankReceives) {
   const LoadMatrix after = LogNormalLoad(shape, 1.0, rng);  // a different load altogether
   auto previous = BalancedPolicy().Plan({.shape = shape, .load = &before});
   ASSERT_TRUE(previous.ok());
-  for (const int32_t budget : {1, 2}) {
-    SCOPED_TRACE(absl::StrCat("budget ", budget));
-    BalancedOptions options;
-    options.max_received_per_rank = budget;
-    auto next = BalancedPolicy(options).Plan(
-        {.shape = shape, .load = &after, .previous = &*previous});
-    ASSERT_TRUE(next.ok()) << next.status();
-    ExpectNoDuplicatesOnARank(*next);
-    for (int32_t l = 0; l < shape.num_layers; ++l) {
-      for (int32_t r = 0; r < shape.num_ranks; ++r) {
-        std::set<int32_t> old_set, new_set;
-        for (int32_t p = next->layout().FirstSlotOfRank(r);
-             p < next->layout().FirstSlotOfRank(r + 1); ++p) {
-          old_set.insert(previous->phy2log(l)[p]);
-          new_set.insert(next->phy2log(l)[p]);
-        }
-        int received = 0;
-        for (const int32_t e : new_set) received += old_set.contains(e) ? 0 : 1;
-        EXPECT_LE(received, budget) << "layer " << l << " rank " << r;
+  BalancedOptions options;
+  options.max_received_per_rank = GetParam().per_rank;
+  options.max_received_per_layer = GetParam().per_layer;
+  auto next =
+      BalancedPolicy(options).Plan({.shape = shape, .load = &after, .previous = &*previous});
+  ASSERT_TRUE(next.ok()) << next.status();
+  ExpectNoDuplicatesOnARank(*next);
+  int32_t received_anywhere = 0;
+  for (int32_t l = 0; l < shape.num_layers; ++l) {
+    int32_t layer_received = 0;
+    for (int32_t r = 0; r < shape.num_ranks; ++r) {
+      const int32_t received = Received(*previous, *next, l, r);
+      if (GetParam().per_rank > 0) {
+        EXPECT_LE(received, GetParam().per_rank) << "layer " << l;
       }
+      layer_received += received;
     }
-    EXPECT_LT(EvaluateMap(*next, after).mean_max_over_bound,
-              EvaluateMap(*previous, after).mean_max_over_bound);
+    if (GetParam().per_layer > 0) {
+      EXPECT_LE(layer_received, GetParam().per_layer) << "layer " << l;
+    }
+    received_anywhere += layer_received;
   }
+  EXPECT_GT(received_anywhere, 0);
+  EXPECT_LT(EvaluateMap(*next, after).mean_max_over_bound,
+            EvaluateMap(*previous, after).mean_max_over_bound);
+}
+
+INSTANTIATE_TEST_SUITE_P(Budgets, BalancedBudgetTest,
+                         ::testing::Values(BudgetCase{"rank_1", 1, 0}, BudgetCase{"rank_2", 2, 0},
+                                           BudgetCase{"layer_3", 0, 3}, BudgetCase{"layer_8", 0, 8},
+                                           BudgetCase{"rank_1_layer_4", 1, 4}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// With min_gain, a layer either keeps its previous placement exactly or lowers its busiest rank by
+// at least that fraction; with min_gain 1 nothing ever moves.
+TEST(BalancedPolicyTest, MinGainKeepsLayersThatWouldGainLess) {
+  const DeploymentShape shape{.num_layers = 12,
+                              .num_logical_experts = 64,
+                              .num_groups = 8,
+                              .num_nodes = 2,
+                              .num_ranks = 8,
+                              .num_physical_experts = 80};
+  std::mt19937_64 rng(5);
+  LoadMatrix load = LogNormalLoad(shape, 1.0, rng);
+  auto previous = BalancedPolicy().Plan({.shape = shape, .load = &load});
+  ASSERT_TRUE(previous.ok());
+  std::lognormal_distribution<double> noise(0.0, 0.2);
+  for (double& v : load.values) v = std::round(v * noise(rng));
+
+  // Without min_gain every layer moves; min_gain between the median gains keeps half of them.
+  auto eager = BalancedPolicy().Plan({.shape = shape, .load = &load, .previous = &*previous});
+  ASSERT_TRUE(eager.ok());
+  std::vector<double> gains;
+  for (int32_t l = 0; l < shape.num_layers; ++l) {
+    const double before = MaxRankLoad(*previous, l, load);
+    gains.push_back((before - MaxRankLoad(*eager, l, load)) / before);
+  }
+  std::vector<double> sorted = gains;
+  std::ranges::sort(sorted);
+  ASSERT_LT(sorted[5], sorted[6]);
+  BalancedOptions options;
+  options.min_gain = (sorted[5] + sorted[6]) / 2;
+  auto next = BalancedPolicy(options).Plan({.shape = shape, .load = &load, .previous = &*previous});
+  ASSERT_TRUE(next.ok());
+  int kept = 0;
+  for (int32_t l = 0; l < shape.num_layers; ++l) {
+    if (gains[l] < options.min_gain) {
+      ++kept;
+      EXPECT_TRUE(std::ranges::equal(previous->phy2log(l), next->phy2log(l))) << "layer " << l;
+    } else {
+      EXPECT_TRUE(std::ranges::equal(eager->phy2log(l), next->phy2log(l))) << "layer " << l;
+    }
+  }
+  EXPECT_EQ(kept, 6);
+  EXPECT_LT(ComputeMigration(*previous, *next, 1).experts_received,
+            ComputeMigration(*previous, *eager, 1).experts_received);
+
+  options.min_gain = 1.0;
+  auto frozen =
+      BalancedPolicy(options).Plan({.shape = shape, .load = &load, .previous = &*previous});
+  ASSERT_TRUE(frozen.ok());
+  EXPECT_EQ(*frozen, *previous);
+}
+
+struct BadOptionCase {
+  const char* name;
+  BalancedOptions options;
+  const char* message;
+};
+
+class BalancedBadOptionTest : public ::testing::TestWithParam<BadOptionCase> {};
+
+TEST_P(BalancedBadOptionTest, IsRefusedNamingTheOptionAndRange) {
+  EXPECT_EQ(ValidateBalancedOptions(GetParam().options),
+            absl::InvalidArgumentError(GetParam().message));
+  const DeploymentShape shape{
+      .num_layers = 1, .num_logical_experts = 8, .num_ranks = 2, .num_physical_experts = 10};
+  std::mt19937_64 rng(1);
+  const LoadMatrix load = LogNormalLoad(shape, 1.0, rng);
+  EXPECT_EQ(BalancedPolicy(GetParam().options).Plan({.shape = shape, .load = &load}).status(),
+            absl::InvalidArgumentError(GetParam().message));
+  EXPECT_EQ(CreatePolicy("balanced", &GetParam().options).status(),
+            absl::InvalidArgumentError(GetParam().message));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, BalancedBadOptionTest,
+    ::testing::Values(
+        BadOptionCase{
+            "negative_tolerance", {.tolerance = -0.01}, "tolerance = -0.01 is out of range [0, 1]"},
+        BadOptionCase{
+            "nan_tolerance", {.tolerance = std::nan("")}, "tolerance = nan is out of range [0, 1]"},
+        BadOptionCase{
+            "min_gain_above_one", {.min_gain = 1.5}, "min_gain = 1.5 is out of range [0, 1]"},
+        BadOptionCase{"negative_rank_budget",
+                      {.max_received_per_rank = -1},
+                      "max_received_per_rank = -1 is out of range [0, 1048576]"},
+        BadOptionCase{"negative_layer_budget",
+                      {.max_received_per_layer = -2},
+                      "max_received_per_layer = -2 is out of range [0, 1048576]"},
+        BadOptionCase{
+            "too_many_threads", {.threads = 5000}, "threads = 5000 is out of range [0, 1024]"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(BalancedPolicyTest, OptionsForAnotherPolicyAreRefused) {
+  const BalancedOptions options;
+  EXPECT_EQ(
+      CreatePolicy("deepseek", &options).status(),
+      absl::InvalidArgumentError("options of policy balanced were given for policy deepseek"));
+  EXPECT_EQ(CreatePolicy("nope", &options).status().code(), absl::StatusCode::kInvalidArgument);
+  auto created = CreatePolicy("balanced", &options);
+  ASSERT_TRUE(created.ok());
+  EXPECT_EQ((*created)->name(), "balanced");
 }
 
 // With node affinity every group stays on one node (the free packing spreads groups over nodes),
@@ -275,10 +406,8 @@ TEST(MetricsNodesPerGroupTest, CountsTheNodesEachGroupReaches) {
 }
 
 TEST(BalancedPolicyTest, ServesUnevenSlotsAndRefusesImpossibleShapes) {
-  const DeploymentShape uneven{.num_layers = 2,
-                               .num_logical_experts = 16,
-                               .num_ranks = 5,
-                               .num_physical_experts = 23};
+  const DeploymentShape uneven{
+      .num_layers = 2, .num_logical_experts = 16, .num_ranks = 5, .num_physical_experts = 23};
   std::mt19937_64 rng(17);
   const LoadMatrix load = LogNormalLoad(uneven, 1.0, rng);
   auto map = BalancedPolicy().Plan({.shape = uneven, .load = &load});
@@ -287,10 +416,8 @@ TEST(BalancedPolicyTest, ServesUnevenSlotsAndRefusesImpossibleShapes) {
   EXPECT_EQ(DeepSeekPolicy().Plan({.shape = uneven, .load = &load}).status().code(),
             absl::StatusCode::kFailedPrecondition);
 
-  const DeploymentShape crowded{.num_layers = 1,
-                                .num_logical_experts = 4,
-                                .num_ranks = 2,
-                                .num_physical_experts = 9};
+  const DeploymentShape crowded{
+      .num_layers = 1, .num_logical_experts = 4, .num_ranks = 2, .num_physical_experts = 9};
   const LoadMatrix small = LogNormalLoad(crowded, 1.0, rng);
   auto refused = BalancedPolicy().Plan({.shape = crowded, .load = &small});
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
