@@ -2,11 +2,12 @@
 //
 // For each shape and skew (per-expert log-normal load, σ 0.5, 1.0, 1.5; 58 layers): the busiest
 // rank over the lower bound (max/LB, mean over layers), the balancedness (mean / max rank load)
-// and the planning time of each policy. Then a drift sequence per shape: 50 rebalances, the load
-// multiplied before each by log-normal noise (σ 0.1) per expert; `deepseek` plans from scratch,
-// `balanced` from its previous placement. Experts moved (received by a rank that did not hold
-// them), summed over the sequence, and the mean max/LB of `balanced` with and without the previous
-// placement.
+// and the planning time of each policy (best of 3). Then node affinity: max/LB and the cross-node
+// share of token traffic (core/metrics.h RoutingModel: 8 experts in 4 groups per token). Then a
+// drift sequence per shape: 50 rebalances, the load multiplied before each by log-normal noise
+// (σ 0.1) per expert; `deepseek` plans from scratch, `balanced` from its previous placement.
+// Experts moved (received by a rank that did not hold them), summed over the sequence, the mean
+// max/LB of `balanced` with and without the previous placement, and its mean planning time.
 //
 //   policy_quality [--drift-rounds 50]
 #include <malloc.h>
@@ -44,6 +45,27 @@ double Millis(std::chrono::steady_clock::time_point a, std::chrono::steady_clock
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
+// The fastest of `n` runs of `run`, in milliseconds.
+template <typename Run>
+double BestOf(int n, Run run) {
+  double best = 1e30;
+  for (int i = 0; i < n; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    best = std::min(best, Millis(t0, std::chrono::steady_clock::now()));
+  }
+  return best;
+}
+
+double MeanCrossNodeShare(const ExpertMap& map, const LoadMatrix& load,
+                          const DeploymentShape& shape) {
+  double sum = 0;
+  for (int32_t l = 0; l < map.num_layers(); ++l) {
+    sum += CrossNodeTrafficShare(map, l, load.row(l), shape.num_groups, shape.num_nodes);
+  }
+  return sum / map.num_layers();
+}
+
 }  // namespace
 }  // namespace eplb
 
@@ -56,17 +78,18 @@ int main(int argc, char** argv) {
   }
   const DeepSeekPolicy deepseek;
   const BalancedPolicy balanced;
-  std::printf("| shape | σ | deepseek max/LB | balanced max/LB | deepseek balancedness | "
-              "balanced balancedness | deepseek ms | balanced ms |\n|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| shape | σ | deepseek max/LB | balanced max/LB | deepseek balancedness | "
+      "balanced balancedness | deepseek ms | balanced ms |\n|---|---|---|---|---|---|---|---|\n");
   for (const NamedShape& named : kShapes) {
     for (const double sigma : {0.5, 1.0, 1.5}) {
       std::mt19937_64 rng(1234);
       const LoadMatrix load = LogNormalLoad(named.shape, sigma, rng);
-      const auto t0 = std::chrono::steady_clock::now();
-      auto ds = deepseek.Plan({.shape = named.shape, .load = &load});
-      const auto t1 = std::chrono::steady_clock::now();
-      auto bal = balanced.Plan({.shape = named.shape, .load = &load});
-      const auto t2 = std::chrono::steady_clock::now();
+      absl::StatusOr<ExpertMap> ds, bal;
+      const double ds_ms =
+          BestOf(3, [&] { ds = deepseek.Plan({.shape = named.shape, .load = &load}); });
+      const double bal_ms =
+          BestOf(3, [&] { bal = balanced.Plan({.shape = named.shape, .load = &load}); });
       if (!ds.ok() || !bal.ok()) {
         std::fprintf(stderr, "%s: %s %s\n", named.name, ds.status().ToString().c_str(),
                      bal.status().ToString().c_str());
@@ -75,31 +98,43 @@ int main(int argc, char** argv) {
       const MapQuality qd = EvaluateMap(*ds, load), qb = EvaluateMap(*bal, load);
       std::printf("| %s | %.1f | %.4f | %.4f | %.4f | %.4f | %.2f | %.2f |\n", named.name, sigma,
                   qd.mean_max_over_bound, qb.mean_max_over_bound, qd.mean_balancedness,
-                  qb.mean_balancedness, Millis(t0, t1), Millis(t1, t2));
+                  qb.mean_balancedness, ds_ms, bal_ms);
     }
   }
 
   {
-    // Layers in parallel: the prefill shape on 1 and 2 threads, best of 5.
+    // Layers in parallel: the prefill shape on 1 and 2 threads, best of 5; from scratch, and from
+    // a previous placement planned for the load before one drift step.
     std::mt19937_64 rng(1234);
-    const LoadMatrix load = LogNormalLoad(kShapes[0].shape, 1.0, rng);
-    for (const int threads : {1, 2}) {
-      const BalancedPolicy policy({.threads = threads});
-      double best = 1e30;
-      for (int i = 0; i < 5; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        auto map = policy.Plan({.shape = kShapes[0].shape, .load = &load});
-        best = std::min(best, Millis(t0, std::chrono::steady_clock::now()));
-        if (!map.ok()) return 1;
+    const LoadMatrix before = LogNormalLoad(kShapes[0].shape, 1.0, rng);
+    LoadMatrix load = before;
+    std::lognormal_distribution<double> noise(0.0, 0.1);
+    for (double& v : load.values) v = std::round(v * noise(rng));
+    const ExpertMap previous = *balanced.Plan({.shape = kShapes[0].shape, .load = &before});
+    std::printf("\n| balanced, prefill shape | 1 thread | 2 threads |\n|---|---|---|\n");
+    for (const bool warm : {false, true}) {
+      double ms[2];
+      for (const int threads : {1, 2}) {
+        const BalancedPolicy policy({.threads = threads});
+        bool ok = true;
+        ms[threads - 1] = BestOf(5, [&] {
+          ok &= policy
+                    .Plan({.shape = kShapes[0].shape,
+                           .load = &load,
+                           .previous = warm ? &previous : nullptr})
+                    .ok();
+        });
+        if (!ok) return 1;
       }
-      std::printf("%sbalanced on the prefill shape, %d thread%s: %.2f ms\n", threads == 1 ? "\n" : "", threads,
-                  threads == 1 ? "" : "s", best);
+      std::printf("| %s | %.2f ms | %.2f ms |\n",
+                  warm ? "from the previous placement" : "from scratch", ms[0], ms[1]);
     }
   }
   {
     // Node affinity: groups kept on one node, σ 1.0.
-    std::printf("\n| shape | deepseek max/LB | nodes per group | balanced max/LB | nodes per group | "
-                "balanced + affinity max/LB | nodes per group |\n|---|---|---|---|---|---|---|\n");
+    std::printf(
+        "\n| shape | deepseek max/LB | cross-node share | balanced max/LB | cross-node share | "
+        "balanced + affinity max/LB | cross-node share |\n|---|---|---|---|---|---|---|\n");
     BalancedOptions affine_options;
     affine_options.node_affinity = true;
     const BalancedPolicy affine(affine_options);
@@ -111,30 +146,44 @@ int main(int argc, char** argv) {
                                 *affine.Plan({.shape = named.shape, .load = &load})};
       std::printf("| %s", named.name);
       for (const ExpertMap& map : maps) {
-        double spread = 0;
-        for (int32_t l = 0; l < map.num_layers(); ++l) {
-          spread += NodesPerGroup(map, l, load.row(l), named.shape.num_groups,
-                                  named.shape.num_nodes) / map.num_layers();
-        }
-        std::printf(" | %.4f | %.2f", EvaluateMap(map, load).mean_max_over_bound, spread);
+        std::printf(" | %.4f | %.3f", EvaluateMap(map, load).mean_max_over_bound,
+                    MeanCrossNodeShare(map, load, named.shape));
       }
       std::printf(" |\n");
     }
   }
-  std::printf("\n| shape | rounds | deepseek experts moved | balanced experts moved | ratio | "
-              "balanced max/LB with previous | from scratch |\n|---|---|---|---|---|---|---|\n");
-  for (const NamedShape& named : kShapes) {
+  std::printf(
+      "\n| shape | rounds | deepseek experts moved | balanced experts moved | ratio | "
+      "balanced max/LB with previous | from scratch | ms per plan with previous |\n"
+      "|---|---|---|---|---|---|---|---|\n");
+  struct DriftCase {
+    NamedShape named;
+    BalancedOptions options;
+    const char* note;
+  };
+  const DriftCase drift_cases[] = {
+      {kShapes[0], {}, ""},
+      {kShapes[1], {}, ""},
+      {kShapes[2], {}, ""},
+      {kShapes[2], {.max_received_per_rank = 1}, ", at most 1 received per rank and layer"},
+      {kShapes[2], {.max_received_per_layer = 16}, ", at most 16 received per layer"},
+  };
+  for (const DriftCase& drift : drift_cases) {
+    const NamedShape& named = drift.named;
+    const BalancedPolicy warm_policy(drift.options);
     std::mt19937_64 rng(99);
     LoadMatrix load = LogNormalLoad(named.shape, 1.0, rng);
     std::lognormal_distribution<double> noise(0.0, 0.1);
     auto ds_prev = *deepseek.Plan({.shape = named.shape, .load = &load});
     auto bal_prev = *balanced.Plan({.shape = named.shape, .load = &load});
     int64_t ds_moved = 0, bal_moved = 0;
-    double with_prev = 0, scratch = 0;
+    double with_prev = 0, scratch = 0, warm_ms = 0;
     for (int round = 0; round < rounds; ++round) {
       for (double& v : load.values) v = std::round(v * noise(rng));
       auto ds = *deepseek.Plan({.shape = named.shape, .load = &load});
-      auto bal = *balanced.Plan({.shape = named.shape, .load = &load, .previous = &bal_prev});
+      const auto t0 = std::chrono::steady_clock::now();
+      auto bal = *warm_policy.Plan({.shape = named.shape, .load = &load, .previous = &bal_prev});
+      warm_ms += Millis(t0, std::chrono::steady_clock::now()) / rounds;
       auto fresh = *balanced.Plan({.shape = named.shape, .load = &load});
       ds_moved += ComputeMigration(ds_prev, ds, 1).experts_received;
       bal_moved += ComputeMigration(bal_prev, bal, 1).experts_received;
@@ -143,9 +192,9 @@ int main(int argc, char** argv) {
       ds_prev = std::move(ds);
       bal_prev = std::move(bal);
     }
-    std::printf("| %s | %d | %ld | %ld | %.1f%% | %.4f | %.4f |\n", named.name, rounds,
-                static_cast<long>(ds_moved), static_cast<long>(bal_moved),
-                100.0 * bal_moved / std::max<int64_t>(ds_moved, 1), with_prev, scratch);
+    std::printf("| %s%s | %d | %ld | %ld | %.1f%% | %.4f | %.4f | %.1f |\n", named.name, drift.note,
+                rounds, static_cast<long>(ds_moved), static_cast<long>(bal_moved),
+                100.0 * bal_moved / std::max<int64_t>(ds_moved, 1), with_prev, scratch, warm_ms);
   }
   return 0;
 }

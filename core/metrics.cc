@@ -1,6 +1,7 @@
 #include "core/metrics.h"
 
 #include <algorithm>
+#include <numeric>
 #include <queue>
 
 #include "core/check.h"
@@ -133,6 +134,95 @@ double NodesPerGroup(const ExpertMap& map, int32_t layer, std::span<const double
     total += group_load;
   }
   return total > 0 ? weighted / total : 1.0;
+}
+
+namespace {
+
+// splitmix64: a fixed sequence on every platform (the standard distributions are not).
+class SampleStream {
+ public:
+  explicit SampleStream(uint64_t seed) : state_(seed) {}
+  // Uniform in [0, 1).
+  double Next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return static_cast<double>(z >> 11) * 0x1.0p-53;
+  }
+  // An index of `weights` drawn in proportion to them (uniformly when they are all 0), then
+  // removed by swapping with the last entry of both vectors.
+  int32_t Take(std::vector<double>& weights, std::vector<int32_t>& ids) {
+    double total = 0;
+    for (const double w : weights) total += w;
+    size_t pick = weights.size() - 1;
+    if (total > 0) {
+      double u = Next() * total;
+      for (size_t i = 0; i < weights.size(); ++i) {
+        if (u < weights[i]) {
+          pick = i;
+          break;
+        }
+        u -= weights[i];
+      }
+    } else {
+      pick = std::min(weights.size() - 1, static_cast<size_t>(Next() * weights.size()));
+    }
+    const int32_t id = ids[pick];
+    weights[pick] = weights.back();
+    ids[pick] = ids.back();
+    weights.pop_back();
+    ids.pop_back();
+    return id;
+  }
+
+ private:
+  uint64_t state_;
+};
+
+}  // namespace
+
+double CrossNodeTrafficShare(const ExpertMap& map, int32_t layer, std::span<const double> load,
+                             int32_t num_groups, int32_t num_nodes, const RoutingModel& model) {
+  if (num_nodes <= 1) return 0.0;
+  const int32_t rpn = map.num_ranks() / num_nodes;
+  const int32_t per_group = map.num_logical_experts() / num_groups;
+  std::vector<double> group_load(num_groups, 0.0);
+  for (int32_t e = 0; e < map.num_logical_experts(); ++e) group_load[e / per_group] += load[e];
+  const int32_t groups_per_token = std::min(model.groups_per_token, num_groups);
+  const int32_t experts_per_token = std::min(model.experts_per_token, groups_per_token * per_group);
+  SampleStream stream(model.seed ^ (static_cast<uint64_t>(layer) << 32));
+  std::vector<double> weights;
+  std::vector<int32_t> ids;
+  std::vector<int32_t> chosen_groups;
+  std::vector<bool> reached(num_nodes);
+  int64_t remote = 0;
+  for (int32_t t = 0; t < model.tokens; ++t) {
+    const auto origin = std::min(num_nodes - 1, static_cast<int32_t>(stream.Next() * num_nodes));
+    weights.assign(group_load.begin(), group_load.end());
+    ids.resize(num_groups);
+    std::iota(ids.begin(), ids.end(), 0);
+    chosen_groups.clear();
+    for (int32_t k = 0; k < groups_per_token; ++k)
+      chosen_groups.push_back(stream.Take(weights, ids));
+    weights.clear();
+    ids.clear();
+    for (const int32_t g : chosen_groups) {
+      for (int32_t e = g * per_group; e < (g + 1) * per_group; ++e) {
+        weights.push_back(load[e]);
+        ids.push_back(e);
+      }
+    }
+    std::fill(reached.begin(), reached.end(), false);
+    for (int32_t k = 0; k < experts_per_token; ++k) {
+      const auto replicas = map.replicas(layer, stream.Take(weights, ids));
+      const auto which =
+          std::min(replicas.size() - 1, static_cast<size_t>(stream.Next() * replicas.size()));
+      reached[map.layout().RankOfSlot(replicas[which]) / rpn] = true;
+    }
+    for (int32_t n = 0; n < num_nodes; ++n) remote += (reached[n] && n != origin) ? 1 : 0;
+  }
+  return static_cast<double>(remote) / (static_cast<double>(model.tokens) * experts_per_token);
 }
 
 }  // namespace eplb

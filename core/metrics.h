@@ -33,6 +33,28 @@ double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, in
 double NodesPerGroup(const ExpertMap& map, int32_t layer, std::span<const double> load,
                      int32_t num_groups, int32_t num_nodes);
 
+// A model of how tokens reach experts, for CrossNodeTrafficShare. Each token starts on a node
+// picked uniformly; it picks `groups_per_token` expert groups (without replacement, in proportion
+// to their load), then `experts_per_token` experts of those groups (without replacement, in
+// proportion to their load), each served by one of its replicas picked uniformly. The token is
+// sent once to every node holding a chosen replica (dispatch deduplicated per node, as the
+// expert-parallel all-to-all kernels do). This is DeepSeek-V3's group-limited routing when
+// groups_per_token < num_groups, and plain top-k routing when it equals num_groups.
+struct RoutingModel {
+  int32_t experts_per_token = 8;  // clamped to the experts of the chosen groups
+  int32_t groups_per_token = 4;   // clamped to num_groups
+  int32_t tokens = 1024;          // sampled per layer (a fixed pseudo-random sequence)
+  uint64_t seed = 1;
+};
+
+// The cross-node share of one layer's token traffic under `model`: copies of tokens sent to a node
+// other than their own, over experts_per_token copies per token (what a dispatch without node
+// deduplication would send). 0 with one node; lower when a token's experts share nodes. The same
+// inputs give the same value on every machine.
+// REQUIRES: as NodesPerGroup; model.tokens ≥ 1, experts_per_token ≥ 1, groups_per_token ≥ 1.
+double CrossNodeTrafficShare(const ExpertMap& map, int32_t layer, std::span<const double> load,
+                             int32_t num_groups, int32_t num_nodes, const RoutingModel& model = {});
+
 struct LayerQuality {
   double balancedness = 1.0;    // mean / max rank load
   double max_over_bound = 1.0;  // max rank load / MaxRankLoadLowerBound (1.0 when both are 0)
