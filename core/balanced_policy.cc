@@ -415,6 +415,108 @@ std::vector<int32_t> ReplicaCounts(std::span<const double> load, int32_t P, int3
   return count;
 }
 
+// With two slots on every rank, the best packing for given replica counts pairs the heaviest
+// replica with the lightest, the second heaviest with the second lightest, and so on; its busiest
+// rank is the heaviest such pair. The counts minimising the heaviest replica need not minimise that
+// (a light expert's extra replica can be the partner a heavy one lacks), so replicas move between
+// experts while that lowers the heaviest pair: each step gives one more replica to an expert of the
+// heaviest pair, taken from one of the experts that can best spare one.
+std::vector<int32_t> PairCounts(std::span<const double> load, std::vector<int32_t> count,
+                                int32_t R) {
+  const int32_t E = static_cast<int32_t>(load.size());
+  // The replicas by weight, ascending, for the current counts.
+  std::vector<std::pair<double, int32_t>> items;
+  const auto sort_items = [&] {
+    items.clear();
+    for (int32_t e = 0; e < E; ++e) {
+      for (int32_t k = 0; k < count[e]; ++k) items.push_back({load[e] / count[e], e});
+    }
+    std::sort(items.begin(), items.end());
+  };
+  // The heaviest pair of `sorted` (weights ascending), and the experts of its two replicas.
+  std::vector<double> sorted;
+  const auto heaviest_pair = [&](int32_t* light, int32_t* heavy) {
+    const size_t n = sorted.size();
+    double max = -1;
+    size_t at = 0;
+    for (size_t i = 0; i < n / 2; ++i) {
+      const double pair = sorted[i] + sorted[n - 1 - i];
+      if (pair > max) {
+        max = pair;
+        at = i;
+      }
+    }
+    if (light != nullptr) *light = items[at].second;
+    if (heavy != nullptr) *heavy = items[n - 1 - at].second;
+    return max;
+  };
+  // `sorted` for the counts with one replica moved from `from` to `to`: the current replicas of
+  // other experts merged with the two experts' new runs (each of equal weights).
+  const auto with_move = [&](int32_t from, int32_t to) {
+    const double wf = load[from] / (count[from] - 1), wt = load[to] / (count[to] + 1);
+    struct Run {
+      double weight;
+      int32_t left;
+    } runs[2] = {{wf, count[from] - 1}, {wt, count[to] + 1}};
+    if (runs[1].weight < runs[0].weight) std::swap(runs[0], runs[1]);
+    sorted.clear();
+    int run = 0;
+    for (const auto& [weight, e] : items) {
+      if (e == from || e == to) continue;
+      while (run < 2 && runs[run].weight <= weight) {
+        sorted.insert(sorted.end(), runs[run].left, runs[run].weight);
+        ++run;
+      }
+      sorted.push_back(weight);
+    }
+    for (; run < 2; ++run) sorted.insert(sorted.end(), runs[run].left, runs[run].weight);
+  };
+  constexpr size_t kDonorsTried = 8;
+  sort_items();
+  sorted.clear();
+  for (const auto& item : items) sorted.push_back(item.first);
+  int32_t light = 0, heavy = 0;
+  double now = heaviest_pair(&light, &heavy);
+  std::vector<int32_t> donors;
+  for (int32_t step = 0; step < E; ++step) {
+    // Donors: the experts whose replicas grow least when they lose one.
+    donors.clear();
+    for (int32_t e = 0; e < E; ++e) {
+      if (count[e] >= 2) donors.push_back(e);
+    }
+    const size_t tried = std::min(kDonorsTried, donors.size());
+    std::partial_sort(donors.begin(), donors.begin() + tried, donors.end(),
+                      [&](int32_t a, int32_t b) {
+                        const double wa = load[a] / (count[a] - 1), wb = load[b] / (count[b] - 1);
+                        return wa < wb || (wa == wb && a < b);
+                      });
+    donors.resize(tried);
+    double best = now;
+    int32_t best_from = -1, best_to = -1;
+    for (const int32_t to : {heavy, light}) {
+      if (count[to] >= R) continue;
+      for (const int32_t from : donors) {
+        if (from == to) continue;
+        with_move(from, to);
+        const double after = heaviest_pair(nullptr, nullptr);
+        if (after < best * (1 - 1e-12)) {
+          best = after;
+          best_from = from;
+          best_to = to;
+        }
+      }
+    }
+    if (best_from < 0) break;
+    --count[best_from];
+    ++count[best_to];
+    sort_items();
+    sorted.clear();
+    for (const auto& item : items) sorted.push_back(item.first);
+    now = heaviest_pair(&light, &heavy);
+  }
+  return count;
+}
+
 // Adds the replicas the packing's counts ask for beyond `placed`, heaviest first.
 bool FillRemaining(Packing& packing, std::span<const int32_t> placed) {
   std::vector<std::pair<double, int32_t>> items;  // (−weight, expert)
@@ -645,6 +747,7 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
   std::vector<int32_t> capacity(R);
   for (int32_t r = 0; r < R; ++r) capacity[r] = layout.SlotsOnRank(r);
   const int64_t max_swaps = 8 * static_cast<int64_t>(P);
+  const bool two_slots_each = P == 2 * R;
   const bool affinity = options_.node_affinity && shape.num_nodes > 1;
   if (affinity && shape.num_groups % shape.num_nodes != 0) {
     return absl::FailedPreconditionError(
@@ -668,7 +771,8 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
   std::vector<absl::Status> layer_status(L);
   const auto plan_layer = [&](int32_t l) -> absl::Status {
     const std::span<const double> load = input.load->row(l);
-    const std::vector<int32_t> count = ReplicaCounts(load, P, R);
+    std::vector<int32_t> count = ReplicaCounts(load, P, R);
+    if (two_slots_each) count = PairCounts(load, std::move(count), R);
     const std::span<const int32_t> previous =
         input.previous != nullptr ? input.previous->phy2log(l) : std::span<const int32_t>();
 
@@ -757,7 +861,8 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
       }
       const bool budgeted =
           options_.max_received_per_rank > 0 || options_.max_received_per_layer > 0;
-      for (const std::vector<int32_t>* counts : {&prev_count, &count}) {
+      for (const std::vector<int32_t>* counts :
+           {&prev_count, const_cast<const std::vector<int32_t>*>(&count)}) {
         if (!from_fresh) break;
         // Under a budget, only repairs of the previous placement are tried.
         if (budgeted && counts != &prev_count) break;

@@ -106,6 +106,30 @@ TEST(BalancedPolicyTest, ReachesTheBoundOnTheV3PrefillShape) {
   EXPECT_GT(EvaluateMap(*reference, load).mean_max_over_bound, 1.02);
 }
 
+// With two slots on every rank, replica counts are chosen for the pairing (a light expert's extra
+// replica can partner a heavy one): balanced beats deepseek, whose counts minimise the heaviest
+// replica only.
+TEST(BalancedPolicyTest, TwoSlotsPerRankChoosesCountsForThePairing) {
+  const DeploymentShape shape{.num_layers = 8,
+                              .num_logical_experts = 128,
+                              .num_groups = 8,
+                              .num_nodes = 9,
+                              .num_ranks = 72,
+                              .num_physical_experts = 144};
+  std::mt19937_64 rng(8);
+  const LoadMatrix load = LogNormalLoad(shape, 0.5, rng);
+  auto balanced = BalancedPolicy().Plan({.shape = shape, .load = &load});
+  auto deepseek = DeepSeekPolicy().Plan({.shape = shape, .load = &load});
+  ASSERT_TRUE(balanced.ok() && deepseek.ok());
+  ExpectNoDuplicatesOnARank(*balanced);
+  const double b = EvaluateMap(*balanced, load).mean_max_over_bound;
+  const double d = EvaluateMap(*deepseek, load).mean_max_over_bound;
+  EXPECT_LT(b, d - 0.005) << "balanced " << b << ", deepseek " << d;
+  for (int32_t l = 0; l < shape.num_layers; ++l) {
+    EXPECT_LE(MaxRankLoad(*balanced, l, load), MaxRankLoad(*deepseek, l, load) * (1 + 1e-12));
+  }
+}
+
 TEST(BalancedPolicyTest, ParallelLayersGiveTheSameMap) {
   const DeploymentShape shape{.num_layers = 12,
                               .num_logical_experts = 64,
