@@ -1,6 +1,7 @@
 #include "client/cli_args.h"
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 
 #include "absl/strings/numbers.h"
@@ -22,6 +23,22 @@ absl::StatusOr<int64_t> ParsedArgs::GetInt(absl::string_view name, int64_t fallb
   if (!absl::SimpleAtoi(it->second, &value)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--", name, " = \"", it->second, "\" is not an integer"));
+  }
+  if (value < lo || value > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, " = ", value, " is out of range [", lo, ", ", hi, "]"));
+  }
+  return value;
+}
+
+absl::StatusOr<double> ParsedArgs::GetDouble(absl::string_view name, double fallback, double lo,
+                                             double hi) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return fallback;
+  double value = 0;
+  if (!absl::SimpleAtod(it->second, &value) || !std::isfinite(value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, " = \"", it->second, "\" is not a number"));
   }
   if (value < lo || value > hi) {
     return absl::InvalidArgumentError(

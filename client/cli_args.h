@@ -4,6 +4,7 @@
 #ifndef EPLB_CLIENT_CLI_ARGS_H_
 #define EPLB_CLIENT_CLI_ARGS_H_
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <span>
@@ -29,6 +30,10 @@ class ParsedArgs {
   // the flag for a value that is not an integer or out of range.
   absl::StatusOr<int64_t> GetInt(absl::string_view name, int64_t fallback, int64_t lo,
                                  int64_t hi) const;
+  // The flag's value as a finite number in [lo, hi]; `fallback` if not given. INVALID_ARGUMENT
+  // naming the flag otherwise.
+  absl::StatusOr<double> GetDouble(absl::string_view name, double fallback, double lo,
+                                   double hi) const;
   // INVALID_ARGUMENT "--name is required" if the flag is missing.
   absl::StatusOr<std::string> Require(absl::string_view name) const;
 
@@ -42,6 +47,16 @@ class ParsedArgs {
 // flag given twice, a missing value, a value given to a switch, or a positional argument.
 absl::StatusOr<ParsedArgs> ParseArgs(std::span<const std::string> args,
                                      std::span<const FlagSpec> specs);
+
+// The flags of `a` followed by those of `b` (a verb's own flags and a shared set).
+template <size_t A, size_t B>
+constexpr std::array<FlagSpec, A + B> Concat(const std::array<FlagSpec, A>& a,
+                                             const std::array<FlagSpec, B>& b) {
+  std::array<FlagSpec, A + B> out{};
+  for (size_t i = 0; i < A; ++i) out[i] = a[i];
+  for (size_t i = 0; i < B; ++i) out[A + i] = b[i];
+  return out;
+}
 
 // "  --name VALUE   help" lines for a verb's usage text.
 std::string FlagHelp(std::span<const FlagSpec> specs);

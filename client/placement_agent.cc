@@ -11,11 +11,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/time/clock.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "core/status_macros.h"
-#include "transfer/transfer_schedule.h"
 #include "spdlog/spdlog.h"
+#include "transfer/transfer_schedule.h"
 
 namespace eplb::client {
 namespace {
@@ -88,9 +88,8 @@ ExpertMap MixMaps(const ExpertMap& old_map, const ExpertMap& new_map,
     logcnt.insert(logcnt.end(), t.begin() + layout.logcnt_offset(l),
                   t.begin() + layout.logcnt_offset(l) + layout.E);
   }
-  absl::StatusOr<ExpertMap> mixed =
-      ExpertMap::FromTables(layout.L, layout.E, old_map.layout(), std::move(phy2log), log2phy,
-                            logcnt);
+  absl::StatusOr<ExpertMap> mixed = ExpertMap::FromTables(layout.L, layout.E, old_map.layout(),
+                                                          std::move(phy2log), log2phy, logcnt);
   // Each layer is a valid layer of a valid map, so the mix is valid.
   return *std::move(mixed);
 }
@@ -113,10 +112,10 @@ struct PlacementAgent::Impl {
     uint64_t hash = 0;
     std::shared_ptr<const ExpertMap> map;
     std::vector<LayerTransfer> schedule;
-    std::vector<std::vector<int32_t>> chunks;  // layers, ascending
-    int32_t chunks_staged = 0;                 // by this rank
-    int32_t chunks_decided = 0;                // switch decided on every rank
-    absl::Status stage_status;                 // of the last staging on this rank
+    std::vector<std::vector<int32_t>> chunks;        // layers, ascending
+    int32_t chunks_staged = 0;                       // by this rank
+    int32_t chunks_decided = 0;                      // switch decided on every rank
+    absl::Status stage_status;                       // of the last staging on this rank
     std::vector<std::vector<CopyOp>> switch_copies;  // per staged chunk not yet decided
   };
 
@@ -272,8 +271,8 @@ struct PlacementAgent::Impl {
 
   absl::Status OnStepBoundary(int64_t step) {
     if (last_step >= 0 && step != last_step + 1) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "step = ", step, " does not follow the previous step boundary ", last_step));
+      return absl::FailedPreconditionError(
+          absl::StrCat("step = ", step, " does not follow the previous step boundary ", last_step));
     }
     if (step < 0) {
       return absl::InvalidArgumentError(absl::StrCat("step = ", step, " is negative"));
@@ -286,9 +285,8 @@ struct PlacementAgent::Impl {
       absl::MutexLock lock(&mu);
       if (last_sync_posted >= 0) {
         const int64_t awaited = last_sync_posted;
-        const auto done = [this, awaited]() ABSL_SHARED_LOCKS_REQUIRED(mu) {
-          return last_sync_done >= awaited;
-        };
+        const auto done = [this, awaited]()
+                              ABSL_SHARED_LOCKS_REQUIRED(mu) { return last_sync_done >= awaited; };
         if (!done()) {
           const absl::Time start = absl::Now();
           mu.Await(absl::Condition(&done));
@@ -416,8 +414,8 @@ struct PlacementAgent::Impl {
       }
     }
     if (mismatched != logged_mismatch && !mismatched.empty()) {
-      spdlog::error("rank {}: ranks {} serve a map different from rank 0's (hash {})",
-                    options.rank, absl::StrJoin(mismatched, ", "),
+      spdlog::error("rank {}: ranks {} serve a map different from rank 0's (hash {})", options.rank,
+                    absl::StrJoin(mismatched, ", "),
                     absl::StrCat(absl::Hex(records[0].active_hash, absl::kZeroPad16)));
     }
     logged_mismatch = mismatched;
@@ -431,8 +429,9 @@ struct PlacementAgent::Impl {
     }
     if (pending_active_ack > 0) {
       Emit(AgentAck{pending_active_ack, AckKind::kActive, group_hash,
-                    mismatched.empty() ? "" : absl::StrCat("map hash differs on ranks ",
-                                                           absl::StrJoin(mismatched, ", "))});
+                    mismatched.empty() ? ""
+                                       : absl::StrCat("map hash differs on ranks ",
+                                                      absl::StrJoin(mismatched, ", "))});
       pending_active_ack = 0;
     }
 
@@ -534,8 +533,8 @@ struct PlacementAgent::Impl {
       for (const transfer::StagedExpert& staged : t.staged) {
         uint8_t* dst = layer_base + static_cast<size_t>(staged.staging_index) * slot_bytes[l];
         const bool is_local = staged.src_rank == options.rank;
-        const SlotWeights* src = is_local ? &options.weights[l][staged.src_slot - first_slot]
-                                          : nullptr;
+        const SlotWeights* src =
+            is_local ? &options.weights[l][staged.src_slot - first_slot] : nullptr;
         size_t offset = 0;
         for (size_t b = 0; b < options.weights[l][0].size(); ++b) {
           const size_t n = options.weights[l][0][b].bytes;
@@ -547,7 +546,8 @@ struct PlacementAgent::Impl {
             received += static_cast<int64_t>(n);
           }
           for (const int32_t slot : staged.dst_slots) {
-            switch_copies.push_back({options.weights[l][slot - first_slot][b].data, dst + offset, n});
+            switch_copies.push_back(
+                {options.weights[l][slot - first_slot][b].data, dst + offset, n});
           }
           offset += n;
         }
@@ -590,8 +590,7 @@ struct PlacementAgent::Impl {
               : absl::StrCat("another rank failed to stage chunk ", a.chunks_staged);
       const int32_t decided = a.chunks_decided;
       // A failed transfer leaves the communicators out of step: the group has to be rebuilt.
-      Fail(absl::StrCat(error, " (", decided, " of ", a.chunks.size(),
-                        " chunks switched before)"),
+      Fail(absl::StrCat(error, " (", decided, " of ", a.chunks.size(), " chunks switched before)"),
            true);
       if (decided > 0) {
         SetGroupMap(std::make_shared<const ExpertMap>(MixMaps(*group_map, *a.map, switched)),
@@ -652,7 +651,8 @@ absl::StatusOr<std::unique_ptr<PlacementAgent>> PlacementAgent::Create(
   }
   if (communicator->size() != map.num_ranks()) {
     return absl::InvalidArgumentError(absl::StrCat("the communicator has ", communicator->size(),
-                                                   " ranks, the initial map has ", map.num_ranks()));
+                                                   " ranks, the initial map has ",
+                                                   map.num_ranks()));
   }
   if (options.initial_version < 0) {
     return absl::InvalidArgumentError(
@@ -669,8 +669,8 @@ absl::StatusOr<std::unique_ptr<PlacementAgent>> PlacementAgent::Create(
   const int32_t L = map.num_layers();
   const int32_t S = map.layout().SlotsOnRank(options.rank);
   if (static_cast<int32_t>(options.weights.size()) != L) {
-    return absl::InvalidArgumentError(absl::StrCat("weights has ", options.weights.size(),
-                                                   " layers, the map has ", L));
+    return absl::InvalidArgumentError(
+        absl::StrCat("weights has ", options.weights.size(), " layers, the map has ", L));
   }
   std::vector<size_t> slot_bytes(L, 0);
   for (int32_t l = 0; l < L; ++l) {
@@ -681,9 +681,9 @@ absl::StatusOr<std::unique_ptr<PlacementAgent>> PlacementAgent::Create(
     }
     for (int32_t s = 0; s < S; ++s) {
       if (layer[s].size() != layer[0].size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("weights[", l, "][", s, "] has ", layer[s].size(),
-                         " buffers, weights[", l, "][0] has ", layer[0].size()));
+        return absl::InvalidArgumentError(absl::StrCat("weights[", l, "][", s, "] has ",
+                                                       layer[s].size(), " buffers, weights[", l,
+                                                       "][0] has ", layer[0].size()));
       }
       for (size_t b = 0; b < layer[s].size(); ++b) {
         if (layer[s][b].data == nullptr && layer[s][b].bytes > 0) {
@@ -691,9 +691,9 @@ absl::StatusOr<std::unique_ptr<PlacementAgent>> PlacementAgent::Create(
               absl::StrCat("weights[", l, "][", s, "][", b, "].data is null"));
         }
         if (layer[s][b].bytes != layer[0][b].bytes) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "weights[", l, "][", s, "][", b, "] has ", layer[s][b].bytes, " bytes, weights[", l,
-              "][0][", b, "] has ", layer[0][b].bytes));
+          return absl::InvalidArgumentError(absl::StrCat("weights[", l, "][", s, "][", b, "] has ",
+                                                         layer[s][b].bytes, " bytes, weights[", l,
+                                                         "][0][", b, "] has ", layer[0][b].bytes));
         }
         if (s == 0) slot_bytes[l] += layer[0][b].bytes;
       }

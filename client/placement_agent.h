@@ -153,18 +153,18 @@ class PlacementAgent {
   int64_t active_version() const;
 
   struct Status {
-    int64_t active_version = 0;      // as active_version()
-    int64_t applying_version = 0;    // the plan being staged and switched, 0 if none
+    int64_t active_version = 0;    // as active_version()
+    int64_t applying_version = 0;  // the plan being staged and switched, 0 if none
     int64_t plans_applied = 0;
     int64_t plans_failed = 0;
     int64_t chunks_switched = 0;
     int64_t syncs = 0;
-    int64_t bytes_received = 0;      // from other ranks
+    int64_t bytes_received = 0;  // from other ranks
     int64_t bytes_copied_locally = 0;
-    double stall_seconds = 0;        // serving thread waiting in OnStepBoundary
-    double staging_seconds = 0;      // agent thread staging chunks (copies and transfers)
-    bool broken = false;             // the communicator failed; no more plans are applied
-    std::string last_error;          // of the last failed plan or check
+    double stall_seconds = 0;               // serving thread waiting in OnStepBoundary
+    double staging_seconds = 0;             // agent thread staging chunks (copies and transfers)
+    bool broken = false;                    // the communicator failed; no more plans are applied
+    std::string last_error;                 // of the last failed plan or check
     std::vector<int32_t> mismatched_ranks;  // ranks whose map hash differed at the last check
   };
   Status status() const;

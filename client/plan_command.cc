@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/balanced_flags.h"
 #include "client/cli_args.h"
 #include "client/cli_files.h"
 #include "core/balanced_policy.h"
@@ -21,7 +22,7 @@
 namespace eplb::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 16> kPlanFlags = {{
+constexpr std::array<FlagSpec, 14> kOwnFlags = {{
     {"load", "FILE", "load file {\"load\": [[…E…] × L]} (required unless --policy contiguous)"},
     {"num-physical-experts", "P", "physical expert slots in all (required)"},
     {"num-ranks", "R", "ranks (GPUs) in the expert-parallel group (required)"},
@@ -31,15 +32,13 @@ constexpr std::array<FlagSpec, 16> kPlanFlags = {{
     {"num-logical-experts", "E", "experts per layer (required without --load; must match it)"},
     {"policy", "NAME", "placement policy: contiguous, deepseek or balanced (default balanced)"},
     {"previous", "FILE", "the map in use (any --format): compare with it and plan from it"},
-    {"max-received-per-rank", "M",
-     "balanced with --previous: at most M experts received per rank and layer (default 0: any)"},
-    {"node-affinity", "", "balanced: keep each expert group's replicas on one node"},
     {"output", "FILE", "write the map here, atomically (default: standard output)"},
     {"format", "NAME", "eplb, vllm-ascend or sglang (default eplb)"},
     {"bytes-per-expert", "B", "bytes of one expert's weights, to report the bytes to move"},
     {"per-layer", "", "print the balancedness of every layer, before and after"},
     {"help", "", "print this help"},
 }};
+constexpr auto kPlanFlags = Concat(kOwnFlags, kBalancedFlags);
 
 struct PlanOptions {
   DeploymentShape shape;
@@ -47,8 +46,7 @@ struct PlanOptions {
   std::optional<std::string> load_path, previous_path, output_path;
   MapFormat format = MapFormat::kEplb;
   int64_t bytes_per_expert = 0;
-  int64_t max_received_per_rank = 0;
-  bool node_affinity = false;
+  std::optional<BalancedFlags> balanced;  // balanced's options, when any was given
   bool per_layer = false;
 };
 
@@ -68,18 +66,8 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
                    args.GetInt("num-logical-experts", 0, 1, L::kMaxLogicalExperts));
   ASSIGN_OR_RETURN(o.bytes_per_expert, args.GetInt("bytes-per-expert", 0, 0, int64_t{1} << 40));
   o.policy = args.Get("policy", o.policy);
-  ASSIGN_OR_RETURN(o.max_received_per_rank,
-                   args.GetInt("max-received-per-rank", 0, 0, L::kMaxLogicalExperts));
-  if (o.max_received_per_rank > 0 && o.policy != BalancedPolicy::kName) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max-received-per-rank applies to --policy balanced, not ", o.policy));
-  }
-  o.node_affinity = args.Has("node-affinity");
-  if (o.node_affinity && o.policy != BalancedPolicy::kName) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--node-affinity applies to --policy balanced, not ", o.policy));
-  }
   RETURN_IF_ERROR(CreatePolicy(o.policy).status());
+  ASSIGN_OR_RETURN(o.balanced, ParseBalancedFlags(args, o.policy));
   ASSIGN_OR_RETURN(o.format, ParseMapFormat(args.Get("format", "eplb")));
   if (args.Has("load")) o.load_path = args.Get("load");
   if (args.Has("previous")) o.previous_path = args.Get("previous");
@@ -134,6 +122,21 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
     err << absl::StrFormat("balancedness  %-10s min %.4f  mean %.4f  (max/bound mean %.4f)\n",
                            "planned", after.min_balancedness, after.mean_balancedness,
                            after.mean_max_over_bound);
+    if (s.num_nodes > 1) {
+      const RoutingModel model;
+      const auto share = [&](const ExpertMap& m) {
+        double sum = 0;
+        for (int32_t l = 0; l < s.num_layers; ++l) {
+          sum += CrossNodeTrafficShare(m, l, load->row(l), s.num_groups, s.num_nodes, model);
+        }
+        return sum / s.num_layers;
+      };
+      err << absl::StrFormat(
+          "cross-node share of token traffic (%d experts in %d groups per token): %s %.3f, "
+          "planned %.3f\n",
+          model.experts_per_token, std::min(model.groups_per_token, s.num_groups), baseline_name,
+          share(baseline), share(map));
+    }
   }
   if (baseline_is_previous) {
     const Migration m = ComputeMigration(baseline, map, o.bytes_per_expert);
@@ -180,14 +183,8 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
     previous = *std::move(read);
   }
 
-  auto policy = CreatePolicy(o.policy);
+  auto policy = CreatePolicy(o.policy, o.balanced ? &o.balanced->options : nullptr);
   if (!policy.ok()) return fail(policy.status());
-  if (o.max_received_per_rank > 0 || o.node_affinity) {
-    BalancedOptions balanced;
-    balanced.max_received_per_rank = static_cast<int32_t>(o.max_received_per_rank);
-    balanced.node_affinity = o.node_affinity;
-    *policy = std::make_unique<BalancedPolicy>(balanced);
-  }
   const auto start = std::chrono::steady_clock::now();
   auto map = (*policy)->Plan({.shape = o.shape,
                               .load = load ? &*load : nullptr,
@@ -231,8 +228,9 @@ std::string PlanUsage() {
       "usage: eplbctl plan --load LOAD.json --num-physical-experts P --num-ranks R\n"
       "                    [--num-groups G] [--num-nodes N]\n"
       "                    [--policy contiguous|deepseek|balanced] [--previous MAP.json]\n"
-      "                    [--max-received-per-rank M] [--node-affinity] [--output MAP.json]\n"
-      "                    [--format eplb|vllm-ascend|sglang] [--per-layer]\n"
+      "                    [--tolerance X] [--max-received-per-rank M]\n"
+      "                    [--max-received-per-layer M] [--layer-min-gain X] [--node-affinity]\n"
+      "                    [--output MAP.json] [--format eplb|vllm-ascend|sglang] [--per-layer]\n"
       "       eplbctl plan --policy contiguous --num-layers L --num-logical-experts E\n"
       "                    --num-physical-experts P --num-ranks R --output MAP.json\n\n"
       "Plans an expert map offline. The map goes to --output (or standard output), a summary to\n"

@@ -32,17 +32,16 @@ void KeepNewest(Map& map) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PlanWatcher>> PlanWatcher::Create(PlannerClient* client,
-                                                                  PlanWatcherOptions options) {
+                                                                 PlanWatcherOptions options) {
   if (options.deployment.empty()) return absl::InvalidArgumentError("deployment is required");
   if (options.rank < 0) {
     return absl::InvalidArgumentError(absl::StrCat("rank = ", options.rank, " is negative"));
   }
   if (options.initial_backoff <= absl::ZeroDuration() ||
       options.max_backoff < options.initial_backoff) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("backoff must satisfy 0 < initial_backoff (",
-                     absl::FormatDuration(options.initial_backoff), ") ≤ max_backoff (",
-                     absl::FormatDuration(options.max_backoff), ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "backoff must satisfy 0 < initial_backoff (", absl::FormatDuration(options.initial_backoff),
+        ") ≤ max_backoff (", absl::FormatDuration(options.max_backoff), ")"));
   }
   return std::unique_ptr<PlanWatcher>(new PlanWatcher(client, std::move(options)));
 }

@@ -82,8 +82,8 @@ class PlanWatcher {
   mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<PlannerClient::Watch> watch_ ABSL_GUARDED_BY(mu_);
-  std::map<int64_t, AgentAck> unsent_acks_ ABSL_GUARDED_BY(mu_);   // by version
-  std::map<int64_t, std::string> nonces_ ABSL_GUARDED_BY(mu_);     // last nonce per version
+  std::map<int64_t, AgentAck> unsent_acks_ ABSL_GUARDED_BY(mu_);  // by version
+  std::map<int64_t, std::string> nonces_ ABSL_GUARDED_BY(mu_);    // last nonce per version
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };
 

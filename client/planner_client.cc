@@ -225,10 +225,9 @@ absl::StatusOr<std::string> PlannerClient::AwaitRendezvous(absl::string_view dep
     const bool not_yet = detail.has_value() && detail->reason() == v1::RENDEZVOUS_NOT_FOUND;
     if (!not_yet && !absl::IsUnavailable(status)) return status;
     if (absl::Now() + backoff > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat("rendezvous key \"", key, "\" of deployment ",
-                                                      deployment, " not published within ",
-                                                      absl::FormatDuration(timeout), " (last: ",
-                                                      status.message(), ")"));
+      return absl::DeadlineExceededError(absl::StrCat(
+          "rendezvous key \"", key, "\" of deployment ", deployment, " not published within ",
+          absl::FormatDuration(timeout), " (last: ", status.message(), ")"));
     }
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Milliseconds(200));

@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "client/balanced_flags.h"
 #include "client/cli_args.h"
 #include "client/cli_files.h"
 #include "client/planner_client.h"
@@ -36,6 +37,7 @@ using client::PlannerClientOptions;
 
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+constexpr double kInfinity = std::numeric_limits<double>::infinity();
 // Steps and sequence numbers the API accepts at most (planner.proto).
 constexpr int64_t kMaxStep = int64_t{1} << 62;
 constexpr int64_t kMaxSequence = int64_t{1} << 62;
@@ -92,17 +94,34 @@ std::string SmoothingText(const v1::Smoothing& smoothing) {
   return "ema (default)";
 }
 
+// The balanced policy's options, as " (tolerance 0.0075, ...)"; empty for other policies.
+std::string BalancedText(const v1::DeploymentSpec& spec) {
+  if (!spec.has_balanced()) return "";
+  const v1::BalancedOptions& b = spec.balanced();
+  std::string text = absl::StrCat(" (tolerance ", b.tolerance());
+  if (b.max_received_per_rank() > 0) {
+    absl::StrAppend(&text, ", at most ", b.max_received_per_rank(), " received per rank");
+  }
+  if (b.max_received_per_layer() > 0) {
+    absl::StrAppend(&text, ", at most ", b.max_received_per_layer(), " received per layer");
+  }
+  if (b.min_gain() > 0) absl::StrAppend(&text, ", layer min gain ", b.min_gain());
+  if (b.node_affinity()) absl::StrAppend(&text, ", node affinity");
+  return absl::StrCat(text, ")");
+}
+
 // One line per deployment.
 std::string DeploymentLine(const v1::Deployment& d) {
   const v1::DeploymentSpec& spec = d.spec();
   const v1::Shape& s = spec.shape();
   return absl::StrFormat(
-      "%s  L=%d E=%d G=%d N=%d R=%d P=%d  policy %s  commit %s  %s  committed %d  latest %d  "
+      "%s  L=%d E=%d G=%d N=%d R=%d P=%d  policy %s%s  commit %s  %s  committed %d  latest %d  "
       "steps %d",
       spec.name(), s.num_layers(), s.num_logical_experts(), std::max(1, s.num_groups()),
       std::max(1, s.num_nodes()), s.num_ranks(), s.num_physical_experts(),
-      spec.policy().empty() ? "(default)" : spec.policy(), CommitModeName(spec.commit_mode()),
-      SmoothingText(spec.smoothing()), d.committed_version(), d.latest_version(), d.steps_seen());
+      spec.policy().empty() ? "(default)" : spec.policy(), BalancedText(spec),
+      CommitModeName(spec.commit_mode()), SmoothingText(spec.smoothing()), d.committed_version(),
+      d.latest_version(), d.steps_seen());
 }
 
 std::string VersionText(int64_t version) {
@@ -178,17 +197,6 @@ absl::StatusOr<int64_t> RequireInt(const ParsedArgs& args, absl::string_view nam
   return args.GetInt(name, 0, lo, hi);
 }
 
-absl::StatusOr<double> GetDouble(const ParsedArgs& args, absl::string_view name, double fallback) {
-  if (!args.Has(name)) return fallback;
-  const std::string text = args.Get(name);
-  double value = 0;
-  if (!absl::SimpleAtod(text, &value) || !std::isfinite(value)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", name, " = \"", text, "\" is not a number"));
-  }
-  return value;
-}
-
 // A non-empty string flag.
 absl::StatusOr<std::string> RequireText(const ParsedArgs& args, absl::string_view name) {
   ASSIGN_OR_RETURN(std::string value, args.Require(name));
@@ -216,7 +224,7 @@ absl::StatusOr<ExpertMap> MapOfPlan(const v1::Plan& plan) {
 
 // create-deployment
 
-constexpr std::array<FlagSpec, 18> kCreateFlags = {{
+constexpr std::array<FlagSpec, 18> kCreateOwnFlags = {{
     {"name", "D", "deployment name: 1-63 of [a-z0-9-], starting with a letter (required)"},
     {"num-layers", "L", "MoE layers (required)"},
     {"num-logical-experts", "E", "experts per layer (required)"},
@@ -236,6 +244,7 @@ constexpr std::array<FlagSpec, 18> kCreateFlags = {{
     {"plan-history", "K", "plans kept (default 16)"},
     {"initial-map", "FILE", "the first plan's map (eplb, vllm-ascend or sglang JSON)"},
 }};
+constexpr auto kCreateFlags = Concat(kCreateOwnFlags, kBalancedFlags);
 
 absl::StatusOr<Action> ParseCreate(const ParsedArgs& args) {
   v1::DeploymentSpec spec;
@@ -254,6 +263,16 @@ absl::StatusOr<Action> ParseCreate(const ParsedArgs& args) {
   shape.set_num_groups(static_cast<int32_t>(groups));
   shape.set_num_nodes(static_cast<int32_t>(nodes));
   spec.set_policy(args.Get("policy"));
+  ASSIGN_OR_RETURN(const std::optional<BalancedFlags> balanced,
+                   ParseBalancedFlags(args, spec.policy()));
+  if (balanced) {
+    v1::BalancedOptions& b = *spec.mutable_balanced();
+    if (balanced->tolerance_given) b.set_tolerance(balanced->options.tolerance);
+    b.set_max_received_per_rank(balanced->options.max_received_per_rank);
+    b.set_max_received_per_layer(balanced->options.max_received_per_layer);
+    b.set_min_gain(balanced->options.min_gain);
+    b.set_node_affinity(balanced->options.node_affinity);
+  }
   ASSIGN_OR_RETURN(const int64_t bytes, args.GetInt("bytes-per-expert", 0, 0, kInt64Max));
   spec.set_bytes_per_expert(bytes);
 
@@ -287,7 +306,7 @@ absl::StatusOr<Action> ParseCreate(const ParsedArgs& args) {
     ASSIGN_OR_RETURN(const int64_t interval,
                      args.GetInt("interval-steps", kDefaultIntervalSteps, 0, kInt64Max));
     ASSIGN_OR_RETURN(const int64_t min_steps, args.GetInt("min-steps", 0, 0, kInt64Max));
-    ASSIGN_OR_RETURN(const double min_gain, GetDouble(args, "min-gain", 0));
+    ASSIGN_OR_RETURN(const double min_gain, args.GetDouble("min-gain", 0, -kInfinity, kInfinity));
     trigger.set_interval_steps(interval);
     trigger.set_min_steps(min_steps);
     trigger.set_min_gain(min_gain);
@@ -623,7 +642,9 @@ const std::array<ServerVerb, 10>& Verbs() {
        "       --num-physical-experts P --num-ranks R [--num-groups G] [--num-nodes N]\n"
        "       [--policy NAME] [--bytes-per-expert B] [--commit immediate|acked]\n"
        "       [--ema-half-life-steps H | --window-steps W] [--interval-steps I] [--min-steps M]\n"
-       "       [--min-gain X] [--ack-timeout-ms T] [--plan-history K] [--initial-map FILE]",
+       "       [--min-gain X] [--ack-timeout-ms T] [--plan-history K] [--initial-map FILE]\n"
+       "       [--tolerance X] [--max-received-per-rank M] [--max-received-per-layer M]\n"
+       "       [--layer-min-gain X] [--node-affinity]",
        kCreateFlags, &ParseCreate},
       {"list", "list the deployments, one per line", "list", {}, &ParseList},
       {"delete-deployment", "delete a deployment, its plans and its load",

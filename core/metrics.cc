@@ -150,11 +150,10 @@ class SampleStream {
     z ^= z >> 31;
     return static_cast<double>(z >> 11) * 0x1.0p-53;
   }
-  // An index of `weights` drawn in proportion to them (uniformly when they are all 0), then
-  // removed by swapping with the last entry of both vectors.
-  int32_t Take(std::vector<double>& weights, std::vector<int32_t>& ids) {
-    double total = 0;
-    for (const double w : weights) total += w;
+  // An id drawn in proportion to `weights` (uniformly when they are all 0), then removed by
+  // swapping with the last entry of both vectors.
+  // `total`: the sum of `weights`, lowered by the weight taken.
+  int32_t Take(std::vector<double>& weights, std::vector<int32_t>& ids, double& total) {
     size_t pick = weights.size() - 1;
     if (total > 0) {
       double u = Next() * total;
@@ -169,6 +168,7 @@ class SampleStream {
       pick = std::min(weights.size() - 1, static_cast<size_t>(Next() * weights.size()));
     }
     const int32_t id = ids[pick];
+    total = std::max(0.0, total - weights[pick]);
     weights[pick] = weights.back();
     ids[pick] = ids.back();
     weights.pop_back();
@@ -189,6 +189,8 @@ double CrossNodeTrafficShare(const ExpertMap& map, int32_t layer, std::span<cons
   const int32_t per_group = map.num_logical_experts() / num_groups;
   std::vector<double> group_load(num_groups, 0.0);
   for (int32_t e = 0; e < map.num_logical_experts(); ++e) group_load[e / per_group] += load[e];
+  double layer_total = 0;
+  for (const double g : group_load) layer_total += g;
   const int32_t groups_per_token = std::min(model.groups_per_token, num_groups);
   const int32_t experts_per_token = std::min(model.experts_per_token, groups_per_token * per_group);
   SampleStream stream(model.seed ^ (static_cast<uint64_t>(layer) << 32));
@@ -203,19 +205,23 @@ double CrossNodeTrafficShare(const ExpertMap& map, int32_t layer, std::span<cons
     ids.resize(num_groups);
     std::iota(ids.begin(), ids.end(), 0);
     chosen_groups.clear();
-    for (int32_t k = 0; k < groups_per_token; ++k)
-      chosen_groups.push_back(stream.Take(weights, ids));
+    double total = layer_total;
+    for (int32_t k = 0; k < groups_per_token; ++k) {
+      chosen_groups.push_back(stream.Take(weights, ids, total));
+    }
     weights.clear();
     ids.clear();
+    total = 0;
     for (const int32_t g : chosen_groups) {
       for (int32_t e = g * per_group; e < (g + 1) * per_group; ++e) {
         weights.push_back(load[e]);
         ids.push_back(e);
       }
+      total += group_load[g];
     }
     std::fill(reached.begin(), reached.end(), false);
     for (int32_t k = 0; k < experts_per_token; ++k) {
-      const auto replicas = map.replicas(layer, stream.Take(weights, ids));
+      const auto replicas = map.replicas(layer, stream.Take(weights, ids, total));
       const auto which =
           std::min(replicas.size() - 1, static_cast<size_t>(stream.Next() * replicas.size()));
       reached[map.layout().RankOfSlot(replicas[which]) / rpn] = true;

@@ -38,6 +38,8 @@ ABSL_FLAG(std::string, port_file, "",
           "If set, the bound gRPC port is written here (atomically) once the planner serves");
 ABSL_FLAG(std::string, default_policy, "balanced",
           "Placement policy of deployments created without one: balanced, deepseek or contiguous");
+ABSL_FLAG(int, plan_threads, 4,
+          "Threads the balanced policy plans layers on; 0: one per hardware thread (0 to 1024)");
 ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(10),
           "How often a deployment's smoothed load is written to the state directory (1s to 1h)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20,
@@ -125,6 +127,11 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.planner.default_policy = absl::GetFlag(FLAGS_default_policy);
+  options.planner.plan_threads = absl::GetFlag(FLAGS_plan_threads);
+  if (options.planner.plan_threads < 0 || options.planner.plan_threads > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("--plan-threads=", options.planner.plan_threads,
+                                                   " is out of range [0, 1024]"));
+  }
   options.planner.checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
   if (options.planner.checkpoint_interval < absl::Seconds(1) ||
       options.planner.checkpoint_interval > absl::Hours(1)) {

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/balanced_policy.h"
 #include "core/check.h"
 #include "core/expert_map.h"
 #include "core/load.h"
@@ -101,7 +102,7 @@ struct ValidatedSpec {
 enum class SpecSource { kRequest, kStored };
 
 absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
-                                           const std::string& default_policy,
+                                           const std::string& default_policy, int32_t plan_threads,
                                            SpecSource source = SpecSource::kRequest) {
   ValidatedSpec result;
   v1::DeploymentSpec& spec = result.spec;
@@ -120,7 +121,41 @@ absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
   ShapeToProto(result.shape, spec.mutable_shape());
 
   if (spec.policy().empty()) spec.set_policy(default_policy);
-  auto policy = CreatePolicy(spec.policy());
+  std::optional<BalancedOptions> balanced;
+  if (spec.policy() == BalancedPolicy::kName) {
+    v1::BalancedOptions& b = *spec.mutable_balanced();
+    if (!b.has_tolerance()) b.set_tolerance(BalancedOptions().tolerance);
+    const int32_t slots = result.shape.num_physical_experts;
+    if (!(b.tolerance() >= 0 && b.tolerance() <= 1)) {
+      return OutOfRange("spec.balanced.tolerance",
+                        absl::StrCat("= ", b.tolerance(), " is out of range [0, 1]"));
+    }
+    if (!(b.min_gain() >= 0 && b.min_gain() <= 1)) {
+      return OutOfRange("spec.balanced.min_gain",
+                        absl::StrCat("= ", b.min_gain(), " is out of range [0, 1]"));
+    }
+    RETURN_IF_ERROR(
+        CheckRange("spec.balanced.max_received_per_rank", b.max_received_per_rank(), 0, slots));
+    RETURN_IF_ERROR(
+        CheckRange("spec.balanced.max_received_per_layer", b.max_received_per_layer(), 0, slots));
+    if (b.node_affinity() && result.shape.num_nodes > 1 &&
+        result.shape.num_groups % result.shape.num_nodes != 0) {
+      return OutOfRange(
+          "spec.balanced.node_affinity",
+          absl::StrCat("needs num_groups (", result.shape.num_groups,
+                       ") to be a multiple of num_nodes (", result.shape.num_nodes, ")"));
+    }
+    balanced = BalancedOptions{.tolerance = b.tolerance(),
+                               .max_received_per_rank = b.max_received_per_rank(),
+                               .max_received_per_layer = b.max_received_per_layer(),
+                               .min_gain = b.min_gain(),
+                               .node_affinity = b.node_affinity(),
+                               .threads = plan_threads};
+  } else if (spec.has_balanced()) {
+    return OutOfRange("spec.balanced",
+                      absl::StrCat("applies to policy balanced, not ", spec.policy()));
+  }
+  auto policy = CreatePolicy(spec.policy(), balanced ? &*balanced : nullptr);
   if (!policy.ok()) return Tagged(policy.status(), v1::FIELD_OUT_OF_RANGE, "spec.policy");
   result.policy = *std::move(policy);
 
@@ -218,6 +253,7 @@ std::string FirstDifference(const v1::DeploymentSpec& a, const v1::DeploymentSpe
   using google::protobuf::util::MessageDifferencer;
   if (!MessageDifferencer::Equals(a.shape(), b.shape())) return "shape";
   if (a.policy() != b.policy()) return "policy";
+  if (!MessageDifferencer::Equals(a.balanced(), b.balanced())) return "balanced";
   if (a.bytes_per_expert() != b.bytes_per_expert()) return "bytes_per_expert";
   if (!MessageDifferencer::Equals(a.smoothing(), b.smoothing())) return "smoothing";
   if (!MessageDifferencer::Equals(a.trigger(), b.trigger())) return "trigger";
@@ -447,8 +483,8 @@ absl::Status Planner::LoadState() {
       return absl::DataLossError(absl::StrCat("state of deployment \"", name, "\" in ",
                                               store_.dir(), ": ", status.message()));
     };
-    auto validated =
-        ValidateSpec(stored.record.spec(), options_.default_policy, SpecSource::kStored);
+    auto validated = ValidateSpec(stored.record.spec(), options_.default_policy,
+                                  options_.plan_threads, SpecSource::kStored);
     if (!validated.ok()) return corrupt(validated.status());
     const DeploymentShape shape = validated->shape;
     auto smoothed =
@@ -670,7 +706,7 @@ void Planner::CreateDeployment(const v1::DeploymentSpec& spec, DeploymentCallbac
 }
 
 void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCallback& done) {
-  auto validated = ValidateSpec(input, options_.default_policy);
+  auto validated = ValidateSpec(input, options_.default_policy, options_.plan_threads);
   if (!validated.ok()) return done(validated.status());
   const std::string name = validated->spec.name();
   if (std::shared_ptr<Deployment> existing = Find(name); existing != nullptr) {
@@ -1059,8 +1095,8 @@ absl::Status Planner::PublishRendezvous(const v1::PublishRendezvousRequest& requ
   constexpr size_t kMaxKeyBytes = 128, kMaxValueBytes = 4096, kMaxKeys = 64;
   if (request.key().empty()) return Required("key");
   if (request.key().size() > kMaxKeyBytes) {
-    return OutOfRange("key", absl::StrCat("has ", request.key().size(), " bytes, more than ",
-                                          kMaxKeyBytes));
+    return OutOfRange(
+        "key", absl::StrCat("has ", request.key().size(), " bytes, more than ", kMaxKeyBytes));
   }
   if (request.value().size() > kMaxValueBytes) {
     return OutOfRange("value", absl::StrCat("has ", request.value().size(), " bytes, more than ",
@@ -1070,9 +1106,9 @@ absl::Status Planner::PublishRendezvous(const v1::PublishRendezvousRequest& requ
   absl::MutexLock lock(&d->mu);
   if (d->deleted) return DeploymentNotFound(request.deployment());
   if (!d->rendezvous.contains(request.key()) && d->rendezvous.size() >= kMaxKeys) {
-    return ErrorWithDetail(absl::StatusCode::kResourceExhausted, v1::RENDEZVOUS_FULL, "key",
-                           absl::StrCat("deployment ", d->name(), " holds ", kMaxKeys,
-                                        " rendezvous keys already"));
+    return ErrorWithDetail(
+        absl::StatusCode::kResourceExhausted, v1::RENDEZVOUS_FULL, "key",
+        absl::StrCat("deployment ", d->name(), " holds ", kMaxKeys, " rendezvous keys already"));
   }
   d->rendezvous[request.key()] = request.value();
   return absl::OkStatus();
@@ -1084,10 +1120,10 @@ absl::StatusOr<std::string> Planner::GetRendezvous(const v1::GetRendezvousReques
   absl::MutexLock lock(&d->mu);
   const auto it = d->rendezvous.find(request.key());
   if (d->deleted || it == d->rendezvous.end()) {
-    return ErrorWithDetail(absl::StatusCode::kNotFound, v1::RENDEZVOUS_NOT_FOUND, "key",
-                           absl::StrCat("rendezvous key \"", request.key(),
-                                        "\" was not published in deployment ",
-                                        request.deployment()));
+    return ErrorWithDetail(
+        absl::StatusCode::kNotFound, v1::RENDEZVOUS_NOT_FOUND, "key",
+        absl::StrCat("rendezvous key \"", request.key(), "\" was not published in deployment ",
+                     request.deployment()));
   }
   return it->second;
 }

@@ -37,6 +37,9 @@ namespace eplb::server {
 struct PlannerOptions {
   // Policy of deployments created without one.
   std::string default_policy = "balanced";
+  // Threads the balanced policy plans layers on (0: one per hardware thread). 0 ≤ plan_threads ≤
+  // 1024; the plans do not depend on it.
+  int32_t plan_threads = 4;
   // How often the smoothed load of a deployment that received reports is written to disk.
   absl::Duration checkpoint_interval = absl::Seconds(10);
 };

@@ -173,6 +173,19 @@ TEST_F(EplbctlPlanTest, PreviousMapInAnyFormatIsComparedAndVersioned) {
       EXPECT_EQ(node_of_group[group], node) << "layer " << l << " slot " << p;
     }
   }
+  // The cross-node share of token traffic drops to what keeping groups on nodes allows.
+  EXPECT_THAT(affine.err,
+              MatchesRegex("(.|\n)*cross-node share of token traffic \\(8 experts in 4 groups per "
+                           "token\\): contiguous [0-9.]+, planned [0-9.]+\n(.|\n)*"));
+  // A per-layer budget: at most 3 experts received per layer, 6 over the 2 layers.
+  args = ExampleArgs(load_path);
+  SetFlag(args, "--policy", "balanced");
+  args.insert(args.end(), {"--previous", Path("prev.sglang.json"), "--max-received-per-layer", "3",
+                           "--tolerance", "0", "--output", Path("layer-budget.json")});
+  const Result layer_budget = Run(args);
+  ASSERT_EQ(layer_budget.exit_code, 0) << layer_budget.err;
+  EXPECT_THAT(layer_budget.err, MatchesRegex("(.|\n)*, [0-6] experts to receive(.|\n)*"));
+
   args = ExampleArgs(load_path);  // --policy deepseek
   args.insert(args.end(), {"--node-affinity", "--output", Path("not-written.json")});
   const Result refused = Run(args);
@@ -296,6 +309,22 @@ INSTANTIATE_TEST_SUITE_P(
                 {"--policy", "deepseek", "--max-received-per-rank", "1"},
                 2,
                 "--max-received-per-rank applies to --policy balanced, not deepseek (see eplbctl "
+                "plan --help)"},
+        BadCase{"tolerance_out_of_range",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+                {"--policy", "balanced", "--tolerance", "1.5"},
+                2,
+                "--tolerance = 1.5 is out of range [0, 1] (see eplbctl plan --help)"},
+        BadCase{"layer_min_gain_not_a_number",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+                {"--policy", "balanced", "--layer-min-gain", "some"},
+                2,
+                "--layer-min-gain = \"some\" is not a number (see eplbctl plan --help)"},
+        BadCase{"layer_budget_without_balanced",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+                {"--policy", "deepseek", "--max-received-per-layer", "3"},
+                2,
+                "--max-received-per-layer applies to --policy balanced, not deepseek (see eplbctl "
                 "plan --help)"},
         BadCase{"not_an_integer",
                 R"({"load": [[1]]})",

@@ -93,5 +93,28 @@ TEST(MetricsTest, MigrationSumsLayersAndIsZeroForTheSameMap) {
   EXPECT_EQ(swap.bytes_moved, 14);
 }
 
+// 4 experts in 2 groups on 4 ranks of 2 nodes (one slot each). Each token picks one group and
+// both of its experts.
+TEST(CrossNodeTrafficShareTest, FollowsTheRoutingModel) {
+  const RoutingModel model{.experts_per_token = 2, .groups_per_token = 1, .tokens = 4096};
+  const std::vector<double> load{30, 10, 5, 15};
+  // Group 0 (experts 0, 1) on node 0 (ranks 0, 1), group 1 on node 1: a token reaches one node,
+  // its own half the time, so 0.5 remote copies per 2 dispatches.
+  auto grouped = ExpertMap::FromPhy2Log(1, 4, SlotLayout(4, 4), {0, 1, 2, 3});
+  ASSERT_TRUE(grouped.ok());
+  EXPECT_NEAR(CrossNodeTrafficShare(*grouped, 0, load, 2, 2, model), 0.25, 0.02);
+  // Each group split over both nodes: every token reaches both nodes, one of them remote.
+  auto split = ExpertMap::FromPhy2Log(1, 4, SlotLayout(4, 4), {0, 2, 1, 3});
+  ASSERT_TRUE(split.ok());
+  EXPECT_DOUBLE_EQ(CrossNodeTrafficShare(*split, 0, load, 2, 2, model), 0.5);
+  // One node: nothing crosses. The same inputs give the same value.
+  EXPECT_DOUBLE_EQ(CrossNodeTrafficShare(*split, 0, load, 2, 1, model), 0.0);
+  EXPECT_EQ(CrossNodeTrafficShare(*grouped, 0, load, 2, 2, model),
+            CrossNodeTrafficShare(*grouped, 0, load, 2, 2, model));
+  // Idle experts are picked uniformly rather than never.
+  EXPECT_NEAR(CrossNodeTrafficShare(*grouped, 0, std::vector<double>(4, 0.0), 2, 2, model), 0.25,
+              0.02);
+}
+
 }  // namespace
 }  // namespace eplb

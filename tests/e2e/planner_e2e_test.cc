@@ -205,6 +205,26 @@ std::vector<std::string> WithFlag(std::vector<std::string> args, const std::stri
   return args;
 }
 
+// The balanced policy's options from eplbctl flags, shown on the deployment's line.
+TEST_F(PlannerE2eTest, BalancedOptionsFromTheCommandLine) {
+  ASSERT_NO_FATAL_FAILURE(StartPlanner());
+  const std::string created =
+      CtlOk({"create-deployment", "--name", "bal", "--num-layers", "2", "--num-logical-experts",
+             "16", "--num-physical-experts", "20", "--num-ranks", "4", "--tolerance", "0.01",
+             "--max-received-per-layer", "2", "--layer-min-gain", "0.05"});
+  EXPECT_THAT(created, StartsWith("bal  L=2 E=16 G=1 N=1 R=4 P=20  policy balanced (tolerance "
+                                  "0.01, at most 2 received per layer, layer min gain 0.05)  "
+                                  "commit acked  "));
+  // The planner's checks apply: a budget above the slots is refused and nothing is created.
+  const ProcessResult refused =
+      Ctl({"create-deployment", "--name", "big", "--num-layers", "2", "--num-logical-experts", "16",
+           "--num-physical-experts", "20", "--num-ranks", "4", "--max-received-per-rank", "21"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_THAT(refused.err,
+              HasSubstr("spec.balanced.max_received_per_rank = 21 is out of range [0, 20]"));
+  EXPECT_EQ(Lines(CtlOk({"list"})).size(), 1u);
+}
+
 TEST_F(PlannerE2eTest, DeploymentLifeAcrossACrash) {
   ASSERT_NO_FATAL_FAILURE(StartPlanner());
   EXPECT_EQ(CtlOk({"list"}), "");

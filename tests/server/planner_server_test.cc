@@ -150,6 +150,39 @@ TEST(PlannerDeploymentTest, BadSpecsAreRefusedWithTheFieldAndNothingIsCreated) {
          s.mutable_initial_map()->set_json(R"({"physical_to_logical_map": [[0, 1]]})");
        },
        absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE, ""},
+      {[](auto& s) { s.mutable_balanced()->set_min_gain(0.1); }, absl::StatusCode::kInvalidArgument,
+       v1::FIELD_OUT_OF_RANGE, "spec.balanced applies to policy balanced, not deepseek"},
+      {[](auto& s) {
+         s.set_policy("balanced");
+         s.mutable_balanced()->set_tolerance(-0.1);
+       },
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "spec.balanced.tolerance = -0.1 is out of range [0, 1]"},
+      {[](auto& s) {
+         s.set_policy("balanced");
+         s.mutable_balanced()->set_min_gain(2);
+       },
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "spec.balanced.min_gain = 2 is out of range [0, 1]"},
+      {[](auto& s) {
+         s.set_policy("balanced");
+         s.mutable_balanced()->set_max_received_per_rank(5);
+       },
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "spec.balanced.max_received_per_rank = 5 is out of range [0, 4]"},
+      {[](auto& s) {
+         s.set_policy("balanced");
+         s.mutable_balanced()->set_max_received_per_layer(-1);
+       },
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "spec.balanced.max_received_per_layer = -1 is out of range [0, 4]"},
+      {[](auto& s) {
+         s.set_policy("balanced");
+         s.mutable_shape()->set_num_nodes(2);
+         s.mutable_balanced()->set_node_affinity(true);
+       },
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "spec.balanced.node_affinity needs num_groups (1) to be a multiple of num_nodes (2)"},
   };
   for (const Case& c : cases) {
     v1::DeploymentSpec spec = SmallSpec("d");
@@ -166,6 +199,60 @@ TEST(PlannerDeploymentTest, BadSpecsAreRefusedWithTheFieldAndNothingIsCreated) {
   ASSERT_TRUE(env.stub().ListDeployments(&context, {}, &list).ok());
   EXPECT_EQ(list.deployments_size(), 0);
   EXPECT_FALSE(std::filesystem::exists(env.state_dir() + "/deployments/d"));
+}
+
+// The balanced policy's options: echoed with defaults, part of the identity of a deployment, kept
+// across a restart, and used when planning (a move budget of one expert per layer).
+TEST(PlannerDeploymentTest, BalancedOptionsAreEchoedKeptAndUsed) {
+  PlannerEnv env;
+  v1::DeploymentSpec plain = Spec("plain", 1, 4, 4, 2);
+  auto created = Create(env.stub(), plain);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(created->spec().balanced().has_tolerance());
+  EXPECT_DOUBLE_EQ(created->spec().balanced().tolerance(), 0.0075);
+  EXPECT_EQ(created->spec().balanced().max_received_per_layer(), 0);
+
+  v1::DeploymentSpec spec = Spec("budget", 3, 16, 20, 4);
+  spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
+  spec.mutable_trigger()->set_interval_steps(0);
+  spec.mutable_smoothing()->set_window_steps(1);
+  spec.mutable_balanced()->set_tolerance(0);
+  spec.mutable_balanced()->set_max_received_per_layer(1);
+  created = Create(env.stub(), spec);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(created->spec().balanced().has_tolerance());
+  EXPECT_EQ(created->spec().balanced().tolerance(), 0);
+  EXPECT_EQ(created->spec().balanced().max_received_per_layer(), 1);
+
+  v1::DeploymentSpec other = spec;
+  other.mutable_balanced()->set_max_received_per_layer(2);
+  auto conflict = Create(env.stub(), other);
+  EXPECT_EQ(conflict.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(conflict.status().message(),
+            "deployment \"budget\" already exists with a different balanced");
+
+  // Skewed load on every layer: each layer may still receive one expert only.
+  std::vector<v1::LoadReport> reports;
+  for (int rank = 0; rank < 4; ++rank) {
+    std::vector<std::vector<double>> counts(3, std::vector<double>(16, 1.0));
+    for (auto& layer : counts) layer[rank * 4] = 50;
+    reports.push_back(Report("budget", rank, 1, 0, 0, counts));
+  }
+  ASSERT_TRUE(SendReports(env.stub(), reports).ok());
+  auto plan = Rebalance(env.stub(), "budget");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_GT(plan->metrics().experts_moved(), 0);
+  EXPECT_LE(plan->metrics().experts_moved(), 3);
+
+  env.Restart();
+  auto listed = GetPlan(env.stub(), "budget");
+  ASSERT_TRUE(listed.ok());
+  grpc::ClientContext context;
+  v1::GetDeploymentRequest request;
+  request.set_name("budget");
+  v1::Deployment after;
+  ASSERT_TRUE(env.stub().GetDeployment(&context, request, &after).ok());
+  EXPECT_TRUE(MessageDifferencer::Equals(after.spec().balanced(), created->spec().balanced()));
 }
 
 TEST(PlannerDeploymentTest, DeleteRemovesEverythingAndUnknownNamesAreNotFound) {
