@@ -167,6 +167,8 @@ int main(int argc, char** argv) {
       {kShapes[2], {}, ""},
       {kShapes[2], {.max_received_per_rank = 1}, ", at most 1 received per rank and layer"},
       {kShapes[2], {.max_received_per_layer = 16}, ", at most 16 received per layer"},
+      {kShapes[0], {.node_affinity = true}, ", node affinity"},
+      {kShapes[2], {.node_affinity = true}, ", node affinity"},
   };
   for (const DriftCase& drift : drift_cases) {
     const NamedShape& named = drift.named;
@@ -175,7 +177,7 @@ int main(int argc, char** argv) {
     LoadMatrix load = LogNormalLoad(named.shape, 1.0, rng);
     std::lognormal_distribution<double> noise(0.0, 0.1);
     auto ds_prev = *deepseek.Plan({.shape = named.shape, .load = &load});
-    auto bal_prev = *balanced.Plan({.shape = named.shape, .load = &load});
+    auto bal_prev = *warm_policy.Plan({.shape = named.shape, .load = &load});
     int64_t ds_moved = 0, bal_moved = 0;
     double with_prev = 0, scratch = 0, warm_ms = 0;
     for (int round = 0; round < rounds; ++round) {
@@ -184,7 +186,7 @@ int main(int argc, char** argv) {
       const auto t0 = std::chrono::steady_clock::now();
       auto bal = *warm_policy.Plan({.shape = named.shape, .load = &load, .previous = &bal_prev});
       warm_ms += Millis(t0, std::chrono::steady_clock::now()) / rounds;
-      auto fresh = *balanced.Plan({.shape = named.shape, .load = &load});
+      auto fresh = *warm_policy.Plan({.shape = named.shape, .load = &load});
       ds_moved += ComputeMigration(ds_prev, ds, 1).experts_received;
       bal_moved += ComputeMigration(bal_prev, bal, 1).experts_received;
       with_prev += EvaluateMap(bal, load).mean_max_over_bound / rounds;

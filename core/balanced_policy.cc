@@ -575,27 +575,24 @@ void WriteRow(const std::vector<std::vector<int32_t>>& sets, const SlotLayout& l
   }
 }
 
-// Renumbers the ranks of `sets` (among ranks with equal slot counts) to keep as many experts as
-// possible on the rank that held them in `previous`.
-// With `ranks_per_node` > 0, a set only moves to a rank of the same node.
+// Renumbers the ranks of `sets` (among ranks of equal capacity) to keep as many experts as
+// possible on the rank that held them in `previous` (`num_experts` experts).
 std::vector<std::vector<int32_t>> MatchRanks(std::vector<std::vector<int32_t>> sets,
-                                             const SlotLayout& layout, int32_t E,
-                                             std::span<const int32_t> previous,
-                                             int32_t ranks_per_node = 0) {
-  const int32_t R = layout.num_ranks();
-  std::vector<uint8_t> prev_holds(static_cast<size_t>(R) * E, 0);
+                                             std::span<const int32_t> capacity,
+                                             const std::vector<std::vector<int32_t>>& previous,
+                                             int32_t num_experts) {
+  const int32_t R = static_cast<int32_t>(sets.size());
+  std::vector<uint8_t> prev_holds(static_cast<size_t>(R) * num_experts, 0);
   for (int32_t r = 0; r < R; ++r) {
-    for (int32_t p = layout.FirstSlotOfRank(r); p < layout.FirstSlotOfRank(r + 1); ++p) {
-      prev_holds[static_cast<size_t>(r) * E + previous[p]] = 1;
-    }
+    for (const int32_t e : previous[r]) prev_holds[static_cast<size_t>(r) * num_experts + e] = 1;
   }
   std::vector<std::tuple<int32_t, int32_t, int32_t>> pairs;  // (−overlap, set, rank)
   for (int32_t b = 0; b < R; ++b) {
     for (int32_t r = 0; r < R; ++r) {
-      if (layout.SlotsOnRank(r) != layout.SlotsOnRank(b)) continue;
-      if (ranks_per_node > 0 && r / ranks_per_node != b / ranks_per_node) continue;
+      if (capacity[r] != capacity[b]) continue;
       int32_t overlap = 0;
-      for (const int32_t e : sets[b]) overlap += prev_holds[static_cast<size_t>(r) * E + e];
+      for (const int32_t e : sets[b])
+        overlap += prev_holds[static_cast<size_t>(r) * num_experts + e];
       pairs.push_back({-overlap, b, r});
     }
   }
@@ -650,60 +647,258 @@ std::vector<int32_t> CountsOf(const std::vector<std::vector<int32_t>>& sets, int
   return count;
 }
 
-// Whether every group's replicas lie on the ranks of one node.
-bool KeepsGroupsOnNodes(const std::vector<std::vector<int32_t>>& sets,
-                        const DeploymentShape& shape) {
-  std::vector<int32_t> node_of_group(shape.num_groups, -1);
-  for (int32_t r = 0; r < shape.num_ranks; ++r) {
-    for (const int32_t e : sets[r]) {
-      int32_t& node = node_of_group[e / shape.experts_per_group()];
-      if (node < 0) node = shape.NodeOfRank(r);
-      if (node != shape.NodeOfRank(r)) return false;
-    }
+// Whether `sets` is a complete placement of `num_experts` experts on ranks of `capacity`: every
+// rank full, every expert placed, never twice on one rank.
+bool IsComplete(const std::vector<std::vector<int32_t>>& sets, std::span<const int32_t> capacity,
+                int32_t num_experts) {
+  std::vector<bool> placed(num_experts, false);
+  for (size_t r = 0; r < sets.size(); ++r) {
+    if (static_cast<int32_t>(sets[r].size()) != capacity[r]) return false;
+    for (const int32_t e : sets[r]) placed[e] = true;
   }
-  return true;
+  return !HasDuplicates(sets) && std::find(placed.begin(), placed.end(), false) == placed.end();
 }
 
-// The layer with node affinity: groups packed onto nodes (G / N each, balanced by group load),
-// then each node's experts planned onto the node's ranks like a deployment of its own.
-absl::StatusOr<std::vector<std::vector<int32_t>>> PackWithAffinity(
+// One placement problem: the experts of a layer, or with node affinity those of one node, on some
+// ranks. Expert ids are local to the part.
+struct Part {
+  std::span<const double> load;   // per expert
+  std::vector<int32_t> capacity;  // slots per rank
+  // The sets now in use, per rank; null: none. May be incomplete (experts that left the part
+  // dropped, new ones missing).
+  const std::vector<std::vector<int32_t>>* previous = nullptr;
+  // Another plan's sets (deepseek's layer), taken when its busiest rank is lower. May place an
+  // expert twice on a rank.
+  const std::vector<std::vector<int32_t>>* rival = nullptr;
+};
+
+// The fresh packing (or the rival's, when better), then, with a previous placement: the previous
+// sets if within options.tolerance of it; else the previous sets repaired by swaps and retargets
+// (with the previous replica counts, then the new ones) until within the tolerance, or under a
+// move budget as far as it allows; else the fresh packing with its ranks matched to the previous.
+absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
+                                                           const BalancedOptions& options,
+                                                           int64_t max_swaps) {
+  const std::span<const double> load = part.load;
+  const int32_t E = static_cast<int32_t>(load.size());
+  const int32_t R = static_cast<int32_t>(part.capacity.size());
+  const int32_t P = std::accumulate(part.capacity.begin(), part.capacity.end(), 0);
+  std::vector<int32_t> count = ReplicaCounts(load, P, R);
+  if (std::all_of(part.capacity.begin(), part.capacity.end(), [](int32_t c) { return c == 2; })) {
+    count = PairCounts(load, std::move(count), R);
+  }
+  Packing fresh(part.capacity, load, count);
+  if (!FillRemaining(fresh, std::vector<int32_t>(E, 0))) {
+    return absl::InternalError("no room for every replica");
+  }
+  fresh.Improve({.max_steps = max_swaps});
+  std::vector<std::vector<int32_t>> sets(R);
+  for (int32_t r = 0; r < R; ++r) sets[r] = fresh.on(r);
+  double best = fresh.MaxLoad();
+
+  if (part.rival != nullptr) {
+    const std::vector<std::vector<int32_t>>& rival = *part.rival;
+    const double rival_max = MaxLoadOf(rival, load, CountsOf(rival, E));
+    if (rival_max < best * (1 - 1e-9)) {
+      if (!HasDuplicates(rival)) {
+        sets = rival;
+        best = rival_max;
+      } else {
+        // The rival put two replicas of an expert on one rank: start from its sets with the
+        // second copies merged into the first, give the freed slots to the experts with the
+        // highest load per replica, place those, and improve.
+        std::vector<int32_t> merged(E, 0);
+        for (int32_t r = 0; r < R; ++r) {
+          std::set<int32_t> unique(rival[r].begin(), rival[r].end());
+          for (const int32_t e : unique) ++merged[e];
+        }
+        Packing repaired(part.capacity, load, ReplicaCounts(load, P, R, merged));
+        std::vector<int32_t> placed(E, 0);
+        for (int32_t r = 0; r < R; ++r) {
+          for (const int32_t e : rival[r]) {
+            if (!repaired.Holds(r, e)) {
+              repaired.Add(r, e);
+              ++placed[e];
+            }
+          }
+        }
+        if (FillRemaining(repaired, placed)) {
+          repaired.Improve({.max_steps = max_swaps});
+          if (repaired.MaxLoad() < best) {
+            for (int32_t r = 0; r < R; ++r) sets[r] = repaired.on(r);
+            best = repaired.MaxLoad();
+          }
+        }
+      }
+    }
+  }
+  if (part.previous == nullptr) return sets;
+
+  const std::vector<std::vector<int32_t>>& previous = *part.previous;
+  const double target = best * (1 + options.tolerance);
+  if (IsComplete(previous, part.capacity, E) &&
+      MaxLoadOf(previous, load, CountsOf(previous, E)) <= target) {
+    return previous;  // nothing moves
+  }
+  // Start from the previous placement: first with its replica counts (swaps and retargets change
+  // them only where that lowers the busiest rank), then with the new counts.
+  // The previous replica counts, made to fit: every expert at least one replica (an expert new to
+  // the part takes one from the experts with the most), at most R, and P in all (free slots of
+  // experts that left go to the highest load per replica).
+  std::vector<int32_t> prev_count = CountsOf(previous, E);
+  int32_t prev_total = 0;
+  for (int32_t& c : prev_count) {
+    c = std::clamp(c, 1, R);
+    prev_total += c;
+  }
+  for (; prev_total > P; --prev_total) {
+    --*std::max_element(prev_count.begin(), prev_count.end());
+  }
+  if (prev_total < P) prev_count = ReplicaCounts(load, P, R, std::move(prev_count));
+  std::vector<uint8_t> home(static_cast<size_t>(R) * E, 0);
+  for (int32_t r = 0; r < R; ++r) {
+    for (const int32_t e : previous[r]) home[static_cast<size_t>(r) * E + e] = 1;
+  }
+  const bool budgeted = options.max_received_per_rank > 0 || options.max_received_per_layer > 0;
+  for (const std::vector<int32_t>* counts : {&prev_count, &count}) {
+    // Under a budget, only repairs of the previous placement are tried.
+    if (budgeted && counts != &prev_count) break;
+    Packing warm(part.capacity, load, *counts);
+    std::vector<int32_t> placed(E, 0);
+    for (int32_t r = 0; r < R; ++r) {
+      for (const int32_t e : previous[r]) {
+        if (placed[e] < (*counts)[e] && !warm.Holds(r, e) && !warm.Full(r)) {
+          warm.Add(r, e);
+          ++placed[e];
+        }
+      }
+    }
+    if (!FillRemaining(warm, placed)) continue;
+    warm.Improve({.target = target,
+                  .max_steps = max_swaps,
+                  .home = &home,
+                  .rank_budget = options.max_received_per_rank,
+                  .layer_budget = options.max_received_per_layer,
+                  .retarget = true});
+    if (warm.MaxLoad() <= target || budgeted) {
+      for (int32_t r = 0; r < R; ++r) sets[r] = warm.on(r);
+      return sets;
+    }
+  }
+  return MatchRanks(std::move(sets), part.capacity, previous, E);
+}
+
+// The layer with node affinity: groups assigned to nodes (G / N each, balanced by group load; the
+// previous assignment kept, or repaired, while within the tolerance), then each node's experts
+// planned onto the node's ranks as a part of its own, from the node's previous sets.
+absl::StatusOr<std::vector<std::vector<int32_t>>> PlanWithAffinity(
     std::span<const double> load, const DeploymentShape& shape, std::span<const int32_t> capacity,
+    const std::vector<std::vector<int32_t>>* previous, const BalancedOptions& options,
     int64_t max_swaps) {
   const int32_t G = shape.num_groups, N = shape.num_nodes, R = shape.num_ranks;
   const int32_t per_group = shape.experts_per_group(), rpn = shape.ranks_per_node();
   std::vector<double> group_load(G, 0.0);
   for (int32_t e = 0; e < shape.num_logical_experts; ++e) group_load[e / per_group] += load[e];
-  Packing nodes(std::vector<int32_t>(N, G / N), group_load, std::vector<int32_t>(G, 1));
+  const std::vector<int32_t> node_capacity(N, G / N);
+  Packing nodes(node_capacity, group_load, std::vector<int32_t>(G, 1));
   if (!FillRemaining(nodes, std::vector<int32_t>(G, 0))) {
     return absl::InternalError("cannot place the groups on the nodes");
   }
   nodes.Improve({.max_steps = max_swaps});
+  std::vector<std::vector<int32_t>> groups_on(N);
+  for (int32_t n = 0; n < N; ++n) groups_on[n] = nodes.on(n);
+
+  // The previous assignment, when every group was on one node.
+  std::vector<std::vector<int32_t>> prev_groups_on;
+  if (previous != nullptr) {
+    std::vector<int32_t> node_of_group(G, -1);
+    bool one_node_each = true;
+    for (int32_t r = 0; r < R && one_node_each; ++r) {
+      for (const int32_t e : (*previous)[r]) {
+        int32_t& node = node_of_group[e / per_group];
+        if (node >= 0 && node != shape.NodeOfRank(r)) one_node_each = false;
+        node = shape.NodeOfRank(r);
+      }
+    }
+    if (one_node_each) {
+      prev_groups_on.resize(N);
+      for (int32_t g = 0; g < G; ++g) {
+        if (node_of_group[g] >= 0) prev_groups_on[node_of_group[g]].push_back(g);
+      }
+    }
+    const bool budgeted = options.max_received_per_rank > 0 || options.max_received_per_layer > 0;
+    if (budgeted && !prev_groups_on.empty() && IsComplete(prev_groups_on, node_capacity, G)) {
+      groups_on = prev_groups_on;  // moving a group moves all its experts: not under a budget
+    } else if (!prev_groups_on.empty() && IsComplete(prev_groups_on, node_capacity, G)) {
+      // Keep or repair it like any placement (groups as the items, nodes as the ranks).
+      const Part node_part{
+          .load = group_load, .capacity = node_capacity, .previous = &prev_groups_on};
+      BalancedOptions node_options = options;
+      node_options.max_received_per_rank = 0;
+      node_options.max_received_per_layer = 0;
+      ASSIGN_OR_RETURN(groups_on, PlanPart(node_part, node_options, max_swaps));
+    } else if (!prev_groups_on.empty()) {
+      groups_on = MatchRanks(std::move(groups_on), node_capacity, prev_groups_on, G);
+    }
+  }
+
   std::vector<std::vector<int32_t>> sets(R);
+  int32_t layer_budget_left = options.max_received_per_layer;
   for (int32_t n = 0; n < N; ++n) {
     std::vector<int32_t> experts;  // global ids, ascending
-    std::vector<int32_t> groups = nodes.on(n);
+    std::vector<int32_t> groups = groups_on[n];
     std::sort(groups.begin(), groups.end());
     for (const int32_t g : groups) {
       for (int32_t k = 0; k < per_group; ++k) experts.push_back(g * per_group + k);
     }
     const int32_t ne = static_cast<int32_t>(experts.size());
-    std::vector<int32_t> node_capacity(capacity.begin() + n * rpn,
-                                       capacity.begin() + (n + 1) * rpn);
-    const int32_t node_slots = std::accumulate(node_capacity.begin(), node_capacity.end(), 0);
+    std::vector<int32_t> ranks_capacity(capacity.begin() + n * rpn,
+                                        capacity.begin() + (n + 1) * rpn);
+    const int32_t node_slots = std::accumulate(ranks_capacity.begin(), ranks_capacity.end(), 0);
     if (node_slots < ne || static_cast<int64_t>(ne) * rpn < node_slots) {
       return absl::FailedPreconditionError(
           absl::StrCat("node affinity: node ", n, " has ", node_slots, " slots for ", ne,
                        " experts on ", rpn, " ranks; it needs experts ≤ slots ≤ experts × ranks"));
     }
     std::vector<double> node_load(ne);
-    for (int32_t i = 0; i < ne; ++i) node_load[i] = load[experts[i]];
-    Packing packing(node_capacity, node_load, ReplicaCounts(node_load, node_slots, rpn));
-    if (!FillRemaining(packing, std::vector<int32_t>(ne, 0))) {
-      return absl::InternalError(absl::StrCat("node ", n, ": no room for every replica"));
+    std::vector<int32_t> local(shape.num_logical_experts, -1);
+    for (int32_t i = 0; i < ne; ++i) {
+      node_load[i] = load[experts[i]];
+      local[experts[i]] = i;
     }
-    packing.Improve({.max_steps = max_swaps});
+    std::vector<std::vector<int32_t>> node_previous;
+    if (previous != nullptr) {
+      node_previous.resize(rpn);
+      for (int32_t i = 0; i < rpn; ++i) {
+        for (const int32_t e : (*previous)[n * rpn + i]) {
+          if (local[e] >= 0) node_previous[i].push_back(local[e]);
+        }
+      }
+    }
+    const Part part{.load = node_load,
+                    .capacity = ranks_capacity,
+                    .previous = previous != nullptr ? &node_previous : nullptr};
+    // The layer's budget is shared by its nodes, in node order.
+    BalancedOptions node_options = options;
+    node_options.max_received_per_layer = layer_budget_left;
+    std::vector<std::vector<int32_t>> node_sets;
+    if (options.max_received_per_layer > 0 && layer_budget_left == 0 &&
+        IsComplete(node_previous, ranks_capacity, ne)) {
+      node_sets = node_previous;
+    } else {
+      ASSIGN_OR_RETURN(node_sets, PlanPart(part, node_options, max_swaps));
+    }
+    if (options.max_received_per_layer > 0 && previous != nullptr) {
+      for (int32_t i = 0; i < rpn; ++i) {
+        for (const int32_t e : node_sets[i]) {
+          const auto& before = node_previous[i];
+          if (std::find(before.begin(), before.end(), e) == before.end()) --layer_budget_left;
+        }
+      }
+      layer_budget_left = std::max(layer_budget_left, 0);
+    }
     for (int32_t i = 0; i < rpn; ++i) {
-      for (const int32_t local : packing.on(i)) sets[n * rpn + i].push_back(experts[local]);
+      for (const int32_t e : node_sets[i]) sets[n * rpn + i].push_back(experts[e]);
     }
   }
   return sets;
@@ -747,7 +942,6 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
   std::vector<int32_t> capacity(R);
   for (int32_t r = 0; r < R; ++r) capacity[r] = layout.SlotsOnRank(r);
   const int64_t max_swaps = 8 * static_cast<int64_t>(P);
-  const bool two_slots_each = P == 2 * R;
   const bool affinity = options_.node_affinity && shape.num_nodes > 1;
   if (affinity && shape.num_groups % shape.num_nodes != 0) {
     return absl::FailedPreconditionError(
@@ -771,127 +965,34 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
   std::vector<absl::Status> layer_status(L);
   const auto plan_layer = [&](int32_t l) -> absl::Status {
     const std::span<const double> load = input.load->row(l);
-    std::vector<int32_t> count = ReplicaCounts(load, P, R);
-    if (two_slots_each) count = PairCounts(load, std::move(count), R);
     const std::span<const int32_t> previous =
         input.previous != nullptr ? input.previous->phy2log(l) : std::span<const int32_t>();
-
+    std::optional<std::vector<std::vector<int32_t>>> prev_sets;
+    if (!previous.empty()) prev_sets = SetsOfRow(previous, layout);
+    std::vector<std::vector<int32_t>> sets;
     if (affinity) {
-      ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> sets,
-                       PackWithAffinity(load, shape, capacity, max_swaps));
-      if (!previous.empty()) {
-        const double target = MaxLoadOf(sets, load, CountsOf(sets, E)) * (1 + options_.tolerance);
-        auto prev_sets = SetsOfRow(previous, layout);
-        if (!HasDuplicates(prev_sets) && KeepsGroupsOnNodes(prev_sets, shape) &&
-            MaxLoadOf(prev_sets, load, CountsOf(prev_sets, E)) <= target) {
-          std::copy(previous.begin(), previous.end(), phy2log.begin() + static_cast<size_t>(l) * P);
-          return absl::OkStatus();
-        }
-        sets = MatchRanks(std::move(sets), layout, E, previous, shape.ranks_per_node());
+      ASSIGN_OR_RETURN(
+          sets, PlanWithAffinity(load, shape, capacity, prev_sets ? &*prev_sets : nullptr, options_,
+                                 max_swaps));
+    } else {
+      std::optional<std::vector<std::vector<int32_t>>> rival;
+      if (deepseek.has_value()) rival = SetsOfRow(deepseek->phy2log(l), layout);
+      const Part part{.load = load,
+                      .capacity = capacity,
+                      .previous = prev_sets ? &*prev_sets : nullptr,
+                      .rival = rival ? &*rival : nullptr};
+      auto planned = PlanPart(part, options_, max_swaps);
+      if (!planned.ok()) {
+        return absl::Status(planned.status().code(),
+                            absl::StrCat("layer ", l, ": ", planned.status().message()));
       }
-      WriteRow(sets, layout, previous,
-               std::span<int32_t>(phy2log.data() + static_cast<size_t>(l) * P, P));
-      return absl::OkStatus();
+      sets = *std::move(planned);
     }
-
-    Packing fresh(capacity, load, count);
-    if (!FillRemaining(fresh, std::vector<int32_t>(E, 0))) {
-      return absl::InternalError(absl::StrCat("layer ", l, ": no room for every replica"));
-    }
-    fresh.Improve({.max_steps = max_swaps});
-    std::vector<std::vector<int32_t>> sets(R);
-    for (int32_t r = 0; r < R; ++r) sets[r] = fresh.on(r);
-    double best = fresh.MaxLoad();
-    bool from_fresh = true;
-
-    if (deepseek.has_value()) {
-      auto ds_sets = SetsOfRow(deepseek->phy2log(l), layout);
-      const std::vector<int32_t> ds_count = CountsOf(ds_sets, E);
-      const double ds_max = MaxLoadOf(ds_sets, load, ds_count);
-      if (ds_max < best * (1 - 1e-9)) {
-        if (!HasDuplicates(ds_sets)) {
-          sets = std::move(ds_sets);
-          best = ds_max;
-        } else {
-          // deepseek put two replicas of an expert on one rank: start from its layer with the
-          // second copies merged into the first, give the freed slots to the experts with the
-          // highest load per replica, place those, and improve.
-          std::vector<int32_t> merged(E, 0);
-          for (int32_t r = 0; r < R; ++r) {
-            std::set<int32_t> unique(ds_sets[r].begin(), ds_sets[r].end());
-            for (const int32_t e : unique) ++merged[e];
-          }
-          Packing repaired(capacity, load, ReplicaCounts(load, P, R, merged));
-          std::vector<int32_t> placed(E, 0);
-          for (int32_t r = 0; r < R; ++r) {
-            for (const int32_t e : ds_sets[r]) {
-              if (!repaired.Holds(r, e)) {
-                repaired.Add(r, e);
-                ++placed[e];
-              }
-            }
-          }
-          if (FillRemaining(repaired, placed)) {
-            repaired.Improve({.max_steps = max_swaps});
-            if (repaired.MaxLoad() < best) {
-              for (int32_t r = 0; r < R; ++r) sets[r] = repaired.on(r);
-              best = repaired.MaxLoad();
-            }
-          }
-        }
-      }
-    }
-
-    if (!previous.empty()) {
-      const double target = best * (1 + options_.tolerance);
-      auto prev_sets = SetsOfRow(previous, layout);
-      const bool prev_valid = !HasDuplicates(prev_sets);
-      const double prev_max = MaxLoadOf(prev_sets, load, CountsOf(prev_sets, E));
-      const auto keep = [&] {
-        std::copy(previous.begin(), previous.end(), phy2log.begin() + static_cast<size_t>(l) * P);
-        return absl::OkStatus();  // nothing moves
-      };
-      if (prev_valid && prev_max <= target) return keep();
-      // Start from the previous placement: first with its replica counts (swaps and retargets
-      // change them only where that lowers the busiest rank), then with the new counts.
-      const std::vector<int32_t> prev_count = CountsOf(prev_sets, E);
-      std::vector<uint8_t> home(static_cast<size_t>(R) * E, 0);
-      for (int32_t r = 0; r < R; ++r) {
-        for (const int32_t e : prev_sets[r]) home[static_cast<size_t>(r) * E + e] = 1;
-      }
-      const bool budgeted =
-          options_.max_received_per_rank > 0 || options_.max_received_per_layer > 0;
-      for (const std::vector<int32_t>* counts :
-           {&prev_count, const_cast<const std::vector<int32_t>*>(&count)}) {
-        if (!from_fresh) break;
-        // Under a budget, only repairs of the previous placement are tried.
-        if (budgeted && counts != &prev_count) break;
-        Packing warm(capacity, load, *counts);
-        std::vector<int32_t> placed(E, 0);
-        for (int32_t r = 0; r < R; ++r) {
-          for (const int32_t e : prev_sets[r]) {
-            if (placed[e] < (*counts)[e] && !warm.Holds(r, e)) {
-              warm.Add(r, e);
-              ++placed[e];
-            }
-          }
-        }
-        if (!FillRemaining(warm, placed)) continue;
-        warm.Improve({.target = target,
-                      .max_steps = max_swaps,
-                      .home = &home,
-                      .rank_budget = options_.max_received_per_rank,
-                      .layer_budget = options_.max_received_per_layer,
-                      .retarget = true});
-        if (warm.MaxLoad() <= target || budgeted) {
-          for (int32_t r = 0; r < R; ++r) sets[r] = warm.on(r);
-          from_fresh = false;
-        }
-      }
-      if (from_fresh) sets = MatchRanks(std::move(sets), layout, E, previous);
-      if (prev_valid &&
-          prev_max - MaxLoadOf(sets, load, CountsOf(sets, E)) < options_.min_gain * prev_max) {
-        return keep();
+    // min_gain: a layer whose busiest rank would not drop by that fraction stays.
+    if (prev_sets && !HasDuplicates(*prev_sets)) {
+      const double prev_max = MaxLoadOf(*prev_sets, load, CountsOf(*prev_sets, E));
+      if (prev_max - MaxLoadOf(sets, load, CountsOf(sets, E)) < options_.min_gain * prev_max) {
+        sets = *std::move(prev_sets);
       }
     }
     WriteRow(sets, layout, previous,

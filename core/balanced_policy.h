@@ -4,20 +4,28 @@
 // Per layer:
 //   1. Replica counts: every expert gets one slot, and each further slot goes to the expert with
 //      the highest load per replica (a priority queue; never more replicas than ranks). This
-//      minimises the highest per-replica load, one of the two terms of the lower bound.
+//      minimises the highest per-replica load, one of the two terms of the lower bound. With two
+//      slots on every rank, replicas then move between experts while that lowers the heaviest
+//      pair (the best packing pairs the heaviest replica with the lightest, and a light expert's
+//      extra replica can be the partner a heavy one lacks).
 //   2. Packing: replicas, heaviest first, go to the least loaded rank that has a free slot and no
 //      replica of the expert yet (slots per rank may differ: P need not be a multiple of R). Then
 //      the busiest rank swaps replicas with other ranks while that lowers it (best swap first).
-//   3. With a previous placement: the layer is kept as it is when its busiest rank is within
-//      `tolerance` of the packing above (nothing moves). Otherwise the packing starts from the
-//      previous placement (replicas stay on their ranks where the new counts allow), fills the rest
-//      the same way, and swaps only until the busiest rank is within `tolerance` of the fresh
-//      packing; if that fails, the fresh packing is used, its ranks matched to the previous ones to
-//      keep as many experts in place as possible. Either way, an expert that stays on its rank
-//      keeps its slot.
-//      With BalancedOptions::max_received_per_rank, no rank receives more experts per layer.
-//   4. When the `deepseek` policy can serve the shape and its layer has a strictly less loaded
-//      busiest rank, that layer is taken instead: `balanced` is never worse than `deepseek`.
+//   3. When the `deepseek` policy can serve the shape and its layer has a less loaded busiest
+//      rank, that layer is taken instead (repaired first if it puts an expert twice on a rank).
+//   4. With a previous placement: the layer stays as it is when its busiest rank is within
+//      `tolerance` of the packing above (nothing moves). Otherwise the previous placement is
+//      repaired: while its busiest rank is above that target, the step that brings it (and every
+//      rank the step touches) to the target with the fewest experts received wins; a step swaps
+//      two replicas between ranks, or turns one replica of an expert with several into one more
+//      replica of an expert on the busiest rank. When no step reaches the target, the one lowering
+//      the busiest rank most. This runs with the previous replica counts, then with the new ones;
+//      if neither reaches the target, the fresh packing is used with its ranks matched to the
+//      previous ones. An expert that stays on its rank keeps its slot.
+//      Move budgets (max_received_per_rank, max_received_per_layer) bound the repair, even short
+//      of the target; `min_gain` keeps a layer whose busiest rank would drop by less.
+//   5. Node affinity: groups are assigned to nodes first (the previous assignment kept or repaired
+//      the same way), then each node's experts are planned on its ranks as above.
 // Layers are planned in parallel (BalancedOptions::threads).
 // Never two replicas of one expert on one rank (FAILED_PRECONDITION when P > E · R makes that
 // impossible). Deterministic: ties go to the lower expert, replica and rank index.
@@ -31,11 +39,11 @@ namespace eplb {
 struct BalancedOptions {
   // Relative slack on the busiest rank's load within which fewer moved experts win (0.0075: a plan
   // whose busiest rank is at most 0.75% above the best packing found is preferred when it moves
-  // less). ≥ 0.
+  // less). In [0, 1].
   double tolerance = 0.0075;
   // Move budget: with a previous placement, at most this many experts received by one rank per
-  // layer (an expert placed on a rank that did not hold it); 0: no limit. Under a budget the
-  // previous replica counts are kept and the swaps stop at the budget, even above `tolerance`.
+  // layer (an expert placed on a rank that did not hold it); 0: no limit. Under a budget only the
+  // previous placement is repaired, and the repair stops at the budget, even above `tolerance`.
   int32_t max_received_per_rank = 0;
   // Move budget per layer: with a previous placement, at most this many experts received in all
   // ranks together per layer; 0: no limit. Combines with max_received_per_rank.
@@ -46,8 +54,8 @@ struct BalancedOptions {
   // Node affinity: every expert group's replicas stay on the ranks of one node (groups are packed
   // onto nodes, G / N each, then each node is planned on its own), bounding cross-node traffic as
   // the hierarchical algorithm does. Needs G to be a multiple of N; no effect with one node. With
-  // a previous placement, a layer that keeps groups on nodes and is within `tolerance` stays;
-  // otherwise the new layer's ranks are matched, within each node, to keep experts in place.
+  // a previous placement that keeps groups on nodes, the group-to-node assignment and then each
+  // node's ranks are kept or repaired as in step 4 above.
   bool node_affinity = false;
   // Threads planning layers in parallel (at most one per layer): 1 plans on the calling thread
   // alone, 0 uses one per hardware thread. The result does not depend on it.

@@ -218,6 +218,7 @@ struct BudgetCase {
   const char* name;
   int32_t per_rank;
   int32_t per_layer;
+  bool node_affinity = false;
 };
 
 class BalancedBudgetTest : public ::testing::TestWithParam<BudgetCase> {};
@@ -239,6 +240,11 @@ TEST_P(BalancedBudgetTest, NoRankOrLayerReceivesMoreThanTheBudget) {
   BalancedOptions options;
   options.max_received_per_rank = GetParam().per_rank;
   options.max_received_per_layer = GetParam().per_layer;
+  options.node_affinity = GetParam().node_affinity;
+  if (options.node_affinity) {
+    previous = BalancedPolicy(options).Plan({.shape = shape, .load = &before});
+    ASSERT_TRUE(previous.ok());
+  }
   auto next =
       BalancedPolicy(options).Plan({.shape = shape, .load = &after, .previous = &*previous});
   ASSERT_TRUE(next.ok()) << next.status();
@@ -266,7 +272,9 @@ TEST_P(BalancedBudgetTest, NoRankOrLayerReceivesMoreThanTheBudget) {
 INSTANTIATE_TEST_SUITE_P(Budgets, BalancedBudgetTest,
                          ::testing::Values(BudgetCase{"rank_1", 1, 0}, BudgetCase{"rank_2", 2, 0},
                                            BudgetCase{"layer_3", 0, 3}, BudgetCase{"layer_8", 0, 8},
-                                           BudgetCase{"rank_1_layer_4", 1, 4}),
+                                           BudgetCase{"rank_1_layer_4", 1, 4},
+                                           BudgetCase{"affinity_rank_1", 1, 0, true},
+                                           BudgetCase{"affinity_layer_3", 0, 3, true}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // With min_gain, a layer either keeps its previous placement exactly or lowers its busiest rank by
@@ -417,6 +425,61 @@ TEST(BalancedPolicyTest, NodeAffinityKeepsGroupsOnANodeAndBeatsDeepSeek) {
   auto refused = BalancedPolicy(options).Plan({.shape = uneven_groups, .load = &load});
   EXPECT_EQ(refused.status().message(),
             "node affinity needs num_groups (2) to be a multiple of num_nodes (4)");
+}
+
+// With node affinity and a previous placement, drift moves few experts (groups stay on their
+// nodes, each node repairs its own ranks), and a load that reshuffles the groups still gives a
+// valid placement with every group on one node.
+TEST(BalancedPolicyTest, NodeAffinityFromAPreviousPlacementMovesLittle) {
+  const DeploymentShape shape{.num_layers = 6,
+                              .num_logical_experts = 64,
+                              .num_groups = 8,
+                              .num_nodes = 4,
+                              .num_ranks = 16,
+                              .num_physical_experts = 80};
+  BalancedOptions options;
+  options.node_affinity = true;
+  const BalancedPolicy affine(options);
+  const auto expect_groups_on_nodes = [&](const ExpertMap& map) {
+    for (int32_t l = 0; l < shape.num_layers; ++l) {
+      EXPECT_DOUBLE_EQ(NodesPerGroup(map, l, std::vector<double>(64, 1.0), 8, 4), 1.0)
+          << "layer " << l;
+    }
+  };
+  std::mt19937_64 rng(41);
+  LoadMatrix load = LogNormalLoad(shape, 1.0, rng);
+  std::lognormal_distribution<double> noise(0.0, 0.1);
+  auto previous = affine.Plan({.shape = shape, .load = &load});
+  auto deepseek_previous = DeepSeekPolicy().Plan({.shape = shape, .load = &load});
+  ASSERT_TRUE(previous.ok() && deepseek_previous.ok());
+  int64_t moved = 0, deepseek_moved = 0;
+  for (int round = 0; round < 10; ++round) {
+    for (double& v : load.values) v = std::round(v * noise(rng));
+    auto next = affine.Plan({.shape = shape, .load = &load, .previous = &*previous});
+    auto scratch = affine.Plan({.shape = shape, .load = &load});
+    auto ds = DeepSeekPolicy().Plan({.shape = shape, .load = &load});
+    ASSERT_TRUE(next.ok() && scratch.ok() && ds.ok()) << next.status();
+    ExpectNoDuplicatesOnARank(*next);
+    expect_groups_on_nodes(*next);
+    EXPECT_LE(EvaluateMap(*next, load).mean_max_over_bound,
+              EvaluateMap(*scratch, load).mean_max_over_bound * 1.01)
+        << "round " << round;
+    moved += ComputeMigration(*previous, *next, 1).experts_received;
+    deepseek_moved += ComputeMigration(*deepseek_previous, *ds, 1).experts_received;
+    previous = *std::move(next);
+    deepseek_previous = *std::move(ds);
+  }
+  EXPECT_LE(moved * 2, deepseek_moved) << "balanced " << moved << ", deepseek " << deepseek_moved;
+
+  const LoadMatrix other = LogNormalLoad(shape, 1.5, rng);
+  auto reshuffled = affine.Plan({.shape = shape, .load = &other, .previous = &*previous});
+  ASSERT_TRUE(reshuffled.ok()) << reshuffled.status();
+  ExpectNoDuplicatesOnARank(*reshuffled);
+  expect_groups_on_nodes(*reshuffled);
+  auto scratch = affine.Plan({.shape = shape, .load = &other});
+  ASSERT_TRUE(scratch.ok());
+  EXPECT_LE(EvaluateMap(*reshuffled, other).mean_max_over_bound,
+            EvaluateMap(*scratch, other).mean_max_over_bound * 1.01);
 }
 
 TEST(MetricsNodesPerGroupTest, CountsTheNodesEachGroupReaches) {
