@@ -137,17 +137,27 @@ class Packing {
   // scan stops at a rank whose half gap cannot beat the best swap found.
   int64_t ImproveBySwaps(const ImproveOptions& options) {
     int64_t steps = 0;
+    // Ranks by (load, rank), kept sorted as the two ranks of each swap change.
+    const auto before = [&](int32_t x, int32_t y) {
+      return load_[x] < load_[y] || (load_[x] == load_[y] && x < y);
+    };
     std::vector<int32_t> order(capacity_.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), before);
+    // Called with the two ranks of a swap, after it.
+    const auto reorder = [&](int32_t x, int32_t y) {
+      order.erase(std::find(order.begin(), order.end(), x));
+      order.erase(std::find(order.begin(), order.end(), y));
+      for (const int32_t z : {x, y}) {
+        order.insert(std::lower_bound(order.begin(), order.end(), z, before), z);
+      }
+    };
     while (steps < options.max_steps) {
       const int32_t h = Busiest();
       const double lh = load_[h];
       if (lh <= options.target) break;
       double best = lh * (1 - 1e-12);
       int32_t best_a = -1, best_r = -1, best_b = -1;
-      std::iota(order.begin(), order.end(), 0);
-      std::sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
-        return load_[x] < load_[y] || (load_[x] == load_[y] && x < y);
-      });
       for (const int32_t r : order) {
         const double lr = load_[r];
         if (r == h) continue;
@@ -173,6 +183,7 @@ class Packing {
       Remove(best_r, best_b);
       Add(h, best_b);
       Add(best_r, best_a);
+      reorder(h, best_r);
       ++steps;
     }
     return steps;
@@ -204,10 +215,20 @@ class Packing {
       const int32_t h = Busiest();
       const double lh = load_[h];
       if (lh <= target) break;
-      std::iota(order.begin(), order.end(), 0);
-      std::sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+      // Ranks by (load, rank): sorted once, then re-sorted by insertion (a step changes a few).
+      const auto before = [&](int32_t x, int32_t y) {
         return load_[x] < load_[y] || (load_[x] == load_[y] && x < y);
-      });
+      };
+      if (steps == 0) {
+        std::iota(order.begin(), order.end(), 0);
+        std::sort(order.begin(), order.end(), before);
+      } else {
+        for (size_t i = 1; i < order.size(); ++i) {
+          for (size_t j = i; j > 0 && before(order[j], order[j - 1]); --j) {
+            std::swap(order[j], order[j - 1]);
+          }
+        }
+      }
       Step best;
       if (options.retarget) RankHolders();
       // The highest load after retargeting r's replica of b into one more replica of a.
