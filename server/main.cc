@@ -21,6 +21,7 @@
 #include "absl/strings/strip.h"
 #include "core/clock.h"
 #include "core/file_io.h"
+#include "core/policy.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "server/planner_server.h"
@@ -60,6 +61,9 @@ ABSL_FLAG(std::string, bearer_token_file, "",
           "File holding a bearer token every call must carry (authorization: Bearer <token>); "
           "the environment variable EPLB_TOKEN is used when this is empty");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
+ABSL_FLAG(bool, check_flags, false,
+          "Check the flags (and the files they name) and exit: 0 when the planner would start "
+          "with them, 1 naming the first problem; nothing is served or written");
 
 namespace {
 
@@ -228,6 +232,13 @@ int main(int argc, char** argv) {
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port > 65535 || metrics_port < -1) {
     return Fail(absl::StrCat("--metrics-port=", metrics_port, " is out of range [-1, 65535]"));
+  }
+  if (absl::GetFlag(FLAGS_check_flags)) {
+    if (auto policy = eplb::CreatePolicy(options->planner.default_policy); !policy.ok()) {
+      return Fail(absl::StrCat("--default-policy: ", policy.status().message()));
+    }
+    std::cout << "eplb-planner: the flags are valid\n";
+    return 0;
   }
   auto server = PlannerServer::Start(*options, eplb::RealClock::Get(), registry);
   if (!server.ok()) return Fail(absl::StrCat("cannot start: ", server.status().ToString()));

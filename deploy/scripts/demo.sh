@@ -11,8 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 deploy/scripts/install-deps.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build build --target eplb-planner eplbctl planner_loadgen
+deploy/scripts/build.sh eplb-planner eplbctl planner_loadgen
 
 state=eplb-state
 mkdir -p "$state"

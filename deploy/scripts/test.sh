@@ -8,9 +8,11 @@ deploy/scripts/install-deps.sh
 jobs=$(nproc)
 
 echo "== g++ build and tests"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
-cmake --build build -j "$jobs"
+deploy/scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$jobs"
+
+echo "== deployment checks (Dockerfile, image build steps, Kubernetes manifests, flag file)"
+deploy/scripts/check-deploy.sh
 
 echo "== clang, AddressSanitizer + UndefinedBehaviorSanitizer"
 CXX=clang++ cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug \

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Copies what a serving engine builds against into PREFIX: the headers of core/, client/,
+# transfer/ and proto/ (with the generated protobuf headers) under PREFIX/include, and the static
+# libraries of BUILD_DIR under PREFIX/lib. Used by the Dockerfile's worker target.
+#
+#   deploy/scripts/stage-sdk.sh BUILD_DIR PREFIX
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if (($# != 2)); then
+  echo "usage: deploy/scripts/stage-sdk.sh BUILD_DIR PREFIX" >&2
+  exit 2
+fi
+build="$1"
+prefix="$2"
+if [[ ! -d "$build/lib" ]]; then
+  echo "stage-sdk: $build/lib does not exist (build first: deploy/scripts/build.sh)" >&2
+  exit 1
+fi
+mkdir -p "$prefix/include" "$prefix/lib"
+for dir in core client transfer proto; do
+  find "$dir" -name '*.h' -exec cp --parents {} "$prefix/include/" \;
+done
+(cd "$build/proto" && find . -name '*.pb.h' -exec cp --parents {} "$prefix/include/" \;)
+cp "$build"/lib/*.a "$prefix/lib/"
+echo "stage-sdk: $(find "$prefix/include" -name '*.h' | wc -l) headers, $(ls "$prefix/lib" | wc -l) libraries in $prefix"
