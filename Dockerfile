@@ -3,7 +3,9 @@
 # the same scripts the README's commands and CI run.
 #
 #   docker build -t eplb-planner .                        # the planner (the default target)
-#   docker build --target worker -t eplb-worker .         # agent libraries + worker example (CUDA, NCCL)
+#   docker build --target worker -t eplb-worker .         # runtime: worker example, CUDA, NCCL
+#   docker build --target worker-build -t eplb-worker-build .  # to compile an engine against
+#                                                         # /opt/eplb (headers, static libraries)
 #
 # The planner image runs eplb-planner as user 10001 with /etc/eplb/planner.flags
 # (deploy/config/planner.flags); gRPC on 50051, Prometheus metrics on 9464, state in the volume
@@ -31,7 +33,7 @@ RUN deploy/scripts/install-cuda.sh && rm -rf /var/lib/apt/lists/*
 RUN deploy/scripts/build.sh --worker --dir build-worker \
  && deploy/scripts/stage-sdk.sh build-worker /opt/eplb
 
-# ---- worker: what a serving image builds on (FROM eplb-worker) ------------------------------------
+# ---- worker: the runtime a serving image runs on (FROM eplb-worker; compile in worker-build) -----
 FROM ${DEBIAN}-slim AS worker
 COPY deploy/scripts/install-deps.sh deploy/scripts/install-cuda.sh /tmp/eplb/
 RUN /tmp/eplb/install-deps.sh --runtime && /tmp/eplb/install-cuda.sh --runtime \

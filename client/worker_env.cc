@@ -4,6 +4,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "core/status_macros.h"
 
 namespace eplb::client {
@@ -60,7 +61,8 @@ absl::StatusOr<WorkerEnv> WorkerEnvFromEnvironment(
   out.rank = static_cast<int32_t>(rank);
   ASSIGN_OR_RETURN(const int64_t device, env.Int("EPLB_LOCAL_DEVICE", -1, 0, 1023));
   out.local_device = static_cast<int32_t>(device);
-  out.token = env.Optional("EPLB_TOKEN");
+  // A Secret made from a file often ends in a newline, which is not valid in a header.
+  out.token = std::string(absl::StripAsciiWhitespace(env.Optional("EPLB_TOKEN")));
   out.tls_ca_file = env.Optional("EPLB_TLS_CA");
   ASSIGN_OR_RETURN(out.sync_every_steps, env.Int("EPLB_SYNC_EVERY_STEPS", 16, 1, 1'000'000));
   ASSIGN_OR_RETURN(out.report_every_steps, env.Int("EPLB_REPORT_EVERY_STEPS", 100, 1, 1'000'000));

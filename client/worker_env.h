@@ -5,7 +5,7 @@
 //   EPLB_DEPLOYMENT       the deployment this rank belongs to              (required)
 //   EPLB_RANK             this rank in the expert-parallel group, 0 … 65535 (required)
 //   EPLB_LOCAL_DEVICE     CUDA device of this rank, 0 … 1023; default: rank mod devices
-//   EPLB_TOKEN            bearer token for the planner                     (default: none)
+//   EPLB_TOKEN            bearer token for the planner (whitespace trimmed) (default: none)
 //   EPLB_TLS_CA           PEM file of the planner's CA; set: TLS           (default: plaintext)
 //   EPLB_SYNC_EVERY_STEPS steps between the agents' syncs, 1 … 1,000,000 (default 16)
 //   EPLB_REPORT_EVERY_STEPS steps per load report, 1 … 1,000,000       (default 100)

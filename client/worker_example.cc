@@ -119,8 +119,11 @@ absl::Status Run(const Args& args) {
     return transfer::CudaError("cudaSetDevice", e);
   }
 
-  // The agents' communicator, bootstrapped through the planner. The key names the plan the group
-  // starts from, so a restarted group does not pick up an old id.
+  // The agents' communicator, bootstrapped through the planner under a key naming the plan the
+  // group starts from. The ranks must start together: a rank that restarts alone, or a group that
+  // restarts before any new plan, may read the previous id, and then Create fails after its
+  // timeout (60 s) and the worker exits 1 (restart the whole group). Engines that already have a
+  // communicator split theirs instead (NcclCommunicator::Split).
   const std::string key = absl::StrCat("agent-nccl-", plan.version());
   transfer::NcclUniqueIdBytes id{};
   if (env.rank == 0) {

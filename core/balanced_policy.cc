@@ -204,9 +204,13 @@ class Packing {
       for (const int32_t e : on_[r]) away_count[r] += away(r, e);
       away_total += away_count[r];
     }
+    // A step that adds no replica away from home is always within a budget (the start may
+    // already exceed one, e.g. when the previous placement held an expert twice on a rank).
     const auto within_budget = [&](int32_t r, int rank_change, int layer_change) {
-      return (options.rank_budget == 0 || away_count[r] + rank_change <= options.rank_budget) &&
-             (options.layer_budget == 0 || away_total + layer_change <= options.layer_budget);
+      return (options.rank_budget == 0 || rank_change <= 0 ||
+              away_count[r] + rank_change <= options.rank_budget) &&
+             (options.layer_budget == 0 || layer_change <= 0 ||
+              away_total + layer_change <= options.layer_budget);
     };
     const double target = options.target;
     std::vector<int32_t> order(capacity_.size());
@@ -766,7 +770,10 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
   // The previous replica counts, made to fit: every expert at least one replica (an expert new to
   // the part takes one from the experts with the most), at most R, and P in all (free slots of
   // experts that left go to the highest load per replica).
-  std::vector<int32_t> prev_count = CountsOf(previous, E);
+  std::vector<int32_t> prev_count(E, 0);  // a second copy of an expert on a rank counts once
+  for (const std::vector<int32_t>& set : previous) {
+    for (const int32_t e : std::set<int32_t>(set.begin(), set.end())) ++prev_count[e];
+  }
   int32_t prev_total = 0;
   for (int32_t& c : prev_count) {
     c = std::clamp(c, 1, R);
@@ -807,6 +814,20 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
     }
   }
   return MatchRanks(std::move(sets), part.capacity, previous, E);
+}
+
+// Whether every group's replicas lie on the ranks of one node.
+bool KeepsGroupsOnNodes(const std::vector<std::vector<int32_t>>& sets,
+                        const DeploymentShape& shape) {
+  std::vector<int32_t> node_of_group(shape.num_groups, -1);
+  for (int32_t r = 0; r < shape.num_ranks; ++r) {
+    for (const int32_t e : sets[r]) {
+      int32_t& node = node_of_group[e / shape.experts_per_group()];
+      if (node >= 0 && node != shape.NodeOfRank(r)) return false;
+      node = shape.NodeOfRank(r);
+    }
+  }
+  return true;
 }
 
 // The layer with node affinity: groups assigned to nodes (G / N each, balanced by group load; the
@@ -1009,8 +1030,10 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
       }
       sets = *std::move(planned);
     }
-    // min_gain: a layer whose busiest rank would not drop by that fraction stays.
-    if (prev_sets && !HasDuplicates(*prev_sets)) {
+    // min_gain: a layer whose busiest rank would not drop by that fraction stays, if it meets
+    // the same constraints (one replica per rank; with affinity, every group on one node).
+    if (prev_sets && !HasDuplicates(*prev_sets) &&
+        (!affinity || KeepsGroupsOnNodes(*prev_sets, shape))) {
       const double prev_max = MaxLoadOf(*prev_sets, load, CountsOf(*prev_sets, E));
       if (prev_max - MaxLoadOf(sets, load, CountsOf(sets, E)) < options_.min_gain * prev_max) {
         sets = *std::move(prev_sets);

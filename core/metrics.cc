@@ -154,16 +154,23 @@ class SampleStream {
   // swapping with the last entry of both vectors.
   // `total`: the sum of `weights`, lowered by the weight taken.
   int32_t Take(std::vector<double>& weights, std::vector<int32_t>& ids, double& total) {
+    if (total <= 0) {  // rounding may have eaten a small remainder
+      total = 0;
+      for (const double w : weights) total += w;
+    }
     size_t pick = weights.size() - 1;
     if (total > 0) {
       double u = Next() * total;
-      for (size_t i = 0; i < weights.size(); ++i) {
+      bool found = false;
+      for (size_t i = 0; i < weights.size() && !found; ++i) {
         if (u < weights[i]) {
           pick = i;
-          break;
+          found = true;
         }
         u -= weights[i];
       }
+      // Rounding can leave `u` past the remaining weights: take the last one that has weight.
+      while (!found && pick > 0 && weights[pick] <= 0) --pick;
     } else {
       pick = std::min(weights.size() - 1, static_cast<size_t>(Next() * weights.size()));
     }

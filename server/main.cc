@@ -179,7 +179,9 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
   if (!token.ok()) return token.status();
   std::string token_text(absl::StripAsciiWhitespace(*token));
   if (token_text.empty() && absl::GetFlag(FLAGS_bearer_token_file).empty()) {
-    if (const char* env = std::getenv("EPLB_TOKEN"); env != nullptr) token_text = env;
+    if (const char* env = std::getenv("EPLB_TOKEN"); env != nullptr) {
+      token_text = std::string(absl::StripAsciiWhitespace(env));
+    }
   } else if (token_text.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("--bearer-token-file: ", absl::GetFlag(FLAGS_bearer_token_file), " is empty"));

@@ -471,6 +471,14 @@ TEST(BalancedPolicyTest, NodeAffinityFromAPreviousPlacementMovesLittle) {
   }
   EXPECT_LE(moved * 2, deepseek_moved) << "balanced " << moved << ", deepseek " << deepseek_moved;
 
+  // Turning affinity on over a placement that spreads groups over nodes (lighter than any
+  // affine one) still keeps every group on one node.
+  auto spread = BalancedPolicy().Plan({.shape = shape, .load = &load});
+  ASSERT_TRUE(spread.ok());
+  auto regrouped = affine.Plan({.shape = shape, .load = &load, .previous = &*spread});
+  ASSERT_TRUE(regrouped.ok());
+  expect_groups_on_nodes(*regrouped);
+
   const LoadMatrix other = LogNormalLoad(shape, 1.5, rng);
   auto reshuffled = affine.Plan({.shape = shape, .load = &other, .previous = &*previous});
   ASSERT_TRUE(reshuffled.ok()) << reshuffled.status();
