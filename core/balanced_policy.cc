@@ -50,7 +50,8 @@ class Packing {
         on_(capacity_.size()),
         holders_(E_),
         load_(capacity_.size(), 0.0),
-        holds_(capacity_.size() * static_cast<size_t>(E_), 0) {
+        holds_(capacity_.size() * static_cast<size_t>(E_), 0),
+        touched_(capacity_.size(), 0) {
     for (int32_t e = 0; e < E_; ++e) weight_[e] = expert_load_[e] / count_[e];
   }
 
@@ -63,6 +64,7 @@ class Packing {
   double weight(int32_t e) const { return weight_[e]; }
 
   void Add(int32_t r, int32_t e) {
+    Touch(r);
     on_[r].push_back(e);
     holders_[e].push_back(r);
     load_[r] += weight_[e];
@@ -71,6 +73,7 @@ class Packing {
   void Remove(int32_t r, int32_t e) {
     auto it = std::find(on_[r].begin(), on_[r].end(), e);
     EPLB_CHECK(it != on_[r].end(), "expert ", e, " is not on rank ", r);
+    Touch(r);
     on_[r].erase(it);
     holders_[e].erase(std::find(holders_[e].begin(), holders_[e].end(), r));
     load_[r] -= weight_[e];
@@ -127,7 +130,10 @@ class Packing {
  private:
   void SetCount(int32_t e, int32_t n) {
     const double w = expert_load_[e] / n;
-    for (const int32_t r : holders_[e]) load_[r] += w - weight_[e];
+    for (const int32_t r : holders_[e]) {
+      Touch(r);
+      load_[r] += w - weight_[e];
+    }
     weight_[e] = w;
     count_[e] = n;
   }
@@ -137,25 +143,12 @@ class Packing {
   // scan stops at a rank whose half gap cannot beat the best swap found.
   int64_t ImproveBySwaps(const ImproveOptions& options) {
     int64_t steps = 0;
-    // Ranks by (load, rank), kept sorted as the two ranks of each swap change.
-    const auto before = [&](int32_t x, int32_t y) {
-      return load_[x] < load_[y] || (load_[x] == load_[y] && x < y);
-    };
-    std::vector<int32_t> order(capacity_.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(), before);
-    // Called with the two ranks of a swap, after it.
-    const auto reorder = [&](int32_t x, int32_t y) {
-      order.erase(std::find(order.begin(), order.end(), x));
-      order.erase(std::find(order.begin(), order.end(), y));
-      for (const int32_t z : {x, y}) {
-        order.insert(std::lower_bound(order.begin(), order.end(), z, before), z);
-      }
-    };
+    std::vector<int32_t> order;
     while (steps < options.max_steps) {
       const int32_t h = Busiest();
       const double lh = load_[h];
       if (lh <= options.target) break;
+      SortByLoad(order);
       double best = lh * (1 - 1e-12);
       int32_t best_a = -1, best_r = -1, best_b = -1;
       for (const int32_t r : order) {
@@ -183,7 +176,6 @@ class Packing {
       Remove(best_r, best_b);
       Add(h, best_b);
       Add(best_r, best_a);
-      reorder(h, best_r);
       ++steps;
     }
     return steps;
@@ -213,26 +205,13 @@ class Packing {
               away_total + layer_change <= options.layer_budget);
     };
     const double target = options.target;
-    std::vector<int32_t> order(capacity_.size());
+    std::vector<int32_t> order;
     int64_t steps = 0;
     while (steps < options.max_steps) {
       const int32_t h = Busiest();
       const double lh = load_[h];
       if (lh <= target) break;
-      // Ranks by (load, rank): sorted once, then re-sorted by insertion (a step changes a few).
-      const auto before = [&](int32_t x, int32_t y) {
-        return load_[x] < load_[y] || (load_[x] == load_[y] && x < y);
-      };
-      if (steps == 0) {
-        std::iota(order.begin(), order.end(), 0);
-        std::sort(order.begin(), order.end(), before);
-      } else {
-        for (size_t i = 1; i < order.size(); ++i) {
-          for (size_t j = i; j > 0 && before(order[j], order[j - 1]); --j) {
-            std::swap(order[j], order[j - 1]);
-          }
-        }
-      }
+      SortByLoad(order);
       Step best;
       if (options.retarget) RankHolders();
       // The highest load after retargeting r's replica of b into one more replica of a.
@@ -249,49 +228,66 @@ class Packing {
         return m;
       };
 
+      // Swaps of a replica a of h with a lighter replica b of rank r, ranks in load order until
+      // stop(load of r): visit(a, r, b).
+      const auto for_each_swap = [&](auto stop, auto visit) {
+        for (const int32_t a : on_[h]) {
+          const double wa = weight_[a];
+          for (const int32_t r : order) {
+            if (stop(load_[r])) break;
+            if (r == h || Holds(r, a)) continue;
+            for (const int32_t b : on_[r]) {
+              if (weight_[b] < wa && !Holds(h, b)) visit(a, r, b);
+            }
+          }
+        }
+      };
+      // Retargets of rank r's replica of b (an expert with two or more) into one more replica of
+      // a (on h) that leave r, and b's most loaded other holder, at or below limit(); a is
+      // skipped when skip(a, its weight with one more replica): visit(a, r, b).
+      const auto for_each_retarget = [&](auto skip, auto limit, auto visit) {
+        for (const int32_t a : on_[h]) {
+          const double wa_more = expert_load_[a] / (count_[a] + 1);
+          if (skip(a, wa_more)) continue;
+          for (const int32_t b : donors_) {
+            if (b == a) continue;
+            for (const int32_t r : holders_[b]) {
+              if (r == h || Holds(r, a) || load_[r] - weight_[b] + wa_more > limit() ||
+                  OtherHolderOver(b, r, a, limit())) {
+                continue;
+              }
+              visit(a, r, b);
+            }
+          }
+        }
+      };
+
       // Steps reaching the target: a swap needs lh − target ≤ wa − wb ≤ target − lr, so only
       // ranks up to 2 · target − lh qualify; a retarget needs a's share on h to drop by lh −
       // target.
       const double fix_limit = 2 * target - lh;
-      for (const int32_t a : on_[h]) {
-        const double wa = weight_[a];
-        for (const int32_t r : order) {
-          const double lr = load_[r];
-          if (lr > fix_limit) break;
-          if (r == h || Holds(r, a)) continue;
-          const int ra = away(r, a);
-          for (const int32_t b : on_[r]) {
-            const double wb = weight_[b];
-            if (wb >= wa || wa - wb < lh - target || lr - wb + wa > target || Holds(h, b)) {
-              continue;
-            }
-            const int dh = away(h, b) - away(h, a), dr = ra - away(r, b);
+      for_each_swap(
+          [&](double lr) { return lr > fix_limit; },
+          [&](int32_t a, int32_t r, int32_t b) {
+            const double wa = weight_[a], wb = weight_[b], lr = load_[r];
+            if (wa - wb < lh - target || lr - wb + wa > target) return;
+            const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
             const int cost = dh + dr;
             const double m = std::max(lh - wa + wb, lr - wb + wa);
             if (best.Beaten(cost, m) && within_budget(h, dh, cost) && within_budget(r, dr, cost)) {
               best = {Step::kSwap, cost, m, a, r, b};
             }
-          }
-        }
-      }
+          });
       if (options.retarget) {
-        for (const int32_t a : on_[h]) {
-          const double wa_more = expert_load_[a] / (count_[a] + 1);
-          if (weight_[a] - wa_more < lh - target) continue;
-          for (const int32_t b : donors_) {
-            if (b == a) continue;
-            for (const int32_t r : holders_[b]) {
-              if (r == h || Holds(r, a) || load_[r] - weight_[b] + wa_more > target ||
-                  OtherHolderOver(b, r, a, target)) {
-                continue;
-              }
+        for_each_retarget(
+            [&](int32_t a, double wa_more) { return weight_[a] - wa_more < lh - target; },
+            [&] { return target; },
+            [&](int32_t a, int32_t r, int32_t b) {
               const int cost = away(r, a) - away(r, b);
-              if (!best.Beaten(cost, -1) || !within_budget(r, cost, cost)) continue;
+              if (!best.Beaten(cost, -1) || !within_budget(r, cost, cost)) return;
               const double m = retarget_max(a, r, b);
               if (m <= target && best.Beaten(cost, m)) best = {Step::kRetarget, cost, m, a, r, b};
-            }
-          }
-        }
+            });
       }
 
       if (best.kind == Step::kNone) {
@@ -307,39 +303,22 @@ class Packing {
             best = {kind, cost, m, a, r, b};
           }
         };
-        for (const int32_t a : on_[h]) {
-          const double wa = weight_[a];
-          for (const int32_t r : order) {
-            const double lr = load_[r];
-            if (lr >= lh || lh - (lh - lr) / 2 > lowest) break;
-            if (r == h || Holds(r, a)) continue;
-            for (const int32_t b : on_[r]) {
-              const double wb = weight_[b];
-              if (wb >= wa || Holds(h, b)) continue;
-              const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
-              const double m = std::max(lh - wa + wb, lr - wb + wa);
-              if (within_budget(h, dh, dh + dr) && within_budget(r, dr, dh + dr)) {
-                lower(Step::kSwap, dh + dr, m, a, r, b);
-              }
-            }
-          }
-        }
+        for_each_swap([&](double lr) { return lr >= lh || lh - (lh - lr) / 2 > lowest; },
+                      [&](int32_t a, int32_t r, int32_t b) {
+                        const double wa = weight_[a], wb = weight_[b], lr = load_[r];
+                        const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
+                        const double m = std::max(lh - wa + wb, lr - wb + wa);
+                        if (within_budget(h, dh, dh + dr) && within_budget(r, dr, dh + dr)) {
+                          lower(Step::kSwap, dh + dr, m, a, r, b);
+                        }
+                      });
         if (options.retarget) {
-          for (const int32_t a : on_[h]) {
-            const double wa_more = expert_load_[a] / (count_[a] + 1);
-            for (const int32_t b : donors_) {
-              if (b == a) continue;
-              for (const int32_t r : holders_[b]) {
-                if (r == h || Holds(r, a) || load_[r] - weight_[b] + wa_more > lowest ||
-                    OtherHolderOver(b, r, a, lowest)) {
-                  continue;
-                }
-                const int cost = away(r, a) - away(r, b);
-                if (!within_budget(r, cost, cost)) continue;
-                lower(Step::kRetarget, cost, retarget_max(a, r, b), a, r, b);
-              }
-            }
-          }
+          for_each_retarget([](int32_t, double) { return false; }, [&] { return lowest; },
+                            [&](int32_t a, int32_t r, int32_t b) {
+                              const int cost = away(r, a) - away(r, b);
+                              if (!within_budget(r, cost, cost)) return;
+                              lower(Step::kRetarget, cost, retarget_max(a, r, b), a, r, b);
+                            });
         }
       }
 
@@ -359,6 +338,34 @@ class Packing {
       ++steps;
     }
     return steps;
+  }
+
+  // Marks rank r's load as changed since the last SortByLoad.
+  void Touch(int32_t r) {
+    if (!touched_[r]) {
+      touched_[r] = 1;
+      touched_ranks_.push_back(r);
+    }
+  }
+
+  // `order` as the ranks by (load, rank): sorted when empty, otherwise kept sorted by moving only
+  // the ranks whose load changed since the last call (a step changes a few).
+  void SortByLoad(std::vector<int32_t>& order) {
+    const auto before = [&](int32_t x, int32_t y) {
+      return load_[x] < load_[y] || (load_[x] == load_[y] && x < y);
+    };
+    if (order.empty()) {
+      order.resize(capacity_.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), before);
+    } else {
+      std::erase_if(order, [&](int32_t r) { return touched_[r] != 0; });
+      for (const int32_t r : touched_ranks_) {
+        order.insert(std::lower_bound(order.begin(), order.end(), r, before), r);
+      }
+    }
+    for (const int32_t r : touched_ranks_) touched_[r] = 0;
+    touched_ranks_.clear();
   }
 
   // For every expert with two or more replicas: its two most loaded holders, and how much each
@@ -412,6 +419,8 @@ class Packing {
   std::vector<std::vector<int32_t>> holders_;  // per expert: the ranks holding it
   std::vector<double> load_;
   std::vector<uint8_t> holds_;
+  std::vector<uint8_t> touched_;        // per rank: load changed since the last SortByLoad
+  std::vector<int32_t> touched_ranks_;  // those ranks
   std::vector<std::pair<int32_t, int32_t>> top_;  // RankHolders
   std::vector<double> rise_;                      // RankHolders
   std::vector<int32_t> donors_;                   // RankHolders: experts with 2+ replicas
@@ -653,8 +662,17 @@ bool HasDuplicates(const std::vector<std::vector<int32_t>>& sets) {
   return false;
 }
 
-double MaxLoadOf(const std::vector<std::vector<int32_t>>& sets, std::span<const double> load,
-                 std::span<const int32_t> count) {
+std::vector<int32_t> CountsOf(const std::vector<std::vector<int32_t>>& sets, int32_t E) {
+  std::vector<int32_t> count(E, 0);
+  for (const auto& set : sets) {
+    for (const int32_t e : set) ++count[e];
+  }
+  return count;
+}
+
+// The busiest rank's load of `sets`, each expert's load split over its replicas in them.
+double MaxLoadOf(const std::vector<std::vector<int32_t>>& sets, std::span<const double> load) {
+  const std::vector<int32_t> count = CountsOf(sets, static_cast<int32_t>(load.size()));
   double max = 0;
   for (const auto& set : sets) {
     double sum = 0;
@@ -662,14 +680,6 @@ double MaxLoadOf(const std::vector<std::vector<int32_t>>& sets, std::span<const 
     max = std::max(max, sum);
   }
   return max;
-}
-
-std::vector<int32_t> CountsOf(const std::vector<std::vector<int32_t>>& sets, int32_t E) {
-  std::vector<int32_t> count(E, 0);
-  for (const auto& set : sets) {
-    for (const int32_t e : set) ++count[e];
-  }
-  return count;
 }
 
 // Whether `sets` is a complete placement of `num_experts` experts on ranks of `capacity`: every
@@ -723,7 +733,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
 
   if (part.rival != nullptr) {
     const std::vector<std::vector<int32_t>>& rival = *part.rival;
-    const double rival_max = MaxLoadOf(rival, load, CountsOf(rival, E));
+    const double rival_max = MaxLoadOf(rival, load);
     if (rival_max < best * (1 - 1e-9)) {
       if (!HasDuplicates(rival)) {
         sets = rival;
@@ -761,8 +771,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
 
   const std::vector<std::vector<int32_t>>& previous = *part.previous;
   const double target = best * (1 + options.tolerance);
-  if (IsComplete(previous, part.capacity, E) &&
-      MaxLoadOf(previous, load, CountsOf(previous, E)) <= target) {
+  if (IsComplete(previous, part.capacity, E) && MaxLoadOf(previous, load) <= target) {
     return previous;  // nothing moves
   }
   // Start from the previous placement: first with its replica counts (swaps and retargets change
@@ -841,45 +850,35 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanWithAffinity(
   const int32_t per_group = shape.experts_per_group(), rpn = shape.ranks_per_node();
   std::vector<double> group_load(G, 0.0);
   for (int32_t e = 0; e < shape.num_logical_experts; ++e) group_load[e / per_group] += load[e];
-  const std::vector<int32_t> node_capacity(N, G / N);
-  Packing nodes(node_capacity, group_load, std::vector<int32_t>(G, 1));
-  if (!FillRemaining(nodes, std::vector<int32_t>(G, 0))) {
-    return absl::InternalError("cannot place the groups on the nodes");
-  }
-  nodes.Improve({.max_steps = max_swaps});
-  std::vector<std::vector<int32_t>> groups_on(N);
-  for (int32_t n = 0; n < N; ++n) groups_on[n] = nodes.on(n);
-
   // The previous assignment, when every group was on one node.
+  const std::vector<int32_t> node_capacity(N, G / N);
   std::vector<std::vector<int32_t>> prev_groups_on;
-  if (previous != nullptr) {
+  if (previous != nullptr && KeepsGroupsOnNodes(*previous, shape)) {
     std::vector<int32_t> node_of_group(G, -1);
-    bool one_node_each = true;
-    for (int32_t r = 0; r < R && one_node_each; ++r) {
-      for (const int32_t e : (*previous)[r]) {
-        int32_t& node = node_of_group[e / per_group];
-        if (node >= 0 && node != shape.NodeOfRank(r)) one_node_each = false;
-        node = shape.NodeOfRank(r);
-      }
+    for (int32_t r = 0; r < R; ++r) {
+      for (const int32_t e : (*previous)[r]) node_of_group[e / per_group] = shape.NodeOfRank(r);
     }
-    if (one_node_each) {
-      prev_groups_on.resize(N);
-      for (int32_t g = 0; g < G; ++g) {
-        if (node_of_group[g] >= 0) prev_groups_on[node_of_group[g]].push_back(g);
-      }
+    prev_groups_on.resize(N);
+    for (int32_t g = 0; g < G; ++g) {
+      if (node_of_group[g] >= 0) prev_groups_on[node_of_group[g]].push_back(g);
     }
-    const bool budgeted = options.max_received_per_rank > 0 || options.max_received_per_layer > 0;
-    if (budgeted && !prev_groups_on.empty() && IsComplete(prev_groups_on, node_capacity, G)) {
-      groups_on = prev_groups_on;  // moving a group moves all its experts: not under a budget
-    } else if (!prev_groups_on.empty() && IsComplete(prev_groups_on, node_capacity, G)) {
-      // Keep or repair it like any placement (groups as the items, nodes as the ranks).
-      const Part node_part{
-          .load = group_load, .capacity = node_capacity, .previous = &prev_groups_on};
-      BalancedOptions node_options = options;
-      node_options.max_received_per_rank = 0;
-      node_options.max_received_per_layer = 0;
-      ASSIGN_OR_RETURN(groups_on, PlanPart(node_part, node_options, max_swaps));
-    } else if (!prev_groups_on.empty()) {
+  }
+  const bool complete = !prev_groups_on.empty() && IsComplete(prev_groups_on, node_capacity, G);
+  const bool budgeted = options.max_received_per_rank > 0 || options.max_received_per_layer > 0;
+  std::vector<std::vector<int32_t>> groups_on;
+  if (complete && budgeted) {
+    groups_on = prev_groups_on;  // moving a group moves all its experts: not under a budget
+  } else {
+    // Groups as the items, nodes as the ranks: kept or repaired like any placement when the
+    // previous assignment is complete; otherwise packed afresh, nodes matched to the previous.
+    const Part node_part{.load = group_load,
+                         .capacity = node_capacity,
+                         .previous = complete ? &prev_groups_on : nullptr};
+    BalancedOptions node_options = options;
+    node_options.max_received_per_rank = 0;
+    node_options.max_received_per_layer = 0;
+    ASSIGN_OR_RETURN(groups_on, PlanPart(node_part, node_options, max_swaps));
+    if (!complete && !prev_groups_on.empty()) {
       groups_on = MatchRanks(std::move(groups_on), node_capacity, prev_groups_on, G);
     }
   }
@@ -1034,8 +1033,8 @@ absl::StatusOr<ExpertMap> BalancedPolicy::PlanValidated(const PlanInput& input) 
     // the same constraints (one replica per rank; with affinity, every group on one node).
     if (prev_sets && !HasDuplicates(*prev_sets) &&
         (!affinity || KeepsGroupsOnNodes(*prev_sets, shape))) {
-      const double prev_max = MaxLoadOf(*prev_sets, load, CountsOf(*prev_sets, E));
-      if (prev_max - MaxLoadOf(sets, load, CountsOf(sets, E)) < options_.min_gain * prev_max) {
+      const double prev_max = MaxLoadOf(*prev_sets, load);
+      if (prev_max - MaxLoadOf(sets, load) < options_.min_gain * prev_max) {
         sets = *std::move(prev_sets);
       }
     }
