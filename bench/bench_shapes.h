@@ -6,6 +6,12 @@
 
 namespace eplb::bench {
 
+// A shape with the name a benchmark prints for it.
+struct NamedShape {
+  const char* name;
+  DeploymentShape shape;
+};
+
 // DeepSeek-V3 prefill: 58 layers × 256 experts, 8 groups, 4 nodes, 32 ranks, 288 slots (9/rank).
 inline constexpr DeploymentShape kV3Prefill{.num_layers = 58,
                                             .num_logical_experts = 256,

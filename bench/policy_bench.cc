@@ -21,12 +21,7 @@
 namespace eplb {
 namespace {
 
-struct NamedShape {
-  const char* name;
-  DeploymentShape shape;
-};
-
-const NamedShape kShapes[] = {
+const bench::NamedShape kShapes[] = {
     {"prefill", bench::kV3Prefill},
     {"decode", bench::kV3Decode},
     {"large", bench::kLarge},
@@ -38,7 +33,7 @@ LoadMatrix SyntheticLoad(const DeploymentShape& shape, uint64_t seed) {
   return testing::LogNormalLoad(shape, 1.0, rng);
 }
 
-void BM_Plan(benchmark::State& state, const char* policy_name, const NamedShape* named) {
+void BM_Plan(benchmark::State& state, const char* policy_name, const bench::NamedShape* named) {
   const DeploymentShape& shape = named->shape;
   const LoadMatrix load = SyntheticLoad(shape, 1234);
   auto policy = CreatePolicy(policy_name);
@@ -63,7 +58,7 @@ void BM_Plan(benchmark::State& state, const char* policy_name, const NamedShape*
 
 int RegisterAll() {
   for (const char* policy : {"contiguous", "deepseek", "balanced"}) {
-    for (const NamedShape& named : kShapes) {
+    for (const bench::NamedShape& named : kShapes) {
       benchmark::RegisterBenchmark((std::string(policy) + "/" + named.name).c_str(), BM_Plan,
                                    policy, &named)
           ->Unit(benchmark::kMicrosecond);

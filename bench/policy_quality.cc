@@ -28,12 +28,7 @@
 namespace eplb {
 namespace {
 
-struct NamedShape {
-  const char* name;
-  DeploymentShape shape;
-};
-
-const NamedShape kShapes[] = {
+const bench::NamedShape kShapes[] = {
     {"V3 prefill (R 32, 9 slots/rank)", bench::kV3Prefill},
     {"V3 decode (R 144, 2 slots/rank)", bench::kV3Decode},
     {"R 64, 8 nodes, 5 slots/rank", bench::kR64},
@@ -57,15 +52,6 @@ double BestOf(int n, Run run) {
   return best;
 }
 
-double MeanCrossNodeShare(const ExpertMap& map, const LoadMatrix& load,
-                          const DeploymentShape& shape) {
-  double sum = 0;
-  for (int32_t l = 0; l < map.num_layers(); ++l) {
-    sum += CrossNodeTrafficShare(map, l, load.row(l), shape.num_groups, shape.num_nodes);
-  }
-  return sum / map.num_layers();
-}
-
 }  // namespace
 }  // namespace eplb
 
@@ -81,7 +67,7 @@ int main(int argc, char** argv) {
   std::printf(
       "| shape | σ | deepseek max/LB | balanced max/LB | deepseek balancedness | "
       "balanced balancedness | deepseek ms | balanced ms |\n|---|---|---|---|---|---|---|---|\n");
-  for (const NamedShape& named : kShapes) {
+  for (const bench::NamedShape& named : kShapes) {
     for (const double sigma : {0.5, 1.0, 1.5}) {
       std::mt19937_64 rng(1234);
       const LoadMatrix load = LogNormalLoad(named.shape, sigma, rng);
@@ -138,7 +124,7 @@ int main(int argc, char** argv) {
     BalancedOptions affine_options;
     affine_options.node_affinity = true;
     const BalancedPolicy affine(affine_options);
-    for (const NamedShape& named : {kShapes[0], kShapes[2]}) {
+    for (const bench::NamedShape& named : {kShapes[0], kShapes[2]}) {
       std::mt19937_64 rng(1234);
       const LoadMatrix load = LogNormalLoad(named.shape, 1.0, rng);
       const ExpertMap maps[] = {*deepseek.Plan({.shape = named.shape, .load = &load}),
@@ -146,8 +132,9 @@ int main(int argc, char** argv) {
                                 *affine.Plan({.shape = named.shape, .load = &load})};
       std::printf("| %s", named.name);
       for (const ExpertMap& map : maps) {
-        std::printf(" | %.4f | %.3f", EvaluateMap(map, load).mean_max_over_bound,
-                    MeanCrossNodeShare(map, load, named.shape));
+        std::printf(
+            " | %.4f | %.3f", EvaluateMap(map, load).mean_max_over_bound,
+            MeanCrossNodeTrafficShare(map, load, named.shape.num_groups, named.shape.num_nodes));
       }
       std::printf(" |\n");
     }
@@ -157,7 +144,7 @@ int main(int argc, char** argv) {
       "balanced max/LB with previous | from scratch | ms per plan with previous |\n"
       "|---|---|---|---|---|---|---|---|\n");
   struct DriftCase {
-    NamedShape named;
+    bench::NamedShape named;
     BalancedOptions options;
     const char* note;
   };
@@ -171,7 +158,7 @@ int main(int argc, char** argv) {
       {kShapes[2], {.node_affinity = true}, ", node affinity"},
   };
   for (const DriftCase& drift : drift_cases) {
-    const NamedShape& named = drift.named;
+    const bench::NamedShape& named = drift.named;
     const BalancedPolicy warm_policy(drift.options);
     std::mt19937_64 rng(99);
     LoadMatrix load = LogNormalLoad(named.shape, 1.0, rng);

@@ -50,20 +50,19 @@ using eplb::client::PlanStatus;
 using eplb::testing::RandomExpertMap;
 using Clock = std::chrono::steady_clock;
 
-#define CHECK_NCCL(expr)                                                                 \
-  do {                                                                                   \
-    if (ncclResult_t r_ = (expr); r_ != ncclSuccess) {                                   \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                 \
-                   ncclGetErrorString(r_));                                              \
-      return 1;                                                                          \
-    }                                                                                    \
+#define CHECK_NCCL(expr)                                                                          \
+  do {                                                                                            \
+    if (ncclResult_t r_ = (expr); r_ != ncclSuccess) {                                            \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, ncclGetErrorString(r_)); \
+      return 1;                                                                                   \
+    }                                                                                             \
   } while (false)
-#define CHECK_OK(expr)                                                                   \
-  do {                                                                                   \
-    if (auto s_ = (expr); !s_.ok()) {                                                    \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.ToString().c_str());    \
-      return 1;                                                                          \
-    }                                                                                    \
+#define CHECK_OK(expr)                                                                \
+  do {                                                                                \
+    if (auto s_ = (expr); !s_.ok()) {                                                 \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
+      return 1;                                                                       \
+    }                                                                                 \
   } while (false)
 
 struct Args {
@@ -182,7 +181,9 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
   int steps = 0;
   const PlacementAgent::Status before = (*agent)->status();
   const auto shuffle_start = Clock::now();
-  if (apply(2, maps[1], [] { return 0; }, &steps) != 0) return 1;
+  if (apply(
+          2, maps[1], [] { return 0; }, &steps) != 0)
+    return 1;
   const double shuffle_wall = Seconds(shuffle_start, Clock::now());
   const PlacementAgent::Status after = (*agent)->status();
   const double received = static_cast<double>(after.bytes_received - before.bytes_received);
@@ -259,15 +260,17 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (args.ranks < 1 || args.layers < 1 || args.experts < 1 || args.slots * args.ranks < args.experts ||
-      args.expert_mib < 1 || args.sync_every < 1 || args.raw_mib < 1 || args.repeats < 1 || args.step_mib < 2) {
+  if (args.ranks < 1 || args.layers < 1 || args.experts < 1 ||
+      args.slots * args.ranks < args.experts || args.expert_mib < 1 || args.sync_every < 1 ||
+      args.raw_mib < 1 || args.repeats < 1 || args.step_mib < 2) {
     std::fprintf(stderr, "flags out of range (need slots × ranks ≥ experts, all ≥ 1)\n");
     return 2;
   }
-  std::printf("transfer_bench: %d ranks, %d layers, %d experts, %d slots/rank, %d MiB/expert, "
-              "max_ctas %d, sync every %d steps, decode step = %d MiB device copy\n",
-              args.ranks, args.layers, args.experts, args.slots, args.expert_mib, args.max_ctas,
-              args.sync_every, args.step_mib);
+  std::printf(
+      "transfer_bench: %d ranks, %d layers, %d experts, %d slots/rank, %d MiB/expert, "
+      "max_ctas %d, sync every %d steps, decode step = %d MiB device copy\n",
+      args.ranks, args.layers, args.experts, args.slots, args.expert_mib, args.max_ctas,
+      args.sync_every, args.step_mib);
   std::fflush(stdout);
   return eplb::transfer::RunLocalRanks(
       args.ranks, [&](int rank, int size, const eplb::transfer::NcclUniqueIdBytes& id) {

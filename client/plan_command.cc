@@ -125,11 +125,7 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
     if (s.num_nodes > 1) {
       const RoutingModel model;
       const auto share = [&](const ExpertMap& m) {
-        double sum = 0;
-        for (int32_t l = 0; l < s.num_layers; ++l) {
-          sum += CrossNodeTrafficShare(m, l, load->row(l), s.num_groups, s.num_nodes, model);
-        }
-        return sum / s.num_layers;
+        return MeanCrossNodeTrafficShare(m, *load, s.num_groups, s.num_nodes, model);
       };
       err << absl::StrFormat(
           "cross-node share of token traffic (%d experts in %d groups per token): %s %.3f, "

@@ -238,4 +238,13 @@ double CrossNodeTrafficShare(const ExpertMap& map, int32_t layer, std::span<cons
   return static_cast<double>(remote) / (static_cast<double>(model.tokens) * experts_per_token);
 }
 
+double MeanCrossNodeTrafficShare(const ExpertMap& map, const LoadMatrix& load, int32_t num_groups,
+                                 int32_t num_nodes, const RoutingModel& model) {
+  double sum = 0;
+  for (int32_t l = 0; l < map.num_layers(); ++l) {
+    sum += CrossNodeTrafficShare(map, l, load.row(l), num_groups, num_nodes, model);
+  }
+  return sum / map.num_layers();
+}
+
 }  // namespace eplb

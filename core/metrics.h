@@ -55,6 +55,10 @@ struct RoutingModel {
 double CrossNodeTrafficShare(const ExpertMap& map, int32_t layer, std::span<const double> load,
                              int32_t num_groups, int32_t num_nodes, const RoutingModel& model = {});
 
+// CrossNodeTrafficShare averaged over the map's layers. `load` has one row per layer.
+double MeanCrossNodeTrafficShare(const ExpertMap& map, const LoadMatrix& load, int32_t num_groups,
+                                 int32_t num_nodes, const RoutingModel& model = {});
+
 struct LayerQuality {
   double balancedness = 1.0;    // mean / max rank load
   double max_over_bound = 1.0;  // max rank load / MaxRankLoadLowerBound (1.0 when both are 0)
