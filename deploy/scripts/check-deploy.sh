@@ -5,8 +5,8 @@
 #      checks, and both checkers catch a broken copy;
 #   2. the Dockerfile's planner build step runs (build.sh --image, into build-image/), its programs
 #      load only libraries the runtime stage installs, and the worker image's SDK staging runs;
-#   3. deploy/config/planner.flags (and the ConfigMap's copy of it) is accepted by the planner
-#      (--check-flags) and documents every flag the planner has;
+#   3. deploy/config/planner.flags (which the ConfigMap must copy exactly) is accepted by the
+#      planner (--check-flags) and documents every flag the planner has;
 #   4. where CUDA and NCCL are installed, the worker image's build step (build.sh --worker) runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,13 +56,8 @@ python3 deploy/scripts/check_runtime_libs.py build-image/bin/eplb-planner build-
 deploy/scripts/stage-sdk.sh build-image "$tmp/sdk"
 
 echo "-- flag files"
+# (check_manifests.py above holds the ConfigMap's copy equal to this file.)
 build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags --check-flags
-python3 - "$tmp/configmap.flags" <<'PY'
-import sys, yaml
-doc = yaml.safe_load(open("deploy/kubernetes/planner-config.yaml"))
-open(sys.argv[1], "w").write(doc["data"]["planner.flags"])
-PY
-build-image/bin/eplb-planner --flagfile="$tmp/configmap.flags" --check-flags
 missing=()
 for flag in $(sed -n 's/^ABSL_FLAG([^,]*, *\([a-z_]*\),.*/\1/p' server/main.cc); do
   [[ "$flag" == check_flags ]] && continue
