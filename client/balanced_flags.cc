@@ -19,7 +19,7 @@ absl::StatusOr<std::optional<BalancedFlags>> ParseBalancedFlags(const ParsedArgs
     return absl::InvalidArgumentError(
         absl::StrCat("--", given->name, " applies to --policy balanced, not ", policy));
   }
-  constexpr int64_t kMaxBudget = int64_t{1} << 20;
+  constexpr int64_t kMaxBudget = BalancedOptions::kMaxBudget;
   BalancedFlags flags;
   BalancedOptions& o = flags.options;
   flags.tolerance_given = args.Has("tolerance");

@@ -959,11 +959,9 @@ absl::Status ValidateBalancedOptions(const BalancedOptions& options) {
   };
   RETURN_IF_ERROR(fraction("tolerance", options.tolerance));
   RETURN_IF_ERROR(fraction("min_gain", options.min_gain));
-  // A budget above the slots of a layer is no limit, but is refused as a likely mistake.
-  constexpr int64_t kMaxSlots =
-      static_cast<int64_t>(ShapeLimits::kMaxLogicalExperts) * ShapeLimits::kMaxRedundancyFactor;
-  RETURN_IF_ERROR(count("max_received_per_rank", options.max_received_per_rank, kMaxSlots));
-  RETURN_IF_ERROR(count("max_received_per_layer", options.max_received_per_layer, kMaxSlots));
+  constexpr int64_t kMax = BalancedOptions::kMaxBudget;
+  RETURN_IF_ERROR(count("max_received_per_rank", options.max_received_per_rank, kMax));
+  RETURN_IF_ERROR(count("max_received_per_layer", options.max_received_per_layer, kMax));
   RETURN_IF_ERROR(count("threads", options.threads, 1024));
   return absl::OkStatus();
 }

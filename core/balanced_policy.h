@@ -37,6 +37,11 @@
 namespace eplb {
 
 struct BalancedOptions {
+  // The largest move budget accepted: the most slots a layer can have. A budget above a layer's
+  // slots is no limit, but is refused as a likely mistake.
+  static constexpr int64_t kMaxBudget =
+      static_cast<int64_t>(ShapeLimits::kMaxLogicalExperts) * ShapeLimits::kMaxRedundancyFactor;
+
   // Relative slack on the busiest rank's load within which fewer moved experts win (0.0075: a plan
   // whose busiest rank is at most 0.75% above the best packing found is preferred when it moves
   // less). In [0, 1].
