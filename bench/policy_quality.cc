@@ -9,7 +9,7 @@
 // Experts moved (received by a rank that did not hold them), summed over the sequence, the mean
 // max/LB of `balanced` with and without the previous placement, and its mean planning time.
 //
-//   policy_quality [--drift-rounds 50]
+//   policy_quality [--drift-rounds 50] [--drift-seed 99]
 #include <malloc.h>
 
 #include <chrono>
@@ -59,8 +59,16 @@ int main(int argc, char** argv) {
   using namespace eplb;
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   int rounds = 50;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::string(argv[i]) == "--drift-rounds") rounds = std::atoi(argv[i + 1]);
+  uint64_t drift_seed = 99;
+  for (int i = 1; i < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (i + 1 == argc || (flag != "--drift-rounds" && flag != "--drift-seed")) {
+      std::fprintf(stderr, "usage: policy_quality [--drift-rounds N] [--drift-seed S]; got %s\n",
+                   flag.c_str());
+      return 2;
+    }
+    if (flag == "--drift-rounds") rounds = std::atoi(argv[i + 1]);
+    if (flag == "--drift-seed") drift_seed = std::strtoull(argv[i + 1], nullptr, 10);
   }
   const DeepSeekPolicy deepseek;
   const BalancedPolicy balanced;
@@ -160,7 +168,7 @@ int main(int argc, char** argv) {
   for (const DriftCase& drift : drift_cases) {
     const bench::NamedShape& named = drift.named;
     const BalancedPolicy warm_policy(drift.options);
-    std::mt19937_64 rng(99);
+    std::mt19937_64 rng(drift_seed);
     LoadMatrix load = LogNormalLoad(named.shape, 1.0, rng);
     std::lognormal_distribution<double> noise(0.0, 0.1);
     auto ds_prev = *deepseek.Plan({.shape = named.shape, .load = &load});

@@ -14,7 +14,7 @@ namespace eplb::cli {
 inline constexpr std::array<FlagSpec, 5> kBalancedFlags = {{
     {"tolerance", "X",
      "balanced: slack on a layer's busiest rank within which moving fewer experts wins "
-     "(default 0.0075)"},
+     "(default 0.01)"},
     {"max-received-per-rank", "M",
      "balanced, from a previous map: at most M experts received per rank and layer (0: any)"},
     {"max-received-per-layer", "M",

@@ -94,7 +94,7 @@ std::string SmoothingText(const v1::Smoothing& smoothing) {
   return "ema (default)";
 }
 
-// The balanced policy's options, as " (tolerance 0.0075, ...)"; empty for other policies.
+// The balanced policy's options, as " (tolerance 0.01, ...)"; empty for other policies.
 std::string BalancedText(const v1::DeploymentSpec& spec) {
   if (!spec.has_balanced()) return "";
   const v1::BalancedOptions& b = spec.balanced();

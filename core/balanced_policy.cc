@@ -183,8 +183,10 @@ class Packing {
 
   // Swaps and (with options.retarget) retargets. A step that brings the busiest rank, and every
   // rank it touches, to the target wins over one that does not; among those, the one placing the
-  // fewest replicas away from home, then the one leaving the lowest maximum. When no step reaches
-  // the target, the one lowering the busiest rank most, then the cheapest. Within the budgets.
+  // fewest replicas away from home, then the one leaving the busiest rank lowest (the most load
+  // taken off it: under drift, a rank just under the target is the likeliest to exceed it at the
+  // next rebalance). When no step reaches the target, the one lowering the busiest rank most,
+  // then the cheapest. Within the budgets.
   int64_t ImproveNearHome(const ImproveOptions& options) {
     const std::vector<uint8_t>& home = *options.home;
     const auto away = [&](int32_t r, int32_t e) -> int {
@@ -266,18 +268,18 @@ class Packing {
       // ranks up to 2 · target − lh qualify; a retarget needs a's share on h to drop by lh −
       // target.
       const double fix_limit = 2 * target - lh;
-      for_each_swap(
-          [&](double lr) { return lr > fix_limit; },
-          [&](int32_t a, int32_t r, int32_t b) {
-            const double wa = weight_[a], wb = weight_[b], lr = load_[r];
-            if (wa - wb < lh - target || lr - wb + wa > target) return;
-            const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
-            const int cost = dh + dr;
-            const double m = std::max(lh - wa + wb, lr - wb + wa);
-            if (best.Beaten(cost, m) && within_budget(h, dh, cost) && within_budget(r, dr, cost)) {
-              best = {Step::kSwap, cost, m, a, r, b};
-            }
-          });
+      for_each_swap([&](double lr) { return lr > fix_limit; },
+                    [&](int32_t a, int32_t r, int32_t b) {
+                      const double wa = weight_[a], wb = weight_[b], lr = load_[r];
+                      if (wa - wb < lh - target || lr - wb + wa > target) return;
+                      const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
+                      const int cost = dh + dr;
+                      const double h_after = lh - wa + wb;
+                      if (best.Beaten(cost, h_after) && within_budget(h, dh, cost) &&
+                          within_budget(r, dr, cost)) {
+                        best = {Step::kSwap, cost, h_after, a, r, b};
+                      }
+                    });
       if (options.retarget) {
         for_each_retarget(
             [&](int32_t a, double wa_more) { return weight_[a] - wa_more < lh - target; },
@@ -285,8 +287,12 @@ class Packing {
             [&](int32_t a, int32_t r, int32_t b) {
               const int cost = away(r, a) - away(r, b);
               if (!best.Beaten(cost, -1) || !within_budget(r, cost, cost)) return;
-              const double m = retarget_max(a, r, b);
-              if (m <= target && best.Beaten(cost, m)) best = {Step::kRetarget, cost, m, a, r, b};
+              const double h_after =
+                  lh - (weight_[a] - expert_load_[a] / (count_[a] + 1)) +
+                  (Holds(h, b) ? expert_load_[b] / (count_[b] - 1) - weight_[b] : 0.0);
+              if (best.Beaten(cost, h_after) && retarget_max(a, r, b) <= target) {
+                best = {Step::kRetarget, cost, h_after, a, r, b};
+              }
             });
       }
 
@@ -401,12 +407,14 @@ class Packing {
   // r's replica of b into one more replica of a.
   struct Step {
     enum Kind { kNone, kSwap, kRetarget } kind = kNone;
-    int cost = 0;    // change in replicas away from home
-    double max = 0;  // the highest load among the ranks it touches, after it
+    int cost = 0;  // change in replicas away from home
+    // Lower wins among steps of equal cost: for steps reaching the target, the busiest rank's load
+    // after the step; otherwise the highest load among the ranks it touches, after it.
+    double score = 0;
     int32_t a = -1, r = -1, b = -1;
-    // Whether a step of `c` moves leaving `m` is preferred to this one (m < 0: could it be).
+    // Whether a step of `c` moves scoring `m` is preferred to this one (m < 0: could it be).
     bool Beaten(int c, double m) const {
-      return kind == kNone || c < cost || (c == cost && m < max);
+      return kind == kNone || c < cost || (c == cost && m < score);
     }
   };
 

@@ -167,8 +167,8 @@ TEST(BalancedPolicyTest, AnOptimalPreviousPlacementMovesNothing) {
   EXPECT_EQ(ComputeMigration(*first, *again, 1).slots_changed, 0);
 }
 
-// Slowly drifting load: with the previous placement, few experts move and the balance stays
-// within 1% of planning from scratch.
+// Slowly drifting load: with the previous placement, few experts move, and no layer's busiest rank
+// ends more than the tolerance above planning from scratch.
 TEST(BalancedPolicyTest, DriftMovesFewExpertsAndKeepsTheBalance) {
   const DeploymentShape shape{.num_layers = 6,
                               .num_logical_experts = 64,
@@ -191,9 +191,13 @@ TEST(BalancedPolicyTest, DriftMovesFewExpertsAndKeepsTheBalance) {
     auto ds = DeepSeekPolicy().Plan({.shape = shape, .load = &load});
     moved += ComputeMigration(*previous, *next, 1).experts_received;
     deepseek_moved += ComputeMigration(*deepseek_previous, *ds, 1).experts_received;
-    EXPECT_LE(EvaluateMap(*next, load).mean_max_over_bound,
-              EvaluateMap(*scratch, load).mean_max_over_bound * 1.01)
-        << "round " << round;
+    // Without budgets or min_gain, no layer ends more than the tolerance above planning from
+    // scratch.
+    for (int32_t l = 0; l < shape.num_layers; ++l) {
+      EXPECT_LE(MaxRankLoad(*next, l, load),
+                MaxRankLoad(*scratch, l, load) * (1 + BalancedOptions().tolerance) * (1 + 1e-12))
+          << "round " << round << " layer " << l;
+    }
     ExpectNoDuplicatesOnARank(*next);
     previous = *std::move(next);
     deepseek_previous = *std::move(ds);

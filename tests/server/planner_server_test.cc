@@ -209,7 +209,7 @@ TEST(PlannerDeploymentTest, BalancedOptionsAreEchoedKeptAndUsed) {
   auto created = Create(env.stub(), plain);
   ASSERT_TRUE(created.ok()) << created.status();
   EXPECT_TRUE(created->spec().balanced().has_tolerance());
-  EXPECT_DOUBLE_EQ(created->spec().balanced().tolerance(), 0.0075);
+  EXPECT_DOUBLE_EQ(created->spec().balanced().tolerance(), 0.01);
   EXPECT_EQ(created->spec().balanced().max_received_per_layer(), 0);
 
   v1::DeploymentSpec spec = Spec("budget", 3, 16, 20, 4);
