@@ -217,15 +217,17 @@ class Packing {
       Step best;
       if (options.retarget) RankHolders();
       // The highest load after retargeting r's replica of b into one more replica of a.
+      // The load of x, a holder of a, after some rank's replica of b becomes one more replica of
+      // a (x's share of b grows too if it holds b).
+      const auto holder_after_retarget = [&](int32_t x, int32_t a, int32_t b) {
+        return load_[x] - (weight_[a] - expert_load_[a] / (count_[a] + 1)) +
+               (Holds(x, b) ? rise_[b] : 0.0);
+      };
       const auto retarget_max = [&](int32_t a, int32_t r, int32_t b) {
-        const double drop = weight_[a] - expert_load_[a] / (count_[a] + 1);
-        const double rise = expert_load_[b] / (count_[b] - 1) - weight_[b];
         double m = load_[r] - weight_[b] + expert_load_[a] / (count_[a] + 1);
-        for (const int32_t x : holders_[a]) {
-          m = std::max(m, load_[x] - drop + (Holds(x, b) ? rise : 0.0));
-        }
+        for (const int32_t x : holders_[a]) m = std::max(m, holder_after_retarget(x, a, b));
         for (const int32_t y : holders_[b]) {
-          if (y != r && !Holds(y, a)) m = std::max(m, load_[y] + rise);
+          if (y != r && !Holds(y, a)) m = std::max(m, load_[y] + rise_[b]);
         }
         return m;
       };
@@ -287,9 +289,7 @@ class Packing {
             [&](int32_t a, int32_t r, int32_t b) {
               const int cost = away(r, a) - away(r, b);
               if (!best.Beaten(cost, -1) || !within_budget(r, cost, cost)) return;
-              const double h_after =
-                  lh - (weight_[a] - expert_load_[a] / (count_[a] + 1)) +
-                  (Holds(h, b) ? expert_load_[b] / (count_[b] - 1) - weight_[b] : 0.0);
+              const double h_after = holder_after_retarget(h, a, b);
               if (best.Beaten(cost, h_after) && retarget_max(a, r, b) <= target) {
                 best = {Step::kRetarget, cost, h_after, a, r, b};
               }
