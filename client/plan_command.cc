@@ -10,10 +10,9 @@
 #include "absl/strings/str_join.h"
 #include "client/balanced_flags.h"
 #include "client/cli_args.h"
-#include "client/cli_files.h"
 #include "core/balanced_policy.h"
 #include "core/contiguous_policy.h"
-#include "core/file_io.h"
+#include "core/map_files.h"
 #include "core/map_format.h"
 #include "core/metrics.h"
 #include "core/policy.h"
@@ -85,13 +84,10 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
 
 absl::StatusOr<ParsedExpertMap> ReadPrevious(const std::string& path,
                                              const DeploymentShape& shape) {
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, kMaxInputBytes));
-  auto map = ParseExpertMapJson(
-      text, {.num_logical_experts = shape.num_logical_experts, .num_ranks = shape.num_ranks});
-  if (!map.ok()) {
-    return absl::Status(map.status().code(), absl::StrCat(path, ": ", map.status().message()));
-  }
-  if (absl::Status st = map->map.CheckFits(shape); !st.ok()) {
+  ASSIGN_OR_RETURN(ParsedExpertMap map,
+                   ReadExpertMapFile(path, {.num_logical_experts = shape.num_logical_experts,
+                                            .num_ranks = shape.num_ranks}));
+  if (absl::Status st = map.map.CheckFits(shape); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", st.message()));
   }
   return map;
@@ -191,7 +187,7 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
 
   const int64_t version = previous ? previous->version + 1 : 1;
   if (o.output_path) {
-    if (absl::Status written = WriteMapFile(*o.output_path, *map, o.format, version);
+    if (absl::Status written = WriteExpertMapFile(*o.output_path, *map, o.format, version);
         !written.ok()) {
       return fail(written);
     }

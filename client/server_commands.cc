@@ -22,9 +22,9 @@
 #include "absl/time/time.h"
 #include "client/balanced_flags.h"
 #include "client/cli_args.h"
-#include "client/cli_files.h"
 #include "client/planner_client.h"
 #include "core/file_io.h"
+#include "core/map_files.h"
 #include "core/map_format.h"
 #include "core/status_macros.h"
 #include "proto/convert.h"
@@ -324,7 +324,7 @@ absl::StatusOr<Action> ParseCreate(const ParsedArgs& args) {
     v1::DeploymentSpec request = spec;
     if (initial_map) {
       ASSIGN_OR_RETURN(*request.mutable_initial_map()->mutable_json(),
-                       ReadFileToString(*initial_map, kMaxInputBytes));
+                       ReadFileToString(*initial_map, kMaxMapFileBytes));
     }
     ASSIGN_OR_RETURN(const v1::Deployment deployment, client.CreateDeployment(request));
     out << DeploymentLine(deployment) << "\n";
@@ -458,7 +458,7 @@ absl::StatusOr<Action> ParseGetPlan(const ParsedArgs& args) {
                                                       std::ostream& out) -> absl::Status {
     ASSIGN_OR_RETURN(const v1::Plan plan, client.GetPlan(deployment, version));
     ASSIGN_OR_RETURN(const ExpertMap map, MapOfPlan(plan));
-    if (output) RETURN_IF_ERROR(WriteMapFile(*output, map, format, plan.version()));
+    if (output) RETURN_IF_ERROR(WriteExpertMapFile(*output, map, format, plan.version()));
     out << PlanLine(plan) << "\n";
     if (output) {
       out << absl::StrFormat("wrote %s (%s, version %d)\n", *output, MapFormatName(format),
