@@ -2,7 +2,8 @@
 # The build steps, in one place: the README's two commands (demo.sh, test.sh), CI and the
 # Dockerfile all build through this script.
 #
-#   deploy/scripts/build.sh                      everything (planner, eplbctl, tests, benchmarks)
+#   deploy/scripts/build.sh                      everything (planner, eplbctl, tests, benchmarks,
+#                                                the Python extension; the wheel: test-python.sh)
 #   deploy/scripts/build.sh --image              the planner and eplbctl only, for the planner image
 #   deploy/scripts/build.sh --worker             the agent libraries and the worker example against
 #                                                CUDA and NCCL (EPLB_WITH_CUDA=ON), for worker images
@@ -14,14 +15,15 @@ cd "$(dirname "$0")/../.."
 
 dir=build
 cuda=AUTO
+python=ON
 tests=ON
 bench=ON
 targets=()
 while (($#)); do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
-    --image) tests=OFF; bench=OFF; cuda=OFF; targets+=(eplb-planner eplbctl); shift ;;
-    --worker) tests=OFF; bench=OFF; cuda=ON
+    --image) tests=OFF; bench=OFF; cuda=OFF; python=OFF; targets+=(eplb-planner eplbctl); shift ;;
+    --worker) tests=OFF; bench=OFF; cuda=ON; python=OFF
               targets+=(eplb_client eplb_transfer_cuda eplb-worker-example eplbctl); shift ;;
     -*) echo "build.sh: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
@@ -29,7 +31,7 @@ while (($#)); do
 done
 
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DEPLB_WITH_CUDA="$cuda" \
-  -DEPLB_BUILD_TESTS="$tests" -DEPLB_BUILD_BENCH="$bench"
+  -DEPLB_BUILD_TESTS="$tests" -DEPLB_BUILD_BENCH="$bench" -DEPLB_PYTHON="$python"
 if ((${#targets[@]})); then
   cmake --build "$dir" -j "$(nproc)" --target "${targets[@]}"
 else

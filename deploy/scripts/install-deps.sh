@@ -3,6 +3,7 @@
 # Idempotent: packages already present are left alone. Used by the README, .ci/run and the Dockerfile.
 #
 #   deploy/scripts/install-deps.sh          build + test dependencies
+#   deploy/scripts/install-deps.sh --python   and what the Python package's wheel and tests need
 #   deploy/scripts/install-deps.sh --runtime  only the shared libraries the binaries load
 set -euo pipefail
 
@@ -11,16 +12,24 @@ build_packages=(
   libabsl-dev libspdlog-dev libfmt-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
+  pybind11-dev python3-dev
+)
+# What the Python package's wheel build and tests add (torch: the engines' tensors).
+python_test_packages=(
+  python3-numpy python3-torch python3-pytest python3-venv python3-pip python3-setuptools
+  python3-wheel
 )
 runtime_packages=(
   libabsl20220623 libspdlog1.10 libfmt9 libgrpc++1.51 libprotobuf32
   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
 )
 
-packages=("${build_packages[@]}")
-if [[ "${1:-}" == "--runtime" ]]; then
-  packages=("${runtime_packages[@]}")
-fi
+case "${1:-}" in
+  "") packages=("${build_packages[@]}") ;;
+  --python) packages=("${build_packages[@]}" "${python_test_packages[@]}") ;;
+  --runtime) packages=("${runtime_packages[@]}") ;;
+  *) echo "install-deps: unknown option $1" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do

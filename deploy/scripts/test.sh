@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Installs what is needed, builds everything with g++ and runs all tests; then builds the tests with
-# clang under AddressSanitizer and UndefinedBehaviorSanitizer and runs them again.
+# Installs what is needed, builds everything with g++ and runs all tests; builds the Python package's
+# wheel, installs it into a fresh venv and runs its tests; then builds the tests with clang under
+# AddressSanitizer and UndefinedBehaviorSanitizer and runs them again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-deploy/scripts/install-deps.sh
+deploy/scripts/install-deps.sh --python
 jobs=$(nproc)
 
 echo "== g++ build and tests"
 deploy/scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$jobs"
+
+echo "== Python package (wheel, fresh venv, tests/python)"
+deploy/scripts/test-python.sh
 
 echo "== deployment checks (Dockerfile, image build steps, Kubernetes manifests, flag file)"
 deploy/scripts/check-deploy.sh

@@ -1,0 +1,109 @@
+"""eplb: expert placement for Mixture-of-Experts inference with expert parallelism.
+
+The placement policies of eplb's C++ core (`contiguous`, `deepseek` — DeepSeek's hierarchical
+algorithm, bit for bit — and `balanced`), its quality metrics and its map formats, for Python:
+
+    import eplb
+    phy2log = eplb.rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks)
+    m = eplb.plan(load, num_physical_experts=288, num_ranks=32, num_groups=8, num_nodes=4)
+    print(eplb.evaluate(m, load).mean_balancedness)
+    m.write("map.json", format="vllm-ascend")
+
+Arrays may be numpy arrays, torch tensors (any device; planning runs on the CPU) or nested lists.
+`rebalance_experts` returns the caller's type: torch tensors on the input's device for a tensor,
+numpy arrays otherwise. Planning releases the GIL. The same input gives the same map on every
+machine, whatever the thread count: engines plan on every rank independently and must agree.
+
+Bad shapes or values raise ValueError with the core library's message (which field, which value,
+which range); nothing is changed or half-written when a call raises.
+
+Engine adapters: `eplb.vllm`, `eplb.sglang`, `eplb.vllm_ascend` (see their module documentation).
+"""
+
+from eplb._core import BalancedOptions, Evaluation, ExpertMap
+from eplb._core import map_format_names as _map_format_names
+from eplb._core import policy_names as _policy_names
+from eplb import _core
+from eplb._arrays import as_numpy as _as_numpy
+
+__all__ = [
+    "BalancedOptions",
+    "Evaluation",
+    "ExpertMap",
+    "MAP_FORMATS",
+    "POLICIES",
+    "evaluate",
+    "plan",
+    "rebalance_experts",
+]
+
+__version__ = "0.1.0"
+
+#: The placement policies, in the order they are documented.
+POLICIES = tuple(_policy_names())
+#: The map file formats ExpertMap.read/write and eplbctl speak.
+MAP_FORMATS = tuple(_map_format_names())
+
+
+def _previous_map(previous, num_logical_experts, num_ranks):
+    """An ExpertMap from an ExpertMap or a phy2log table [L, P]."""
+    if previous is None or isinstance(previous, ExpertMap):
+        return previous
+    table, _ = _as_numpy(previous)
+    try:
+        return ExpertMap.from_phy2log(table, num_logical_experts, num_ranks)
+    except ValueError as error:
+        raise ValueError(f"previous: {error}") from None
+
+
+def plan(load, num_physical_experts, num_ranks, *, num_groups=1, num_nodes=1, policy="balanced",
+         previous=None, options=None, num_layers=None, num_logical_experts=None) -> ExpertMap:
+    """Plans an expert map.
+
+    load: [L, E] tokens per logical expert (any integer or floating dtype); None only for the
+    `contiguous` policy, which then needs num_layers and num_logical_experts. previous: the map in
+    use (an ExpertMap, or its phy2log [L, P]); `balanced` plans from it, moving as little as it
+    can. options: a BalancedOptions, for the `balanced` policy only. P need not be a multiple of R
+    for `contiguous` and `balanced` (the first P mod R ranks get one slot more).
+    """
+    array = None
+    if load is not None:
+        array, _ = _as_numpy(load)
+    if num_logical_experts is None and array is not None and array.ndim == 2:
+        num_logical_experts = array.shape[1]
+    prev = None
+    if previous is not None and (array is None or array.ndim == 2):
+        prev = _previous_map(previous, num_logical_experts or 0, num_ranks)
+    return _core.plan(array, num_layers or 0, num_logical_experts or 0, num_physical_experts,
+                      num_ranks, num_groups, num_nodes, policy, prev, options)
+
+
+def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks, *,
+                      policy="balanced", previous=None, options=None, tables=False):
+    """DeepSeek's entry point, with eplb's policies.
+
+    weight: [L, E] load per logical expert, any integer or floating dtype. previous: the phy2log
+    [L, P] in use; `balanced` plans from it (experts that stay keep their slot). Returns phy2log
+    [L, P] (int64); with tables=True the triple (phy2log, log2phy [L, E, P - E + 1] padded with -1,
+    logcnt [L, E]) with the meaning of DeepSeek's function: log2phy[l][e][k] is the slot of replica
+    k of expert e. Torch tensors in give torch tensors out, on the input's device.
+    """
+    array, restore = _as_numpy(weight)
+    prev = None
+    if previous is not None and array.ndim == 2:
+        prev = _previous_map(previous, array.shape[1], num_ranks)
+    result = _core.plan(array, 0, 0, num_replicas, num_ranks, num_groups, num_nodes, policy, prev,
+                        options)
+    if not tables:
+        return restore(result.phy2log)
+    return restore(result.phy2log), restore(result.log2phy), restore(result.logcnt)
+
+
+def evaluate(map, load, previous=None, *, bytes_per_expert=0) -> Evaluation:  # noqa: A002
+    """The quality of `map` under `load` [L, E]: balancedness (mean / max rank load) and max /
+    lower bound per layer, with their min and mean; with `previous` (an ExpertMap or a phy2log
+    table of the same shape) also what moving from it costs: slots changed, experts received (in
+    all and per rank) and bytes moved (experts received × bytes_per_expert)."""
+    array, _ = _as_numpy(load)
+    prev = _previous_map(previous, map.num_logical_experts, map.num_ranks)
+    return _core.evaluate(map, array, prev, bytes_per_expert)

@@ -1,0 +1,273 @@
+"""The eplb package's API: planning, maps, formats, metrics, types and errors."""
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import eplb
+
+# DeepSeek's published example (REFERENCE-ALGORITHM.md).
+EXAMPLE = [[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
+           [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]]
+EXAMPLE_PHY2LOG = [[5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1],
+                   [7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1]]
+
+
+def fnv1a(values):
+    """The map hash as core/expert_map.h defines it, over little-endian int32 values."""
+    h = 0xCBF29CE484222325
+    for byte in b"".join(struct.pack("<i", int(v)) for v in values):
+        h = ((h ^ byte) * 0x100000001B3) % (1 << 64)
+    return h
+
+
+def ranks_of(phy2log, num_ranks):
+    """[L, R, S] view of a map with equal slots per rank."""
+    phy2log = np.asarray(phy2log)
+    return phy2log.reshape(phy2log.shape[0], num_ranks, -1)
+
+
+def test_deepseek_reproduces_the_published_example():
+    phy2log, log2phy, logcnt = eplb.rebalance_experts(
+        torch.tensor(EXAMPLE), 16, 4, 2, 8, policy="deepseek", tables=True)
+    assert phy2log.tolist() == EXAMPLE_PHY2LOG
+    assert logcnt.tolist() == [[1, 2, 1, 1, 2, 2, 1, 1, 1, 1, 2, 1],
+                               [1, 2, 1, 1, 1, 2, 2, 1, 2, 1, 1, 1]]
+    assert log2phy.shape == (2, 12, 5)
+    assert log2phy[0, 1].tolist() == [15, 13, -1, -1, -1]  # replica order, not slot order
+    assert log2phy[0, 5].tolist() == [0, 2, -1, -1, -1]
+
+
+def test_results_come_back_as_the_callers_type():
+    as_tensor = eplb.rebalance_experts(torch.tensor(EXAMPLE, dtype=torch.int32), 16, 4, 2, 8)
+    assert isinstance(as_tensor, torch.Tensor)
+    assert as_tensor.dtype == torch.int64 and as_tensor.device.type == "cpu"
+    tables = eplb.rebalance_experts(torch.tensor(EXAMPLE), 16, 4, 2, 8, tables=True)
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in tables)
+    assert [tuple(t.shape) for t in tables] == [(2, 16), (2, 12, 5), (2, 12)]
+
+    as_array = eplb.rebalance_experts(np.array(EXAMPLE), 16, 4, 2, 8)
+    assert isinstance(as_array, np.ndarray) and as_array.dtype == np.int64
+    as_list = eplb.rebalance_experts(EXAMPLE, 16, 4, 2, 8)
+    assert isinstance(as_list, np.ndarray)
+    assert as_tensor.tolist() == as_array.tolist() == as_list.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.float16,
+                                   torch.bfloat16, torch.float32, torch.float64])
+def test_any_integer_or_float_dtype_plans_the_same(dtype):
+    weight = torch.tensor(EXAMPLE).clamp(max=255)
+    expected = eplb.rebalance_experts(weight, 16, 4, 2, 8, policy="deepseek")
+    assert eplb.rebalance_experts(weight.to(dtype), 16, 4, 2, 8,
+                                  policy="deepseek").tolist() == expected.tolist()
+
+
+def test_a_cpu_tensor_is_read_without_a_copy_and_not_changed():
+    weight = torch.tensor(EXAMPLE, dtype=torch.float64)
+    before = weight.clone()
+    from eplb._arrays import as_numpy
+
+    array, _ = as_numpy(weight)
+    assert array.ctypes.data == weight.data_ptr()
+    eplb.rebalance_experts(weight, 16, 4, 2, 8)
+    assert torch.equal(weight, before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_tensor_gives_gpu_tensors():
+    result = eplb.rebalance_experts(torch.tensor(EXAMPLE, device="cuda"), 16, 4, 2, 8,
+                                    tables=True)
+    assert all(t.device.type == "cuda" for t in result)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: eplb.rebalance_experts(np.array(EXAMPLE, dtype=bool), 16, 4, 2, 8),
+     "load has dtype bool, expected an integer or floating dtype"),
+    (lambda: eplb.rebalance_experts(np.zeros(12), 16, 4, 2, 8),
+     "load has shape (12,), expected 2-D [layers, experts]"),
+    (lambda: eplb.rebalance_experts(np.array([[1.0, -1.0, 2.0, 3.0]]), 4, 1, 1, 2),
+     "load[0][1] = -1 is negative"),
+    (lambda: eplb.rebalance_experts(np.array([[1.0, np.nan, 2.0, 3.0]]), 4, 1, 1, 2),
+     "load[0][1] = nan is not a finite number"),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 10, 4, 2, 8),
+     "num_physical_experts = 10 is out of range [12, 192] (max(num_logical_experts, num_ranks) "
+     "≤ num_physical_experts ≤ 16 × num_logical_experts)"),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 16, 5, 2, 8),
+     "num_groups = 5 does not divide num_logical_experts = 12 (groups hold equal numbers of "
+     "experts)"),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 16, 4, 3, 8),
+     "num_nodes = 3 does not divide num_ranks = 8 (nodes hold equal numbers of ranks)"),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 18, 4, 2, 8, policy="deepseek"),
+     "policy deepseek needs num_physical_experts (18) to be a multiple of num_ranks (8)"),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 16, 4, 2, 8, policy="greedy"),
+     'policy = "greedy" is not one of: contiguous, deepseek, balanced'),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 16, 4, 2, 8, policy="deepseek",
+                                    options=eplb.BalancedOptions()),
+     "options of policy balanced were given for policy deepseek"),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 16, 4, 2, 8, previous=np.full((2, 16), -1)),
+     "previous: phy2log[0][0] = -1 is out of range [0, 11]"),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 16, 4, 2, 8, previous=np.zeros((2, 16), np.int64)),
+     "previous: logical expert 1 of layer 0 has no slot in phy2log"),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 16, 4, 2, 8, previous=np.zeros((2, 16))),
+     "previous: phy2log has dtype float64, expected an integer dtype"),
+    (lambda: eplb.BalancedOptions(tolerance=2), "tolerance = 2 is out of range [0, 1]"),
+    (lambda: eplb.BalancedOptions(threads=-1), "threads = -1 is out of range [0, 1024]"),
+])
+def test_bad_input_raises_value_error_naming_the_problem(call, message):
+    with pytest.raises(ValueError) as error:
+        call()
+    assert str(error.value) == message
+
+
+def test_balanced_beats_deepseek_and_never_doubles_an_expert_on_a_rank(rng):
+    load = np.round(rng.lognormal(0, 1.5, size=(16, 64)) * 1000)
+    balanced = eplb.plan(load, 96, 16, num_groups=8, num_nodes=2)
+    deepseek = eplb.plan(load, 96, 16, num_groups=8, num_nodes=2, policy="deepseek")
+    assert (eplb.evaluate(balanced, load).mean_balancedness >
+            eplb.evaluate(deepseek, load).mean_balancedness)
+    for layer in ranks_of(balanced.phy2log, 16):
+        for rank in layer:
+            assert len(set(rank.tolist())) == len(rank)
+
+
+def test_balanced_keeps_the_slot_of_every_expert_that_stays_on_its_rank(rng):
+    load = np.round(rng.lognormal(0, 1.0, size=(8, 64)) * 1000)
+    previous = eplb.plan(load, 80, 16)
+    drifted = load * rng.uniform(0.5, 1.5, size=load.shape)
+    planned = eplb.rebalance_experts(drifted, 80, 1, 1, 16, previous=previous.phy2log)
+    moved = 0
+    for old_layer, new_layer in zip(ranks_of(previous.phy2log, 16), ranks_of(planned, 16)):
+        for old, new in zip(old_layer, new_layer):
+            stays = np.isin(new, old)
+            assert (new[stays] == old[stays]).all()
+            moved += int((~stays).sum())
+    assert moved > 0  # the drift made it move something
+
+
+def test_uneven_slots_per_rank_are_planned_by_balanced():
+    m = eplb.plan(np.arange(1, 13)[None, :], 14, 4)
+    assert m.slots_per_rank == [4, 4, 3, 3]
+    assert m.num_physical_experts == 14
+
+
+def test_contiguous_needs_no_load():
+    m = eplb.plan(None, 10, 4, policy="contiguous", num_layers=2, num_logical_experts=8)
+    assert m.phy2log.tolist() == [[0, 1, 2, 2, 3, 1, 4, 5, 6, 7]] * 2
+    with pytest.raises(ValueError, match="num_layers = 0 is out of range"):
+        eplb.plan(None, 10, 4, policy="contiguous")
+
+
+def test_expert_map_tables_hash_and_equality():
+    m = eplb.ExpertMap.from_phy2log(np.array(EXAMPLE_PHY2LOG), 12, 8)
+    assert (m.num_layers, m.num_logical_experts, m.num_physical_experts, m.num_ranks) == (2, 12,
+                                                                                          16, 8)
+    assert m.slots_per_rank == [2] * 8
+    assert m.hash == fnv1a([2, 12, 16, 8] + sum(EXAMPLE_PHY2LOG, []))
+    again = eplb.ExpertMap.from_tables(m.phy2log, m.log2phy, m.logcnt, 8)
+    assert again == m and hash(again) == hash(m)
+    other = eplb.ExpertMap.from_phy2log(np.array(EXAMPLE_PHY2LOG)[::-1], 12, 8)
+    assert other != m and other.hash != m.hash
+    with pytest.raises(ValueError, match=r"log2phy has shape \(2, 12, 4\), expected \(2, 12, 5\)"):
+        eplb.ExpertMap.from_tables(m.phy2log, m.log2phy[:, :, :4], m.logcnt, 8)
+    with pytest.raises(ValueError, match="num_ranks = 17 is out of range"):
+        eplb.ExpertMap.from_phy2log(m.phy2log, 12, 17)
+
+
+@pytest.mark.parametrize("fmt", eplb.MAP_FORMATS)
+def test_maps_round_trip_through_every_format(tmp_path, fmt):
+    m = eplb.ExpertMap.from_phy2log(np.array(EXAMPLE_PHY2LOG), 12, 8)
+    path = str(tmp_path / f"map-{fmt}.json")
+    m.write(path, format=fmt, version=3)
+    hints = {"num_ranks": 8, "num_logical_experts": 12}
+    assert eplb.ExpertMap.read(path, **hints) == m
+    assert eplb.ExpertMap.from_json(m.to_json(fmt), **hints) == m
+
+
+def test_a_failed_write_leaves_the_file_as_it_was(tmp_path):
+    m = eplb.ExpertMap.from_phy2log(np.array(EXAMPLE_PHY2LOG), 12, 8)
+    path = tmp_path / "map.json"
+    path.write_text("previous contents")
+    with pytest.raises(ValueError, match='"yaml"'):
+        m.write(str(path), format="yaml")
+    with pytest.raises(ValueError, match="version = -1 is negative"):
+        m.write(str(path), version=-1)
+    assert path.read_text() == "previous contents"
+    with pytest.raises(FileNotFoundError):
+        m.write(str(tmp_path / "missing" / "map.json"))
+    assert os.listdir(tmp_path) == ["map.json"]
+
+
+def test_reading_a_bad_map_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"physical_to_logical_map": [[0, 1, 7]]}')
+    with pytest.raises(ValueError) as error:
+        eplb.ExpertMap.read(str(path), num_ranks=1, num_logical_experts=3)
+    assert str(error.value).startswith(f"{path}: ")
+    assert "physical_to_logical_map[0][2] = 7" in str(error.value)
+    with pytest.raises(FileNotFoundError, match="cannot open"):
+        eplb.ExpertMap.read(str(tmp_path / "none.json"))
+
+
+def test_evaluate_reports_balance_and_movement():
+    # One layer, 4 experts on 2 ranks with 2 slots each: rank loads 1 + 2 and 3 + 4.
+    m = eplb.ExpertMap.from_phy2log(np.array([[0, 1, 2, 3]]), 4, 2)
+    e = eplb.evaluate(m, [[1, 2, 3, 4]])
+    assert e.balancedness.tolist() == [pytest.approx(5 / 7)]
+    assert e.min_balancedness == e.mean_balancedness == pytest.approx(5 / 7)
+    assert e.max_over_bound.tolist() == [pytest.approx(7 / 5)]
+    assert e.slots_changed is None and e.bytes_moved is None
+
+    better = eplb.ExpertMap.from_phy2log(np.array([[0, 3, 1, 2]]), 4, 2)
+    e = eplb.evaluate(better, [[1, 2, 3, 4]], previous=m, bytes_per_expert=100)
+    assert e.balancedness.tolist() == [1.0]
+    assert (e.slots_changed, e.experts_received, e.max_experts_received_by_a_rank,
+            e.bytes_moved) == (3, 2, 1, 200)
+    assert e.experts_received_per_rank.tolist() == [1, 1]
+    with pytest.raises(ValueError, match="load has 3 experts per layer"):
+        eplb.evaluate(m, [[1, 2, 3]])
+    with pytest.raises(ValueError, match="previous map has"):
+        eplb.evaluate(m, [[1, 2, 3, 4]], previous=eplb.ExpertMap.from_phy2log(
+            np.array([[0, 1, 2, 3, 0, 1]]), 4, 2))
+
+
+def test_import_eplb_does_not_import_torch():
+    from conftest import run_json
+
+    loaded = run_json("import sys, json, eplb; print(json.dumps('torch' in sys.modules))")
+    assert loaded is False
+
+
+def test_the_startup_hook_is_installed_and_inert_without_its_variable():
+    import site
+
+    from conftest import run_json
+
+    assert any(os.path.exists(os.path.join(d, "eplb_engines.pth"))
+               for d in site.getsitepackages())
+    loaded = run_json("import sys, json; print(json.dumps(sorted(m for m in sys.modules "
+                      "if 'eplb' in m)))")
+    assert loaded == []
+
+
+def test_the_wheel_loads_its_own_abseil_libraries():
+    from conftest import run_json
+
+    mapped = run_json("import json, eplb; print(json.dumps(sorted({line.split()[-1] for line in "
+                      "open('/proc/self/maps') if 'libabsl' in line})))")
+    assert mapped, "no Abseil library mapped"
+    libs = os.path.join(os.path.dirname(eplb.__file__), "_libs")
+    assert all(os.path.dirname(path) == libs for path in mapped), mapped
+
+
+def test_the_readme_example_runs(tmp_path):
+    import re
+
+    from conftest import HERE, run_python
+
+    readme = (HERE.parents[1] / "README.md").read_text()
+    example = re.search(r"\*\*The Python API\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
+    proc = run_python(f"import os; os.chdir({str(tmp_path)!r})\n{example}")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "map.json").exists()

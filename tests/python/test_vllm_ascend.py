@@ -1,0 +1,108 @@
+"""eplb.vllm_ascend through the vllm-ascend stand-in (tests/python/engines/vllm_ascend): the
+plugin is loaded from the installed package's `vllm.general_plugins` entry point, the policy runs
+in vllm-ascend's EPLB child process (forked or spawned) and passes vllm-ascend's map checker."""
+import pytest
+
+from conftest import run_json, run_python
+
+# 6 MoE layers, 32 experts, 8 ranks × 5 slots. The current table is a fresh plan of other loads;
+# the workload (tokens per slot) comes from new loads, split evenly over an expert's replicas.
+UPDATE = """
+import json
+import numpy as np, torch
+from vllm.plugins import load_general_plugins
+load_general_plugins()
+from vllm_ascend.eplb.core.eplb_worker import EplbProcess
+import eplb
+
+L, E, R, S = 6, 32, 8, 5
+rng = np.random.default_rng(4)
+table = eplb.plan(rng.integers(1, 1000, (L, E)), R * S, R).phy2log
+load = np.round(rng.lognormal(0, 1.5, (L, E)) * 100)
+counts = np.stack([np.bincount(row, minlength=E) for row in table])
+workload = np.stack([load[l][table[l]] / counts[l][table[l]] for l in range(L)])
+old = torch.from_numpy(table.reshape(L, R, S))
+changed, priority, new, reverted = EplbProcess(1, "{START}").run(
+    old.clone(), torch.from_numpy(np.round(workload).astype(np.int64).reshape(L, R, S)))
+expected = eplb.plan(np.stack([np.bincount(table[l], weights=np.round(workload[l]), minlength=E)
+                               for l in range(L)]), R * S, R, previous=table)
+print(json.dumps({{"changed": changed, "priority": [int(p) for p in priority],
+                  "new": new.reshape(L, R * S).tolist(), "old": table.tolist(),
+                  "reverted": reverted, "expected": expected.phy2log.tolist(),
+                  "type": str(new.dtype)}}))
+"""
+
+
+def update(start="fork", **env):
+    return run_json(UPDATE.format(START=start), **env)
+
+
+def test_unset_variable_leaves_vllm_ascend_untouched():
+    r = update()
+    assert r["new"] == r["old"] and r["changed"] == 0
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+@pytest.mark.parametrize("form", ["0.11", "0.20"])
+def test_balanced_passes_the_map_checker(form, start):
+    r = update(start, STANDIN_VLLM_ASCEND_FORM=form, EPLB_VLLM_ASCEND_POLICY="balanced")
+    assert r["reverted"] == []
+    assert r["new"] == r["expected"] != r["old"]
+    assert r["changed"] == 1 and r["type"] == "torch.int64"
+    assert sorted(r["priority"]) == list(range(6))
+
+
+def test_priority_puts_the_largest_gain_first():
+    r = update(EPLB_VLLM_ASCEND_POLICY="balanced")
+    unchanged = [layer for layer in range(6) if r["new"][layer] == r["old"][layer]]
+    # Layers kept as they are gain nothing: they come last.
+    assert r["priority"][len(r["priority"]) - len(unchanged):] == sorted(
+        unchanged, key=r["priority"].index)
+
+
+EXPECTED = ("eplb.vllm_ascend was written for vllm_ascend.eplb.core.policy.policy_factory."
+            "PolicyFactory.generate_policy(policy_type[, config]), as in vllm-ascend 0.11 to 0.27")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"STANDIN_VLLM_ASCEND_FORM": "changed-parameters", "EPLB_VLLM_ASCEND_POLICY": "balanced"},
+     "eplb._engines.EngineInterfaceError: eplb.vllm_ascend: vllm-ascend 0.99.0 declares "
+     f"PolicyFactory.generate_policy(policy_type, config, stage); {EXPECTED}"),
+    ({"EPLB_VLLM_ASCEND_POLICY": "deepseek"},
+     'ValueError: EPLB_VLLM_ASCEND_POLICY = "deepseek" is not one of: balanced'),
+])
+def test_refusals(env, message):
+    proc = run_python(UPDATE.format(START="fork"), **env)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == message
+
+
+def test_vllm_ascend_without_the_policy_factory_is_refused_at_plugin_load(tmp_path):
+    (tmp_path / "vllm_ascend").mkdir()
+    (tmp_path / "vllm_ascend" / "__init__.py").write_text('__version__ = "0.9.0"\n')
+    import shutil
+
+    from conftest import ENGINES
+
+    shutil.copytree(ENGINES / "vllm", tmp_path / "vllm")
+    proc = run_python("from vllm.plugins import load_general_plugins; load_general_plugins()",
+                      path=tmp_path, EPLB_VLLM_ASCEND_POLICY="balanced")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "eplb._engines.EngineInterfaceError: eplb.vllm_ascend: vllm-ascend 0.9.0 has no "
+        f"vllm_ascend.eplb.core.policy.policy_factory; {EXPECTED}")
+
+
+def test_tables_with_empty_slots_are_planned_fresh():
+    code = """
+import json
+import numpy as np
+from eplb.vllm_ascend import BalancedAscendPolicy
+table = np.arange(8).reshape(1, 2, 4) % 6
+table[0, 1, 3] = -1  # an empty slot (a rank added by an elastic scale-up)
+changed, priority, new = BalancedAscendPolicy().rebalance_experts(table, np.ones_like(table))
+print(json.dumps({"new": new.tolist(), "changed": changed}))
+"""
+    r = run_json(code)
+    assert sorted(sum(r["new"][0], [])) == [0, 0, 1, 1, 2, 3, 4, 5]
+    assert r["changed"] == 1
