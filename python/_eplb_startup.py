@@ -95,7 +95,7 @@ def install_sglang():
     def activate(module):
         from eplb import sglang
 
-        sglang.activate(module)
+        sglang.activate()
 
     # sglang.srt is imported first by every SGLang process; its layout is checked there.
     when_imported("sglang.srt", activate)

@@ -5,15 +5,10 @@ import sys
 import numpy as np
 
 
-def _torch_tensor_type():
+def is_tensor(value) -> bool:
     # A tensor can only exist if torch is imported already: never import it here.
     torch = sys.modules.get("torch")
-    return getattr(torch, "Tensor", None) if torch is not None else None
-
-
-def is_tensor(value) -> bool:
-    tensor = _torch_tensor_type()
-    return tensor is not None and isinstance(value, tensor)
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def as_numpy(value):

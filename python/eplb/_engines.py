@@ -1,6 +1,7 @@
 """What the engine adapters share: their environment variables, the refusal of an engine whose
 interface is not the one an adapter was written for, and the checks on an engine's current map."""
 
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -10,6 +11,7 @@ import os
 
 import numpy as np
 
+from _eplb_startup import when_imported
 from eplb._core import BalancedOptions, ExpertMap
 
 logger = logging.getLogger("eplb")
@@ -29,6 +31,57 @@ _OPTION_TYPES = {
 
 class EngineInterfaceError(RuntimeError):
     """The installed engine is not the one an adapter was written for; the adapter refuses."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+    """One engine adapter: what it reads and what it was written for."""
+
+    name: str           # the adapter's module, e.g. "eplb.vllm"
+    engine: str         # the engine's name in messages, e.g. "vLLM"
+    distribution: str   # the engine's installed distribution, e.g. "vllm-ascend"
+    package: str        # the engine's import package, e.g. "vllm_ascend"
+    variable: str       # the variable naming the policy, e.g. "EPLB_VLLM_POLICY"
+    policies: tuple     # the policies the variable may name
+    expected: str       # the interface the adapter was written for, as messages name it
+
+    def version(self):
+        """The installed engine's version: its distribution's, else its package's __version__."""
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+        try:
+            return importlib.import_module(self.package).__version__
+        except Exception:  # noqa: BLE001 (only for messages)
+            return "of unknown version"
+
+    def mismatch(self, what):
+        """The refusal of an engine that `what` shows to differ from the expected interface."""
+        return EngineInterfaceError(f"{self.name}: {self.engine} {self.version()} {what}; "
+                                    f"{self.name} was written for {self.expected}")
+
+    def installed(self, policy):
+        logger.info("eplb: %s %s plans EPLB with eplb's %s policy", self.engine, self.version(),
+                    policy)
+
+    def activate(self, modules, install):
+        """Does nothing unless the variable names a policy (ValueError for a bad one, or for bad
+        EPLB_BALANCED_OPTIONS). Then checks that the engine holds one of `modules` (its layout,
+        found on disk: nothing is imported; EngineInterfaceError otherwise) and arranges for
+        install(module, policy, options) to run on each of them when the engine imports it."""
+        policy = policy_from_env(self.variable, self.policies)
+        if policy is None:
+            return
+        options = options_from_env(policy)
+        prefix = self.package + "."
+        present = [name for name in modules
+                   if package_has(self.package, name[len(prefix):].replace(".", "/"))]
+        if not present:
+            raise self.mismatch(f"has no {modules[0]}" if len(modules) == 1 else
+                                f"has neither {' nor '.join(modules)}")
+        for name in present:
+            when_imported(name, lambda module: install(module, policy, options))
 
 
 def policy_from_env(variable, allowed):
@@ -75,18 +128,6 @@ def options_from_env(policy):
     except ValueError as error:
         raise ValueError(f"{OPTIONS_VARIABLE}: {error}") from None
     return options
-
-
-def engine_version(distribution, module_name):
-    """The installed engine's version: its distribution's, else its module's __version__."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        return importlib.import_module(module_name).__version__
-    except Exception:  # noqa: BLE001 (only for an error message)
-        return "of unknown version"
 
 
 def package_has(package, *relative_paths):

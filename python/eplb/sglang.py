@@ -38,37 +38,23 @@ import importlib
 
 import numpy as np
 
-from _eplb_startup import when_imported
+import eplb
 from eplb import _engines
 
-VARIABLE = "EPLB_SGLANG_POLICY"
-POLICIES = ("balanced", "deepseek")
-MODULES = ("sglang.srt.eplb.eplb_algorithms", "sglang.srt.managers.eplb_algorithms")
+MODULES = ["sglang.srt.eplb.eplb_algorithms", "sglang.srt.managers.eplb_algorithms"]
 _PARAMETERS = ["tokens_per_expert", "num_physical_experts", "num_local_physical_experts",
                "num_groups", "num_nodes", "algorithm"]
-_EXPECTED = (f"{' or '.join(MODULES)} with rebalance_experts({', '.join(_PARAMETERS)}), "
-             "as in SGLang 0.4.7 to 0.5.x")
+ADAPTER = _engines.Adapter(
+    name="eplb.sglang", engine="SGLang", distribution="sglang", package="sglang",
+    variable="EPLB_SGLANG_POLICY", policies=("balanced", "deepseek"),
+    expected=(f"{' or '.join(MODULES)} with rebalance_experts({', '.join(_PARAMETERS)}), "
+              "as in SGLang 0.4.7 to 0.5.x"))
 
 
-def _mismatch(what):
-    version = _engines.engine_version("sglang", "sglang")
-    return _engines.EngineInterfaceError(
-        f"eplb.sglang: SGLang {version} {what}; eplb.sglang was written for {_EXPECTED}")
-
-
-def activate(srt_module):
+def activate():
     """Called when a process imports sglang.srt with EPLB_SGLANG_POLICY set: checks SGLang's layout
     and patches its algorithm module when SGLang imports it."""
-    policy = _engines.policy_from_env(VARIABLE, POLICIES)
-    if policy is None:
-        return
-    options = _engines.options_from_env(policy)
-    present = [name for name in MODULES
-               if _engines.package_has(srt_module.__name__, name[len("sglang.srt."):].replace(".", "/"))]
-    if not present:
-        raise _mismatch(f"has neither {' nor '.join(MODULES)}")
-    for name in present:
-        when_imported(name, lambda module: install(module, policy, options))
+    ADAPTER.activate(MODULES, install)
 
 
 def install(module, policy, options=None):
@@ -78,10 +64,10 @@ def install(module, policy, options=None):
     if getattr(original, "eplb_policy", None) is not None:
         return  # installed already
     if original is None:
-        raise _mismatch(f"has no {module.__name__}.rebalance_experts")
+        raise ADAPTER.mismatch(f"has no {module.__name__}.rebalance_experts")
     parameters = _engines.parameter_names(original)
     if parameters != _PARAMETERS:
-        raise _mismatch(f"declares {module.__name__}.rebalance_experts({', '.join(parameters)})")
+        raise ADAPTER.mismatch(f"declares {module.__name__}.rebalance_experts({', '.join(parameters)})")
     location_module = module.__name__.rsplit(".", 1)[0] + ".expert_location"
 
     def rebalance_experts(tokens_per_expert, num_physical_experts, num_local_physical_experts,
@@ -93,8 +79,7 @@ def install(module, policy, options=None):
     rebalance_experts.__doc__ = f"eplb's {policy} policy in place of SGLang's algorithms."
     rebalance_experts.eplb_policy = policy
     module.rebalance_experts = rebalance_experts
-    _engines.logger.info("eplb: SGLang %s plans EPLB with eplb's %s policy",
-                         _engines.engine_version("sglang", "sglang"), policy)
+    ADAPTER.installed(policy)
 
 
 def _current_map(location_module):
@@ -114,8 +99,6 @@ def rebalance(tokens_per_expert, num_physical_experts, num_local_physical_expert
               num_nodes, current=None, *, policy="balanced", options=None):
     """SGLang's rebalance_experts with eplb's policy (see the module documentation)."""
     import torch
-
-    import eplb
 
     tokens = torch.as_tensor(tokens_per_expert)
     if tokens.dim() == 3:

@@ -31,48 +31,30 @@ gets the same map (eplb's plans do not depend on threads, timing or machine).
 import inspect
 import typing
 
-from _eplb_startup import when_imported
+import eplb
 from eplb import _engines
 
-VARIABLE = "EPLB_VLLM_POLICY"
-POLICIES = ("balanced", "deepseek")
 MODULE = "vllm.distributed.eplb.policy"
 _PARAMETERS = ["weight", "num_replicas", "num_groups", "num_nodes", "num_ranks"]
-_EXPECTED = (f"{MODULE}.EPLB_POLICIES and AbstractEplbPolicy.rebalance_experts("
-             f"{', '.join(_PARAMETERS)}[, old_global_expert_indices]) returning phy2log or "
-             "(phy2log, log2phy, logcnt), as in vLLM 0.13 to 0.32")
+ADAPTER = _engines.Adapter(
+    name="eplb.vllm", engine="vLLM", distribution="vllm", package="vllm",
+    variable="EPLB_VLLM_POLICY", policies=("balanced", "deepseek"),
+    expected=(f"{MODULE}.EPLB_POLICIES and AbstractEplbPolicy.rebalance_experts("
+              f"{', '.join(_PARAMETERS)}[, old_global_expert_indices]) returning phy2log or "
+              "(phy2log, log2phy, logcnt), as in vLLM 0.13 to 0.32"))
 
 
 def register():
     """The `vllm.general_plugins` entry point: activates eplb's policy when EPLB_VLLM_POLICY is
     set; with it unset, does nothing."""
-    policy = _engines.policy_from_env(VARIABLE, POLICIES)
-    if policy is None:
-        return
-    options = _engines.options_from_env(policy)
-    if not _engines.package_has("vllm", "distributed/eplb/policy"):
-        raise _mismatch(f"has no {MODULE}")
-    when_imported(MODULE, lambda module: install(module, policy, options))
-
-
-def _mismatch(what):
-    version = _engines.engine_version("vllm", "vllm")
-    return _engines.EngineInterfaceError(
-        f"eplb.vllm: vLLM {version} {what}; eplb.vllm was written for {_EXPECTED}")
+    ADAPTER.activate([MODULE], install)
 
 
 def _returns_three_tables(method):
     """True for (phy2log, log2phy, logcnt), False for phy2log alone, None for anything else."""
-    returns = inspect.signature(method).return_annotation
-    if isinstance(returns, str):
-        text = returns.replace(" ", "")
-        if text in ("torch.Tensor", "Tensor"):
-            return False
-        if text in ("tuple[torch.Tensor,torch.Tensor,torch.Tensor]", "tuple[Tensor,Tensor,Tensor]"):
-            return True
-        return None
     import torch
 
+    returns = inspect.signature(method, eval_str=True).return_annotation
     if returns is torch.Tensor:
         return False
     if typing.get_origin(returns) is tuple and typing.get_args(returns) == (torch.Tensor,) * 3:
@@ -86,17 +68,17 @@ def install(module, policy, options=None):
     registry = getattr(module, "EPLB_POLICIES", None)
     base = getattr(module, "AbstractEplbPolicy", None)
     if not isinstance(registry, dict) or "default" not in registry or base is None:
-        raise _mismatch(f'has no EPLB_POLICIES["default"] or AbstractEplbPolicy in {MODULE}')
+        raise ADAPTER.mismatch(f'has no EPLB_POLICIES["default"] or AbstractEplbPolicy in {MODULE}')
     method = getattr(base, "rebalance_experts", None)
     if method is None:
-        raise _mismatch("has no AbstractEplbPolicy.rebalance_experts")
+        raise ADAPTER.mismatch("has no AbstractEplbPolicy.rebalance_experts")
     parameters = _engines.parameter_names(method)
     if parameters not in (_PARAMETERS, _PARAMETERS + ["old_global_expert_indices"]):
-        raise _mismatch(f"declares AbstractEplbPolicy.rebalance_experts({', '.join(parameters)})")
+        raise ADAPTER.mismatch(f"declares AbstractEplbPolicy.rebalance_experts({', '.join(parameters)})")
     three_tables = _returns_three_tables(method)
     if three_tables is None:
         returns = inspect.signature(method).return_annotation
-        raise _mismatch(f"declares AbstractEplbPolicy.rebalance_experts(...) -> {returns}")
+        raise ADAPTER.mismatch(f"declares AbstractEplbPolicy.rebalance_experts(...) -> {returns}")
 
     class EplbPolicy(base):
         @classmethod
@@ -108,15 +90,12 @@ def install(module, policy, options=None):
 
     EplbPolicy.__name__ = EplbPolicy.__qualname__ = f"Eplb{policy.capitalize()}Policy"
     registry["default"] = EplbPolicy
-    _engines.logger.info("eplb: vLLM %s plans EPLB with eplb's %s policy",
-                         _engines.engine_version("vllm", "vllm"), policy)
+    ADAPTER.installed(policy)
 
 
 def rebalance(weight, num_replicas, num_groups, num_nodes, num_ranks, old_map=None, *,
               policy="balanced", options=None, three_tables=False):
     """What eplb's policy class returns to vLLM (see the module documentation)."""
-    import eplb
-
     if num_replicas % num_ranks != 0:
         raise ValueError(f"num_replicas = {num_replicas} is not a multiple of num_ranks = "
                          f"{num_ranks}: vLLM gives every rank the same number of slots")

@@ -30,33 +30,22 @@ the previous placement. `changed` is 1 when the new table differs from the curre
 
 import numpy as np
 
-from _eplb_startup import when_imported
+import eplb
 from eplb import _engines
+from eplb._arrays import as_numpy
 
-VARIABLE = "EPLB_VLLM_ASCEND_POLICY"
-POLICIES = ("balanced",)
 FACTORY = "vllm_ascend.eplb.core.policy.policy_factory"
-_EXPECTED = (f"{FACTORY}.PolicyFactory.generate_policy(policy_type[, config]), as in "
-             "vllm-ascend 0.11 to 0.27")
+ADAPTER = _engines.Adapter(
+    name="eplb.vllm_ascend", engine="vllm-ascend", distribution="vllm-ascend",
+    package="vllm_ascend", variable="EPLB_VLLM_ASCEND_POLICY", policies=("balanced",),
+    expected=(f"{FACTORY}.PolicyFactory.generate_policy(policy_type[, config]), as in "
+              "vllm-ascend 0.11 to 0.27"))
 
 
 def register():
     """The `vllm.general_plugins` entry point: activates eplb's policy when
     EPLB_VLLM_ASCEND_POLICY is set; with it unset, does nothing."""
-    policy = _engines.policy_from_env(VARIABLE, POLICIES)
-    if policy is None:
-        return
-    options = _engines.options_from_env(policy)
-    if not _engines.package_has("vllm_ascend", "eplb/core/policy/policy_factory"):
-        raise _mismatch(f"has no {FACTORY}")
-    when_imported(FACTORY, lambda module: install(module, policy, options))
-
-
-def _mismatch(what):
-    version = _engines.engine_version("vllm-ascend", "vllm_ascend")
-    return _engines.EngineInterfaceError(
-        f"eplb.vllm_ascend: vllm-ascend {version} {what}; eplb.vllm_ascend was written for "
-        f"{_EXPECTED}")
+    ADAPTER.activate([FACTORY], install)
 
 
 def install(module, policy="balanced", options=None):
@@ -65,18 +54,16 @@ def install(module, policy="balanced", options=None):
     factory = getattr(module, "PolicyFactory", None)
     generate = getattr(factory, "generate_policy", None)
     if generate is None:
-        raise _mismatch(f"has no {FACTORY}.PolicyFactory.generate_policy")
+        raise ADAPTER.mismatch(f"has no {FACTORY}.PolicyFactory.generate_policy")
     parameters = _engines.parameter_names(generate)
     if parameters not in (["policy_type"], ["policy_type", "config"]):
-        raise _mismatch(f"declares PolicyFactory.generate_policy({', '.join(parameters)})")
+        raise ADAPTER.mismatch(f"declares PolicyFactory.generate_policy({', '.join(parameters)})")
 
     def generate_policy(policy_type, config=None):
         return BalancedAscendPolicy(options)
 
     factory.generate_policy = staticmethod(generate_policy)
-    _engines.logger.info("eplb: vllm-ascend %s plans EPLB with eplb's %s policy",
-                         _engines.engine_version("vllm-ascend", "vllm_ascend"),
-                         policy)
+    ADAPTER.installed(policy)
 
 
 class BalancedAscendPolicy:
@@ -87,12 +74,8 @@ class BalancedAscendPolicy:
         self.options = dict(options or {})
 
     def rebalance_experts(self, current_expert_table, expert_workload):
-        import eplb
-
-        is_tensor = hasattr(current_expert_table, "cpu")
-        table = np.asarray(current_expert_table.cpu() if is_tensor else current_expert_table)
-        workload = np.asarray(expert_workload.cpu() if hasattr(expert_workload, "cpu")
-                              else expert_workload)
+        table, restore = as_numpy(current_expert_table)
+        workload, _ = as_numpy(expert_workload)
         if workload.ndim == 4:  # [stages, L, R, S] (vllm-ascend's multi-stage collection)
             workload = workload.sum(axis=0)
         if table.ndim != 3 or workload.shape != table.shape:
@@ -114,12 +97,7 @@ class BalancedAscendPolicy:
                 np.full(num_layers, np.inf)) - _max_rank_load(new_table, load, num_ranks)
         priority = np.argsort(-gain, kind="stable").astype(np.int64)
         changed = int(not np.array_equal(new_table, phy2log))
-        new_table = new_table.reshape(num_layers, num_ranks, slots_per_rank)
-        if is_tensor:
-            import torch
-
-            new_table = torch.from_numpy(new_table)
-        return changed, priority, new_table
+        return changed, priority, restore(new_table.reshape(num_layers, num_ranks, slots_per_rank))
 
 
 def _max_rank_load(phy2log, load, num_ranks):
