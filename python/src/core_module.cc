@@ -3,9 +3,9 @@
 // Arrays cross as numpy arrays (the `eplb` package converts torch tensors). Loads may have any
 // integer or floating dtype and are read as float64; index tables any integer dtype, read as
 // int32 after a range check. Tables come back as new int64 arrays. Errors of core/ keep their
-// message: INVALID_ARGUMENT, FAILED_PRECONDITION and OUT_OF_RANGE raise ValueError, NOT_FOUND
-// FileNotFoundError, the rest OSError (file I/O) or RuntimeError. Nothing returns half-done: a
-// call either returns a whole new value or raises and changes nothing.
+// message: bad input (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE) raises ValueError, a
+// missing file FileNotFoundError, any other failure to read or write a file OSError. Nothing
+// returns half-done: a call either returns a whole new value or raises and changes nothing.
 //
 // Planning releases the GIL; ExpertMap is immutable, so a map may be shared across threads.
 #include <pybind11/numpy.h>
@@ -44,36 +44,37 @@ namespace py = pybind11;
 namespace eplb::python {
 namespace {
 
-[[noreturn]] void Raise(const absl::Status& status) {
+[[noreturn]] void RaiseAs(PyObject* type, const std::string& message) {
+  PyErr_SetString(type, message.c_str());
+  throw py::error_already_set();
+}
+
+// Raises the Python exception for a core error. `file_io`: the status of reading or writing a file,
+// where anything but malformed content or a missing file is an OSError.
+[[noreturn]] void Raise(const absl::Status& status, bool file_io = false) {
   const std::string message(status.message());
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kOutOfRange:
       throw py::value_error(message);
     case absl::StatusCode::kNotFound:
-      PyErr_SetString(PyExc_FileNotFoundError, message.c_str());
-      throw py::error_already_set();
-    case absl::StatusCode::kPermissionDenied:
-      PyErr_SetString(PyExc_PermissionError, message.c_str());
-      throw py::error_already_set();
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kResourceExhausted:
-      PyErr_SetString(PyExc_OSError, message.c_str());
-      throw py::error_already_set();
+      RaiseAs(PyExc_FileNotFoundError, message);
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      if (!file_io) throw py::value_error(message);
+      RaiseAs(PyExc_OSError, message);
     default:
+      if (file_io) RaiseAs(PyExc_OSError, message);
       throw std::runtime_error(message);
   }
 }
 
-void ThrowIfError(const absl::Status& status) {
-  if (!status.ok()) Raise(status);
+void ThrowIfError(const absl::Status& status, bool file_io = false) {
+  if (!status.ok()) Raise(status, file_io);
 }
 
 template <typename T>
-T ValueOrThrow(absl::StatusOr<T> value) {
-  if (!value.ok()) Raise(value.status());
+T ValueOrThrow(absl::StatusOr<T> value, bool file_io = false) {
+  if (!value.ok()) Raise(value.status(), file_io);
   return *std::move(value);
 }
 
@@ -432,7 +433,9 @@ PYBIND11_MODULE(_core, m) {
           "read",
           [](const std::string& path, std::optional<int32_t> num_logical_experts,
              std::optional<int32_t> num_ranks) {
-            return ValueOrThrow(ReadExpertMapFile(path, Hints(num_logical_experts, num_ranks))).map;
+            return ValueOrThrow(ReadExpertMapFile(path, Hints(num_logical_experts, num_ranks)),
+                                /*file_io=*/true)
+                .map;
           },
           py::arg("path"), py::kw_only(), py::arg("num_logical_experts") = py::none(),
           py::arg("num_ranks") = py::none())
@@ -456,7 +459,7 @@ PYBIND11_MODULE(_core, m) {
               py::gil_scoped_release release;
               written = WriteExpertMapFile(path, map, f, version);
             }
-            ThrowIfError(written);
+            ThrowIfError(written, /*file_io=*/true);
           },
           py::arg("path"), py::arg("format") = "eplb", py::arg("version") = 0)
       .def_property_readonly("num_layers", &ExpertMap::num_layers)

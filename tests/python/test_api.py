@@ -196,7 +196,11 @@ def test_a_failed_write_leaves_the_file_as_it_was(tmp_path):
     assert path.read_text() == "previous contents"
     with pytest.raises(FileNotFoundError):
         m.write(str(tmp_path / "missing" / "map.json"))
-    assert os.listdir(tmp_path) == ["map.json"]
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(OSError) as error:  # a directory is in the way: the rename fails
+        m.write(str(tmp_path / "sub"))
+    assert type(error.value) is OSError and str(tmp_path / "sub") in str(error.value)
+    assert sorted(os.listdir(tmp_path)) == ["map.json", "sub"] and not os.listdir(tmp_path / "sub")
 
 
 def test_reading_a_bad_map_names_the_file_and_the_field(tmp_path):
@@ -208,6 +212,9 @@ def test_reading_a_bad_map_names_the_file_and_the_field(tmp_path):
     assert "physical_to_logical_map[0][2] = 7" in str(error.value)
     with pytest.raises(FileNotFoundError, match="cannot open"):
         eplb.ExpertMap.read(str(tmp_path / "none.json"))
+    with pytest.raises(OSError) as error:
+        eplb.ExpertMap.read(str(tmp_path))
+    assert str(error.value) == f"{tmp_path} is not a regular file (a directory)"
 
 
 def test_evaluate_reports_balance_and_movement():
