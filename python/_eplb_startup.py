@@ -15,7 +15,6 @@ fails that import, with the callback's message.
 """
 
 import importlib.abc
-import importlib.machinery
 import sys
 import threading
 

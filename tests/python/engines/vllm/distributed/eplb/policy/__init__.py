@@ -3,3 +3,4 @@ from .abstract import AbstractEplbPolicy
 from .default import DefaultEplbPolicy
 
 EPLB_POLICIES = {"default": DefaultEplbPolicy}
+__all__ = ["AbstractEplbPolicy", "DefaultEplbPolicy", "EPLB_POLICIES"]
