@@ -11,7 +11,7 @@ file runs while sys.path is still being built (a venv's system site-packages com
 `when_imported(name, callback)` calls `callback(module)` right after module `name` has executed
 (or at once if it is already imported), without importing it; the engine adapters patch engine
 modules this way, at the moment the engine itself imports them. An exception from the callback
-fails that import, with the callback's message.
+fails that import, with the callback's message, and every later import of the module as well.
 """
 
 import importlib.abc
@@ -60,8 +60,15 @@ class _Loader(importlib.abc.Loader):
         self._loader.exec_module(module)
         with _lock:
             callbacks = _callbacks.pop(module.__name__, [])
-        for callback in callbacks:
-            callback(module)
+        try:
+            for callback in callbacks:
+                callback(module)
+        except BaseException:
+            # The import fails (the module leaves sys.modules): a later import runs them again
+            # and fails the same way, rather than succeed untouched.
+            with _lock:
+                _callbacks[module.__name__] = callbacks + _callbacks.get(module.__name__, [])
+            raise
 
 
 _finder = _Finder()

@@ -156,3 +156,17 @@ def test_slots_not_a_multiple_of_the_local_slots_are_refused():
         rebalance(torch.ones(1, 2, 8, dtype=torch.int32), 10, 4, None, 1)
     assert str(error.value) == ("num_physical_experts = 10 is not a multiple of "
                                 "num_local_physical_experts = 4")
+
+
+def test_a_refusal_is_not_lost_when_the_import_is_retried(tmp_path):
+    code = """
+import sys
+for attempt in range(2):
+    try:
+        import sglang.srt
+        print("imported untouched")
+    except Exception as error:
+        print(type(error).__name__)
+"""
+    proc = run_python(code, path=sglang_copy(tmp_path, "none"), EPLB_SGLANG_POLICY="balanced")
+    assert proc.stdout.split() == ["EngineInterfaceError", "EngineInterfaceError"]
