@@ -63,7 +63,7 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
   ASSIGN_OR_RETURN(o.shape.num_layers, args.GetInt("num-layers", 0, 1, L::kMaxLayers));
   ASSIGN_OR_RETURN(o.shape.num_logical_experts,
                    args.GetInt("num-logical-experts", 0, 1, L::kMaxLogicalExperts));
-  ASSIGN_OR_RETURN(o.bytes_per_expert, args.GetInt("bytes-per-expert", 0, 0, int64_t{1} << 40));
+  ASSIGN_OR_RETURN(o.bytes_per_expert, args.GetInt("bytes-per-expert", 0, 0, kMaxBytesPerExpert));
   o.policy = args.Get("policy", o.policy);
   RETURN_IF_ERROR(CreatePolicy(o.policy).status());
   ASSIGN_OR_RETURN(o.balanced, ParseBalancedFlags(args, o.policy));

@@ -970,7 +970,7 @@ absl::Status ValidateBalancedOptions(const BalancedOptions& options) {
   constexpr int64_t kMax = BalancedOptions::kMaxBudget;
   RETURN_IF_ERROR(count("max_received_per_rank", options.max_received_per_rank, kMax));
   RETURN_IF_ERROR(count("max_received_per_layer", options.max_received_per_layer, kMax));
-  RETURN_IF_ERROR(count("threads", options.threads, 1024));
+  RETURN_IF_ERROR(count("threads", options.threads, BalancedOptions::kMaxThreads));
   return absl::OkStatus();
 }
 

@@ -42,6 +42,8 @@ struct BalancedOptions {
   // slots is no limit, but is refused as a likely mistake.
   static constexpr int64_t kMaxBudget =
       static_cast<int64_t>(ShapeLimits::kMaxLogicalExperts) * ShapeLimits::kMaxRedundancyFactor;
+  // The most threads accepted.
+  static constexpr int32_t kMaxThreads = 1024;
 
   // Relative slack on the busiest rank's load within which fewer moved experts win (0.01: a plan
   // whose busiest rank is at most 1% above the best packing found is preferred when it moves
@@ -65,7 +67,7 @@ struct BalancedOptions {
   // node's ranks are kept or repaired as in step 4 above.
   bool node_affinity = false;
   // Threads planning layers in parallel (at most one per layer): 1 plans on the calling thread
-  // alone, 0 uses one per hardware thread. The result does not depend on it.
+  // alone, 0 uses one per hardware thread. The result does not depend on it. In [0, kMaxThreads].
   int32_t threads = 1;
 };
 

@@ -85,7 +85,12 @@ struct Migration {
   int64_t bytes_moved = 0;  // experts_received × bytes_per_expert
 };
 
-// REQUIRES: before and after have the same layers, experts, slots and ranks.
+// The largest bytes_per_expert accepted anywhere (1 TiB): bytes_moved cannot overflow with it, as
+// at most 2^24 experts move.
+inline constexpr int64_t kMaxBytesPerExpert = int64_t{1} << 40;
+
+// REQUIRES: before and after have the same layers, experts, slots and ranks;
+// 0 ≤ bytes_per_expert ≤ kMaxBytesPerExpert.
 Migration ComputeMigration(const ExpertMap& before, const ExpertMap& after,
                            int64_t bytes_per_expert);
 

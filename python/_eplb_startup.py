@@ -5,7 +5,8 @@
     import os; os.environ.get("EPLB_SGLANG_POLICY") and __import__("_eplb_startup").install_sglang()
 
 so that SGLang's spawned scheduler processes get eplb's policy too, not only the launcher. With
-the variable unset nothing is imported. This module must not import numpy, torch or eplb: a .pth
+the variable unset nothing is imported. vLLM's plugin entry points (vllm_plugin,
+vllm_ascend_plugin) live here too, for the same reason: importing them costs nothing. This module must not import numpy, torch or eplb: a .pth
 file runs while sys.path is still being built (a venv's system site-packages come later).
 
 `when_imported(name, callback)` calls `callback(module)` right after module `name` has executed
@@ -15,6 +16,7 @@ fails that import, with the callback's message, and every later import of the mo
 """
 
 import importlib.abc
+import os
 import sys
 import threading
 
@@ -103,5 +105,26 @@ def install_sglang():
 
         sglang.activate()
 
-    # sglang.srt is imported first by every SGLang process; its layout is checked there.
-    when_imported("sglang.srt", activate)
+    # Every SGLang process imports the package `sglang` first; its layout is checked there. (Not a
+    # subpackage: those may be namespace packages, which have no loader to run a hook.)
+    when_imported("sglang", activate)
+
+
+# The `vllm.general_plugins` entry points. vLLM logs and skips a plugin whose module fails to
+# import, but lets an error raised by the plugin function through: the adapters are imported here,
+# only when their variable is set, so that an installation that cannot load them (numpy, the
+# extension) fails the engine's start instead of leaving its own policy in place silently.
+def vllm_plugin():
+    """Activates eplb's policy in vLLM when EPLB_VLLM_POLICY is set."""
+    if os.environ.get("EPLB_VLLM_POLICY", "").strip():
+        from eplb import vllm
+
+        vllm.register()
+
+
+def vllm_ascend_plugin():
+    """Activates eplb's policy in vllm-ascend when EPLB_VLLM_ASCEND_POLICY is set."""
+    if os.environ.get("EPLB_VLLM_ASCEND_POLICY", "").strip():
+        from eplb import vllm_ascend
+
+        vllm_ascend.register()

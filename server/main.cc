@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/balanced_policy.h"
 #include "core/clock.h"
 #include "core/file_io.h"
 #include "core/policy.h"
@@ -132,9 +133,11 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.planner.default_policy = absl::GetFlag(FLAGS_default_policy);
   options.planner.plan_threads = absl::GetFlag(FLAGS_plan_threads);
-  if (options.planner.plan_threads < 0 || options.planner.plan_threads > 1024) {
+  if (options.planner.plan_threads < 0 ||
+      options.planner.plan_threads > eplb::BalancedOptions::kMaxThreads) {
     return absl::InvalidArgumentError(absl::StrCat("--plan-threads=", options.planner.plan_threads,
-                                                   " is out of range [0, 1024]"));
+                                                   " is out of range [0, ",
+                                                   eplb::BalancedOptions::kMaxThreads, "]"));
   }
   options.planner.checkpoint_interval = absl::GetFlag(FLAGS_checkpoint_interval);
   if (options.planner.checkpoint_interval < absl::Seconds(1) ||

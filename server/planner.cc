@@ -32,7 +32,6 @@ namespace {
 using v1::ErrorReason;
 
 // ---- Limits of the API (documented in planner.proto) -----------------------------------------
-constexpr int64_t kMaxBytesPerExpert = int64_t{1} << 40;
 constexpr int64_t kMaxHalfLifeSteps = 1'000'000;
 constexpr int64_t kMaxWindowSteps = 100'000;
 constexpr int64_t kMaxIntervalSteps = 10'000'000;

@@ -3,16 +3,16 @@ interface is not the one an adapter was written for, and the checks on an engine
 
 import dataclasses
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import inspect
 import logging
 import os
 
-import numpy as np
-
 from _eplb_startup import when_imported
-from eplb._core import BalancedOptions, ExpertMap
+from eplb import _previous_map
+from eplb._core import BalancedOptions
 
 logger = logging.getLogger("eplb")
 
@@ -131,13 +131,15 @@ def options_from_env(policy):
 
 
 def package_has(package, *relative_paths):
-    """Whether the importable package `package` holds one of `relative_paths` (a module file or a
-    package directory), found on disk without importing anything."""
+    """Whether the importable package `package` holds one of `relative_paths` (a package
+    directory, or a module as source, bytecode or extension), found on disk without importing
+    anything."""
     spec = importlib.util.find_spec(package)
     for root in (spec.submodule_search_locations or []) if spec is not None else []:
         for relative in relative_paths:
             path = os.path.join(root, *relative.split("/"))
-            if os.path.isdir(path) or os.path.isfile(path + ".py"):
+            if os.path.isdir(path) or any(os.path.isfile(path + suffix)
+                                          for suffix in importlib.machinery.all_suffixes()):
                 return True
     return False
 
@@ -153,13 +155,13 @@ def usable_previous(phy2log, num_layers, num_slots, num_experts, num_ranks):
     ignored then, never trusted: the policy plans fresh."""
     if phy2log is None:
         return None
-    table = np.asarray(phy2log.cpu() if hasattr(phy2log, "cpu") else phy2log)
-    if table.shape != (num_layers, num_slots) or table.dtype.kind not in "iu":
+    shape = tuple(phy2log.shape)
+    if shape != (num_layers, num_slots):
         logger.info("eplb: ignoring the engine's current map of shape %s (expected (%d, %d))",
-                    table.shape, num_layers, num_slots)
+                    shape, num_layers, num_slots)
         return None
     try:
-        return ExpertMap.from_phy2log(table, num_experts, num_ranks)
+        return _previous_map(phy2log, num_experts, num_ranks)
     except ValueError as error:
         logger.info("eplb: ignoring the engine's current map: %s", error)
         return None

@@ -5,10 +5,13 @@
 SGLang plans in its scheduler processes, which it spawns: a patch made in the launcher would not
 reach them. The package installs `eplb_engines.pth`, which runs at every interpreter start and,
 only when EPLB_SGLANG_POLICY is set, arranges for `activate()` to run as soon as the process
-imports `sglang.srt`. That checks SGLang's layout and, when SGLang imports its algorithm module,
+imports `sglang`. That checks SGLang's layout and, when SGLang imports its algorithm module,
 replaces the module's `rebalance_experts` (SGLang looks it up on the module at every call).
-SGLang's --eplb-algorithm is then ignored: the variable chooses the policy (`balanced` or
-`deepseek`); EPLB_BALANCED_OPTIONS (e.g. "tolerance=0.02") sets the balanced policy's options.
+The variable chooses the policy (`balanced` or `deepseek`) in place of SGLang's deepseek
+algorithms, whichever of them --eplb-algorithm picks; an algorithm of another kind
+(elasticity_aware, for elastic EP, plans on the ranks still alive) still plans, with a warning on
+the `eplb` logger. EPLB_BALANCED_OPTIONS (e.g. "tolerance=0.02") sets the balanced policy's
+options.
 
 Written against SGLang 0.4.7 to 0.5.x: `sglang.srt.eplb.eplb_algorithms` (0.4.9 and later) or
 `sglang.srt.managers.eplb_algorithms` (0.4.7, 0.4.8), with
@@ -52,8 +55,8 @@ ADAPTER = _engines.Adapter(
 
 
 def activate():
-    """Called when a process imports sglang.srt with EPLB_SGLANG_POLICY set: checks SGLang's layout
-    and patches its algorithm module when SGLang imports it."""
+    """Called when a process imports sglang with EPLB_SGLANG_POLICY set: checks SGLang's layout and
+    patches its algorithm module when SGLang imports it."""
     ADAPTER.activate(MODULES, install)
 
 
@@ -71,12 +74,23 @@ def install(module, policy, options=None):
     location_module = module.__name__.rsplit(".", 1)[0] + ".expert_location"
 
     def rebalance_experts(tokens_per_expert, num_physical_experts, num_local_physical_experts,
-                          num_groups, num_nodes, algorithm=None, **unused):
+                          num_groups, num_nodes, algorithm=None, **kwargs):
+        name = getattr(algorithm, "name", "deepseek")
+        if not name.startswith("deepseek"):
+            # Elastic EP (elasticity_aware) plans on the ranks still alive, which eplb's policies
+            # do not model: SGLang's own algorithm plans, and the log says so each time.
+            _engines.logger.warning("eplb: SGLang's %s algorithm plans this rebalance; eplb's "
+                                    "policies replace only the deepseek ones", name)
+            return original(tokens_per_expert=tokens_per_expert,
+                            num_physical_experts=num_physical_experts,
+                            num_local_physical_experts=num_local_physical_experts,
+                            num_groups=num_groups, num_nodes=num_nodes, algorithm=algorithm,
+                            **kwargs)
         current = _current_map(location_module)
         return rebalance(tokens_per_expert, num_physical_experts, num_local_physical_experts,
                          num_groups, num_nodes, current, policy=policy, options=options)
 
-    rebalance_experts.__doc__ = f"eplb's {policy} policy in place of SGLang's algorithms."
+    rebalance_experts.__doc__ = f"eplb's {policy} policy in place of SGLang's deepseek algorithms."
     rebalance_experts.eplb_policy = policy
     module.rebalance_experts = rebalance_experts
     ADAPTER.installed(policy)
@@ -104,7 +118,7 @@ def rebalance(tokens_per_expert, num_physical_experts, num_local_physical_expert
     if tokens.dim() == 3:
         tokens = tokens.sum(dim=0, dtype=torch.int64)
     if tokens.dim() != 2:
-        raise ValueError(f"tokens_per_expert has shape {tuple(tokens_per_expert.shape)}, "
+        raise ValueError(f"tokens_per_expert has shape {tuple(tokens.shape)}, "
                          "expected [steps, layers, experts] or [layers, experts]")
     load = tokens.cpu().numpy()
     num_layers, num_experts = load.shape

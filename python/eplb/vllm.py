@@ -2,8 +2,9 @@
 
     EPLB_VLLM_POLICY=balanced vllm serve MODEL --enable-expert-parallel --enable-eplb ...
 
-vLLM loads the `vllm.general_plugins` entry points in every process it starts; eplb's,
-`register()` below, does nothing unless EPLB_VLLM_POLICY is `balanced` or `deepseek`. Then, when
+vLLM loads the `vllm.general_plugins` entry points in every process it starts; eplb's
+(`_eplb_startup.vllm_plugin`, which calls `register()` below) does nothing unless EPLB_VLLM_POLICY
+is set. With `balanced` or `deepseek`, when
 vLLM imports `vllm.distributed.eplb.policy`, the policy class registered there under "default"
 (the only name vLLM's configuration accepts, and the only one allowed with async EPLB) is replaced
 by eplb's. EPLB_BALANCED_OPTIONS (e.g. "tolerance=0.02,max_received_per_rank=2") sets the
@@ -28,6 +29,7 @@ slots, so P % R != 0 is refused. Every rank plans independently from the same al
 gets the same map (eplb's plans do not depend on threads, timing or machine).
 """
 
+import importlib
 import inspect
 import typing
 
@@ -54,7 +56,10 @@ def _returns_three_tables(method):
     """True for (phy2log, log2phy, logcnt), False for phy2log alone, None for anything else."""
     import torch
 
-    returns = inspect.signature(method, eval_str=True).return_annotation
+    try:
+        returns = inspect.signature(method, eval_str=True).return_annotation
+    except Exception:  # noqa: BLE001 (an annotation that does not evaluate: not an interface we know)
+        return None
     if returns is torch.Tensor:
         return False
     if typing.get_origin(returns) is tuple and typing.get_args(returns) == (torch.Tensor,) * 3:
@@ -62,34 +67,65 @@ def _returns_three_tables(method):
     return None
 
 
-def install(module, policy, options=None):
-    """Registers eplb's `policy` under "default" in vLLM's policy module, after checking that the
-    module has the interface this adapter was written for (EngineInterfaceError otherwise)."""
-    registry = getattr(module, "EPLB_POLICIES", None)
+def _interface(module):
+    """(AbstractEplbPolicy, whether its rebalance_experts returns three tables) of vLLM's policy
+    module; EngineInterfaceError unless it is the interface this adapter was written for."""
     base = getattr(module, "AbstractEplbPolicy", None)
-    if not isinstance(registry, dict) or "default" not in registry or base is None:
-        raise ADAPTER.mismatch(f'has no EPLB_POLICIES["default"] or AbstractEplbPolicy in {MODULE}')
     method = getattr(base, "rebalance_experts", None)
     if method is None:
-        raise ADAPTER.mismatch("has no AbstractEplbPolicy.rebalance_experts")
+        raise ADAPTER.mismatch(f"has no AbstractEplbPolicy.rebalance_experts in {MODULE}")
     parameters = _engines.parameter_names(method)
     if parameters not in (_PARAMETERS, _PARAMETERS + ["old_global_expert_indices"]):
-        raise ADAPTER.mismatch(f"declares AbstractEplbPolicy.rebalance_experts({', '.join(parameters)})")
+        raise ADAPTER.mismatch(
+            f"declares AbstractEplbPolicy.rebalance_experts({', '.join(parameters)})")
     three_tables = _returns_three_tables(method)
     if three_tables is None:
         returns = inspect.signature(method).return_annotation
         raise ADAPTER.mismatch(f"declares AbstractEplbPolicy.rebalance_experts(...) -> {returns}")
+    return base, three_tables
 
-    class EplbPolicy(base):
-        @classmethod
+
+_CLASS_NAMES = {"balanced": "EplbBalancedPolicy", "deepseek": "EplbDeepseekPolicy"}
+_classes = {}
+
+
+def policy_class(policy, options=None):
+    """eplb's `policy` as a policy class of the installed vLLM: a subclass of its
+    AbstractEplbPolicy, made once per process (later calls return it, whatever `options`).
+    It is also reachable as eplb.vllm.EplbBalancedPolicy / EplbDeepseekPolicy, so that pickle
+    finds it in a process that loaded no plugin; it then takes its options from
+    EPLB_BALANCED_OPTIONS."""
+    name = _CLASS_NAMES[policy]
+    if name not in _classes:
+        base, three_tables = _interface(importlib.import_module(MODULE))
+
         def rebalance_experts(cls, weight, num_replicas, num_groups, num_nodes, num_ranks,
                               old_global_expert_indices=None):
             return rebalance(weight, num_replicas, num_groups, num_nodes, num_ranks,
                              old_global_expert_indices, policy=policy, options=options,
                              three_tables=three_tables)
 
-    EplbPolicy.__name__ = EplbPolicy.__qualname__ = f"Eplb{policy.capitalize()}Policy"
-    registry["default"] = EplbPolicy
+        _classes[name] = type(name, (base,), {
+            "__module__": __name__, "__qualname__": name,
+            "__doc__": f"eplb's {policy} policy (eplb.vllm).",
+            "rebalance_experts": classmethod(rebalance_experts)})
+    return _classes[name]
+
+
+def __getattr__(name):
+    for policy, class_name in _CLASS_NAMES.items():
+        if name == class_name:
+            return policy_class(policy, _engines.options_from_env(policy))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def install(module, policy, options=None):
+    """Registers eplb's `policy` under "default" in vLLM's policy module, after checking that the
+    module has the interface this adapter was written for (EngineInterfaceError otherwise)."""
+    registry = getattr(module, "EPLB_POLICIES", None)
+    if not isinstance(registry, dict) or "default" not in registry:
+        raise ADAPTER.mismatch(f'has no EPLB_POLICIES["default"] in {MODULE}')
+    registry["default"] = policy_class(policy, options)
     ADAPTER.installed(policy)
 
 

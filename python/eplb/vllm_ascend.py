@@ -3,10 +3,11 @@
     EPLB_VLLM_ASCEND_POLICY=balanced vllm serve MODEL --enable-expert-parallel \\
         --additional-config '{"eplb_config": {"dynamic_eplb": true, ...}}'
 
-vLLM loads the `vllm.general_plugins` entry points in every worker process; eplb's,
-`register()` below, does nothing unless EPLB_VLLM_ASCEND_POLICY is set. Then, when vllm-ascend
-imports its policy factory, `PolicyFactory.generate_policy` returns eplb's policy whatever
-`eplb_policy_type` the configuration names (vllm-ascend only accepts its own numbers).
+vLLM loads the `vllm.general_plugins` entry points in every worker process; eplb's
+(`_eplb_startup.vllm_ascend_plugin`, which calls `register()` below) does nothing unless
+EPLB_VLLM_ASCEND_POLICY is set. Then, when vllm-ascend imports its policy factory,
+`PolicyFactory.generate_policy` returns eplb's policy whatever `eplb_policy_type` the
+configuration names (vllm-ascend only accepts its own numbers).
 EPLB_BALANCED_OPTIONS (e.g. "max_received_per_rank=2") sets the policy's options.
 
 Written against vllm-ascend 0.11 to 0.27 (the model runner V1's dynamic EPLB):
@@ -17,14 +18,15 @@ and policies with
         -> (changed, priority, new_table [L, R, S])
 
 where the workload counts tokens per slot. Any other layout or signature is refused with one line
-naming the version and what was expected. (Model runner V2 uses vLLM's own policy interface,
-which eplb.vllm covers.)
+naming the version and what was expected. Model runner V2 (VLLM_USE_V2_MODEL_RUNNER=1) builds
+its policy with its own factory (`create_eplb_policy`), which this adapter does not reach.
 
 Only `balanced` is offered: vllm-ascend's map checker reverts a layer that puts two replicas of
 one expert on one NPU or moves an expert between slots of one NPU; `balanced` never does either
 (`deepseek` does both). Per-slot workloads are summed per logical expert; the current table is
 the previous placement. `changed` is 1 when the new table differs from the current one;
-`priority` lists the layers by how much the busiest rank's load drops, largest first.
+`priority` lists the layers by how much the busiest rank's load drops, largest first. Elastic
+scaling (`set_new_ep_size(n)`): the next plan is made fresh for n ranks of S slots each.
 """
 
 
@@ -68,10 +70,17 @@ def install(module, policy="balanced", options=None):
 
 class BalancedAscendPolicy:
     """A vllm-ascend EPLB policy planning with eplb's balanced policy. Picklable (vllm-ascend may
-    start its EPLB process with spawn): it holds only the options' keyword arguments."""
+    start its EPLB process with spawn): it holds only plain values."""
 
     def __init__(self, options=None, config=None):
         self.options = dict(options or {})
+        self.num_ranks = None  # set by elastic scaling
+
+    def set_new_ep_size(self, ep_size):
+        """Elastic scaling: plan for `ep_size` ranks from now on."""
+        if int(ep_size) < 1:
+            raise ValueError(f"ep_size = {ep_size} is out of range [1, ...]")
+        self.num_ranks = int(ep_size)
 
     def rebalance_experts(self, current_expert_table, expert_workload):
         table, restore = as_numpy(current_expert_table)
@@ -82,29 +91,24 @@ class BalancedAscendPolicy:
             raise ValueError(f"current_expert_table has shape {table.shape} and expert_workload "
                              f"{workload.shape}; expected both [layers, ranks, slots per rank]")
         num_layers, num_ranks, slots_per_rank = table.shape
-        slots = num_ranks * slots_per_rank
-        phy2log = table.reshape(num_layers, slots).astype(np.int64)
+        phy2log = table.reshape(num_layers, -1).astype(np.int64)
         num_experts = int(phy2log.max()) + 1
         load = np.zeros((num_layers, num_experts))
         held = phy2log >= 0
         np.add.at(load, (np.nonzero(held)[0], phy2log[held]),
-                  workload.reshape(num_layers, slots)[held])
-        previous = _engines.usable_previous(phy2log, num_layers, slots, num_experts, num_ranks)
-        planned = eplb.plan(load, slots, num_ranks, policy="balanced", previous=previous,
-                            options=eplb.BalancedOptions(**self.options) if self.options else None)
-        new_table = planned.phy2log
-        gain = (_max_rank_load(phy2log, load, num_ranks) if previous is not None else
-                np.full(num_layers, np.inf)) - _max_rank_load(new_table, load, num_ranks)
+                  workload.reshape(num_layers, -1)[held])
+        new_ranks = self.num_ranks or num_ranks
+        previous = (_engines.usable_previous(phy2log, num_layers, phy2log.shape[1], num_experts,
+                                             num_ranks) if new_ranks == num_ranks else None)
+        options = eplb.BalancedOptions(**self.options) if self.options else None
+        planned = eplb.plan(load, new_ranks * slots_per_rank, new_ranks, previous=previous,
+                            options=options)
+        # The gain of a layer: how much its busiest rank's load drops (the busiest rank carries
+        # the mean rank load over the balancedness).
+        busiest = load.sum(axis=1) / new_ranks / eplb.evaluate(planned, load).balancedness
+        gain = (load.sum(axis=1) / num_ranks / eplb.evaluate(previous, load).balancedness
+                - busiest) if previous is not None else np.full(num_layers, np.inf)
         priority = np.argsort(-gain, kind="stable").astype(np.int64)
-        changed = int(not np.array_equal(new_table, phy2log))
-        return changed, priority, restore(new_table.reshape(num_layers, num_ranks, slots_per_rank))
-
-
-def _max_rank_load(phy2log, load, num_ranks):
-    """The busiest rank's load per layer: an expert's load splits evenly over its replicas."""
-    num_layers, slots = phy2log.shape
-    rows = np.arange(num_layers)[:, None]
-    replicas = np.zeros_like(load)
-    np.add.at(replicas, (np.broadcast_to(rows, phy2log.shape), phy2log), 1)
-    per_slot = load[rows, phy2log] / replicas[rows, phy2log]
-    return per_slot.reshape(num_layers, num_ranks, slots // num_ranks).sum(axis=2).max(axis=1)
+        new_table = planned.phy2log.reshape(num_layers, new_ranks, slots_per_rank)
+        changed = int(new_table.shape != table.shape or not np.array_equal(new_table, table))
+        return changed, priority, restore(new_table)

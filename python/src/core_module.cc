@@ -198,22 +198,42 @@ py::array_t<double> ToNumpyDouble(const std::vector<double>& values) {
   return out;
 }
 
+// An integer argument as int32. Python integers are unbounded: a value outside int32 is refused
+// here with the field's documented range [lo, hi] (core checks the values inside int32).
+int32_t Narrow(const char* name, int64_t value, int64_t lo, int64_t hi) {
+  if (!std::in_range<int32_t>(value)) {
+    throw py::value_error(
+        absl::StrCat(name, " = ", value, " is out of range [", lo, ", ", hi, "]"));
+  }
+  return static_cast<int32_t>(value);
+}
+
+int32_t NumRanks(int64_t value) { return Narrow("num_ranks", value, 1, ShapeLimits::kMaxRanks); }
+int32_t NumExperts(int64_t value, int64_t lo = 1) {
+  return Narrow("num_logical_experts", value, lo, ShapeLimits::kMaxLogicalExperts);
+}
+
+// P slots on R ranks. SlotLayout requires 1 ≤ R ≤ P.
+SlotLayout LayoutOf(int32_t num_slots, int64_t num_ranks) {
+  if (num_ranks < 1 || num_ranks > num_slots) {
+    throw py::value_error(absl::StrCat("num_ranks = ", num_ranks, " is out of range [1, ",
+                                       num_slots, "] (the slots)"));
+  }
+  return SlotLayout(num_slots, static_cast<int32_t>(num_ranks));
+}
+
 // phy2log [L, P] → ExpertMap with R ranks (replicas numbered in slot order).
-ExpertMap MapFromPhy2Log(const py::object& phy2log_object, int32_t num_logical_experts,
-                         int32_t num_ranks) {
+ExpertMap MapFromPhy2Log(const py::object& phy2log_object, int64_t num_logical_experts,
+                         int64_t num_ranks) {
   const py::array phy2log = AsArray(phy2log_object);
   std::vector<int32_t> table = ToIndices(phy2log, "phy2log", 2, "[layers, slots]");
   const int32_t L = Dim(phy2log, 0, "phy2log"), P = Dim(phy2log, 1, "phy2log");
-  if (num_ranks < 1 || num_ranks > P) {
-    throw py::value_error(
-        absl::StrCat("num_ranks = ", num_ranks, " is out of range [1, ", P, "] (the slots)"));
-  }
-  return ValueOrThrow(
-      ExpertMap::FromPhy2Log(L, num_logical_experts, SlotLayout(P, num_ranks), std::move(table)));
+  return ValueOrThrow(ExpertMap::FromPhy2Log(L, NumExperts(num_logical_experts),
+                                             LayoutOf(P, num_ranks), std::move(table)));
 }
 
 ExpertMap MapFromTables(const py::object& phy2log_object, const py::object& log2phy_object,
-                        const py::object& logcnt_object, int32_t num_ranks) {
+                        const py::object& logcnt_object, int64_t num_ranks) {
   const py::array phy2log = AsArray(phy2log_object), log2phy = AsArray(log2phy_object),
                   logcnt = AsArray(logcnt_object);
   std::vector<int32_t> p2l = ToIndices(phy2log, "phy2log", 2, "[layers, slots]");
@@ -222,10 +242,7 @@ ExpertMap MapFromTables(const py::object& phy2log_object, const py::object& log2
   const std::vector<int32_t> cnt = ToIndices(logcnt, "logcnt", 2, "[layers, experts]");
   const int32_t L = Dim(phy2log, 0, "phy2log"), P = Dim(phy2log, 1, "phy2log");
   const int32_t E = Dim(logcnt, 1, "logcnt");
-  if (num_ranks < 1 || num_ranks > P) {
-    throw py::value_error(
-        absl::StrCat("num_ranks = ", num_ranks, " is out of range [1, ", P, "] (the slots)"));
-  }
+  const SlotLayout layout = LayoutOf(P, num_ranks);
   if (Dim(log2phy, 0, "log2phy") != L || Dim(logcnt, 0, "logcnt") != L) {
     throw py::value_error(absl::StrCat("phy2log has ", L, " layers, log2phy ",
                                        Dim(log2phy, 0, "log2phy"), ", logcnt ",
@@ -235,8 +252,7 @@ ExpertMap MapFromTables(const py::object& phy2log_object, const py::object& log2
     throw py::value_error(absl::StrCat("log2phy has shape ", ShapeText(log2phy), ", expected (", L,
                                        ", ", E, ", ", P - E + 1, ")"));
   }
-  return ValueOrThrow(
-      ExpertMap::FromTables(L, E, SlotLayout(P, num_ranks), std::move(p2l), l2p, cnt));
+  return ValueOrThrow(ExpertMap::FromTables(L, E, layout, std::move(p2l), l2p, cnt));
 }
 
 // The padded log2phy table [L, E, P − E + 1], written straight into the array.
@@ -262,9 +278,27 @@ std::vector<int32_t> SlotsPerRank(const ExpertMap& map) {
 
 MapFormat FormatOf(const std::string& name) { return ValueOrThrow(ParseMapFormat(name)); }
 
-MapShapeHints Hints(std::optional<int32_t> num_logical_experts, std::optional<int32_t> num_ranks) {
-  return {.num_logical_experts = num_logical_experts.value_or(0),
-          .num_ranks = num_ranks.value_or(0)};
+// A map version to write (the eplb format carries it; ≥ 0).
+int64_t Version(int64_t version) {
+  if (version < 0) throw py::value_error(absl::StrCat("version = ", version, " is negative"));
+  return version;
+}
+
+MapShapeHints Hints(std::optional<int64_t> num_logical_experts, std::optional<int64_t> num_ranks) {
+  return {.num_logical_experts = num_logical_experts ? NumExperts(*num_logical_experts) : 0,
+          .num_ranks = num_ranks ? NumRanks(*num_ranks) : 0};
+}
+
+// A path argument (str, bytes or os.PathLike) as a string. A NUL would cut the path short at the
+// system call: refused.
+std::string PathOf(const py::object& path) {
+  const py::object fspath = py::module_::import("os").attr("fspath")(path);
+  std::string text = py::isinstance<py::bytes>(fspath) ? std::string(py::bytes(fspath))
+                                                       : fspath.cast<std::string>();
+  if (text.find('\0') != std::string::npos) {
+    throw py::value_error("path " + std::string(py::repr(path)) + " holds a NUL character");
+  }
+  return text;
 }
 
 // The result of evaluate(): quality of `map` under a load, and the migration from `previous`.
@@ -281,8 +315,9 @@ Evaluation Evaluate(const ExpertMap& map, const py::object& load_array, const Ex
                     int64_t bytes_per_expert) {
   const LoadMatrix load = ToLoad(AsArray(load_array), "load");
   ThrowIfError(ValidateLoad(load, map.num_layers(), map.num_logical_experts()));
-  if (bytes_per_expert < 0) {
-    throw py::value_error(absl::StrCat("bytes_per_expert = ", bytes_per_expert, " is negative"));
+  if (bytes_per_expert < 0 || bytes_per_expert > kMaxBytesPerExpert) {
+    throw py::value_error(absl::StrCat("bytes_per_expert = ", bytes_per_expert,
+                                       " is out of range [0, ", kMaxBytesPerExpert, "]"));
   }
   if (previous != nullptr) {
     const DeploymentShape shape = {.num_layers = map.num_layers(),
@@ -307,11 +342,27 @@ Evaluation Evaluate(const ExpertMap& map, const py::object& load_array, const Ex
   return e;
 }
 
+// A deployment shape from Python integers (refused beyond int32 with each field's range; core's
+// ValidateShape checks the rest).
+DeploymentShape ShapeOf(int64_t num_layers, int64_t num_logical_experts,
+                        int64_t num_physical_experts, int64_t num_ranks, int64_t num_groups,
+                        int64_t num_nodes) {
+  using Limits = ShapeLimits;
+  return {.num_layers = Narrow("num_layers", num_layers, 1, Limits::kMaxLayers),
+          .num_logical_experts = NumExperts(num_logical_experts),
+          .num_groups = Narrow("num_groups", num_groups, 1, Limits::kMaxLogicalExperts),
+          .num_nodes = Narrow("num_nodes", num_nodes, 1, Limits::kMaxRanks),
+          .num_ranks = NumRanks(num_ranks),
+          .num_physical_experts =
+              Narrow("num_physical_experts", num_physical_experts, 1,
+                     int64_t{Limits::kMaxRedundancyFactor} * Limits::kMaxLogicalExperts)};
+}
+
 // `load` may be None for policies that ignore load (contiguous); num_layers and
 // num_logical_experts (0: taken from the load) must then be given.
-ExpertMap Plan(const py::object& load_object, int32_t num_layers, int32_t num_logical_experts,
-               int32_t num_physical_experts, int32_t num_ranks, int32_t num_groups,
-               int32_t num_nodes, const std::string& policy_name, const ExpertMap* previous,
+ExpertMap Plan(const py::object& load_object, int64_t num_layers, int64_t num_logical_experts,
+               int64_t num_physical_experts, int64_t num_ranks, int64_t num_groups,
+               int64_t num_nodes, const std::string& policy_name, const ExpertMap* previous,
                const BalancedOptions* options) {
   std::optional<LoadMatrix> load;
   if (!load_object.is_none()) {
@@ -329,12 +380,8 @@ ExpertMap Plan(const py::object& load_object, int32_t num_layers, int32_t num_lo
     num_logical_experts = load->num_experts;
   }
   const auto policy = ValueOrThrow(CreatePolicy(policy_name, options));
-  const DeploymentShape shape = {.num_layers = num_layers,
-                                 .num_logical_experts = num_logical_experts,
-                                 .num_groups = num_groups,
-                                 .num_nodes = num_nodes,
-                                 .num_ranks = num_ranks,
-                                 .num_physical_experts = num_physical_experts};
+  const DeploymentShape shape = ShapeOf(num_layers, num_logical_experts, num_physical_experts,
+                                        num_ranks, num_groups, num_nodes);
   absl::StatusOr<ExpertMap> map;
   {
     py::gil_scoped_release release;
@@ -346,18 +393,14 @@ ExpertMap Plan(const py::object& load_object, int32_t num_layers, int32_t num_lo
 // bench/python_bench.py's baseline: seconds of each of `repeats` plans of `load` (from
 // `previous`), timed around Plan() alone (the map freed inside the timing, as a caller's would
 // be), so that Python's cost over C++ is measured against the very same machine code.
-std::vector<double> PlanSeconds(const py::object& load_array, int32_t num_physical_experts,
-                                int32_t num_ranks, int32_t num_groups, int32_t num_nodes,
+std::vector<double> PlanSeconds(const py::object& load_array, int64_t num_physical_experts,
+                                int64_t num_ranks, int64_t num_groups, int64_t num_nodes,
                                 const std::string& policy_name, const ExpertMap* previous,
                                 int32_t repeats) {
   const LoadMatrix load = ToLoad(AsArray(load_array), "load");
   const auto policy = ValueOrThrow(CreatePolicy(policy_name));
-  const PlanInput input = {.shape = {.num_layers = load.num_layers,
-                                     .num_logical_experts = load.num_experts,
-                                     .num_groups = num_groups,
-                                     .num_nodes = num_nodes,
-                                     .num_ranks = num_ranks,
-                                     .num_physical_experts = num_physical_experts},
+  const PlanInput input = {.shape = ShapeOf(load.num_layers, load.num_experts, num_physical_experts,
+                                            num_ranks, num_groups, num_nodes),
                            .load = &load,
                            .previous = previous};
   std::vector<double> seconds;
@@ -382,15 +425,19 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<BalancedOptions>(m, "BalancedOptions",
                               "Options of the balanced policy (core/balanced_policy.h).")
-      .def(py::init([](double tolerance, int32_t max_received_per_rank,
-                       int32_t max_received_per_layer, double min_gain, bool node_affinity,
-                       int32_t threads) {
-             BalancedOptions o{.tolerance = tolerance,
-                               .max_received_per_rank = max_received_per_rank,
-                               .max_received_per_layer = max_received_per_layer,
-                               .min_gain = min_gain,
-                               .node_affinity = node_affinity,
-                               .threads = threads};
+      .def(py::init([](double tolerance, int64_t max_received_per_rank,
+                       int64_t max_received_per_layer, double min_gain, bool node_affinity,
+                       int64_t threads) {
+             constexpr int64_t kMaxBudget = BalancedOptions::kMaxBudget;
+             BalancedOptions o{
+                 .tolerance = tolerance,
+                 .max_received_per_rank =
+                     Narrow("max_received_per_rank", max_received_per_rank, 0, kMaxBudget),
+                 .max_received_per_layer =
+                     Narrow("max_received_per_layer", max_received_per_layer, 0, kMaxBudget),
+                 .min_gain = min_gain,
+                 .node_affinity = node_affinity,
+                 .threads = Narrow("threads", threads, 0, BalancedOptions::kMaxThreads)};
              ThrowIfError(ValidateBalancedOptions(o));
              return o;
            }),
@@ -422,8 +469,8 @@ PYBIND11_MODULE(_core, m) {
                   py::arg("logcnt"), py::arg("num_ranks"))
       .def_static(
           "from_json",
-          [](const std::string& text, std::optional<int32_t> num_logical_experts,
-             std::optional<int32_t> num_ranks) {
+          [](const std::string& text, std::optional<int64_t> num_logical_experts,
+             std::optional<int64_t> num_ranks) {
             return ValueOrThrow(ParseExpertMapJson(text, Hints(num_logical_experts, num_ranks)))
                 .map;
           },
@@ -431,10 +478,11 @@ PYBIND11_MODULE(_core, m) {
           py::arg("num_ranks") = py::none())
       .def_static(
           "read",
-          [](const std::string& path, std::optional<int32_t> num_logical_experts,
-             std::optional<int32_t> num_ranks) {
-            return ValueOrThrow(ReadExpertMapFile(path, Hints(num_logical_experts, num_ranks)),
-                                /*file_io=*/true)
+          [](const py::object& path, std::optional<int64_t> num_logical_experts,
+             std::optional<int64_t> num_ranks) {
+            return ValueOrThrow(
+                       ReadExpertMapFile(PathOf(path), Hints(num_logical_experts, num_ranks)),
+                       /*file_io=*/true)
                 .map;
           },
           py::arg("path"), py::kw_only(), py::arg("num_logical_experts") = py::none(),
@@ -442,22 +490,20 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "to_json",
           [](const ExpertMap& map, const std::string& format, int64_t version) {
-            if (version < 0)
-              throw py::value_error(absl::StrCat("version = ", version, " is negative"));
-            return ExpertMapToJson(map, FormatOf(format), version);
+            return ExpertMapToJson(map, FormatOf(format), Version(version));
           },
           py::arg("format") = "eplb", py::arg("version") = 0)
       .def(
           "write",
-          [](const ExpertMap& map, const std::string& path, const std::string& format,
+          [](const ExpertMap& map, const py::object& path, const std::string& format,
              int64_t version) {
-            if (version < 0)
-              throw py::value_error(absl::StrCat("version = ", version, " is negative"));
             const MapFormat f = FormatOf(format);
+            version = Version(version);
+            const std::string file = PathOf(path);
             absl::Status written;
             {
               py::gil_scoped_release release;
-              written = WriteExpertMapFile(path, map, f, version);
+              written = WriteExpertMapFile(file, map, f, version);
             }
             ThrowIfError(written, /*file_io=*/true);
           },

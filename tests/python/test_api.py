@@ -278,3 +278,78 @@ def test_the_readme_example_runs(tmp_path):
     proc = run_python(f"import os; os.chdir({str(tmp_path)!r})\n{example}")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "map.json").exists()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: eplb.rebalance_experts(EXAMPLE, 2 ** 31, 4, 2, 8),
+     "num_physical_experts = 2147483648 is out of range [1, 1048576]"),
+    (lambda: eplb.rebalance_experts(EXAMPLE, 16, 4, 2, -(2 ** 40)),
+     "num_ranks = -1099511627776 is out of range [1, 65536]"),
+    (lambda: eplb.ExpertMap.from_phy2log(np.array([EXAMPLE_PHY2LOG[0]]), 2 ** 32, 8),
+     "num_logical_experts = 4294967296 is out of range [1, 65536]"),
+    (lambda: eplb.BalancedOptions(threads=2 ** 33), "threads = 8589934592 is out of range [0, 1024]"),
+    (lambda: eplb.evaluate(eplb.ExpertMap.from_phy2log(np.array([[0, 1]]), 2, 1), [[1, 1]],
+                           previous=np.array([[1, 0]]), bytes_per_expert=2 ** 41),
+     "bytes_per_expert = 2199023255552 is out of range [0, 1099511627776]"),
+    (lambda: eplb.ExpertMap.read("map.json\0.bak"), "path 'map.json\\x00.bak' holds a NUL character"),
+])
+def test_values_beyond_the_ranges_raise_value_error(call, message):
+    with pytest.raises(ValueError) as error:
+        call()
+    assert str(error.value) == message
+
+
+def test_paths_may_be_path_like(tmp_path):
+    m = eplb.ExpertMap.from_phy2log(np.array(EXAMPLE_PHY2LOG), 12, 8)
+    m.write(tmp_path / "map.json")
+    assert eplb.ExpertMap.read(tmp_path / "map.json") == m
+    assert eplb.ExpertMap.read(str(tmp_path / "map.json").encode()) == m
+
+
+def lcg_load(layers, experts, seed):
+    """Non-integer loads from a fixed integer recurrence: the same numbers on every machine."""
+    values, x = [], seed
+    for _ in range(layers * experts):
+        x = (x * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        values.append((x >> 33) % 100000 / 37.0)
+    return np.array(values).reshape(layers, experts)
+
+
+# Hashes of plans of fixed input, the same on every machine and compiler (checked on an AMD EPYC
+# with g++ 12 and an Intel Xeon with g++ 13): a build that plans differently (floating-point
+# contraction, another libm, a changed tie rule) fails here. A policy change on purpose updates
+# them.
+GOLDEN = {
+    (58, 256, 8, 4, 32, 288): ["1216d0f6034215df", "aa727a50d76e4b7b", "9db9eac20ce681c6",
+                               "f5e0b5ebff220011"],
+    (58, 256, 8, 18, 144, 288): ["04f3b42ada99bcdb", "ae7a8fb016d09509", "2415ab653b743e0e",
+                                 "2415ab653b743e0e"],
+    (94, 128, 1, 2, 16, 144): ["81814ae51bbbd0d3", "ab13f5f247544de3", "7f918ca57e482223",
+                               "7f918ca57e482223"],
+    (61, 384, 1, 8, 64, 448): ["a9c0c07c9d9cd657", "e68da30cca3b9d9b", "fd2f52b9a5b4d728",
+                               "fd2f52b9a5b4d728"],
+}
+
+
+@pytest.mark.parametrize("shape", GOLDEN, ids=lambda s: "L{}-E{}-G{}-N{}-R{}-P{}".format(*s))
+def test_plans_of_fixed_input_have_the_recorded_hashes(shape):
+    layers, experts, groups, nodes, ranks, slots = shape
+    load = lcg_load(layers, experts, layers * experts + slots)
+    previous = eplb.plan(load[::-1].copy(), slots, ranks, num_groups=groups, num_nodes=nodes)
+    options = eplb.BalancedOptions(node_affinity=groups % nodes == 0, threads=4)
+    hashes = [eplb.plan(load, slots, ranks, num_groups=groups, num_nodes=nodes, policy=policy,
+                        previous=prev, options=opt).hash
+              for policy, prev, opt in (("deepseek", None, None), ("balanced", None, None),
+                                        ("balanced", previous, None),
+                                        ("balanced", previous, options))]
+    assert [f"{h:016x}" for h in hashes] == GOLDEN[shape]
+
+
+def test_when_imported_calls_back_at_once_for_a_module_already_imported():
+    from _eplb_startup import when_imported
+
+    seen = []
+    when_imported("json", seen.append)
+    import json
+
+    assert seen == [json]

@@ -50,12 +50,14 @@ def test_random_arrays_are_refused_cleanly(seed):
     valid = eplb.ExpertMap.from_phy2log(np.arange(16)[None, :] % 12, 12, 8)
     for _ in range(300):
         a, b, c = random_array(rng), random_array(rng), random_array(rng)
-        slots, ranks = int(rng.choice([0, 1, 12, 16, 40])), int(rng.choice([0, 1, 8, 5]))
+        slots = int(rng.choice([0, 1, 12, 16, 40, 2 ** 31, -(2 ** 40)]))
+        ranks = int(rng.choice([0, 1, 8, 5, 2 ** 32, -1]))
         policy = str(rng.choice(["balanced", "deepseek", "contiguous", "x"]))
         refused_or_fine(lambda: eplb.rebalance_experts(a, slots, 4, 2, ranks, policy=policy,
                                                        previous=b if rng.random() < 0.5 else None))
         refused_or_fine(lambda: eplb.plan(a, slots, ranks, policy=policy))
-        refused_or_fine(lambda: eplb.ExpertMap.from_phy2log(a, int(rng.choice([0, 12])), ranks))
+        refused_or_fine(lambda: eplb.ExpertMap.from_phy2log(a, int(rng.choice([0, 12, 2 ** 40])),
+                                                            ranks))
         refused_or_fine(lambda: eplb.ExpertMap.from_tables(a, b, c, ranks))
         refused_or_fine(lambda: eplb.evaluate(valid, a, previous=b if rng.random() < 0.5 else None))
 

@@ -20,7 +20,7 @@ counts = np.round(rng.lognormal(0, 1.5, (4, L, E)) * 50).astype(np.int32)  # [st
 counts[:, :DENSE] = 0
 {EDIT}
 current = {CURRENT}
-result = launch(R, 2, P - E, L, E, {GROUPS}, counts.tolist(), current)
+result = launch(R, 2, P - E, L, E, {GROUPS}, counts.tolist(), current, "{ALGORITHM}")
 load = counts.sum(axis=0, dtype=np.int64)
 moe = load[DENSE:]
 result["expected_fresh"] = eplb.plan(moe, P, R, num_groups={GROUPS} or 1, num_nodes=2,
@@ -36,8 +36,10 @@ print(json.dumps(result))
 TRIVIAL_ROW = [p % 32 for p in range(48)]
 
 
-def launch(policy="balanced", current="None", groups=8, edit="", path=ENGINES, **env):
-    code = LAUNCH.format(CURRENT=current, GROUPS=groups, POLICY=policy or "balanced", EDIT=edit)
+def launch(policy="balanced", current="None", groups=8, edit="", path=ENGINES, algorithm="auto",
+           **env):
+    code = LAUNCH.format(CURRENT=current, GROUPS=groups, POLICY=policy or "balanced", EDIT=edit,
+                         ALGORITHM=algorithm)
     return run_json(code, path=path, EPLB_SGLANG_POLICY=policy, **env)
 
 
@@ -92,6 +94,35 @@ def test_deepseek_and_models_without_groups():
     r = launch(policy="deepseek", groups=None)
     assert r["phy2log"][3:] == r["expected_fresh"]
     check_dispatch_tables(r)
+
+
+def test_an_algorithm_of_another_kind_still_plans_with_a_warning():
+    r = launch(algorithm="elasticity_aware")
+    assert r["algorithm"] == "eplb.sglang"
+    assert r["phy2log"] == [TRIVIAL_ROW] * 61  # the stand-in's own plan
+    assert ("WARNING eplb eplb: SGLang's elasticity_aware algorithm plans this rebalance; eplb's "
+            "policies replace only the deepseek ones") in r["log"]
+
+
+def test_taking_over_is_logged_on_the_eplb_logger():
+    proc = run_python("import logging; logging.basicConfig(level=logging.INFO)\n"
+                      "import sglang.srt.eplb.eplb_algorithms", EPLB_SGLANG_POLICY="deepseek")
+    assert proc.returncode == 0, proc.stderr
+    assert "INFO:eplb:eplb: SGLang 0.5.6 plans EPLB with eplb's deepseek policy" in proc.stderr
+
+
+def test_counts_without_a_steps_axis():
+    import numpy as np
+    import torch
+
+    from eplb.sglang import rebalance
+
+    counts = np.random.default_rng(1).integers(0, 100, (2, 8, 16), dtype=np.int32)
+    summed = rebalance(torch.from_numpy(counts.sum(axis=0)), 24, 6, None, 1)
+    per_step = rebalance(torch.from_numpy(counts), 24, 6, None, 1)
+    assert all(torch.equal(a, b) for a, b in zip(summed, per_step))
+    with pytest.raises(ValueError, match=r"tokens_per_expert has shape \(16,\)"):
+        rebalance(torch.zeros(16), 24, 6, None, 1)
 
 
 def sglang_copy(tmp_path, layout):

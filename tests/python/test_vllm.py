@@ -193,3 +193,45 @@ def test_taking_over_is_logged_on_the_eplb_logger():
                       REARRANGE_ONLY.format(P=8), EPLB_VLLM_POLICY="balanced")
     assert proc.returncode == 0, proc.stderr
     assert "INFO:eplb:eplb: vLLM 0.23.0 plans EPLB with eplb's balanced policy" in proc.stderr
+
+
+def test_vllm_plugins_can_leave_the_vllm_ascend_adapter_out():
+    code = ("from vllm.plugins import load_general_plugins; load_general_plugins()\n"
+            "import sys; print(sorted(m for m in sys.modules if m.startswith('eplb')))")
+    out = run_python(code, VLLM_PLUGINS="eplb_vllm", EPLB_VLLM_POLICY="balanced",
+                     EPLB_VLLM_ASCEND_POLICY="balanced")
+    assert out.returncode == 0, out.stderr
+    assert "eplb.vllm_ascend" not in out.stdout and "eplb.vllm'" in out.stdout
+
+
+def test_an_adapter_that_cannot_load_fails_the_start_instead_of_leaving_vllm_as_it_is(tmp_path):
+    shutil.copytree(ENGINES / "vllm", tmp_path / "vllm")
+    (tmp_path / "numpy").mkdir()  # a numpy that cannot be imported: eplb cannot load
+    (tmp_path / "numpy" / "__init__.py").write_text("raise ImportError('numpy is broken')\n")
+    code = "from vllm.plugins import load_general_plugins; load_general_plugins()"
+    assert run_python(code, path=tmp_path).returncode == 0  # unset: nothing is imported
+    proc = run_python(code, path=tmp_path, EPLB_VLLM_POLICY="balanced")
+    assert last_error_line(proc) == "ImportError: numpy is broken"
+
+
+def test_installing_twice_is_harmless_and_the_class_pickles_by_name():
+    code = """
+import json, pickle
+from vllm.plugins import load_general_plugins
+load_general_plugins()
+from vllm.distributed.eplb import policy as module
+import eplb.vllm
+eplb.vllm.install(module, "balanced")
+print(json.dumps([str(module.EPLB_POLICIES["default"]),
+                  pickle.dumps(module.EPLB_POLICIES["default"]).hex()]))
+"""
+    name, pickled = run_json(code, EPLB_VLLM_POLICY="balanced")
+    assert name == "<class 'eplb.vllm.EplbBalancedPolicy'>"  # as the README shows it
+    # Another process, which loaded no plugin, finds the class by name and plans with it.
+    code = f"""
+import json, pickle, torch
+cls = pickle.loads(bytes.fromhex("{pickled}"))
+phy2log = cls.rebalance_experts(torch.ones(2, 8, dtype=torch.int64), 8, 1, 1, 4)
+print(json.dumps([cls.__module__, cls.__name__, phy2log.shape[1]]))
+"""
+    assert run_json(code, EPLB_VLLM_POLICY="balanced") == ["eplb.vllm", "EplbBalancedPolicy", 8]

@@ -95,16 +95,44 @@ def test_vllm_ascend_without_the_policy_factory_is_refused_at_plugin_load(tmp_pa
         f"vllm_ascend.eplb.core.policy.policy_factory; {EXPECTED}")
 
 
-def test_tables_with_empty_slots_are_planned_fresh():
+def test_elastic_scaling_plans_fresh_for_the_new_number_of_ranks():
     code = """
 import json
 import numpy as np
 from eplb.vllm_ascend import BalancedAscendPolicy
-table = np.arange(8).reshape(1, 2, 4) % 6
-table[0, 1, 3] = -1  # an empty slot (a rank added by an elastic scale-up)
-changed, priority, new = BalancedAscendPolicy().rebalance_experts(table, np.ones_like(table))
-print(json.dumps({"new": new.tolist(), "changed": changed}))
+policy = BalancedAscendPolicy()
+table = np.array([[[0, 1, 2, 3], [4, 5, 0, 1]]])  # 1 layer, 2 ranks of 4 slots, 6 experts
+workload = np.array([[[9, 1, 1, 1], [1, 1, 9, 1]]])
+policy.set_new_ep_size(3)
+changed, priority, new = policy.rebalance_experts(table, workload)
+print(json.dumps({"new": new.tolist(), "changed": changed, "priority": priority.tolist()}))
 """
     r = run_json(code)
-    assert sorted(sum(r["new"][0], [])) == [0, 0, 1, 1, 2, 3, 4, 5]
-    assert r["changed"] == 1
+    assert len(r["new"][0]) == 3 and all(len(rank) == 4 for rank in r["new"][0])
+    assert set(sum(r["new"][0], [])) == set(range(6))
+    assert r["changed"] == 1 and r["priority"] == [0]
+
+
+def test_multi_stage_workloads_are_summed_over_stages():
+    import numpy as np
+
+    import eplb
+    from eplb.vllm_ascend import BalancedAscendPolicy
+
+    table = eplb.plan(None, 12, 3, policy="contiguous", num_layers=2,
+                      num_logical_experts=8).phy2log.reshape(2, 3, 4)
+    stages = np.random.default_rng(2).integers(0, 50, (3, 2, 3, 4))
+    staged = BalancedAscendPolicy().rebalance_experts(table, stages)
+    summed = BalancedAscendPolicy().rebalance_experts(table, stages.sum(axis=0))
+    assert staged[0] == summed[0] and staged[1].tolist() == summed[1].tolist()
+    assert staged[2].tolist() == summed[2].tolist()
+
+
+def test_taking_over_is_logged_on_the_eplb_logger():
+    proc = run_python("import logging; logging.basicConfig(level=logging.INFO)\n"
+                      "from vllm.plugins import load_general_plugins; load_general_plugins()\n"
+                      "import vllm_ascend.eplb.core.policy.policy_factory",
+                      EPLB_VLLM_ASCEND_POLICY="balanced")
+    assert proc.returncode == 0, proc.stderr
+    assert ("INFO:eplb:eplb: vllm-ascend 0.20.0 plans EPLB with eplb's balanced policy"
+            in proc.stderr)

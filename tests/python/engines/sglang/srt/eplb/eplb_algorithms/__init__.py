@@ -11,6 +11,7 @@ from sglang import FORM
 class EplbAlgorithm(Enum):
     deepseek = auto()
     deepseek_hierarchical = auto()
+    elasticity_aware = auto()
 
 
 if FORM == "changed-parameters":
