@@ -9,7 +9,8 @@ implementations run).
 Run it with the interpreter the eplb package is installed in. Prints a markdown table: median
 milliseconds per plan (C++ and Python plans alternate, so drift hits both alike), the binding's
 overhead over C++ (the median of the differences of each Python plan and the C++ plan before it,
-over the C++ median) and the speed-up over the reference. Loads are log-normal (σ 1.5) token counts.
+over the C++ median) and the speed-up over the reference. Loads are log-normal (σ 1.5) token
+counts.
 """
 
 import argparse
@@ -49,7 +50,8 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"eplb {eplb.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
     print()
-    print("| shape | policy | C++ ms | Python ms | binding overhead | reference ms | vs reference |")
+    print("| shape | policy | C++ ms | Python ms | binding overhead | reference ms "
+          "| vs reference |")
     print("|---|---|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(2026)
     for name, layers, experts, groups, nodes, ranks, slots in SHAPES:

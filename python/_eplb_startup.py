@@ -6,8 +6,9 @@
 
 so that SGLang's spawned scheduler processes get eplb's policy too, not only the launcher. With
 the variable unset nothing is imported. vLLM's plugin entry points (vllm_plugin,
-vllm_ascend_plugin) live here too, for the same reason: importing them costs nothing. This module must not import numpy, torch or eplb: a .pth
-file runs while sys.path is still being built (a venv's system site-packages come later).
+vllm_ascend_plugin) live here too, for the same reason: importing them costs nothing. This module
+must not import numpy, torch or eplb: a .pth file runs while sys.path is still being built (a
+venv's system site-packages come later).
 
 `when_imported(name, callback)` calls `callback(module)` right after module `name` has executed
 (or at once if it is already imported), without importing it; the engine adapters patch engine

@@ -108,8 +108,8 @@ def options_from_env(policy):
     for entry in text.split(","):
         key, sep, value = (part.strip() for part in entry.partition("="))
         if not sep or key not in _OPTION_TYPES:
-            raise ValueError(f'{OPTIONS_VARIABLE}: "{entry.strip()}" is not KEY=VALUE with KEY one of: '
-                             f'{", ".join(_OPTION_TYPES)}')
+            raise ValueError(f'{OPTIONS_VARIABLE}: "{entry.strip()}" is not KEY=VALUE with KEY '
+                             f'one of: {", ".join(_OPTION_TYPES)}')
         if key in options:
             raise ValueError(f"{OPTIONS_VARIABLE}: {key} is given twice")
         kind = _OPTION_TYPES[key]

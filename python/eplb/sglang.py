@@ -32,7 +32,8 @@ What eplb's replacement does with SGLang's arguments:
   balance: they keep the current map's row, or get the trivial row `arange(P) % E` when there is
   no current map, as SGLang initialises it. The other rows are planned together.
 - Returns CPU int64 tensors: phy2log [L, P], log2phy [L, E, P - E + 1] (each expert's slots in
-  slot order, then -1) and expert_count [L, E]. P % (P / num_local_physical_experts) must be 0.
+  slot order, then -1) and expert_count [L, E]. num_physical_experts must be a multiple of
+  num_local_physical_experts (the slots of one rank).
 - num_groups None (models without expert groups) is one group.
 Every rank plans independently from the same all-reduced counts and gets the same map.
 """
@@ -70,7 +71,8 @@ def install(module, policy, options=None):
         raise ADAPTER.mismatch(f"has no {module.__name__}.rebalance_experts")
     parameters = _engines.parameter_names(original)
     if parameters != _PARAMETERS:
-        raise ADAPTER.mismatch(f"declares {module.__name__}.rebalance_experts({', '.join(parameters)})")
+        raise ADAPTER.mismatch(
+            f"declares {module.__name__}.rebalance_experts({', '.join(parameters)})")
     location_module = module.__name__.rsplit(".", 1)[0] + ".expert_location"
 
     def rebalance_experts(tokens_per_expert, num_physical_experts, num_local_physical_experts,

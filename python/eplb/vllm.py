@@ -58,7 +58,7 @@ def _returns_three_tables(method):
 
     try:
         returns = inspect.signature(method, eval_str=True).return_annotation
-    except Exception:  # noqa: BLE001 (an annotation that does not evaluate: not an interface we know)
+    except Exception:  # noqa: BLE001 (an annotation that does not evaluate: an unknown interface)
         return None
     if returns is torch.Tensor:
         return False

@@ -287,11 +287,13 @@ def test_the_readme_example_runs(tmp_path):
      "num_ranks = -1099511627776 is out of range [1, 65536]"),
     (lambda: eplb.ExpertMap.from_phy2log(np.array([EXAMPLE_PHY2LOG[0]]), 2 ** 32, 8),
      "num_logical_experts = 4294967296 is out of range [1, 65536]"),
-    (lambda: eplb.BalancedOptions(threads=2 ** 33), "threads = 8589934592 is out of range [0, 1024]"),
+    (lambda: eplb.BalancedOptions(threads=2 ** 33),
+     "threads = 8589934592 is out of range [0, 1024]"),
     (lambda: eplb.evaluate(eplb.ExpertMap.from_phy2log(np.array([[0, 1]]), 2, 1), [[1, 1]],
                            previous=np.array([[1, 0]]), bytes_per_expert=2 ** 41),
      "bytes_per_expert = 2199023255552 is out of range [0, 1099511627776]"),
-    (lambda: eplb.ExpertMap.read("map.json\0.bak"), "path 'map.json\\x00.bak' holds a NUL character"),
+    (lambda: eplb.ExpertMap.read("map.json\0.bak"),
+     "path 'map.json\\x00.bak' holds a NUL character"),
 ])
 def test_values_beyond_the_ranges_raise_value_error(call, message):
     with pytest.raises(ValueError) as error:

@@ -72,7 +72,8 @@ def test_balanced_plans_the_moe_layers_in_the_spawned_scheduler():
 
 def test_balanced_plans_from_the_current_map():
     # The current map: a fresh plan of other counts (dense rows trivial).
-    current = ("[[p % E for p in range(P)]] * DENSE + eplb.plan(rng.integers(1, 100, (L - DENSE, E)),"
+    current = ("[[p % E for p in range(P)]] * DENSE + "
+               "eplb.plan(rng.integers(1, 100, (L - DENSE, E)),"
                " P, R, num_groups=8, num_nodes=2).phy2log.tolist()")
     r = launch(current=current)
     assert r["phy2log"][3:] == r["expected_from_current"] != r["expected_fresh"]
@@ -83,7 +84,8 @@ def test_balanced_plans_from_the_current_map():
 
 
 def test_an_idle_moe_layer_keeps_its_current_row():
-    current = ("[[p % E for p in range(P)]] * DENSE + eplb.plan(rng.integers(1, 100, (L - DENSE, E)),"
+    current = ("[[p % E for p in range(P)]] * DENSE + "
+               "eplb.plan(rng.integers(1, 100, (L - DENSE, E)),"
                " P, R).phy2log.tolist()")
     r = launch(current=current, edit="counts[:, 10] = 0")
     assert r["phy2log"][10] == r["current"][10]

@@ -129,8 +129,9 @@ EplbState().rearrange(torch.ones(2, 8, dtype=torch.int64), {P}, 1, 1, 4,
 def test_slots_not_a_multiple_of_ranks_are_refused():
     proc = run_python(REARRANGE_ONLY.format(P=10), STANDIN_VLLM_FORM="0.23",
                       EPLB_VLLM_POLICY="balanced")
-    assert last_error_line(proc) == ("ValueError: num_replicas = 10 is not a multiple of "
-                                     "num_ranks = 4: vLLM gives every rank the same number of slots")
+    assert last_error_line(proc) == (
+        "ValueError: num_replicas = 10 is not a multiple of num_ranks = 4: vLLM gives every rank "
+        "the same number of slots")
 
 
 EXPECTED = ("eplb.vllm was written for vllm.distributed.eplb.policy.EPLB_POLICIES and "
