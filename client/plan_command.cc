@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "client/balanced_flags.h"
 #include "client/cli_args.h"
+#include "client/layer_id_flags.h"
 #include "core/balanced_policy.h"
 #include "core/contiguous_policy.h"
 #include "core/map_files.h"
@@ -37,7 +38,7 @@ constexpr std::array<FlagSpec, 14> kOwnFlags = {{
     {"per-layer", "", "print the balancedness of every layer, before and after"},
     {"help", "", "print this help"},
 }};
-constexpr auto kPlanFlags = Concat(kOwnFlags, kBalancedFlags);
+constexpr auto kPlanFlags = Concat(Concat(kOwnFlags, kBalancedFlags), kLayerIdFlags);
 
 struct PlanOptions {
   DeploymentShape shape;
@@ -46,6 +47,7 @@ struct PlanOptions {
   MapFormat format = MapFormat::kEplb;
   int64_t bytes_per_expert = 0;
   std::optional<BalancedFlags> balanced;  // balanced's options, when any was given
+  std::optional<LayerIds> layer_ids;      // how --previous and --output number rows
   bool per_layer = false;
 };
 
@@ -68,6 +70,8 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
   RETURN_IF_ERROR(CreatePolicy(o.policy).status());
   ASSIGN_OR_RETURN(o.balanced, ParseBalancedFlags(args, o.policy));
   ASSIGN_OR_RETURN(o.format, ParseMapFormat(args.Get("format", "eplb")));
+  ASSIGN_OR_RETURN(o.layer_ids, ParseLayerIdFlags(args));
+  RETURN_IF_ERROR(RequireLayerIdsFor(o.format, o.layer_ids));
   if (args.Has("load")) o.load_path = args.Get("load");
   if (args.Has("previous")) o.previous_path = args.Get("previous");
   if (args.Has("output")) o.output_path = args.Get("output");
@@ -82,11 +86,12 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
   return o;
 }
 
-absl::StatusOr<ParsedExpertMap> ReadPrevious(const std::string& path,
-                                             const DeploymentShape& shape) {
+absl::StatusOr<ParsedExpertMap> ReadPrevious(const std::string& path, const DeploymentShape& shape,
+                                             const std::optional<LayerIds>& layer_ids) {
   ASSIGN_OR_RETURN(ParsedExpertMap map,
                    ReadExpertMapFile(path, {.num_logical_experts = shape.num_logical_experts,
-                                            .num_ranks = shape.num_ranks}));
+                                            .num_ranks = shape.num_ranks,
+                                            .layer_ids = layer_ids}));
   if (absl::Status st = map.map.CheckFits(shape); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", st.message()));
   }
@@ -167,10 +172,15 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
     o.shape.num_logical_experts = load->num_experts;
   }
   if (absl::Status st = ValidateShape(o.shape); !st.ok()) return fail(st);
+  if (o.layer_ids) {
+    if (absl::Status st = o.layer_ids->CheckFits(o.shape.num_layers, "the plan"); !st.ok()) {
+      return fail(st);
+    }
+  }
 
   std::optional<ParsedExpertMap> previous;
   if (o.previous_path) {
-    auto read = ReadPrevious(*o.previous_path, o.shape);
+    auto read = ReadPrevious(*o.previous_path, o.shape, o.layer_ids);
     if (!read.ok()) return fail(read.status());
     previous = *std::move(read);
   }
@@ -187,14 +197,19 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
 
   const int64_t version = previous ? previous->version + 1 : 1;
   if (o.output_path) {
-    if (absl::Status written = WriteExpertMapFile(*o.output_path, *map, o.format, version);
+    const LayerIds* layer_ids = o.layer_ids ? &*o.layer_ids : nullptr;
+    if (absl::Status written =
+            WriteExpertMapFile(*o.output_path, *map, o.format, version, layer_ids);
         !written.ok()) {
       return fail(written);
     }
   } else {
-    WriteExpertMapJson(*map, o.format, version, [&out](absl::string_view piece) {
-      out.write(piece.data(), static_cast<std::streamsize>(piece.size()));
-    });
+    WriteExpertMapJson(
+        *map, o.format, version,
+        [&out](absl::string_view piece) {
+          out.write(piece.data(), static_cast<std::streamsize>(piece.size()));
+        },
+        o.layer_ids ? &*o.layer_ids : nullptr);
     out.flush();
   }
 
@@ -223,6 +238,7 @@ std::string PlanUsage() {
       "                    [--tolerance X] [--max-received-per-rank M]\n"
       "                    [--max-received-per-layer M] [--layer-min-gain X] [--node-affinity]\n"
       "                    [--output MAP.json] [--format eplb|vllm-ascend|sglang] [--per-layer]\n"
+      "                    [--layer-ids LIST | --first-moe-layer K] [--num-hidden-layers H]\n"
       "       eplbctl plan --policy contiguous --num-layers L --num-logical-experts E\n"
       "                    --num-physical-experts P --num-ranks R --output MAP.json\n\n"
       "Plans an expert map offline. The map goes to --output (or standard output), a summary to\n"

@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 #include "client/balanced_flags.h"
 #include "client/cli_args.h"
+#include "client/layer_id_flags.h"
 #include "client/planner_client.h"
 #include "core/file_io.h"
 #include "core/map_files.h"
@@ -436,12 +437,13 @@ absl::StatusOr<Action> ParseRebalance(const ParsedArgs& args) {
 
 // get-plan
 
-constexpr std::array<FlagSpec, 4> kGetPlanFlags = {{
+constexpr std::array<FlagSpec, 4> kGetPlanOwnFlags = {{
     {"deployment", "D", "the deployment (required)"},
     {"version", "V", "the plan's version (default: the newest committed plan)"},
     {"output", "FILE", "write the plan's map here, atomically"},
     {"format", "NAME", "map format of --output: eplb, vllm-ascend or sglang (default eplb)"},
 }};
+constexpr auto kGetPlanFlags = Concat(kGetPlanOwnFlags, kLayerIdFlags);
 
 absl::StatusOr<Action> ParseGetPlan(const ParsedArgs& args) {
   ASSIGN_OR_RETURN(const std::string deployment, RequireText(args, "deployment"));
@@ -454,11 +456,20 @@ absl::StatusOr<Action> ParseGetPlan(const ParsedArgs& args) {
     return absl::InvalidArgumentError("--format applies to --output, which is not given");
   }
   ASSIGN_OR_RETURN(const MapFormat format, ParseMapFormat(args.Get("format", "eplb")));
-  return Action([deployment, version, output, format](PlannerClient& client,
-                                                      std::ostream& out) -> absl::Status {
+  ASSIGN_OR_RETURN(const std::optional<LayerIds> layer_ids, ParseLayerIdFlags(args));
+  if (layer_ids && !output) {
+    return absl::InvalidArgumentError("the layer ids apply to --output, which is not given");
+  }
+  if (output) RETURN_IF_ERROR(RequireLayerIdsFor(format, layer_ids));
+  return Action([deployment, version, output, format, layer_ids](
+                    PlannerClient& client, std::ostream& out) -> absl::Status {
     ASSIGN_OR_RETURN(const v1::Plan plan, client.GetPlan(deployment, version));
     ASSIGN_OR_RETURN(const ExpertMap map, MapOfPlan(plan));
-    if (output) RETURN_IF_ERROR(WriteExpertMapFile(*output, map, format, plan.version()));
+    if (layer_ids) RETURN_IF_ERROR(layer_ids->CheckFits(map.num_layers(), "the plan's map"));
+    if (output) {
+      RETURN_IF_ERROR(WriteExpertMapFile(*output, map, format, plan.version(),
+                                         layer_ids ? &*layer_ids : nullptr));
+    }
     out << PlanLine(plan) << "\n";
     if (output) {
       out << absl::StrFormat("wrote %s (%s, version %d)\n", *output, MapFormatName(format),
@@ -657,7 +668,8 @@ const std::array<ServerVerb, 10>& Verbs() {
        "rebalance --deployment D [--dry-run]", kRebalanceFlags, &ParseRebalance},
       {"get-plan", "show a plan; write its map with --output",
        "get-plan --deployment D [--version V] [--output MAP.json]\n"
-       "       [--format eplb|vllm-ascend|sglang]",
+       "       [--format eplb|vllm-ascend|sglang]\n"
+       "       [--layer-ids LIST | --first-moe-layer K] [--num-hidden-layers H]",
        kGetPlanFlags, &ParseGetPlan},
       {"list-plans", "list the retained plans, newest first", "list-plans --deployment D",
        kDeploymentFlag, &ParseListPlans},

@@ -32,12 +32,15 @@ absl::StatusOr<ParsedExpertMap> ReadExpertMapFile(const std::string& path,
 }
 
 absl::Status WriteExpertMapFile(const std::string& path, const ExpertMap& map, MapFormat format,
-                                int64_t version) {
+                                int64_t version, const LayerIds* layer_ids) {
   ASSIGN_OR_RETURN(AtomicFileWriter writer, AtomicFileWriter::Create(path));
   absl::Status written;
-  WriteExpertMapJson(map, format, version, [&](absl::string_view piece) {
-    if (written.ok()) written = writer.Append(piece);
-  });
+  WriteExpertMapJson(
+      map, format, version,
+      [&](absl::string_view piece) {
+        if (written.ok()) written = writer.Append(piece);
+      },
+      layer_ids);
   RETURN_IF_ERROR(written);
   return writer.Commit();
 }

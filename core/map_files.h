@@ -28,9 +28,11 @@ absl::StatusOr<LoadMatrix> ReadLoadFile(const std::string& path);
 absl::StatusOr<ParsedExpertMap> ReadExpertMapFile(const std::string& path,
                                                   const MapShapeHints& hints = {});
 
-// Writes `map` to `path` in `format` (`version` goes into the eplb format only), atomically.
+// Writes `map` to `path` in `format` (`version` goes into the eplb format only; `layer_ids`
+// numbers the sglang format's rows, as WriteExpertMapJson), atomically.
+// REQUIRES: layer_ids == nullptr or layer_ids->CheckFits(map.num_layers(), …).ok().
 absl::Status WriteExpertMapFile(const std::string& path, const ExpertMap& map, MapFormat format,
-                                int64_t version);
+                                int64_t version, const LayerIds* layer_ids = nullptr);
 
 }  // namespace eplb
 

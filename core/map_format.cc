@@ -457,26 +457,46 @@ absl::StatusOr<ParsedExpertMap> ParseSglangMap(const JsonValue& root, const MapS
     return Invalid("sglang maps carry no rank count: num_ranks is required");
   }
   constexpr char kKey[] = "physical_to_logical_map";
+  // SGLang passes the file's keys as keyword arguments: any other key fails its start.
+  for (const JsonValue::Member& member : root.object_members()) {
+    if (member.first != kKey) {
+      std::string key;
+      AppendJsonString(&key, member.first);
+      return Invalid(absl::StrCat("unexpected key ", key, ": an sglang map holds only ", kKey,
+                                  " (SGLang refuses any other key)"));
+    }
+  }
   ASSIGN_OR_RETURN(const JsonValue* v, RequireMember(root, kKey));
   ASSIGN_OR_RETURN(const JsonValue::Array* rows, ReadArray(*v, [&] { return std::string(kKey); }));
   if (rows->empty()) return Invalid(absl::StrCat(kKey, " has no rows"));
-  const int64_t num_layers = static_cast<int64_t>(rows->size());
-  if (num_layers > ShapeLimits::kMaxLayers) {
-    return Invalid(absl::StrCat(kKey, " has ", num_layers, " rows, more than ",
+  const int64_t num_rows = static_cast<int64_t>(rows->size());
+  if (hints.layer_ids && num_rows != hints.layer_ids->num_hidden_layers()) {
+    return Invalid(absl::StrCat(kKey, " has ", num_rows, " rows, but the layer ids name ",
+                                hints.layer_ids->num_hidden_layers(), " hidden layers (",
+                                hints.layer_ids->DebugString(), ")"));
+  }
+  if (!hints.layer_ids && num_rows > ShapeLimits::kMaxLayers) {
+    return Invalid(absl::StrCat(kKey, " has ", num_rows, " rows, more than ",
                                 ShapeLimits::kMaxLayers, " layers"));
   }
+  const int64_t num_layers = hints.layer_ids ? hints.layer_ids->num_moe_layers() : num_rows;
   const int64_t max_expert = MaxExpertIndex(hints);
+  // Every row is read and checked; the rows of dense layers are then dropped.
   std::vector<int32_t> phy2log;
   int64_t num_slots = -1;
   std::string row_what;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    RETURN_IF_ERROR(ReadIntRow((*rows)[l], [&] { return absl::StrCat(kKey, "[", l, "]"); },
+  for (int64_t h = 0; h < num_rows; ++h) {
+    const size_t row_begin = phy2log.size();
+    RETURN_IF_ERROR(ReadIntRow((*rows)[h], [&] { return absl::StrCat(kKey, "[", h, "]"); },
                                num_slots, row_what, 0, max_expert, &phy2log));
-    if (l == 0) {
+    if (h == 0) {
       num_slots = static_cast<int64_t>(phy2log.size());
       if (num_slots == 0) return Invalid(absl::StrCat(kKey, "[0] is empty"));
       row_what = absl::StrCat(num_slots, " (as ", kKey, "[0])");
-      phy2log.reserve(static_cast<size_t>(num_slots * num_layers));
+      phy2log.reserve(static_cast<size_t>(num_slots * (num_layers + 1)));
+    }
+    if (hints.layer_ids && hints.layer_ids->MoeLayerOf(static_cast<int32_t>(h)) < 0) {
+      phy2log.resize(row_begin);
     }
   }
   const int64_t num_experts = LogicalExperts(hints, phy2log);
@@ -610,12 +630,19 @@ void WriteVllmAscendMap(const ExpertMap& map, PieceWriter& w) {
   out->append("\n}\n");
 }
 
-void WriteSglangMap(const ExpertMap& map, PieceWriter& w) {
+// A row per hidden layer; a dense layer's row is SGLang's trivial one, slot p holding expert
+// p mod E.
+void WriteSglangMap(const ExpertMap& map, const LayerIds& layer_ids, PieceWriter& w) {
+  const int32_t P = map.num_physical_experts(), E = map.num_logical_experts();
+  std::vector<int32_t> trivial(P);
+  for (int32_t p = 0; p < P; ++p) trivial[p] = p % E;
   std::string* out = w.out();
   out->append("{\n");
   AppendKey(out, "  ", "physical_to_logical_map");
-  AppendRows(w, map.num_layers(), "  ",
-             [&](int64_t l) { AppendJsonIntArray(out, map.phy2log(static_cast<int32_t>(l))); });
+  AppendRows(w, layer_ids.num_hidden_layers(), "  ", [&](int64_t h) {
+    const int32_t layer = layer_ids.MoeLayerOf(static_cast<int32_t>(h));
+    AppendJsonIntArray(out, layer < 0 ? std::span<const int32_t>(trivial) : map.phy2log(layer));
+  });
   out->append("\n}\n");
 }
 
@@ -707,7 +734,12 @@ std::string LoadToJson(const LoadMatrix& load) {
 }
 
 void WriteExpertMapJson(const ExpertMap& map, MapFormat format, int64_t version,
-                        absl::FunctionRef<void(absl::string_view)> sink) {
+                        absl::FunctionRef<void(absl::string_view)> sink,
+                        const LayerIds* layer_ids) {
+  if (layer_ids != nullptr) {
+    const absl::Status fits = layer_ids->CheckFits(map.num_layers(), "the map");
+    EPLB_CHECK(fits.ok(), fits.message());
+  }
   PieceWriter writer(sink);
   switch (format) {
     case MapFormat::kEplb:
@@ -718,16 +750,18 @@ void WriteExpertMapJson(const ExpertMap& map, MapFormat format, int64_t version,
       WriteVllmAscendMap(map, writer);
       return;
     case MapFormat::kSglang:
-      WriteSglangMap(map, writer);
+      WriteSglangMap(map, layer_ids ? *layer_ids : LayerIds::AllMoe(map.num_layers()), writer);
       return;
   }
   EPLB_CHECK(false, "unknown map format ", static_cast<int>(format));
 }
 
-std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version) {
+std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version,
+                            const LayerIds* layer_ids) {
   std::string json;
-  WriteExpertMapJson(map, format, version,
-                     [&json](absl::string_view piece) { json.append(piece.data(), piece.size()); });
+  WriteExpertMapJson(
+      map, format, version,
+      [&json](absl::string_view piece) { json.append(piece.data(), piece.size()); }, layer_ids);
   return json;
 }
 
@@ -757,9 +791,13 @@ absl::StatusOr<ParsedExpertMap> ParseExpertMapJson(absl::string_view json,
     return Invalid(absl::StrCat("ambiguous expert map: it has keys of the ",
                                 absl::StrJoin(names, " and the "), " formats"));
   }
-  if (eplb) return ParseEplbMap(root, hints);
-  if (vllm) return ParseVllmAscendMap(root, hints);
-  return ParseSglangMap(root, hints);
+  if (sglang) return ParseSglangMap(root, hints);
+  ASSIGN_OR_RETURN(ParsedExpertMap parsed,
+                   eplb ? ParseEplbMap(root, hints) : ParseVllmAscendMap(root, hints));
+  // Rows are MoE layers: they must be as many as the layer ids name.
+  if (hints.layer_ids)
+    RETURN_IF_ERROR(hints.layer_ids->CheckFits(parsed.map.num_layers(), "the map"));
+  return parsed;
 }
 
 }  // namespace eplb

@@ -6,7 +6,12 @@
 //   vllm-ascend  {"moe_layer_count": L, "layer_list": [{"layer_id": l, "device_count": R,
 //                 "device_list": [{"device_id": r, "device_expert": [experts in rank r's
 //                 slots]}]}]}
-//   sglang       {"physical_to_logical_map": [[…P…] × L]}
+//   sglang       {"physical_to_logical_map": [[…P…] × H]}: a row per hidden layer (H of them), the
+//                rows of dense layers trivial (slot p holds expert p mod E); the file SGLang's
+//                --init-expert-location reads, with no other key
+//
+// eplb's and vllm-ascend's rows are MoE layers; SGLang's are hidden layers, mapped to MoE layers
+// by a LayerIds (core/layer_ids.h; without one, every hidden layer is a MoE layer).
 //
 // Readers check everything (JSON syntax, keys, types, shapes, ranges, consistency of the tables)
 // and return INVALID_ARGUMENT naming the first offending field, e.g. "phy2log[2][7] = 300 is out of
@@ -15,12 +20,14 @@
 #define EPLB_CORE_MAP_FORMAT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "core/expert_map.h"
+#include "core/layer_ids.h"
 #include "core/load.h"
 
 namespace eplb {
@@ -36,19 +43,27 @@ absl::string_view MapFormatName(MapFormat format);
 absl::StatusOr<LoadMatrix> ParseLoadJson(absl::string_view json);
 std::string LoadToJson(const LoadMatrix& load);
 
-// Serialises `map` in `format`. `version` (≥ 0) is written by the eplb format only.
-std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version = 0);
+// Serialises `map` in `format`. `version` (≥ 0) is written by the eplb format only; `layer_ids`
+// (nullptr: every hidden layer is a MoE layer) numbers the rows of the sglang format.
+// REQUIRES: layer_ids == nullptr or layer_ids->CheckFits(map.num_layers(), …).ok().
+std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version = 0,
+                            const LayerIds* layer_ids = nullptr);
 
 // The same text, handed to `sink` in pieces of about 64 KiB as it is produced, so that a large map
 // (the eplb format of a DeepSeek-V3 plan is about 2 MB) is written without holding it whole.
 void WriteExpertMapJson(const ExpertMap& map, MapFormat format, int64_t version,
-                        absl::FunctionRef<void(absl::string_view)> sink);
+                        absl::FunctionRef<void(absl::string_view)> sink,
+                        const LayerIds* layer_ids = nullptr);
 
 // What a reader needs to know that a format does not carry. 0 means "not known": the value is then
 // taken from the file, or derived (experts: the largest expert index + 1).
 struct MapShapeHints {
   int32_t num_logical_experts = 0;  // sglang files carry no E
   int32_t num_ranks = 0;            // sglang files carry no R: required for them
+  // How the file numbers its rows (sglang: one per hidden layer; the map keeps the MoE layers'
+  // rows). Unset: every row is a MoE layer. A file whose rows do not fit is INVALID_ARGUMENT
+  // naming both counts.
+  std::optional<LayerIds> layer_ids;
 };
 
 struct ParsedExpertMap {

@@ -32,6 +32,7 @@
 #include "core/balanced_policy.h"
 #include "core/check.h"
 #include "core/expert_map.h"
+#include "core/layer_ids.h"
 #include "core/load.h"
 #include "core/map_files.h"
 #include "core/map_format.h"
@@ -284,9 +285,39 @@ int64_t Version(int64_t version) {
   return version;
 }
 
-MapShapeHints Hints(std::optional<int64_t> num_logical_experts, std::optional<int64_t> num_ranks) {
+// The numbering of an engine file's rows: `layer_ids` is None, a list such as "3-60" or a
+// sequence of hidden-layer indices; `num_hidden_layers` alone numbers every hidden layer a MoE
+// layer (as eplbctl's flags do).
+std::optional<LayerIds> LayerIdsOf(const py::object& layer_ids,
+                                   std::optional<int64_t> num_hidden_layers) {
+  if (layer_ids.is_none() && !num_hidden_layers) return std::nullopt;
+  const int64_t hidden = num_hidden_layers.value_or(0);
+  if (layer_ids.is_none()) return ValueOrThrow(LayerIds::FromRange(0, hidden));
+  if (py::isinstance<py::str>(layer_ids)) {
+    return ValueOrThrow(LayerIds::Parse(layer_ids.cast<std::string>(), hidden));
+  }
+  std::vector<int64_t> ids;
+  for (const py::handle id : layer_ids) {
+    if (!py::isinstance<py::int_>(id)) {
+      throw py::value_error("layer ids: " + std::string(py::repr(id)) + " is not an integer");
+    }
+    ids.push_back(id.cast<int64_t>());
+  }
+  return ValueOrThrow(LayerIds::FromIds(std::move(ids), hidden));
+}
+
+MapShapeHints Hints(std::optional<int64_t> num_logical_experts, std::optional<int64_t> num_ranks,
+                    std::optional<LayerIds> layer_ids) {
   return {.num_logical_experts = num_logical_experts ? NumExperts(*num_logical_experts) : 0,
-          .num_ranks = num_ranks ? NumRanks(*num_ranks) : 0};
+          .num_ranks = num_ranks ? NumRanks(*num_ranks) : 0,
+          .layer_ids = std::move(layer_ids)};
+}
+
+// Layer ids that fit `map` (ValueError naming both counts otherwise), or nullptr.
+const LayerIds* FittingLayerIds(const ExpertMap& map, const std::optional<LayerIds>& layer_ids) {
+  if (!layer_ids) return nullptr;
+  ThrowIfError(layer_ids->CheckFits(map.num_layers(), "the map"));
+  return &*layer_ids;
 }
 
 // A path argument (str, bytes or os.PathLike) as a string. A NUL would cut the path short at the
@@ -470,44 +501,57 @@ PYBIND11_MODULE(_core, m) {
       .def_static(
           "from_json",
           [](const std::string& text, std::optional<int64_t> num_logical_experts,
-             std::optional<int64_t> num_ranks) {
-            return ValueOrThrow(ParseExpertMapJson(text, Hints(num_logical_experts, num_ranks)))
+             std::optional<int64_t> num_ranks, const py::object& layer_ids,
+             std::optional<int64_t> num_hidden_layers) {
+            return ValueOrThrow(
+                       ParseExpertMapJson(text, Hints(num_logical_experts, num_ranks,
+                                                      LayerIdsOf(layer_ids, num_hidden_layers))))
                 .map;
           },
           py::arg("text"), py::kw_only(), py::arg("num_logical_experts") = py::none(),
-          py::arg("num_ranks") = py::none())
+          py::arg("num_ranks") = py::none(), py::arg("layer_ids") = py::none(),
+          py::arg("num_hidden_layers") = py::none())
       .def_static(
           "read",
           [](const py::object& path, std::optional<int64_t> num_logical_experts,
-             std::optional<int64_t> num_ranks) {
-            return ValueOrThrow(
-                       ReadExpertMapFile(PathOf(path), Hints(num_logical_experts, num_ranks)),
-                       /*file_io=*/true)
-                .map;
+             std::optional<int64_t> num_ranks, const py::object& layer_ids,
+             std::optional<int64_t> num_hidden_layers) {
+            MapShapeHints hints =
+                Hints(num_logical_experts, num_ranks, LayerIdsOf(layer_ids, num_hidden_layers));
+            return ValueOrThrow(ReadExpertMapFile(PathOf(path), hints), /*file_io=*/true).map;
           },
           py::arg("path"), py::kw_only(), py::arg("num_logical_experts") = py::none(),
-          py::arg("num_ranks") = py::none())
+          py::arg("num_ranks") = py::none(), py::arg("layer_ids") = py::none(),
+          py::arg("num_hidden_layers") = py::none())
       .def(
           "to_json",
-          [](const ExpertMap& map, const std::string& format, int64_t version) {
-            return ExpertMapToJson(map, FormatOf(format), Version(version));
+          [](const ExpertMap& map, const std::string& format, int64_t version,
+             const py::object& layer_ids, std::optional<int64_t> num_hidden_layers) {
+            const std::optional<LayerIds> ids = LayerIdsOf(layer_ids, num_hidden_layers);
+            return ExpertMapToJson(map, FormatOf(format), Version(version),
+                                   FittingLayerIds(map, ids));
           },
-          py::arg("format") = "eplb", py::arg("version") = 0)
+          py::arg("format") = "eplb", py::arg("version") = 0, py::kw_only(),
+          py::arg("layer_ids") = py::none(), py::arg("num_hidden_layers") = py::none())
       .def(
           "write",
           [](const ExpertMap& map, const py::object& path, const std::string& format,
-             int64_t version) {
+             int64_t version, const py::object& layer_ids,
+             std::optional<int64_t> num_hidden_layers) {
             const MapFormat f = FormatOf(format);
             version = Version(version);
+            const std::optional<LayerIds> ids = LayerIdsOf(layer_ids, num_hidden_layers);
+            const LayerIds* fitting = FittingLayerIds(map, ids);
             const std::string file = PathOf(path);
             absl::Status written;
             {
               py::gil_scoped_release release;
-              written = WriteExpertMapFile(file, map, f, version);
+              written = WriteExpertMapFile(file, map, f, version, fitting);
             }
             ThrowIfError(written, /*file_io=*/true);
           },
-          py::arg("path"), py::arg("format") = "eplb", py::arg("version") = 0)
+          py::arg("path"), py::arg("format") = "eplb", py::arg("version") = 0, py::kw_only(),
+          py::arg("layer_ids") = py::none(), py::arg("num_hidden_layers") = py::none())
       .def_property_readonly("num_layers", &ExpertMap::num_layers)
       .def_property_readonly("num_logical_experts", &ExpertMap::num_logical_experts)
       .def_property_readonly("num_physical_experts", &ExpertMap::num_physical_experts)

@@ -104,16 +104,82 @@ TEST_F(EplbctlPlanTest, EveryFormatIsWrittenAndReadsBack) {
   ASSERT_EQ(eplb.exit_code, 0);
   const auto reference = ParseExpertMapJson(eplb.out);
   ASSERT_TRUE(reference.ok());
+  // SGLang's rows are hidden layers: here a dense layer 0, then the example's 2 MoE layers.
+  const auto layer_ids = LayerIds::FromRange(1, 3);
+  ASSERT_TRUE(layer_ids.ok());
   for (const char* format : {"vllm-ascend", "sglang"}) {
+    const bool sglang = std::string(format) == "sglang";
     std::vector<std::string> args = ExampleArgs(load_path);
     args.insert(args.end(), {"--format", format});
+    if (sglang) args.insert(args.end(), {"--first-moe-layer", "1", "--num-hidden-layers", "3"});
     const Result r = Run(args);
     ASSERT_EQ(r.exit_code, 0) << format << ": " << r.err;
-    auto parsed = ParseExpertMapJson(r.out, {.num_logical_experts = 12, .num_ranks = 8});
+    auto parsed = ParseExpertMapJson(
+        r.out, {.num_logical_experts = 12,
+                .num_ranks = 8,
+                .layer_ids = sglang ? std::optional<LayerIds>(*layer_ids) : std::nullopt});
     ASSERT_TRUE(parsed.ok()) << format << ": " << parsed.status();
     EXPECT_EQ(MapFormatName(parsed->format), format);
     EXPECT_EQ(parsed->map.phy2log_table(), reference->map.phy2log_table()) << format;
+    if (sglang) {
+      EXPECT_THAT(r.out, HasSubstr("[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3]"))
+          << "the dense layer's trivial row";
+    }
   }
+}
+
+TEST_F(EplbctlPlanTest, EngineRowsNeedTheLayerNumbering) {
+  const std::string load_path = Write("load.json", kExampleLoad);
+  std::vector<std::string> args = ExampleArgs(load_path);
+  args.insert(args.end(), {"--format", "sglang", "--output", Path("map.json")});
+  Result r = Run(args);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--format sglang writes a row per hidden layer: give "
+                               "--first-moe-layer K --num-hidden-layers H"));
+
+  args.insert(args.end(), {"--first-moe-layer", "3", "--num-hidden-layers", "61"});
+  r = Run(args);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err,
+            "eplbctl plan: the plan has 2 MoE layers, but the layer ids name 58 (MoE layers 3-60 "
+            "of 61 hidden layers)\n");
+  EXPECT_FALSE(std::filesystem::exists(Path("map.json")));
+
+  for (const auto& [flags, message] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--layer-ids", "3-60", "--first-moe-layer", "3"},
+            "--layer-ids and --first-moe-layer exclude each other"},
+           {{"--first-moe-layer", "3"}, "--first-moe-layer needs --num-hidden-layers"},
+           {{"--layer-ids", "5-3"}, "--layer-ids: layer ids: \"5-3\" is not an increasing range"},
+           {{"--layer-ids", "1,1"}, "--layer-ids: layer ids must increase: 1 follows 1"},
+           {{"--layer-ids", "1-2", "--num-hidden-layers", "2"},
+            "--layer-ids: num_hidden_layers = 2 is out of range [3, 65536] (above the largest "
+            "layer id, 2)"},
+       }) {
+    std::vector<std::string> bad = ExampleArgs(load_path);
+    bad.insert(bad.end(), flags.begin(), flags.end());
+    r = Run(bad);
+    EXPECT_EQ(r.exit_code, 2) << message;
+    EXPECT_THAT(r.err, HasSubstr(message));
+  }
+
+  // Reading SGLang's file back: its rows must be the hidden layers the numbering names.
+  args = ExampleArgs(load_path);
+  args.insert(args.end(), {"--format", "sglang", "--first-moe-layer", "1", "--num-hidden-layers",
+                           "3", "--output", Path("sglang.json")});
+  ASSERT_EQ(Run(args).exit_code, 0);
+  args = ExampleArgs(load_path);
+  args.insert(args.end(), {"--previous", Path("sglang.json"), "--first-moe-layer", "2",
+                           "--num-hidden-layers", "4"});
+  r = Run(args);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err,
+              HasSubstr("physical_to_logical_map has 3 rows, but the layer ids name 4 hidden "
+                        "layers (MoE layers 2-3 of 4 hidden layers)"));
+  args = ExampleArgs(load_path);
+  args.insert(args.end(), {"--previous", Path("sglang.json"), "--layer-ids", "1-2"});
+  r = Run(args);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("vs previous: 0 of 32 slots changed"));
 }
 
 void SetFlag(std::vector<std::string>& args, const std::string& flag, const std::string& value);
@@ -123,7 +189,7 @@ TEST_F(EplbctlPlanTest, PreviousMapInAnyFormatIsComparedAndVersioned) {
   // A contiguous previous map in SGLang's format (no version) and in ours (version 6).
   ASSERT_EQ(Run({"plan", "--policy", "contiguous", "--num-layers", "2", "--num-logical-experts",
                  "12", "--num-physical-experts", "16", "--num-ranks", "8", "--format", "sglang",
-                 "--output", Path("prev.sglang.json")})
+                 "--num-hidden-layers", "2", "--output", Path("prev.sglang.json")})
                 .exit_code,
             0);
   std::vector<std::string> args = ExampleArgs(load_path);

@@ -143,6 +143,14 @@ INSTANTIATE_TEST_SUITE_P(
         UsageCase{"get_plan_unknown_format",
                   {"get-plan", "--deployment", "d", "--output", "m.json", "--format", "yaml"},
                   "unknown map format \"yaml\": expected eplb, vllm-ascend or sglang"},
+        UsageCase{"get_plan_sglang_needs_layer_ids",
+                  {"get-plan", "--deployment", "d", "--output", "m.json", "--format", "sglang"},
+                  "--format sglang writes a row per hidden layer: give --first-moe-layer K "
+                  "--num-hidden-layers H (DeepSeek-V3: 3 and 61) or --layer-ids (a model whose "
+                  "layers are all MoE layers: --first-moe-layer 0 --num-hidden-layers L)"},
+        UsageCase{"get_plan_layer_ids_without_output",
+                  {"get-plan", "--deployment", "d", "--layer-ids", "3-60"},
+                  "the layer ids apply to --output, which is not given"},
         UsageCase{"get_plan_version_zero",
                   {"get-plan", "--deployment", "d", "--version", "0"},
                   "--version = 0 is out of range [1, 9223372036854775807]"},

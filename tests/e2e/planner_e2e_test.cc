@@ -291,6 +291,25 @@ TEST_F(PlannerE2eTest, DeploymentLifeAcrossACrash) {
   EXPECT_EQ(map->version, 2);
   EXPECT_EQ(absl::StrFormat("%016x", map->map.Hash()), v2.hash);
 
+  // SGLang's file of the same plan: a row per hidden layer, here one dense layer first.
+  const int32_t moe_layers = map->map.num_layers();
+  const std::string hidden = std::to_string(moe_layers + 1);
+  CtlOk({"get-plan", "--deployment", "e2e", "--version", "2", "--output", Path("map.sglang.json"),
+         "--format", "sglang", "--first-moe-layer", "1", "--num-hidden-layers", hidden});
+  const auto sglang = ParseExpertMapJson(
+      testing::Slurp(Path("map.sglang.json")),
+      {.num_ranks = map->map.num_ranks(), .layer_ids = *LayerIds::FromRange(1, moe_layers + 1)});
+  ASSERT_TRUE(sglang.ok()) << sglang.status();
+  EXPECT_EQ(sglang->map.phy2log_table(), map->map.phy2log_table());
+  const ProcessResult misnumbered =
+      Ctl({"get-plan", "--deployment", "e2e", "--output", Path("wrong.json"), "--format", "sglang",
+           "--first-moe-layer", "0", "--num-hidden-layers", hidden});
+  EXPECT_EQ(misnumbered.exit_code, 1);
+  EXPECT_THAT(misnumbered.err,
+              HasSubstr(absl::StrCat("the plan's map has ", moe_layers,
+                                     " MoE layers, but the layer ids name ", moe_layers + 1)));
+  EXPECT_FALSE(std::filesystem::exists(Path("wrong.json")));
+
   const std::string plans_before = CtlOk({"list-plans", "--deployment", "e2e"});
   ASSERT_EQ(Lines(plans_before).size(), 2u) << plans_before;
   EXPECT_EQ(ParsePlanLine(Lines(plans_before)[0]).version, 2);

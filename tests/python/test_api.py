@@ -1,4 +1,5 @@
 """The eplb package's API: planning, maps, formats, metrics, types and errors."""
+import json
 import os
 import struct
 
@@ -355,3 +356,24 @@ def test_when_imported_calls_back_at_once_for_a_module_already_imported():
     import json
 
     assert seen == [json]
+
+
+def test_sglang_files_hold_every_hidden_layer(tmp_path):
+    m = eplb.ExpertMap.from_phy2log(np.array(EXAMPLE_PHY2LOG), 12, 8)
+    path = tmp_path / "sglang.json"
+    m.write(path, format="sglang", layer_ids="1-2")  # hidden layer 0 is dense
+    rows = json.loads(path.read_text())["physical_to_logical_map"]
+    assert rows == [[p % 12 for p in range(16)]] + EXAMPLE_PHY2LOG
+    assert eplb.ExpertMap.read(path, num_ranks=8, layer_ids=range(1, 3)) == m
+    assert eplb.ExpertMap.from_json(m.to_json("sglang", layer_ids=[2, 5], num_hidden_layers=7),
+                                    num_ranks=8, layer_ids="2,5", num_hidden_layers=7) == m
+    with pytest.raises(ValueError) as error:
+        m.write(path, format="sglang", layer_ids="3-60")
+    assert str(error.value) == ("the map has 2 MoE layers, but the layer ids name 58 (MoE layers "
+                                "3-60 of 61 hidden layers)")
+    with pytest.raises(ValueError, match="physical_to_logical_map has 3 rows, but the layer ids "
+                                         "name 4 hidden layers"):
+        eplb.ExpertMap.read(path, num_ranks=8, layer_ids="2-3")
+    with pytest.raises(ValueError, match="layer ids: '3' is not an integer"):
+        m.to_json("sglang", layer_ids=["3", 4])
+    assert json.loads(path.read_text())["physical_to_logical_map"] == rows  # untouched
