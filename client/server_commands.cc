@@ -245,7 +245,7 @@ constexpr std::array<FlagSpec, 18> kCreateOwnFlags = {{
     {"plan-history", "K", "plans kept (default 16)"},
     {"initial-map", "FILE", "the first plan's map (eplb, vllm-ascend or sglang JSON)"},
 }};
-constexpr auto kCreateFlags = Concat(kCreateOwnFlags, kBalancedFlags);
+constexpr auto kCreateFlags = Concat(Concat(kCreateOwnFlags, kBalancedFlags), kLayerIdFlags);
 
 absl::StatusOr<Action> ParseCreate(const ParsedArgs& args) {
   v1::DeploymentSpec spec;
@@ -320,12 +320,21 @@ absl::StatusOr<Action> ParseCreate(const ParsedArgs& args) {
   if (args.Has("initial-map")) {
     ASSIGN_OR_RETURN(initial_map, RequireText(args, "initial-map"));
   }
-
-  return Action([spec, initial_map](PlannerClient& client, std::ostream& out) -> absl::Status {
+  ASSIGN_OR_RETURN(const std::optional<LayerIds> layer_ids, ParseLayerIdFlags(args));
+  if (layer_ids && !initial_map) {
+    return absl::InvalidArgumentError("the layer ids apply to --initial-map, which is not given");
+  }
+  return Action([spec, initial_map, layer_ids](PlannerClient& client,
+                                               std::ostream& out) -> absl::Status {
     v1::DeploymentSpec request = spec;
     if (initial_map) {
-      ASSIGN_OR_RETURN(*request.mutable_initial_map()->mutable_json(),
-                       ReadFileToString(*initial_map, kMaxMapFileBytes));
+      // Read here, in any format eplbctl reads: the planner gets the map, not the file.
+      ASSIGN_OR_RETURN(const ParsedExpertMap parsed,
+                       ReadExpertMapFile(*initial_map,
+                                         {.num_logical_experts = spec.shape().num_logical_experts(),
+                                          .num_ranks = spec.shape().num_ranks(),
+                                          .layer_ids = layer_ids}));
+      ExpertMapToProto(parsed.map, request.mutable_initial_map());
     }
     ASSIGN_OR_RETURN(const v1::Deployment deployment, client.CreateDeployment(request));
     out << DeploymentLine(deployment) << "\n";
@@ -654,6 +663,7 @@ const std::array<ServerVerb, 10>& Verbs() {
        "       [--policy NAME] [--bytes-per-expert B] [--commit immediate|acked]\n"
        "       [--ema-half-life-steps H | --window-steps W] [--interval-steps I] [--min-steps M]\n"
        "       [--min-gain X] [--ack-timeout-ms T] [--plan-history K] [--initial-map FILE]\n"
+       "       [--layer-ids LIST | --first-moe-layer K] [--num-hidden-layers H]\n"
        "       [--tolerance X] [--max-received-per-rank M] [--max-received-per-layer M]\n"
        "       [--layer-min-gain X] [--node-affinity]",
        kCreateFlags, &ParseCreate},

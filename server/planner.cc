@@ -17,7 +17,6 @@
 #include "core/check.h"
 #include "core/expert_map.h"
 #include "core/load.h"
-#include "core/map_format.h"
 #include "core/metrics.h"
 #include "core/policy.h"
 #include "core/smoothed_load.h"
@@ -44,7 +43,6 @@ constexpr int64_t kMaxAckTimeoutMs = 3'600'000;
 constexpr int32_t kDefaultPlanHistory = 16;
 constexpr int32_t kMinPlanHistory = 2;
 constexpr int32_t kMaxPlanHistory = 1000;
-constexpr size_t kMaxInitialMapBytes = size_t{64} << 20;
 constexpr int64_t kMaxSequence = int64_t{1} << 62;
 constexpr int64_t kMaxStepsPerReport = 1'000'000;
 constexpr double kMaxCount = 9007199254740992.0;  // 2^53
@@ -219,20 +217,13 @@ absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
       CheckRange("spec.plan_history", spec.plan_history(), kMinPlanHistory, kMaxPlanHistory));
 
   if (source == SpecSource::kStored) return result;
-  if (!spec.initial_map().json().empty()) {
-    if (spec.initial_map().json().size() > kMaxInitialMapBytes) {
-      return OutOfRange("spec.initial_map.json",
-                        absl::StrCat("has ", spec.initial_map().json().size(),
-                                     " bytes, more than the limit of ", kMaxInitialMapBytes));
-    }
-    auto parsed =
-        ParseExpertMapJson(spec.initial_map().json(),
-                           MapShapeHints{result.shape.num_logical_experts, result.shape.num_ranks});
-    if (!parsed.ok()) return Tagged(parsed.status(), v1::FIELD_OUT_OF_RANGE, "spec.initial_map");
-    if (absl::Status fits = parsed->map.CheckFits(result.shape); !fits.ok()) {
+  if (spec.has_initial_map()) {
+    absl::StatusOr<ExpertMap> map = ExpertMapFromProto(spec.initial_map(), "spec.initial_map");
+    if (!map.ok()) return Tagged(map.status(), v1::FIELD_OUT_OF_RANGE, "spec.initial_map");
+    if (absl::Status fits = map->CheckFits(result.shape); !fits.ok()) {
       return Tagged(fits, v1::FIELD_OUT_OF_RANGE, "spec.initial_map");
     }
-    result.initial_map = std::move(parsed->map);
+    result.initial_map = *std::move(map);
   }
 
   // A policy that cannot serve the shape (deepseek with P % R ≠ 0) is refused now, not at the
@@ -259,7 +250,7 @@ std::string FirstDifference(const v1::DeploymentSpec& a, const v1::DeploymentSpe
   if (a.commit_mode() != b.commit_mode()) return "commit_mode";
   if (a.ack_timeout_ms() != b.ack_timeout_ms()) return "ack_timeout_ms";
   if (a.plan_history() != b.plan_history()) return "plan_history";
-  if (a.initial_map().json() != b.initial_map().json()) return "initial_map";
+  if (!MessageDifferencer::Equals(a.initial_map(), b.initial_map())) return "initial_map";
   return "";
 }
 

@@ -310,6 +310,16 @@ TEST_F(PlannerE2eTest, DeploymentLifeAcrossACrash) {
                                      " MoE layers, but the layer ids name ", moe_layers + 1)));
   EXPECT_FALSE(std::filesystem::exists(Path("wrong.json")));
 
+  // The SGLang file as another deployment's initial map: eplbctl reads it with the numbering and
+  // sends the planner the map; version 1 is the same plan.
+  std::vector<std::string> create = CreateArgs("from-sglang", "immediate");
+  create.insert(create.end(), {"--initial-map", Path("map.sglang.json"), "--layer-ids",
+                               absl::StrCat("1-", moe_layers)});
+  CtlOk(create);
+  EXPECT_THAT(CtlOk({"get-plan", "--deployment", "from-sglang"}),
+              AllOf(HasSubstr("INITIAL  policy initial_map"), HasSubstr("hash " + v2.hash)));
+  CtlOk({"delete-deployment", "--name", "from-sglang"});
+
   const std::string plans_before = CtlOk({"list-plans", "--deployment", "e2e"});
   ASSERT_EQ(Lines(plans_before).size(), 2u) << plans_before;
   EXPECT_EQ(ParsePlanLine(Lines(plans_before)[0]).version, 2);

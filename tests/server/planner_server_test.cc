@@ -76,11 +76,21 @@ TEST(PlannerDeploymentTest, CreateStartsWithTheContiguousPlanAsVersionOne) {
   EXPECT_EQ(plan->ranks_size(), 8);
 }
 
-TEST(PlannerDeploymentTest, InitialMapInAnotherFormatBecomesVersionOne) {
+// A map of one layer with the given phy2log, 2 ranks.
+v1::ExpertMap MapProto(int experts, std::vector<int32_t> phy2log) {
+  const int32_t slots = static_cast<int32_t>(phy2log.size());
+  auto map = ExpertMap::FromPhy2Log(1, experts, SlotLayout(slots, 2), std::move(phy2log));
+  EXPECT_TRUE(map.ok()) << map.status();
+  v1::ExpertMap proto;
+  ExpertMapToProto(*map, &proto);
+  return proto;
+}
+
+TEST(PlannerDeploymentTest, InitialMapBecomesVersionOne) {
   PlannerEnv env;
   v1::DeploymentSpec spec = Spec("sg", 1, 4, 4, 2);
   spec.set_policy("contiguous");
-  spec.mutable_initial_map()->set_json(R"({"physical_to_logical_map": [[3, 2, 1, 0]]})");
+  *spec.mutable_initial_map() = MapProto(4, {3, 2, 1, 0});
   ASSERT_TRUE(Create(env.stub(), spec).ok());
   auto plan = GetPlan(env.stub(), "sg");
   ASSERT_TRUE(plan.ok());
@@ -147,9 +157,16 @@ TEST(PlannerDeploymentTest, BadSpecsAreRefusedWithTheFieldAndNothingIsCreated) {
       {[](auto& s) { s.set_plan_history(1); }, absl::StatusCode::kInvalidArgument,
        v1::FIELD_OUT_OF_RANGE, "spec.plan_history = 1 is out of range [2, 1000]"},
       {[](auto& s) {
-         s.mutable_initial_map()->set_json(R"({"physical_to_logical_map": [[0, 1]]})");
+         *s.mutable_initial_map() = MapProto(2, {0, 1});
        },
-       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE, ""},
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "map has num_logical_experts = 2, but the deployment has 4"},
+      {[](auto& s) {
+         *s.mutable_initial_map() = MapProto(2, {0, 1});
+         s.mutable_initial_map()->set_phy2log(1, 7);
+       },
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "spec.initial_map: phy2log[0][1] = 7 is out of range [0, 1]"},
       {[](auto& s) { s.mutable_balanced()->set_min_gain(0.1); }, absl::StatusCode::kInvalidArgument,
        v1::FIELD_OUT_OF_RANGE, "spec.balanced applies to policy balanced, not deepseek"},
       {[](auto& s) {
@@ -191,7 +208,7 @@ TEST(PlannerDeploymentTest, BadSpecsAreRefusedWithTheFieldAndNothingIsCreated) {
     EXPECT_EQ(result.status().code(), c.code) << result.status();
     EXPECT_EQ(Reason(result.status()), c.reason) << result.status();
     if (!c.message.empty()) {
-      EXPECT_EQ(result.status().message(), c.message);
+      EXPECT_EQ(result.status().message(), c.message) << std::string(result.status().message());
     }
   }
   grpc::ClientContext context;
