@@ -29,11 +29,15 @@ absl::StatusOr<std::optional<LayerIds>> ParseLayerIdFlags(const ParsedArgs& args
 }
 
 absl::Status RequireLayerIdsFor(MapFormat format, const std::optional<LayerIds>& layer_ids) {
-  if (format != MapFormat::kSglang || layer_ids) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      "--format sglang writes a row per hidden layer: give --first-moe-layer K "
-      "--num-hidden-layers H (DeepSeek-V3: 3 and 61) or --layer-ids (a model whose layers are all "
-      "MoE layers: --first-moe-layer 0 --num-hidden-layers L)");
+  if (layer_ids || (format != MapFormat::kSglang && format != MapFormat::kTrtllm)) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      format == MapFormat::kSglang
+          ? "--format sglang writes a row per hidden layer"
+          : "--format trtllm keys the MoE layers by their hidden-layer index",
+      ": give --first-moe-layer K --num-hidden-layers H (DeepSeek-V3: 3 and 61) or --layer-ids (a "
+      "model whose layers are all MoE layers: --first-moe-layer 0 --num-hidden-layers L)"));
 }
 
 }  // namespace eplb::cli

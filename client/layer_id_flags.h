@@ -29,8 +29,8 @@ inline constexpr std::array<FlagSpec, 3> kLayerIdFlags = {{
 // layer.
 absl::StatusOr<std::optional<LayerIds>> ParseLayerIdFlags(const ParsedArgs& args);
 
-// OK unless `format` numbers rows by hidden layer (sglang) and no numbering is given: a model's
-// dense layers cannot be guessed, so writing such a file needs the flags.
+// OK unless `format` numbers rows by hidden layer (sglang, trtllm) and no numbering is given: a
+// model's dense layers cannot be guessed, so writing such a file needs the flags.
 absl::Status RequireLayerIdsFor(MapFormat format, const std::optional<LayerIds>& layer_ids);
 
 }  // namespace eplb::cli

@@ -33,7 +33,7 @@ constexpr std::array<FlagSpec, 14> kOwnFlags = {{
     {"policy", "NAME", "placement policy: contiguous, deepseek or balanced (default balanced)"},
     {"previous", "FILE", "the map in use (any --format): compare with it and plan from it"},
     {"output", "FILE", "write the map here, atomically (default: standard output)"},
-    {"format", "NAME", "eplb, vllm-ascend or sglang (default eplb)"},
+    {"format", "NAME", "eplb, vllm-ascend, sglang or trtllm (default eplb)"},
     {"bytes-per-expert", "B", "bytes of one expert's weights, to report the bytes to move"},
     {"per-layer", "", "print the balancedness of every layer, before and after"},
     {"help", "", "print this help"},
@@ -204,7 +204,7 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
       return fail(written);
     }
   } else {
-    WriteExpertMapJson(
+    WriteExpertMapText(
         *map, o.format, version,
         [&out](absl::string_view piece) {
           out.write(piece.data(), static_cast<std::streamsize>(piece.size()));
@@ -237,7 +237,8 @@ std::string PlanUsage() {
       "                    [--policy contiguous|deepseek|balanced] [--previous MAP.json]\n"
       "                    [--tolerance X] [--max-received-per-rank M]\n"
       "                    [--max-received-per-layer M] [--layer-min-gain X] [--node-affinity]\n"
-      "                    [--output MAP.json] [--format eplb|vllm-ascend|sglang] [--per-layer]\n"
+      "                    [--output MAP.json] [--format eplb|vllm-ascend|sglang|trtllm] "
+      "[--per-layer]\n"
       "                    [--layer-ids LIST | --first-moe-layer K] [--num-hidden-layers H]\n"
       "       eplbctl plan --policy contiguous --num-layers L --num-logical-experts E\n"
       "                    --num-physical-experts P --num-ranks R --output MAP.json\n\n"

@@ -243,7 +243,7 @@ constexpr std::array<FlagSpec, 18> kCreateOwnFlags = {{
     {"min-gain", "X", "publish only if balancedness improves by X (default 0)"},
     {"ack-timeout-ms", "T", "time ranks have to stage a plan (default 60000)"},
     {"plan-history", "K", "plans kept (default 16)"},
-    {"initial-map", "FILE", "the first plan's map (eplb, vllm-ascend or sglang JSON)"},
+    {"initial-map", "FILE", "the first plan's map (eplb, vllm-ascend, sglang or trtllm)"},
 }};
 constexpr auto kCreateFlags = Concat(Concat(kCreateOwnFlags, kBalancedFlags), kLayerIdFlags);
 
@@ -450,7 +450,8 @@ constexpr std::array<FlagSpec, 4> kGetPlanOwnFlags = {{
     {"deployment", "D", "the deployment (required)"},
     {"version", "V", "the plan's version (default: the newest committed plan)"},
     {"output", "FILE", "write the plan's map here, atomically"},
-    {"format", "NAME", "map format of --output: eplb, vllm-ascend or sglang (default eplb)"},
+    {"format", "NAME",
+     "map format of --output: eplb, vllm-ascend, sglang or trtllm (default eplb)"},
 }};
 constexpr auto kGetPlanFlags = Concat(kGetPlanOwnFlags, kLayerIdFlags);
 
@@ -678,7 +679,7 @@ const std::array<ServerVerb, 10>& Verbs() {
        "rebalance --deployment D [--dry-run]", kRebalanceFlags, &ParseRebalance},
       {"get-plan", "show a plan; write its map with --output",
        "get-plan --deployment D [--version V] [--output MAP.json]\n"
-       "       [--format eplb|vllm-ascend|sglang]\n"
+       "       [--format eplb|vllm-ascend|sglang|trtllm]\n"
        "       [--layer-ids LIST | --first-moe-layer K] [--num-hidden-layers H]",
        kGetPlanFlags, &ParseGetPlan},
       {"list-plans", "list the retained plans, newest first", "list-plans --deployment D",

@@ -26,16 +26,17 @@ absl::StatusOr<LoadMatrix> ReadLoadFile(const std::string& path) {
 absl::StatusOr<ParsedExpertMap> ReadExpertMapFile(const std::string& path,
                                                   const MapShapeHints& hints) {
   ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path, kMaxMapFileBytes));
-  absl::StatusOr<ParsedExpertMap> map = ParseExpertMapJson(text, hints);
+  absl::StatusOr<ParsedExpertMap> map = ParseExpertMap(text, hints);
   if (!map.ok()) return WithPath(path, map.status());
   return map;
 }
 
 absl::Status WriteExpertMapFile(const std::string& path, const ExpertMap& map, MapFormat format,
                                 int64_t version, const LayerIds* layer_ids) {
+  RETURN_IF_ERROR(CheckMapWritable(map, format, layer_ids));
   ASSIGN_OR_RETURN(AtomicFileWriter writer, AtomicFileWriter::Create(path));
   absl::Status written;
-  WriteExpertMapJson(
+  WriteExpertMapText(
       map, format, version,
       [&](absl::string_view piece) {
         if (written.ok()) written = writer.Append(piece);

@@ -23,14 +23,14 @@ inline constexpr size_t kMaxMapFileBytes = size_t{1} << 30;
 // INVALID_ARGUMENT "PATH: <what ParseLoadJson found>".
 absl::StatusOr<LoadMatrix> ReadLoadFile(const std::string& path);
 
-// Reads an expert map in any format (ParseExpertMapJson). Errors as ReadLoadFile's, the parser's
+// Reads an expert map in any format (ParseExpertMap). Errors as ReadLoadFile's, the parser's
 // prefixed with "PATH: ".
 absl::StatusOr<ParsedExpertMap> ReadExpertMapFile(const std::string& path,
                                                   const MapShapeHints& hints = {});
 
 // Writes `map` to `path` in `format` (`version` goes into the eplb format only; `layer_ids`
-// numbers the sglang format's rows, as WriteExpertMapJson), atomically.
-// REQUIRES: layer_ids == nullptr or layer_ids->CheckFits(map.num_layers(), …).ok().
+// numbers the sglang and trtllm formats' rows, as WriteExpertMapText), atomically. Refuses what
+// CheckMapWritable refuses, writing nothing.
 absl::Status WriteExpertMapFile(const std::string& path, const ExpertMap& map, MapFormat format,
                                 int64_t version, const LayerIds* layer_ids = nullptr);
 

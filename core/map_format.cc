@@ -16,6 +16,7 @@
 #include "core/json.h"
 #include "core/shape.h"
 #include "core/status_macros.h"
+#include "core/trtllm_map.h"
 
 namespace eplb {
 namespace {
@@ -649,12 +650,13 @@ void WriteSglangMap(const ExpertMap& map, const LayerIds& layer_ids, PieceWriter
 }  // namespace
 
 absl::StatusOr<MapFormat> ParseMapFormat(absl::string_view name) {
-  for (MapFormat format : {MapFormat::kEplb, MapFormat::kVllmAscend, MapFormat::kSglang}) {
+  for (MapFormat format :
+       {MapFormat::kEplb, MapFormat::kVllmAscend, MapFormat::kSglang, MapFormat::kTrtllm}) {
     if (name == MapFormatName(format)) return format;
   }
   std::string message = "unknown map format ";
   AppendJsonString(&message, name);
-  absl::StrAppend(&message, ": expected eplb, vllm-ascend or sglang");
+  absl::StrAppend(&message, ": expected eplb, vllm-ascend, sglang or trtllm");
   return Invalid(std::move(message));
 }
 
@@ -666,6 +668,8 @@ absl::string_view MapFormatName(MapFormat format) {
       return "vllm-ascend";
     case MapFormat::kSglang:
       return "sglang";
+    case MapFormat::kTrtllm:
+      return "trtllm";
   }
   return "unknown";
 }
@@ -733,12 +737,25 @@ std::string LoadToJson(const LoadMatrix& load) {
   return json;
 }
 
-void WriteExpertMapJson(const ExpertMap& map, MapFormat format, int64_t version,
+absl::Status CheckMapWritable(const ExpertMap& map, MapFormat format, const LayerIds* layer_ids) {
+  if (layer_ids != nullptr) RETURN_IF_ERROR(layer_ids->CheckFits(map.num_layers(), "the map"));
+  if (format == MapFormat::kTrtllm && map.num_physical_experts() % map.num_ranks() != 0) {
+    return Invalid(
+        absl::StrCat("the map has ", map.num_physical_experts(), " slots on ", map.num_ranks(),
+                     " ranks: TensorRT-LLM needs the same number of slots on every rank"));
+  }
+  return absl::OkStatus();
+}
+
+void WriteExpertMapText(const ExpertMap& map, MapFormat format, int64_t version,
                         absl::FunctionRef<void(absl::string_view)> sink,
                         const LayerIds* layer_ids) {
-  if (layer_ids != nullptr) {
-    const absl::Status fits = layer_ids->CheckFits(map.num_layers(), "the map");
-    EPLB_CHECK(fits.ok(), fits.message());
+  const absl::Status writable = CheckMapWritable(map, format, layer_ids);
+  EPLB_CHECK(writable.ok(), writable.message());
+  if (format == MapFormat::kTrtllm) {
+    internal::WriteTrtllmMap(map, layer_ids ? *layer_ids : LayerIds::AllMoe(map.num_layers()),
+                             sink);
+    return;
   }
   PieceWriter writer(sink);
   switch (format) {
@@ -752,14 +769,16 @@ void WriteExpertMapJson(const ExpertMap& map, MapFormat format, int64_t version,
     case MapFormat::kSglang:
       WriteSglangMap(map, layer_ids ? *layer_ids : LayerIds::AllMoe(map.num_layers()), writer);
       return;
+    case MapFormat::kTrtllm:
+      break;  // above
   }
   EPLB_CHECK(false, "unknown map format ", static_cast<int>(format));
 }
 
-std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version,
+std::string ExpertMapToText(const ExpertMap& map, MapFormat format, int64_t version,
                             const LayerIds* layer_ids) {
   std::string json;
-  WriteExpertMapJson(
+  WriteExpertMapText(
       map, format, version,
       [&json](absl::string_view piece) { json.append(piece.data(), piece.size()); }, layer_ids);
   return json;
@@ -798,6 +817,15 @@ absl::StatusOr<ParsedExpertMap> ParseExpertMapJson(absl::string_view json,
   if (hints.layer_ids)
     RETURN_IF_ERROR(hints.layer_ids->CheckFits(parsed.map.num_layers(), "the map"));
   return parsed;
+}
+
+absl::StatusOr<ParsedExpertMap> ParseExpertMap(absl::string_view text, const MapShapeHints& hints) {
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (first != absl::string_view::npos && text[first] == '{') {
+    return ParseExpertMapJson(text, hints);
+  }
+  RETURN_IF_ERROR(CheckHints(hints));
+  return internal::ParseTrtllmMap(text, hints);
 }
 
 }  // namespace eplb

@@ -9,9 +9,12 @@
 //   sglang       {"physical_to_logical_map": [[…P…] × H]}: a row per hidden layer (H of them), the
 //                rows of dense layers trivial (slot p holds expert p mod E); the file SGLang's
 //                --init-expert-location reads, with no other key
+//   trtllm       TensorRT-LLM's load balancer YAML (core/trtllm_map.h): initial_global_assignments
+//                keyed by the MoE layers' hidden-layer indices, num_slots, layer_updates_per_iter
 //
-// eplb's and vllm-ascend's rows are MoE layers; SGLang's are hidden layers, mapped to MoE layers
-// by a LayerIds (core/layer_ids.h; without one, every hidden layer is a MoE layer).
+// eplb's and vllm-ascend's rows are MoE layers; SGLang's are hidden layers and TensorRT-LLM's keys
+// hidden-layer indices, mapped to MoE layers by a LayerIds (core/layer_ids.h; without one, every
+// hidden layer is a MoE layer).
 //
 // Readers check everything (JSON syntax, keys, types, shapes, ranges, consistency of the tables)
 // and return INVALID_ARGUMENT naming the first offending field, e.g. "phy2log[2][7] = 300 is out of
@@ -32,9 +35,9 @@
 
 namespace eplb {
 
-enum class MapFormat { kEplb, kVllmAscend, kSglang };
+enum class MapFormat { kEplb, kVllmAscend, kSglang, kTrtllm };
 
-// "eplb", "vllm-ascend", "sglang". INVALID_ARGUMENT listing these for any other name.
+// "eplb", "vllm-ascend", "sglang", "trtllm". INVALID_ARGUMENT listing these for any other name.
 absl::StatusOr<MapFormat> ParseMapFormat(absl::string_view name);
 absl::string_view MapFormatName(MapFormat format);
 
@@ -43,23 +46,29 @@ absl::string_view MapFormatName(MapFormat format);
 absl::StatusOr<LoadMatrix> ParseLoadJson(absl::string_view json);
 std::string LoadToJson(const LoadMatrix& load);
 
-// Serialises `map` in `format`. `version` (≥ 0) is written by the eplb format only; `layer_ids`
-// (nullptr: every hidden layer is a MoE layer) numbers the rows of the sglang format.
-// REQUIRES: layer_ids == nullptr or layer_ids->CheckFits(map.num_layers(), …).ok().
-std::string ExpertMapToJson(const ExpertMap& map, MapFormat format, int64_t version = 0,
+// OK when `map` can be written in `format` with `layer_ids` (nullptr: every hidden layer is a MoE
+// layer); INVALID_ARGUMENT otherwise: layer ids that do not fit the map (naming both counts), or
+// for trtllm a slot count that is not a multiple of the ranks.
+absl::Status CheckMapWritable(const ExpertMap& map, MapFormat format,
+                              const LayerIds* layer_ids = nullptr);
+
+// Serialises `map` in `format` (JSON; YAML for trtllm). `version` (≥ 0) is written by the eplb
+// format only; `layer_ids` numbers the rows of the sglang and trtllm formats.
+// REQUIRES: CheckMapWritable(map, format, layer_ids).ok().
+std::string ExpertMapToText(const ExpertMap& map, MapFormat format, int64_t version = 0,
                             const LayerIds* layer_ids = nullptr);
 
 // The same text, handed to `sink` in pieces of about 64 KiB as it is produced, so that a large map
 // (the eplb format of a DeepSeek-V3 plan is about 2 MB) is written without holding it whole.
-void WriteExpertMapJson(const ExpertMap& map, MapFormat format, int64_t version,
+void WriteExpertMapText(const ExpertMap& map, MapFormat format, int64_t version,
                         absl::FunctionRef<void(absl::string_view)> sink,
                         const LayerIds* layer_ids = nullptr);
 
 // What a reader needs to know that a format does not carry. 0 means "not known": the value is then
 // taken from the file, or derived (experts: the largest expert index + 1).
 struct MapShapeHints {
-  int32_t num_logical_experts = 0;  // sglang files carry no E
-  int32_t num_ranks = 0;            // sglang files carry no R: required for them
+  int32_t num_logical_experts = 0;  // sglang and trtllm files carry no E
+  int32_t num_ranks = 0;            // sglang and trtllm files carry no R: required for them
   // How the file numbers its rows (sglang: one per hidden layer; the map keeps the MoE layers'
   // rows). Unset: every row is a MoE layer. A file whose rows do not fit is INVALID_ARGUMENT
   // naming both counts.
@@ -72,10 +81,15 @@ struct ParsedExpertMap {
   int64_t version = 0;  // eplb format only; 0 otherwise
 };
 
-// Reads a map in any of the formats, recognised by its keys. A hint that disagrees with a value the
-// file carries is INVALID_ARGUMENT naming both.
+// Reads a map in any of the JSON formats, recognised by its keys. A hint that disagrees with a
+// value the file carries is INVALID_ARGUMENT naming both.
 absl::StatusOr<ParsedExpertMap> ParseExpertMapJson(absl::string_view json,
                                                    const MapShapeHints& hints = {});
+
+// Reads a map in any format: JSON (a text starting with '{') as ParseExpertMapJson, YAML as
+// TensorRT-LLM's (trtllm).
+absl::StatusOr<ParsedExpertMap> ParseExpertMap(absl::string_view text,
+                                               const MapShapeHints& hints = {});
 
 }  // namespace eplb
 

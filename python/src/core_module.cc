@@ -499,13 +499,13 @@ PYBIND11_MODULE(_core, m) {
       .def_static("from_tables", &MapFromTables, py::arg("phy2log"), py::arg("log2phy"),
                   py::arg("logcnt"), py::arg("num_ranks"))
       .def_static(
-          "from_json",
+          "from_text",
           [](const std::string& text, std::optional<int64_t> num_logical_experts,
              std::optional<int64_t> num_ranks, const py::object& layer_ids,
              std::optional<int64_t> num_hidden_layers) {
             return ValueOrThrow(
-                       ParseExpertMapJson(text, Hints(num_logical_experts, num_ranks,
-                                                      LayerIdsOf(layer_ids, num_hidden_layers))))
+                       ParseExpertMap(text, Hints(num_logical_experts, num_ranks,
+                                                  LayerIdsOf(layer_ids, num_hidden_layers))))
                 .map;
           },
           py::arg("text"), py::kw_only(), py::arg("num_logical_experts") = py::none(),
@@ -524,11 +524,11 @@ PYBIND11_MODULE(_core, m) {
           py::arg("num_ranks") = py::none(), py::arg("layer_ids") = py::none(),
           py::arg("num_hidden_layers") = py::none())
       .def(
-          "to_json",
+          "to_text",
           [](const ExpertMap& map, const std::string& format, int64_t version,
              const py::object& layer_ids, std::optional<int64_t> num_hidden_layers) {
             const std::optional<LayerIds> ids = LayerIdsOf(layer_ids, num_hidden_layers);
-            return ExpertMapToJson(map, FormatOf(format), Version(version),
+            return ExpertMapToText(map, FormatOf(format), Version(version),
                                    FittingLayerIds(map, ids));
           },
           py::arg("format") = "eplb", py::arg("version") = 0, py::kw_only(),
@@ -629,9 +629,12 @@ PYBIND11_MODULE(_core, m) {
     return names;
   });
   m.def("map_format_names", [] {
-    return std::vector<std::string>{std::string(MapFormatName(MapFormat::kEplb)),
-                                    std::string(MapFormatName(MapFormat::kVllmAscend)),
-                                    std::string(MapFormatName(MapFormat::kSglang))};
+    std::vector<std::string> names;
+    for (MapFormat format :
+         {MapFormat::kEplb, MapFormat::kVllmAscend, MapFormat::kSglang, MapFormat::kTrtllm}) {
+      names.emplace_back(MapFormatName(format));
+    }
+    return names;
   });
 }
 

@@ -104,29 +104,37 @@ TEST_F(EplbctlPlanTest, EveryFormatIsWrittenAndReadsBack) {
   ASSERT_EQ(eplb.exit_code, 0);
   const auto reference = ParseExpertMapJson(eplb.out);
   ASSERT_TRUE(reference.ok());
-  // SGLang's rows are hidden layers: here a dense layer 0, then the example's 2 MoE layers.
+  // SGLang's rows are hidden layers: here a dense layer 0, then the example's 2 MoE layers;
+  // TensorRT-LLM keys the MoE layers by their hidden-layer index.
   const auto layer_ids = LayerIds::FromRange(1, 3);
   ASSERT_TRUE(layer_ids.ok());
-  for (const char* format : {"vllm-ascend", "sglang"}) {
-    const bool sglang = std::string(format) == "sglang";
+  for (const char* format : {"vllm-ascend", "sglang", "trtllm"}) {
+    const bool numbered = std::string(format) != "vllm-ascend";
     std::vector<std::string> args = ExampleArgs(load_path);
     args.insert(args.end(), {"--format", format});
-    if (sglang) args.insert(args.end(), {"--first-moe-layer", "1", "--num-hidden-layers", "3"});
+    if (numbered) args.insert(args.end(), {"--first-moe-layer", "1", "--num-hidden-layers", "3"});
     const Result r = Run(args);
     ASSERT_EQ(r.exit_code, 0) << format << ": " << r.err;
-    auto parsed = ParseExpertMapJson(
+    auto parsed = ParseExpertMap(
         r.out, {.num_logical_experts = 12,
                 .num_ranks = 8,
-                .layer_ids = sglang ? std::optional<LayerIds>(*layer_ids) : std::nullopt});
+                .layer_ids = numbered ? std::optional<LayerIds>(*layer_ids) : std::nullopt});
     ASSERT_TRUE(parsed.ok()) << format << ": " << parsed.status();
     EXPECT_EQ(MapFormatName(parsed->format), format);
     EXPECT_EQ(parsed->map.phy2log_table(), reference->map.phy2log_table()) << format;
-    if (sglang) {
+    if (std::string(format) == "sglang") {
       EXPECT_THAT(r.out, HasSubstr("[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3]"))
           << "the dense layer's trivial row";
     }
+    if (std::string(format) == "trtllm") {
+      EXPECT_THAT(r.out, StartsWith("initial_global_assignments:\n  1: ["));
+      EXPECT_THAT(r.out, HasSubstr("\n  2: ["));
+      EXPECT_THAT(r.out, HasSubstr("layer_updates_per_iter: 0\nnum_slots: 16\n"));
+    }
   }
 }
+
+void SetFlag(std::vector<std::string>& args, const std::string& flag, const std::string& value);
 
 TEST_F(EplbctlPlanTest, EngineRowsNeedTheLayerNumbering) {
   const std::string load_path = Write("load.json", kExampleLoad);
@@ -136,6 +144,13 @@ TEST_F(EplbctlPlanTest, EngineRowsNeedTheLayerNumbering) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--format sglang writes a row per hidden layer: give "
                                "--first-moe-layer K --num-hidden-layers H"));
+
+  std::vector<std::string> trtllm = args;
+  SetFlag(trtllm, "--format", "trtllm");
+  r = Run(trtllm);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--format trtllm keys the MoE layers by their hidden-layer index: "
+                               "give --first-moe-layer K --num-hidden-layers H"));
 
   args.insert(args.end(), {"--first-moe-layer", "3", "--num-hidden-layers", "61"});
   r = Run(args);
@@ -181,8 +196,6 @@ TEST_F(EplbctlPlanTest, EngineRowsNeedTheLayerNumbering) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("vs previous: 0 of 32 slots changed"));
 }
-
-void SetFlag(std::vector<std::string>& args, const std::string& flag, const std::string& value);
 
 TEST_F(EplbctlPlanTest, PreviousMapInAnyFormatIsComparedAndVersioned) {
   const std::string load_path = Write("load.json", kExampleLoad);
@@ -406,7 +419,8 @@ INSTANTIATE_TEST_SUITE_P(
                 R"({"load": [[1]]})",
                 {"--format", "yaml"},
                 2,
-                "unknown map format \"yaml\": expected eplb, vllm-ascend or sglang (see eplbctl "
+                "unknown map format \"yaml\": expected eplb, vllm-ascend, sglang or trtllm (see "
+                "eplbctl "
                 "plan --help)"},
         BadCase{"layers_disagree",
                 R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",

@@ -142,7 +142,7 @@ INSTANTIATE_TEST_SUITE_P(
                   "--format applies to --output, which is not given"},
         UsageCase{"get_plan_unknown_format",
                   {"get-plan", "--deployment", "d", "--output", "m.json", "--format", "yaml"},
-                  "unknown map format \"yaml\": expected eplb, vllm-ascend or sglang"},
+                  "unknown map format \"yaml\": expected eplb, vllm-ascend, sglang or trtllm"},
         UsageCase{"get_plan_sglang_needs_layer_ids",
                   {"get-plan", "--deployment", "d", "--output", "m.json", "--format", "sglang"},
                   "--format sglang writes a row per hidden layer: give --first-moe-layer K "

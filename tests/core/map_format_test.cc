@@ -120,7 +120,7 @@ TEST_P(MapFormatRoundTripTest, AllFormatsRoundTripExactly) {
     const ExpertMap map = RandomMap(s, seed);
     for (MapFormat format : {MapFormat::kEplb, MapFormat::kVllmAscend, MapFormat::kSglang}) {
       SCOPED_TRACE(std::string(MapFormatName(format)));
-      const std::string json = ExpertMapToJson(map, format, 7);
+      const std::string json = ExpertMapToText(map, format, 7);
       MapShapeHints hints;
       if (format == MapFormat::kSglang) hints.num_ranks = s.ranks;
       absl::StatusOr<ParsedExpertMap> parsed = ParseExpertMapJson(json, hints);
@@ -148,7 +148,7 @@ TEST(MapFormatTest, KeepsReplicaOrderInEplbFormat) {
   absl::StatusOr<ExpertMap> map =
       ExpertMap::FromReplicaRanks(1, 2, SlotLayout(4, 2), {0, 1, 0, 0}, {2, 0, 0, 1});
   ASSERT_TRUE(map.ok()) << map.status();
-  const std::string json = ExpertMapToJson(*map, MapFormat::kEplb, 3);
+  const std::string json = ExpertMapToText(*map, MapFormat::kEplb, 3);
   EXPECT_THAT(json, HasSubstr("\"log2phy\": [\n    [[2, 3, 0], [1, -1, -1]]\n  ]"));
   absl::StatusOr<ParsedExpertMap> parsed = ParseExpertMapJson(json);
   ASSERT_TRUE(parsed.ok()) << parsed.status();
@@ -156,7 +156,7 @@ TEST(MapFormatTest, KeepsReplicaOrderInEplbFormat) {
 }
 
 TEST(MapFormatTest, WritesEplbFormat) {
-  EXPECT_EQ(ExpertMapToJson(SmallMap(), MapFormat::kEplb, 12),
+  EXPECT_EQ(ExpertMapToText(SmallMap(), MapFormat::kEplb, 12),
             R"({
   "format": "eplb.expert_map.v1",
   "version": 12,
@@ -182,7 +182,7 @@ TEST(MapFormatTest, WritesEplbFormat) {
 }
 
 TEST(MapFormatTest, WritesVllmAscendFormat) {
-  EXPECT_EQ(ExpertMapToJson(SmallMap(), MapFormat::kVllmAscend),
+  EXPECT_EQ(ExpertMapToText(SmallMap(), MapFormat::kVllmAscend),
             R"({
   "moe_layer_count": 2,
   "layer_list": [
@@ -204,7 +204,7 @@ TEST(MapFormatTest, WritesVllmAscendFormat) {
 }
 
 TEST(MapFormatTest, WritesSglangFormat) {
-  EXPECT_EQ(ExpertMapToJson(SmallMap(), MapFormat::kSglang),
+  EXPECT_EQ(ExpertMapToText(SmallMap(), MapFormat::kSglang),
             R"({
   "physical_to_logical_map": [
     [0, 1, 2, 3, 0, 1],
@@ -215,16 +215,18 @@ TEST(MapFormatTest, WritesSglangFormat) {
 }
 
 TEST(MapFormatTest, FormatNames) {
-  for (MapFormat format : {MapFormat::kEplb, MapFormat::kVllmAscend, MapFormat::kSglang}) {
+  for (MapFormat format :
+       {MapFormat::kEplb, MapFormat::kVllmAscend, MapFormat::kSglang, MapFormat::kTrtllm}) {
     absl::StatusOr<MapFormat> parsed = ParseMapFormat(MapFormatName(format));
     ASSERT_TRUE(parsed.ok());
     EXPECT_EQ(*parsed, format);
   }
   EXPECT_EQ(MapFormatName(MapFormat::kVllmAscend), "vllm-ascend");
+  EXPECT_EQ(MapFormatName(MapFormat::kTrtllm), "trtllm");
   absl::StatusOr<MapFormat> bad = ParseMapFormat("vllm");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(bad.status().message(),
-            "unknown map format \"vllm\": expected eplb, vllm-ascend or sglang");
+            "unknown map format \"vllm\": expected eplb, vllm-ascend, sglang or trtllm");
 }
 
 // ---- Detection ---------------------------------------------------------------------------------
@@ -243,7 +245,7 @@ TEST(MapFormatTest, RefusesUnknownAndAmbiguousDocuments) {
 }
 
 TEST(MapFormatTest, RefusesNegativeHints) {
-  const std::string json = ExpertMapToJson(SmallMap(), MapFormat::kEplb);
+  const std::string json = ExpertMapToText(SmallMap(), MapFormat::kEplb);
   EXPECT_EQ(MapError(json, {.num_logical_experts = -1}),
             "MapShapeHints.num_logical_experts = -1 is negative");
   EXPECT_EQ(MapError(json, {.num_ranks = -4}), "MapShapeHints.num_ranks = -4 is negative");
@@ -255,7 +257,7 @@ class MapFormatEplbTest : public ::testing::Test {
  protected:
   // L=3, E=16, P=21, R=4 (6, 5, 5, 5 slots): log2phy rows of 6.
   MapFormatEplbTest() : map_(RandomMap({3, 16, 21, 4}, 5)) {
-    json_ = ExpertMapToJson(map_, MapFormat::kEplb, 9);
+    json_ = ExpertMapToText(map_, MapFormat::kEplb, 9);
   }
   std::string ErrorAfter(const std::function<void(JsonValue&)>& edit,
                          const MapShapeHints& hints = {}) {
@@ -459,7 +461,7 @@ class MapFormatVllmAscendTest : public ::testing::Test {
  protected:
   // L=2, E=16, P=18, R=4: ranks hold 5, 5, 4, 4 slots.
   MapFormatVllmAscendTest() : map_(RandomMap({2, 16, 18, 4}, 8)) {
-    json_ = ExpertMapToJson(map_, MapFormat::kVllmAscend);
+    json_ = ExpertMapToText(map_, MapFormat::kVllmAscend);
   }
   std::string ErrorAfter(const std::function<void(JsonValue&)>& edit,
                          const MapShapeHints& hints = {}) {
@@ -598,7 +600,7 @@ TEST_F(MapFormatVllmAscendTest, ShapeLimits) {
 // ---- sglang ------------------------------------------------------------------------------------
 
 TEST(MapFormatSglangTest, RequiresTheRankCount) {
-  const std::string json = ExpertMapToJson(SmallMap(), MapFormat::kSglang);
+  const std::string json = ExpertMapToText(SmallMap(), MapFormat::kSglang);
   EXPECT_EQ(MapError(json), "sglang maps carry no rank count: num_ranks is required");
   absl::StatusOr<ParsedExpertMap> parsed = ParseExpertMapJson(json, {.num_ranks = 4});
   ASSERT_TRUE(parsed.ok()) << parsed.status();
@@ -722,7 +724,7 @@ TEST(MapFormatStreamingTest, PiecesAddUpToTheWholeText) {
   const ExpertMap map = RandomMap({58, 256, 288, 32}, 3);
   for (MapFormat format : {MapFormat::kEplb, MapFormat::kVllmAscend, MapFormat::kSglang}) {
     std::vector<std::string> pieces;
-    WriteExpertMapJson(map, format, 9,
+    WriteExpertMapText(map, format, 9,
                        [&](absl::string_view piece) { pieces.emplace_back(piece); });
     std::string joined;
     for (const std::string& piece : pieces) {
@@ -730,7 +732,7 @@ TEST(MapFormatStreamingTest, PiecesAddUpToTheWholeText) {
       EXPECT_LE(piece.size(), size_t{200} << 10);  // bounded, never the whole map at once
       joined += piece;
     }
-    EXPECT_EQ(joined, ExpertMapToJson(map, format, 9)) << MapFormatName(format);
+    EXPECT_EQ(joined, ExpertMapToText(map, format, 9)) << MapFormatName(format);
     if (format == MapFormat::kEplb) {
       EXPECT_GT(pieces.size(), 10u);  // about 2 MB in pieces
     }

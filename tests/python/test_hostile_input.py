@@ -80,10 +80,10 @@ def mutate(text, rng):
 def test_mutated_map_files_are_refused_cleanly(tmp_path):
     rng = np.random.default_rng(17)
     m = eplb.ExpertMap.from_phy2log(np.arange(32).reshape(2, 16) % 12, 12, 8)
-    texts = [m.to_json(fmt) for fmt in eplb.MAP_FORMATS]
+    texts = [m.to_text(fmt) for fmt in eplb.MAP_FORMATS]
     for i in range(600):
         text = mutate(texts[i % len(texts)], rng)
-        refused_or_fine(lambda: eplb.ExpertMap.from_json(text, num_ranks=8))
+        refused_or_fine(lambda: eplb.ExpertMap.from_text(text, num_ranks=8))
         path = tmp_path / "map.json"
         path.write_text(text)
         refused_or_fine(lambda: eplb.ExpertMap.read(str(path), num_ranks=8))
