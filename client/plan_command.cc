@@ -5,14 +5,17 @@
 #include <optional>
 #include <ostream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "client/balanced_flags.h"
 #include "client/cli_args.h"
 #include "client/layer_id_flags.h"
 #include "core/balanced_policy.h"
 #include "core/contiguous_policy.h"
+#include "core/load_formats.h"
 #include "core/map_files.h"
 #include "core/map_format.h"
 #include "core/metrics.h"
@@ -22,8 +25,15 @@
 namespace eplb::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 14> kOwnFlags = {{
-    {"load", "FILE", "load file {\"load\": [[…E…] × L]} (required unless --policy contiguous)"},
+constexpr std::array<FlagSpec, 16> kOwnFlags = {{
+    {"load", "PATH",
+     "the load: a file {\"load\": [[…E…] × L]}, or as --load-format says (required unless "
+     "--policy contiguous)"},
+    {"load-format", "NAME",
+     "eplb (default), sglang (its logical_count JSON) or trtllm-stats (a directory of its "
+     "expert statistics)"},
+    {"iterations", "A-B",
+     "trtllm-stats: sum iterations A ≤ i < B, as EXPERT_STATISTIC_ITER_RANGE (default: all)"},
     {"num-physical-experts", "P", "physical expert slots in all (required)"},
     {"num-ranks", "R", "ranks (GPUs) in the expert-parallel group (required)"},
     {"num-groups", "G", "expert groups (default 1)"},
@@ -44,6 +54,8 @@ struct PlanOptions {
   DeploymentShape shape;
   std::string policy = "balanced";
   std::optional<std::string> load_path, previous_path, output_path;
+  LoadFormat load_format = LoadFormat::kEplb;
+  std::optional<std::pair<int64_t, int64_t>> iterations;
   MapFormat format = MapFormat::kEplb;
   int64_t bytes_per_expert = 0;
   std::optional<BalancedFlags> balanced;  // balanced's options, when any was given
@@ -71,7 +83,24 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
   ASSIGN_OR_RETURN(o.balanced, ParseBalancedFlags(args, o.policy));
   ASSIGN_OR_RETURN(o.format, ParseMapFormat(args.Get("format", "eplb")));
   ASSIGN_OR_RETURN(o.layer_ids, ParseLayerIdFlags(args));
-  RETURN_IF_ERROR(RequireLayerIdsFor(o.format, o.layer_ids));
+  ASSIGN_OR_RETURN(o.load_format, ParseLoadFormat(args.Get("load-format", "eplb")));
+  // TensorRT-LLM's statistics name their layers: they number the output when no flag does.
+  if (o.load_format != LoadFormat::kTrtllmStats) {
+    RETURN_IF_ERROR(RequireLayerIdsFor(o.format, o.layer_ids));
+  }
+  if (args.Has("iterations")) {
+    if (o.load_format != LoadFormat::kTrtllmStats) {
+      return absl::InvalidArgumentError("--iterations applies to --load-format trtllm-stats");
+    }
+    const std::vector<std::string> ends = absl::StrSplit(args.Get("iterations"), '-');
+    int64_t first = 0, last = 0;
+    if (ends.size() != 2 || !absl::SimpleAtoi(ends[0], &first) ||
+        !absl::SimpleAtoi(ends[1], &last) || first < 0 || last <= first) {
+      return absl::InvalidArgumentError(absl::StrCat("--iterations = \"", args.Get("iterations"),
+                                                     "\" is not A-B with 0 ≤ A < B"));
+    }
+    o.iterations = std::make_pair(first, last);
+  }
   if (args.Has("load")) o.load_path = args.Get("load");
   if (args.Has("previous")) o.previous_path = args.Get("previous");
   if (args.Has("output")) o.output_path = args.Get("output");
@@ -155,9 +184,21 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
   PlanOptions o = options;
   std::optional<LoadMatrix> load;
   if (o.load_path) {
-    auto read = ReadLoadFile(*o.load_path);
+    auto read = ReadEngineLoad(*o.load_path, o.load_format,
+                               {.layer_ids = o.layer_ids, .iterations = o.iterations});
     if (!read.ok()) return fail(read.status());
-    load = *std::move(read);
+    load = std::move(read->load);
+    if (o.load_format != LoadFormat::kEplb) {
+      err << absl::StrFormat("load: %s, %d layers × %d experts, %d %s", *o.load_path,
+                             load->num_layers, load->num_experts, read->steps,
+                             o.load_format == LoadFormat::kSglang ? "steps" : "iterations");
+      if (o.load_format == LoadFormat::kTrtllmStats) {
+        err << absl::StrFormat(" from %d rank files", read->files);
+      }
+      if (read->layer_ids) err << " (" << read->layer_ids->DebugString() << ")";
+      err << "\n";
+    }
+    if (!o.layer_ids) o.layer_ids = read->layer_ids;
     if (o.shape.num_layers != 0 && o.shape.num_layers != load->num_layers) {
       return fail(absl::InvalidArgumentError(absl::StrCat("--num-layers = ", o.shape.num_layers,
                                                           ", but ", *o.load_path, " has ",
@@ -232,7 +273,8 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
 
 std::string PlanUsage() {
   return absl::StrCat(
-      "usage: eplbctl plan --load LOAD.json --num-physical-experts P --num-ranks R\n"
+      "usage: eplbctl plan --load LOAD --num-physical-experts P --num-ranks R\n"
+      "                    [--load-format eplb|sglang|trtllm-stats] [--iterations A-B]\n"
       "                    [--num-groups G] [--num-nodes N]\n"
       "                    [--policy contiguous|deepseek|balanced] [--previous MAP.json]\n"
       "                    [--tolerance X] [--max-received-per-rank M]\n"

@@ -134,6 +134,51 @@ TEST_F(EplbctlPlanTest, EveryFormatIsWrittenAndReadsBack) {
   }
 }
 
+TEST_F(EplbctlPlanTest, PlansFromWhatEnginesRecorded) {
+  const std::string golden = EPLB_GOLDEN_DIR;
+  // TensorRT-LLM's statistics name their layers, which then number its load balancer file.
+  Result r = Run({"plan", "--load", golden + "/trtllm_stats", "--load-format", "trtllm-stats",
+                  "--num-physical-experts", "6", "--num-ranks", "2", "--format", "trtllm"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("load: " + golden +
+                               "/trtllm_stats, 2 layers × 4 experts, 2 iterations from 2 rank "
+                               "files (MoE layers 1-2 of 3 hidden layers)\n"));
+  EXPECT_THAT(r.out, StartsWith("initial_global_assignments:\n  1: ["));
+  auto map = ParseExpertMap(r.out, {.num_ranks = 2});
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(map->map.num_layers(), 2);
+
+  r = Run({"plan", "--load", golden + "/trtllm_stats", "--load-format", "trtllm-stats",
+           "--iterations", "101-102", "--num-physical-experts", "6", "--num-ranks", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("2 layers × 4 experts, 1 iterations from 2 rank files"));
+
+  // SGLang's expert distribution: a row per hidden layer, steps summed.
+  r = Run({"plan", "--load", golden + "/sglang_logical_count.json", "--load-format", "sglang",
+           "--first-moe-layer", "1", "--num-hidden-layers", "4", "--num-physical-experts", "6",
+           "--num-ranks", "2", "--format", "sglang"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("3 layers × 4 experts, 2 steps (MoE layers 1-3 of 4 hidden "
+                               "layers)"));
+  auto sglang = ParseExpertMap(r.out, {.num_ranks = 2, .layer_ids = *LayerIds::FromRange(1, 4)});
+  ASSERT_TRUE(sglang.ok()) << sglang.status();
+  EXPECT_EQ(sglang->map.num_layers(), 3);
+
+  r = Run({"plan", "--load", golden + "/sglang_logical_count.json", "--iterations", "1-2",
+           "--num-physical-experts", "6", "--num-ranks", "2"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--iterations applies to --load-format trtllm-stats"));
+  r = Run({"plan", "--load", golden + "/trtllm_stats", "--load-format", "trtllm-stats",
+           "--iterations", "9-3", "--num-physical-experts", "6", "--num-ranks", "2"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--iterations = \"9-3\" is not A-B with 0 ≤ A < B"));
+  r = Run({"plan", "--load", golden + "/trtllm_stats", "--load-format", "csv",
+           "--num-physical-experts", "6", "--num-ranks", "2"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err,
+              HasSubstr("unknown load format \"csv\": expected eplb, sglang or trtllm-stats"));
+}
+
 void SetFlag(std::vector<std::string>& args, const std::string& flag, const std::string& value);
 
 TEST_F(EplbctlPlanTest, EngineRowsNeedTheLayerNumbering) {
