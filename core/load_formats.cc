@@ -314,9 +314,9 @@ absl::StatusOr<EngineLoad> ReadEngineLoad(const std::string& path, LoadFormat fo
   }
   switch (format) {
     case LoadFormat::kEplb: {
-      if (options.layer_ids) return Invalid("eplb load files hold MoE layers only: no layer ids");
+      // Its rows are the MoE layers: layer ids only travel with it.
       ASSIGN_OR_RETURN(LoadMatrix load, ReadLoadFile(path));
-      return EngineLoad{.load = std::move(load)};
+      return EngineLoad{.load = std::move(load), .layer_ids = options.layer_ids};
     }
     case LoadFormat::kSglang: {
       ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path, kMaxMapFileBytes));

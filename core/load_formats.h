@@ -38,7 +38,7 @@ absl::string_view LoadFormatName(LoadFormat format);
 struct LoadReadOptions {
   // How the engine numbers layers. sglang: its rows are hidden layers, the MoE layers' are kept
   // (unset: every row is a MoE layer). trtllm-stats: the layers to read, in this order (unset:
-  // every layer recorded, in index order).
+  // every layer recorded, in index order). eplb: its rows are MoE layers (passed through).
   std::optional<LayerIds> layer_ids;
   // trtllm-stats: the iterations first ≤ i < last to sum, as TensorRT-LLM's
   // EXPERT_STATISTIC_ITER_RANGE "first-last" records them (unset: every one recorded).
