@@ -72,33 +72,6 @@ absl::Status AddRows(const JsonValue& rows, const std::string& name, std::vector
   return absl::OkStatus();
 }
 
-// Keeps the rows of the MoE layers `layer_ids` names of an [H][E] matrix.
-absl::StatusOr<LoadMatrix> MoeRows(std::vector<double> sums, int64_t num_rows, int64_t num_experts,
-                                   const std::optional<LayerIds>& layer_ids,
-                                   absl::string_view what) {
-  LoadMatrix load{.num_experts = static_cast<int32_t>(num_experts)};
-  if (!layer_ids) {
-    if (num_rows > ShapeLimits::kMaxLayers) {
-      return Invalid(absl::StrCat(what, " has ", num_rows, " rows, more than ",
-                                  ShapeLimits::kMaxLayers, " MoE layers: give the layer ids"));
-    }
-    load.num_layers = static_cast<int32_t>(num_rows);
-    load.values = std::move(sums);
-    return load;
-  }
-  if (num_rows != layer_ids->num_hidden_layers()) {
-    return Invalid(absl::StrCat(what, " has ", num_rows, " rows, but the layer ids name ",
-                                layer_ids->num_hidden_layers(), " hidden layers (",
-                                layer_ids->DebugString(), ")"));
-  }
-  load.num_layers = layer_ids->num_moe_layers();
-  for (int32_t hidden : layer_ids->moe_layers()) {
-    const auto row = sums.begin() + static_cast<ptrdiff_t>(hidden) * num_experts;
-    load.values.insert(load.values.end(), row, row + num_experts);
-  }
-  return load;
-}
-
 // ---- trtllm-stats ------------------------------------------------------------------------------
 
 // "rank12.safetensors" → 12; -1 for any other name (rank3_raw.safetensors included).
@@ -295,11 +268,40 @@ absl::StatusOr<EngineLoad> ParseSglangLoad(absl::string_view json,
     RETURN_IF_ERROR(AddRows(*counts, "logical_count", &sums, &num_rows, &num_experts));
     result.steps = 1;
   }
+  LoadMatrix hidden_rows{.num_layers = static_cast<int32_t>(num_rows),
+                         .num_experts = static_cast<int32_t>(num_experts),
+                         .values = std::move(sums)};
   ASSIGN_OR_RETURN(result.load,
-                   MoeRows(std::move(sums), num_rows, num_experts, layer_ids, "logical_count"));
+                   SelectMoeLayers(std::move(hidden_rows), layer_ids, "logical_count"));
   result.layer_ids = layer_ids;
-  RETURN_IF_ERROR(ValidateLoad(result.load, result.load.num_layers, result.load.num_experts));
   return result;
+}
+
+absl::StatusOr<LoadMatrix> SelectMoeLayers(LoadMatrix hidden_rows,
+                                           const std::optional<LayerIds>& layer_ids,
+                                           absl::string_view what) {
+  const int64_t num_rows = hidden_rows.num_layers, num_experts = hidden_rows.num_experts;
+  LoadMatrix load{.num_experts = hidden_rows.num_experts};
+  if (!layer_ids) {
+    if (num_rows > ShapeLimits::kMaxLayers) {
+      return Invalid(absl::StrCat(what, " has ", num_rows, " rows, more than ",
+                                  ShapeLimits::kMaxLayers, " MoE layers: give the layer ids"));
+    }
+    load = std::move(hidden_rows);
+  } else {
+    if (num_rows != layer_ids->num_hidden_layers()) {
+      return Invalid(absl::StrCat(what, " has ", num_rows, " rows, but the layer ids name ",
+                                  layer_ids->num_hidden_layers(), " hidden layers (",
+                                  layer_ids->DebugString(), ")"));
+    }
+    load.num_layers = layer_ids->num_moe_layers();
+    for (int32_t hidden : layer_ids->moe_layers()) {
+      const auto row = hidden_rows.values.begin() + static_cast<ptrdiff_t>(hidden) * num_experts;
+      load.values.insert(load.values.end(), row, row + num_experts);
+    }
+  }
+  RETURN_IF_ERROR(ValidateLoad(load, load.num_layers, load.num_experts));
+  return load;
 }
 
 absl::StatusOr<EngineLoad> ReadEngineLoad(const std::string& path, LoadFormat format,

@@ -60,6 +60,14 @@ absl::StatusOr<EngineLoad> ReadEngineLoad(const std::string& path, LoadFormat fo
 absl::StatusOr<EngineLoad> ParseSglangLoad(absl::string_view json,
                                            const std::optional<LayerIds>& layer_ids);
 
+// The MoE layers' rows of a load with a row per hidden layer (`layer_ids` unset: every row is a
+// MoE layer, at most ShapeLimits::kMaxLayers of them). INVALID_ARGUMENT naming `what` and both
+// counts when the rows are not the hidden layers the ids name; the values are then validated
+// (ValidateLoad).
+absl::StatusOr<LoadMatrix> SelectMoeLayers(LoadMatrix hidden_rows,
+                                           const std::optional<LayerIds>& layer_ids,
+                                           absl::string_view what);
+
 }  // namespace eplb
 
 #endif  // EPLB_CORE_LOAD_FORMATS_H_

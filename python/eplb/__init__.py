@@ -27,6 +27,7 @@ from eplb import _core
 from eplb._arrays import as_numpy as _as_numpy
 
 __all__ = [
+    "LOAD_FORMATS",
     "BalancedOptions",
     "Evaluation",
     "ExpertMap",
@@ -34,6 +35,7 @@ __all__ = [
     "POLICIES",
     "evaluate",
     "plan",
+    "read_load",
     "rebalance_experts",
 ]
 
@@ -43,6 +45,8 @@ __version__ = "0.1.0"
 POLICIES = tuple(_policy_names())
 #: The map file formats ExpertMap.read/write and eplbctl speak.
 MAP_FORMATS = tuple(_map_format_names())
+#: The load inputs read_load and eplbctl plan --load-format read.
+LOAD_FORMATS = ("eplb", "sglang", "trtllm-stats")
 
 
 def _previous_map(previous, num_logical_experts, num_ranks):
@@ -107,3 +111,41 @@ def evaluate(map, load, previous=None, *, bytes_per_expert=0) -> Evaluation:  # 
     array, _ = _as_numpy(load)
     prev = _previous_map(previous, map.num_logical_experts, map.num_ranks)
     return _core.evaluate(map, array, prev, bytes_per_expert)
+
+
+def read_load(path, format="eplb", *, layer_ids=None, num_hidden_layers=None,  # noqa: A002
+              iterations=None):
+    """The load an engine recorded, as a float64 numpy array [MoE layers, experts]:
+
+    - "eplb": the load file {"load": [[...E...] x L]}.
+    - "sglang": SGLang's expert distribution, a row per hidden layer: the logical_count JSON that
+      --init-expert-location reads, or the .pt file its /dump_expert_distribution_record writes
+      (read with torch). Steps are summed; `layer_ids` (e.g. "3-60", or a sequence of indices)
+      and `num_hidden_layers` say which rows are MoE layers (unset: all of them).
+    - "trtllm-stats": TensorRT-LLM's expert statistics directory (meta_info.json and
+      rank{r}.safetensors), summed over ranks and over `iterations` = (first, last) with the last
+      excluded (unset: all recorded); `layer_ids` chooses the layers (unset: all recorded).
+
+    Bad files raise ValueError naming the file and the field (FileNotFoundError, OSError for
+    files that cannot be read)."""
+    if format == "sglang" and str(path).endswith(".pt"):
+        import pickle
+
+        import torch
+
+        try:
+            # weights_only: a pickle from elsewhere must not run code here.
+            dump = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"{path}: cannot be read safely (torch.load with weights_only, torch "
+                             f"{torch.__version__}): {str(error).splitlines()[-1][-200:]}") from None
+        counts = dump.get("logical_count") if isinstance(dump, dict) else None
+        if counts is None:
+            raise ValueError(f"{path}: expected a dict with logical_count (SGLang's expert "
+                             "distribution dump)")
+        counts = torch.as_tensor(counts)
+        if counts.dim() == 3:
+            counts = counts.sum(dim=0, dtype=torch.int64)
+        return _core.moe_layers_of(counts.numpy(), layer_ids, num_hidden_layers)
+    return _core.read_load(path, format, layer_ids, num_hidden_layers,
+                           None if iterations is None else tuple(iterations))

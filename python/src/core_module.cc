@@ -34,6 +34,7 @@
 #include "core/expert_map.h"
 #include "core/layer_ids.h"
 #include "core/load.h"
+#include "core/load_formats.h"
 #include "core/map_files.h"
 #include "core/map_format.h"
 #include "core/metrics.h"
@@ -421,6 +422,36 @@ ExpertMap Plan(const py::object& load_object, int64_t num_layers, int64_t num_lo
   return ValueOrThrow(std::move(map));
 }
 
+py::array_t<double> LoadArray(const LoadMatrix& load) {
+  py::array_t<double> out({py::ssize_t{load.num_layers}, py::ssize_t{load.num_experts}});
+  std::copy(load.values.begin(), load.values.end(), out.mutable_data());
+  return out;
+}
+
+// A load as an engine recorded it (core/load_formats.h), as a [L, E] float64 array.
+py::array_t<double> ReadLoad(const py::object& path, const std::string& format_name,
+                             const py::object& layer_ids, std::optional<int64_t> num_hidden_layers,
+                             std::optional<std::pair<int64_t, int64_t>> iterations) {
+  const LoadFormat format = ValueOrThrow(ParseLoadFormat(format_name));
+  const LoadReadOptions options{.layer_ids = LayerIdsOf(layer_ids, num_hidden_layers),
+                                .iterations = iterations};
+  const std::string file = PathOf(path);
+  absl::StatusOr<EngineLoad> load;
+  {
+    py::gil_scoped_release release;
+    load = ReadEngineLoad(file, format, options);
+  }
+  return LoadArray(ValueOrThrow(std::move(load), /*file_io=*/true).load);
+}
+
+// The MoE layers' rows of a [H, E] load with a row per hidden layer (SelectMoeLayers).
+py::array_t<double> MoeLayersOf(const py::object& hidden_rows, const py::object& layer_ids,
+                                std::optional<int64_t> num_hidden_layers) {
+  LoadMatrix load = ToLoad(AsArray(hidden_rows), "load");
+  return LoadArray(ValueOrThrow(
+      SelectMoeLayers(std::move(load), LayerIdsOf(layer_ids, num_hidden_layers), "the load")));
+}
+
 // bench/python_bench.py's baseline: seconds of each of `repeats` plans of `load` (from
 // `previous`), timed around Plan() alone (the map freed inside the timing, as a caller's would
 // be), so that Python's cost over C++ is measured against the very same machine code.
@@ -621,6 +652,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("_plan_seconds", &PlanSeconds, py::arg("load"), py::arg("num_physical_experts"),
         py::arg("num_ranks"), py::arg("num_groups"), py::arg("num_nodes"), py::arg("policy"),
         py::arg("previous"), py::arg("repeats"));
+  m.def("read_load", &ReadLoad, py::arg("path"), py::arg("format"), py::arg("layer_ids"),
+        py::arg("num_hidden_layers"), py::arg("iterations"));
+  m.def("moe_layers_of", &MoeLayersOf, py::arg("hidden_rows"), py::arg("layer_ids"),
+        py::arg("num_hidden_layers"));
   m.def("evaluate", &Evaluate, py::arg("map"), py::arg("load"), py::arg("previous"),
         py::arg("bytes_per_expert"));
   m.def("policy_names", [] {
