@@ -4,17 +4,19 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
-#include <functional>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <system_error>
-#include <unordered_set>
 #include <vector>
 
-#include "absl/base/attributes.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/check.h"
+#include "rapidjson/error/error.h"
+#include "rapidjson/reader.h"
+#include "rapidjson/writer.h"
 
 namespace eplb {
 
@@ -32,6 +34,9 @@ JsonValue& JsonValue::operator=(const JsonValue& other) {
       break;
     case Kind::kArray:
       *this = MakeArray(*other.payload_.array_value);
+      break;
+    case Kind::kIntArray:
+      *this = MakeIntArray(other.int_array_items());
       break;
     case Kind::kObject:
       *this = MakeObject(*other.payload_.object_value);
@@ -51,6 +56,9 @@ void JsonValue::Release() {
       break;
     case Kind::kArray:
       delete payload_.array_value;
+      break;
+    case Kind::kIntArray:
+      delete[] payload_.int_array_value;
       break;
     case Kind::kObject:
       delete payload_.object_value;
@@ -73,6 +81,33 @@ JsonValue JsonValue::MakeArray(Array items) {
   return v;
 }
 
+JsonValue JsonValue::MakeIntArray(std::span<const int64_t> items) {
+  EPLB_CHECK(!items.empty(), "a packed array has items");
+  JsonValue v(Kind::kIntArray);
+  // One allocation: the count, then the items.
+  v.payload_.int_array_value = new int64_t[items.size() + 1];
+  v.payload_.int_array_value[0] = static_cast<int64_t>(items.size());
+  std::copy(items.begin(), items.end(), v.payload_.int_array_value + 1);
+  return v;
+}
+
+JsonValue::Array& JsonValue::mutable_array_items() {
+  if (kind_ == Kind::kIntArray) {
+    Array items;
+    items.reserve(array_size());
+    for (const int64_t v : int_array_items()) items.push_back(Int(v));
+    *this = MakeArray(std::move(items));
+  }
+  EPLB_CHECK(kind_ == Kind::kArray, TypeMismatch());
+  return *payload_.array_value;
+}
+
+JsonValue JsonValue::item(size_t i) const {
+  EPLB_CHECK(i < array_size(), "item ", i, " of an array of ", array_size());
+  if (kind_ == Kind::kIntArray) return Int(int_array_items()[i]);
+  return array_items()[i];
+}
+
 JsonValue JsonValue::MakeObject(Object members) {
   JsonValue v(Kind::kObject);
   v.payload_.object_value = new Object(std::move(members));
@@ -91,6 +126,7 @@ JsonValue::Type JsonValue::type() const {
     case Kind::kString:
       return Type::kString;
     case Kind::kArray:
+    case Kind::kIntArray:
       return Type::kArray;
     case Kind::kObject:
       return Type::kObject;
@@ -100,10 +136,11 @@ JsonValue::Type JsonValue::type() const {
 
 std::string JsonValue::TypeMismatch() const {
   return absl::StrCat("the value is ",
-                      kind_ == Kind::kInt      ? "an integer"
-                      : kind_ == Kind::kDouble ? "a non-integer number"
-                                               : "of type ",
-                      is_number() ? "" : JsonTypeName(type()));
+                      kind_ == Kind::kInt        ? "an integer"
+                      : kind_ == Kind::kDouble   ? "a non-integer number"
+                      : kind_ == Kind::kIntArray ? "a packed array of integers"
+                                                 : "of type ",
+                      is_number() || kind_ == Kind::kIntArray ? "" : JsonTypeName(type()));
 }
 
 const JsonValue* JsonValue::Find(absl::string_view key) const {
@@ -126,8 +163,17 @@ bool operator==(const JsonValue& a, const JsonValue& b) {
       return a.number_value() == b.number_value();
     case JsonValue::Type::kString:
       return a.string_value() == b.string_value();
-    case JsonValue::Type::kArray:
-      return a.array_items() == b.array_items();
+    case JsonValue::Type::kArray: {
+      if (a.is_int_array() && b.is_int_array()) {
+        return std::ranges::equal(a.int_array_items(), b.int_array_items());
+      }
+      if (!a.is_int_array() && !b.is_int_array()) return a.array_items() == b.array_items();
+      if (a.array_size() != b.array_size()) return false;
+      for (size_t i = 0; i < a.array_size(); ++i) {
+        if (!(a.item(i) == b.item(i))) return false;
+      }
+      return true;
+    }
     case JsonValue::Type::kObject:
       return a.object_members() == b.object_members();
   }
@@ -153,522 +199,427 @@ absl::string_view JsonTypeName(JsonValue::Type type) {
 }
 
 // ---- Parser ------------------------------------------------------------------------------------
+//
+// RapidJSON's SAX reader checks the grammar, the escapes and the UTF-8 of strings and reports the
+// byte offset of the first error; the handler below builds the JsonValue DOM and adds what
+// RapidJSON leaves to the application: the nesting limit, duplicate keys, unpaired low surrogates
+// and the conversion of numbers (which it hands over as text, see kMaxJsonBytes).
 
 namespace {
 
+constexpr unsigned kParseFlags = rapidjson::kParseInsituFlag | rapidjson::kParseValidateEncodingFlag |
+                                 rapidjson::kParseNumbersAsStringsFlag;
+
+// Zero bytes after the text: the reader stops at the first, and its UTF-8 check of a truncated
+// sequence reads up to three bytes further.
+constexpr size_t kPadding = 16;
+
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
+// A byte that can be part of a number or of true/false/null.
+bool IsTokenChar(char c) {
+  return IsDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '+' ||
+         c == '.';
 }
 
-void AppendUtf8(std::string* out, uint32_t cp) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
-// Length of the well-formed UTF-8 sequence starting at p (whose first byte is ≥ 0x80), or 0 if it
-// is not well formed (overlong forms, surrogates and code points above U+10FFFF are refused).
-int Utf8SequenceLength(const char* p, const char* end) {
-  const auto byte = [&](int i) { return static_cast<unsigned char>(p[i]); };
-  const auto cont = [&](int i, unsigned lo = 0x80, unsigned hi = 0xBF) {
-    return p + i < end && byte(i) >= lo && byte(i) <= hi;
-  };
-  const unsigned c = byte(0);
-  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
-  if (c == 0xE0) return cont(1, 0xA0) && cont(2) ? 3 : 0;
-  if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) return cont(1) && cont(2) ? 3 : 0;
-  if (c == 0xED) return cont(1, 0x80, 0x9F) && cont(2) ? 3 : 0;
-  if (c == 0xF0) return cont(1, 0x90) && cont(2) && cont(3) ? 4 : 0;
-  if (c >= 0xF1 && c <= 0xF3) return cont(1) && cont(2) && cont(3) ? 4 : 0;
-  if (c == 0xF4) return cont(1, 0x80, 0x8F) && cont(2) && cont(3) ? 4 : 0;
-  return 0;
-}
-
-// Hashes object members by key through their index, so that the index stays valid while the member
-// vector grows.
-struct MemberKeyHash {
-  const JsonValue::Object* members;
-  size_t operator()(size_t i) const { return std::hash<std::string>()((*members)[i].first); }
-};
-struct MemberKeyEq {
-  const JsonValue::Object* members;
-  bool operator()(size_t a, size_t b) const { return (*members)[a].first == (*members)[b].first; }
+// Where an error found by the handler is reported.
+enum class ErrorAt {
+  kBeforeOffset,  // the byte before the reader's offset (an opening bracket)
+  kOffset,        // the reader's offset (the start of a number)
+  kStringStart,   // the opening quote of the string that ends just before the reader's offset
 };
 
 // Objects with more members than this detect duplicate keys with a hash set instead of a scan.
 constexpr size_t kLinearKeyScanLimit = 16;
 
-class Parser {
+class DomBuilder : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, DomBuilder> {
  public:
-  explicit Parser(absl::string_view text)
-      : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()) {}
+  bool Null() { return Add(JsonValue::Null()); }
+  bool Bool(bool b) { return Add(JsonValue::Bool(b)); }
 
-  absl::StatusOr<JsonValue> Parse() {
-    JsonValue value;
-    if (!ParseValue(&value, 0)) return Error();
-    SkipWhitespace();
-    if (p_ != end_) {
-      Fail(p_, "unexpected characters after the JSON value");
-      return Error();
+  bool RawNumber(const char* str, rapidjson::SizeType length, bool /*copy*/) {
+    // The reader has checked the syntax: an optional '-', digits, then maybe a fraction and an
+    // exponent.
+    const char* end = str + length;
+    const bool negative = *str == '-';
+    const char* p = str + (negative ? 1 : 0);
+    if (end - p <= 18) {  // up to 18 digits fit in int64
+      uint64_t v = 0;
+      while (p < end && IsDigit(*p)) v = v * 10 + static_cast<uint64_t>(*p++ - '0');
+      if (p == end) return AddInt(negative ? -static_cast<int64_t>(v) : static_cast<int64_t>(v));
+    } else {
+      int64_t v = 0;
+      const auto [ptr, ec] = std::from_chars(str, end, v);
+      if (ec == std::errc() && ptr == end) return AddInt(v);
+      // Beyond int64 (or not an integer literal): a double.
     }
-    return value;
+    double d = 0;
+    const auto [ptr, ec] = std::from_chars(str, end, d, std::chars_format::general);
+    if (ec != std::errc() || ptr != end) {
+      return Fail(ErrorAt::kOffset, "number out of the range of a double");
+    }
+    return Add(JsonValue::Double(d));
   }
 
+  bool String(const char* str, rapidjson::SizeType length, bool /*copy*/) {
+    if (!CheckSurrogates(str, length)) return false;
+    return Add(JsonValue::String(std::string(str, length)));
+  }
+
+  bool StartArray() { return Open(/*array=*/true); }
+  bool StartObject() { return Open(/*array=*/false); }
+
+  bool Key(const char* str, rapidjson::SizeType length, bool /*copy*/) {
+    if (!CheckSurrogates(str, length)) return false;
+    Frame& frame = frames_.back();
+    const absl::string_view key(str, length);
+    const size_t num_members = keys_.size() - frame.key_base;
+    bool duplicate = false;
+    if (frame.key_set != nullptr) {
+      duplicate = !frame.key_set->emplace(key).second;
+    } else {
+      for (size_t i = frame.key_base; i < keys_.size() && !duplicate; ++i) duplicate = keys_[i] == key;
+      if (!duplicate && num_members + 1 > kLinearKeyScanLimit) {
+        frame.key_set = std::make_unique<absl::flat_hash_set<std::string>>(
+            keys_.begin() + static_cast<ptrdiff_t>(frame.key_base), keys_.end());
+        frame.key_set->emplace(key);
+      }
+    }
+    if (duplicate) {
+      std::string message = "duplicate object key ";
+      AppendJsonString(&message, key);
+      return Fail(ErrorAt::kStringStart, std::move(message));
+    }
+    keys_.emplace_back(key);
+    return true;
+  }
+
+  bool EndArray(rapidjson::SizeType count) {
+    const Frame& frame = frames_.back();
+    JsonValue array;
+    if (frame.packed && count > 0) {
+      array = JsonValue::MakeIntArray(std::span<const int64_t>(ints_).subspan(frame.int_base));
+      ints_.resize(frame.int_base);
+    } else {
+      const auto first = values_.end() - static_cast<ptrdiff_t>(count);
+      array = JsonValue::MakeArray(JsonValue::Array(std::make_move_iterator(first),
+                                                    std::make_move_iterator(values_.end())));
+      values_.erase(first, values_.end());
+    }
+    frames_.pop_back();
+    return Add(std::move(array));
+  }
+
+  bool EndObject(rapidjson::SizeType count) {
+    JsonValue::Object members;
+    members.reserve(count);
+    const size_t key_base = keys_.size() - count;
+    const size_t value_base = values_.size() - count;
+    for (size_t i = 0; i < count; ++i) {
+      members.emplace_back(std::move(keys_[key_base + i]), std::move(values_[value_base + i]));
+    }
+    keys_.resize(key_base);
+    values_.resize(value_base);
+    frames_.pop_back();
+    return Add(JsonValue::MakeObject(std::move(members)));
+  }
+
+  JsonValue TakeRoot() { return std::move(root_); }
+  const std::string& error() const { return error_; }
+  ErrorAt error_at() const { return error_at_; }
+
  private:
-  // Records the first error; always returns false.
-  bool Fail(const char* at, std::string message) {
+  struct Frame {
+    // An array whose items so far are all integers: they wait in ints_[int_base, end).
+    bool packed = false;
+    size_t int_base = 0;
+    size_t key_base = 0;  // the keys of an object are keys_[key_base, end)
+    std::unique_ptr<absl::flat_hash_set<std::string>> key_set;  // beyond kLinearKeyScanLimit
+  };
+
+  bool Fail(ErrorAt at, std::string message) {
     error_at_ = at;
     error_ = std::move(message);
     return false;
   }
 
-  absl::Status Error() const {
-    int64_t line = 1;
-    const char* line_start = begin_;
-    for (const char* q = begin_; q < error_at_; ++q) {
-      if (*q == '\n') {
-        ++line;
-        line_start = q + 1;
-      }
-    }
-    return absl::InvalidArgumentError(
-        absl::StrCat("line ", line, ", column ", error_at_ - line_start + 1, ": ", error_));
-  }
-
-  void SkipWhitespace() {
-    while (p_ < end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
-  }
-
-  bool ConsumeLiteral(absl::string_view literal) {
-    if (static_cast<size_t>(end_ - p_) < literal.size() ||
-        std::memcmp(p_, literal.data(), literal.size()) != 0) {
-      return Fail(p_, "expected a value");
-    }
-    p_ += literal.size();
-    return true;
-  }
-
-  bool ParseValue(JsonValue* out, int depth) {
-    SkipWhitespace();
-    if (p_ == end_) return Fail(p_, "expected a value");
-    switch (*p_) {
-      case '[':
-        return ParseArray(out, depth + 1);
-      case '{':
-        return ParseObject(out, depth + 1);
-      case '"': {
-        std::string s;
-        if (!ParseString(&s)) return false;
-        *out = JsonValue::String(std::move(s));
-        return true;
-      }
-      case 't':
-        if (!ConsumeLiteral("true")) return false;
-        *out = JsonValue::Bool(true);
-        return true;
-      case 'f':
-        if (!ConsumeLiteral("false")) return false;
-        *out = JsonValue::Bool(false);
-        return true;
-      case 'n':
-        if (!ConsumeLiteral("null")) return false;
-        *out = JsonValue::Null();
-        return true;
-      default:
-        if (*p_ == '-' || IsDigit(*p_)) return ParseNumber(out);
-        return Fail(p_, "expected a value");
-    }
-  }
-
-  void Push(JsonValue&& value) {
-    if (stack_size_ == stack_.size()) stack_.resize(std::max<size_t>(1024, 2 * stack_.size()));
-    stack_[stack_size_++] = std::move(value);
-  }
-
-  bool CheckDepth(int depth) {
-    if (depth <= kMaxJsonDepth) return true;
-    return Fail(p_,
-                absl::StrCat("arrays and objects nested deeper than ", kMaxJsonDepth, " levels"));
-  }
-
-  ABSL_ATTRIBUTE_NOINLINE bool ParseArray(JsonValue* out, int depth) {
-    if (!CheckDepth(depth)) return false;
-    ++p_;  // '['
-    SkipWhitespace();
-    if (p_ < end_ && *p_ == ']') {
-      ++p_;
-      *out = JsonValue::MakeArray();
+  bool AddInt(int64_t value) {
+    if (!frames_.empty() && frames_.back().packed) {
+      ints_.push_back(value);
       return true;
     }
-    // Items collect on a stack shared by all nesting levels, so that every array is allocated once
-    // at its final size.
-    const size_t base = stack_size_;
-    for (;;) {
-      SkipWhitespace();
-      int64_t small_int;
-      if (TryParseSmallInt(&small_int)) {  // the common case in expert maps
-        Push(JsonValue::Int(small_int));
-      } else {
-        JsonValue item;
-        if (!ParseValue(&item, depth)) return false;
-        Push(std::move(item));
-      }
-      SkipWhitespace();
-      if (p_ < end_ && *p_ == ',') {
-        ++p_;
-        continue;
-      }
-      if (p_ < end_ && *p_ == ']') {
-        ++p_;
-        break;
-      }
-      return Fail(p_, "expected ',' or ']'");
-    }
-    JsonValue::Array items(std::make_move_iterator(stack_.begin() + base),
-                           std::make_move_iterator(stack_.begin() + stack_size_));
-    stack_size_ = base;
-    *out = JsonValue::MakeArray(std::move(items));
-    return true;
+    return Add(JsonValue::Int(value));
   }
 
-  ABSL_ATTRIBUTE_NOINLINE bool ParseObject(JsonValue* out, int depth) {
-    if (!CheckDepth(depth)) return false;
-    ++p_;  // '{'
-    *out = JsonValue::MakeObject();
-    JsonValue::Object& members = out->mutable_object_members();
-    std::unordered_set<size_t, MemberKeyHash, MemberKeyEq> keys(0, MemberKeyHash{&members},
-                                                                MemberKeyEq{&members});
-    SkipWhitespace();
-    if (p_ < end_ && *p_ == '}') {
-      ++p_;
+  bool Add(JsonValue value) {
+    if (frames_.empty()) {
+      root_ = std::move(value);
       return true;
     }
-    for (;;) {
-      SkipWhitespace();
-      if (p_ == end_ || *p_ != '"') return Fail(p_, "expected an object key (a string)");
-      const char* key_at = p_;
-      std::string key;
-      if (!ParseString(&key)) return false;
-      members.emplace_back(std::move(key), JsonValue());
-      if (!IsNewKey(members, keys)) {
-        std::string message = "duplicate object key ";
-        AppendJsonString(&message, members.back().first);
-        return Fail(key_at, std::move(message));
+    Frame& frame = frames_.back();
+    if (frame.packed) {  // the array holds something other than an integer: unpack it
+      for (size_t i = frame.int_base; i < ints_.size(); ++i) {
+        values_.push_back(JsonValue::Int(ints_[i]));
       }
-      SkipWhitespace();
-      if (p_ == end_ || *p_ != ':') return Fail(p_, "expected ':'");
-      ++p_;
-      if (!ParseValue(&members.back().second, depth)) return false;
-      SkipWhitespace();
-      if (p_ < end_ && *p_ == ',') {
-        ++p_;
-        continue;
-      }
-      if (p_ < end_ && *p_ == '}') {
-        ++p_;
-        return true;
-      }
-      return Fail(p_, "expected ',' or '}'");
+      ints_.resize(frame.int_base);
+      frame.packed = false;
     }
-  }
-
-  // Whether the key of the last member differs from all earlier ones.
-  template <typename KeySet>
-  static bool IsNewKey(const JsonValue::Object& members, KeySet& keys) {
-    const size_t last = members.size() - 1;
-    if (members.size() <= kLinearKeyScanLimit) {
-      for (size_t i = 0; i < last; ++i) {
-        if (members[i].first == members[last].first) return false;
-      }
-      return true;
-    }
-    if (keys.empty()) {
-      for (size_t i = 0; i < last; ++i) keys.insert(i);
-    }
-    return keys.insert(last).second;
-  }
-
-  ABSL_ATTRIBUTE_NOINLINE bool ParseString(std::string* out) {
-    const char* start = p_;
-    ++p_;  // '"'
-    for (;;) {
-      const char* run = p_;
-      while (p_ < end_) {
-        const auto c = static_cast<unsigned char>(*p_);
-        if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) break;
-        ++p_;
-      }
-      out->append(run, p_);
-      if (p_ == end_) return Fail(start, "unterminated string");
-      const auto c = static_cast<unsigned char>(*p_);
-      if (c == '"') {
-        ++p_;
-        return true;
-      }
-      if (c < 0x20) {
-        return Fail(p_, absl::StrFormat("unescaped control character U+%04X in a string", c));
-      }
-      if (c >= 0x80) {
-        const int n = Utf8SequenceLength(p_, end_);
-        if (n == 0) return Fail(p_, "invalid UTF-8 in a string");
-        out->append(p_, n);
-        p_ += n;
-        continue;
-      }
-      if (!ParseEscape(start, out)) return false;
-    }
-  }
-
-  // p_ is at a backslash inside the string that starts at `start`.
-  bool ParseEscape(const char* start, std::string* out) {
-    if (end_ - p_ < 2) return Fail(start, "unterminated string");
-    switch (p_[1]) {
-      case '"':
-        out->push_back('"');
-        break;
-      case '\\':
-        out->push_back('\\');
-        break;
-      case '/':
-        out->push_back('/');
-        break;
-      case 'b':
-        out->push_back('\b');
-        break;
-      case 'f':
-        out->push_back('\f');
-        break;
-      case 'n':
-        out->push_back('\n');
-        break;
-      case 'r':
-        out->push_back('\r');
-        break;
-      case 't':
-        out->push_back('\t');
-        break;
-      case 'u':
-        return ParseUnicodeEscape(out);
-      default:
-        return Fail(p_, "invalid escape sequence in a string");
-    }
-    p_ += 2;
+    values_.push_back(std::move(value));
     return true;
   }
 
-  // Reads the 4 hex digits of the \u escape at `at`, or returns -1.
-  int32_t ReadHex4(const char* at) const {
-    if (end_ - at < 6) return -1;
-    int32_t cp = 0;
-    for (int i = 2; i < 6; ++i) {
-      const int h = HexValue(at[i]);
-      if (h < 0) return -1;
-      cp = cp * 16 + h;
+  bool Open(bool array) {
+    if (frames_.size() >= static_cast<size_t>(kMaxJsonDepth)) {
+      return Fail(ErrorAt::kBeforeOffset, absl::StrCat("arrays and objects nested deeper than ",
+                                                       kMaxJsonDepth, " levels"));
     }
-    return cp;
-  }
-
-  bool ParseUnicodeEscape(std::string* out) {
-    const int32_t first = ReadHex4(p_);
-    if (first < 0) return Fail(p_, "invalid \\u escape: expected 4 hex digits");
-    if (first >= 0xDC00 && first <= 0xDFFF) {
-      return Fail(p_, "invalid \\u escape: unpaired low surrogate");
-    }
-    if (first < 0xD800 || first > 0xDBFF) {
-      AppendUtf8(out, static_cast<uint32_t>(first));
-      p_ += 6;
-      return true;
-    }
-    const char* second_at = p_ + 6;
-    const int32_t second = (end_ - second_at >= 2 && second_at[0] == '\\' && second_at[1] == 'u')
-                               ? ReadHex4(second_at)
-                               : -1;
-    if (second < 0xDC00 || second > 0xDFFF) {
-      return Fail(p_, "invalid \\u escape: high surrogate not followed by a low surrogate");
-    }
-    AppendUtf8(out, 0x10000 + ((static_cast<uint32_t>(first) - 0xD800) << 10) +
-                        (static_cast<uint32_t>(second) - 0xDC00));
-    p_ += 12;
+    frames_.push_back(Frame{.packed = array, .int_base = ints_.size(), .key_base = keys_.size()});
     return true;
   }
 
-  // Parses an integer literal of at most 18 digits (so that it cannot overflow) at p_, if there is
-  // one; leaves p_ alone and returns false for anything else, which ParseValue() then handles.
-  bool TryParseSmallInt(int64_t* out) {
-    const char* q = p_;
-    const bool negative = q < end_ && *q == '-';
-    if (negative) ++q;
-    const char* digits = q;
-    const char* limit = end_ - q > 18 ? q + 18 : end_;
-    uint64_t v = 0;
-    while (q < limit && IsDigit(*q)) v = v * 10 + static_cast<uint64_t>(*q++ - '0');
-    const size_t num_digits = static_cast<size_t>(q - digits);
-    if (num_digits == 0 || (digits[0] == '0' && num_digits > 1)) return false;
-    if (q < end_ && (IsDigit(*q) || *q == '.' || *q == 'e' || *q == 'E')) return false;
-    *out = negative ? -static_cast<int64_t>(v) : static_cast<int64_t>(v);
-    p_ = q;
+  // The input is valid UTF-8 (the reader checks it), so UTF-8 surrogates (ED A0..BF ..) in a
+  // decoded string come from a \u escape: a low surrogate without a high one before it (the
+  // reader refuses a high surrogate without a low one).
+  bool CheckSurrogates(const char* str, size_t length) {
+    const char* end = str + length;
+    for (const char* p = static_cast<const char*>(std::memchr(str, '\xED', length)); p != nullptr;
+         p = static_cast<const char*>(std::memchr(p + 1, '\xED', static_cast<size_t>(end - p - 1)))) {
+      if (p + 1 < end && static_cast<unsigned char>(p[1]) >= 0xA0) {
+        return Fail(ErrorAt::kStringStart, "invalid \\u escape: unpaired low surrogate");
+      }
+    }
     return true;
   }
 
-  ABSL_ATTRIBUTE_NOINLINE bool ParseNumber(JsonValue* out) {
-    const char* start = p_;
-    const bool negative = *p_ == '-';
-    if (negative) ++p_;
-    if (p_ == end_ || !IsDigit(*p_)) return Fail(start, "invalid number");
-    const char* int_begin = p_;
-    if (*p_ == '0') {
-      ++p_;
-      if (p_ < end_ && IsDigit(*p_)) return Fail(start, "invalid number: leading zero");
-    } else {
-      while (p_ < end_ && IsDigit(*p_)) ++p_;
-    }
-    const char* int_end = p_;
-    const char* frac_begin = nullptr;
-    const char* frac_end = nullptr;
-    int64_t exponent = 0;
-    if (p_ < end_ && *p_ == '.') {
-      ++p_;
-      if (p_ == end_ || !IsDigit(*p_)) return Fail(start, "invalid number: no digit after '.'");
-      frac_begin = p_;
-      while (p_ < end_ && IsDigit(*p_)) ++p_;
-      frac_end = p_;
-    }
-    bool has_exponent = false;
-    if (p_ < end_ && (*p_ == 'e' || *p_ == 'E')) {
-      has_exponent = true;
-      ++p_;
-      bool exponent_negative = false;
-      if (p_ < end_ && (*p_ == '+' || *p_ == '-')) exponent_negative = *p_++ == '-';
-      if (p_ == end_ || !IsDigit(*p_)) return Fail(start, "invalid number: no digit in exponent");
-      while (p_ < end_ && IsDigit(*p_)) {
-        exponent = std::min<int64_t>(exponent * 10 + (*p_ - '0'), int64_t{1} << 40);
-        ++p_;
-      }
-      if (exponent_negative) exponent = -exponent;
-    }
-
-    if (frac_begin == nullptr && !has_exponent) {
-      const size_t num_digits = static_cast<size_t>(int_end - int_begin);
-      if (num_digits <= 18) {  // fits in int64 without overflow
-        uint64_t v = 0;
-        for (const char* q = int_begin; q < int_end; ++q)
-          v = v * 10 + static_cast<uint64_t>(*q - '0');
-        *out = JsonValue::Int(negative ? -static_cast<int64_t>(v) : static_cast<int64_t>(v));
-        return true;
-      }
-      int64_t v = 0;
-      const auto [ptr, ec] = std::from_chars(start, p_, v);
-      if (ec == std::errc() && ptr == p_) {
-        *out = JsonValue::Int(v);
-        return true;
-      }
-      // Too large for int64: kept as a double.
-    }
-
-    double d = 0;
-    const auto [ptr, ec] = std::from_chars(start, p_, d, std::chars_format::general);
-    if (ec == std::errc::result_out_of_range) {
-      d = OverflowsDouble(int_begin, int_end, frac_begin, frac_end, exponent)
-              ? std::numeric_limits<double>::infinity()
-              : 0.0;
-      if (negative) d = -d;
-    } else if (ec != std::errc() || ptr != p_) {
-      return Fail(start, "invalid number");
-    }
-    *out = JsonValue::Double(d);
-    return true;
-  }
-
-  // For a literal out of the range of double: whether it is too large (rather than too small).
-  static bool OverflowsDouble(const char* int_begin, const char* int_end, const char* frac_begin,
-                              const char* frac_end, int64_t exponent) {
-    // The decimal exponent of the first non-zero digit.
-    for (const char* q = int_begin; q < int_end; ++q) {
-      if (*q != '0') return (int_end - q - 1) + exponent > 0;
-    }
-    for (const char* q = frac_begin; q != nullptr && q < frac_end; ++q) {
-      if (*q != '0') return -(q - frac_begin + 1) + exponent > 0;
-    }
-    return false;
-  }
-
-  const char* begin_;
-  const char* p_;
-  const char* end_;
-  const char* error_at_ = nullptr;
+  JsonValue root_;
+  // Items of the open arrays and objects, innermost last; each container is allocated once, at its
+  // final size, when it closes.
+  std::vector<JsonValue> values_;
+  std::vector<int64_t> ints_;  // items of packed arrays
+  std::vector<std::string> keys_;
+  std::vector<Frame> frames_;
   std::string error_;
-  // Items of the arrays being parsed, innermost last: stack_[0, stack_size_). Entries beyond are
-  // null. Managed by hand because vector::push_back is not inlined in the hot loop.
-  std::vector<JsonValue> stack_;
-  size_t stack_size_ = 0;
+  ErrorAt error_at_ = ErrorAt::kOffset;
 };
+
+// The offset of the opening quote of the string whose closing quote is at `close`: the nearest
+// quote before it that is not escaped (preceded by an even number of backslashes).
+size_t StringStart(absl::string_view text, size_t close) {
+  for (size_t i = close; i-- > 0;) {
+    if (text[i] != '"') continue;
+    size_t backslashes = 0;
+    while (backslashes < i && text[i - 1 - backslashes] == '\\') ++backslashes;
+    if (backslashes % 2 == 0) return i;
+  }
+  return 0;
+}
+
+// The start of the number or literal that contains the byte before `offset`, or `offset`.
+size_t TokenStart(absl::string_view text, size_t offset) {
+  while (offset > 0 && IsTokenChar(text[offset - 1])) --offset;
+  return offset;
+}
+
+// "line L, column C: message" for the byte at `offset` (1-based; columns count bytes).
+absl::Status ErrorAtOffset(absl::string_view text, size_t offset, absl::string_view message) {
+  offset = std::min(offset, text.size());
+  int64_t line = 1;
+  size_t line_start = 0;
+  for (size_t i = 0; i < offset; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      line_start = i + 1;
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("line ", line, ", column ", offset - line_start + 1, ": ", message));
+}
+
+// Our wording and position for an error the reader found at `offset`.
+absl::Status ReaderError(absl::string_view text, rapidjson::ParseErrorCode code, size_t offset) {
+  const char at = offset < text.size() ? text[offset] : '\0';
+  switch (code) {
+    case rapidjson::kParseErrorDocumentEmpty:
+      return ErrorAtOffset(text, offset, "expected a value");
+    case rapidjson::kParseErrorValueInvalid: {
+      const size_t start = TokenStart(text, offset);
+      const bool minus = start < text.size() && text[start] == '-';
+      return ErrorAtOffset(text, start, minus ? "invalid number" : "expected a value");
+    }
+    case rapidjson::kParseErrorDocumentRootNotSingular:
+    case rapidjson::kParseErrorObjectMissCommaOrCurlyBracket:
+    case rapidjson::kParseErrorArrayMissCommaOrSquareBracket: {
+      // "01": the reader reads the number 0 and stops before the 1.
+      const size_t start = TokenStart(text, offset);
+      const absl::string_view token = text.substr(start, offset - start);
+      if (IsDigit(at) && (token == "0" || token == "-0")) {
+        return ErrorAtOffset(text, start, "invalid number: leading zero");
+      }
+      if (code == rapidjson::kParseErrorDocumentRootNotSingular) {
+        return ErrorAtOffset(text, offset, "unexpected characters after the JSON value");
+      }
+      return ErrorAtOffset(text, offset,
+                           code == rapidjson::kParseErrorArrayMissCommaOrSquareBracket
+                               ? "expected ',' or ']'"
+                               : "expected ',' or '}'");
+    }
+    case rapidjson::kParseErrorObjectMissName:
+      return ErrorAtOffset(text, offset, "expected an object key (a string)");
+    case rapidjson::kParseErrorObjectMissColon:
+      return ErrorAtOffset(text, offset, "expected ':'");
+    case rapidjson::kParseErrorStringUnicodeEscapeInvalidHex:
+      return ErrorAtOffset(text, offset, "invalid \\u escape: expected 4 hex digits");
+    case rapidjson::kParseErrorStringUnicodeSurrogateInvalid:
+      return ErrorAtOffset(text, offset,
+                           "invalid \\u escape: high surrogate not followed by a low surrogate");
+    case rapidjson::kParseErrorStringEscapeInvalid:
+      if (at == '\\' && offset + 1 == text.size()) {
+        return ErrorAtOffset(text, StringStart(text, offset), "unterminated string");
+      }
+      // The reader reports unescaped control characters as invalid escapes.
+      if (static_cast<unsigned char>(at) < 0x20) {
+        return ErrorAtOffset(
+            text, offset,
+            absl::StrFormat("unescaped control character U+%04X in a string",
+                            static_cast<unsigned char>(at)));
+      }
+      return ErrorAtOffset(text, offset, "invalid escape sequence in a string");
+    case rapidjson::kParseErrorStringMissQuotationMark:
+      // The reader stops at a zero byte, which is the end of the text or a raw U+0000.
+      if (offset < text.size()) {
+        return ErrorAtOffset(text, offset, "unescaped control character U+0000 in a string");
+      }
+      return ErrorAtOffset(text, StringStart(text, offset), "unterminated string");
+    case rapidjson::kParseErrorStringInvalidEncoding:
+      return ErrorAtOffset(text, offset, "invalid UTF-8 in a string");
+    case rapidjson::kParseErrorNumberTooBig:
+      return ErrorAtOffset(text, offset, "number out of the range of a double");
+    case rapidjson::kParseErrorNumberMissFraction:
+      return ErrorAtOffset(text, TokenStart(text, offset), "invalid number: no digit after '.'");
+    case rapidjson::kParseErrorNumberMissExponent:
+      return ErrorAtOffset(text, TokenStart(text, offset), "invalid number: no digit in exponent");
+    default:
+      return ErrorAtOffset(text, offset, "invalid JSON");
+  }
+}
 
 }  // namespace
 
-absl::StatusOr<JsonValue> ParseJson(absl::string_view text) { return Parser(text).Parse(); }
+absl::StatusOr<JsonValue> ParseJson(absl::string_view text) {
+  if (text.size() > kMaxJsonBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the JSON text is ", text.size(),
+                                                   " bytes; at most ", kMaxJsonBytes, " are read"));
+  }
+  // The reader decodes strings in place (insitu) and stops at the first zero byte.
+  std::string buffer;
+  buffer.reserve(text.size() + kPadding);
+  buffer.append(text.data(), text.size());
+  buffer.append(kPadding, '\0');
+  rapidjson::InsituStringStream stream(buffer.data());
+  rapidjson::Reader reader;
+  DomBuilder builder;
+  const rapidjson::ParseResult result = reader.Parse<kParseFlags>(stream, builder);
+  if (result.IsError()) {
+    const size_t offset = result.Offset();
+    if (result.Code() != rapidjson::kParseErrorTermination) {
+      return ReaderError(text, result.Code(), offset);
+    }
+    switch (builder.error_at()) {
+      case ErrorAt::kBeforeOffset:
+        return ErrorAtOffset(text, offset == 0 ? 0 : offset - 1, builder.error());
+      case ErrorAt::kOffset:
+        return ErrorAtOffset(text, offset, builder.error());
+      case ErrorAt::kStringStart:
+        return ErrorAtOffset(text, StringStart(text, offset == 0 ? 0 : offset - 1),
+                             builder.error());
+    }
+  }
+  // The reader stops at a zero byte: one before the end of the text is a trailing character.
+  if (stream.Tell() != text.size()) {
+    return ErrorAtOffset(text, stream.Tell(), "unexpected characters after the JSON value");
+  }
+  return builder.TakeRoot();
+}
 
 // ---- Writer ------------------------------------------------------------------------------------
 
-void AppendJsonString(std::string* out, absl::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out->push_back('"');
-  size_t run = 0;
-  for (size_t i = 0; i < s.size(); ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    out->append(s.data() + run, i - run);
-    run = i + 1;
-    switch (c) {
-      case '"':
-        out->append("\\\"");
-        break;
-      case '\\':
-        out->append("\\\\");
-        break;
-      case '\b':
-        out->append("\\b");
-        break;
-      case '\f':
-        out->append("\\f");
-        break;
-      case '\n':
-        out->append("\\n");
-        break;
-      case '\r':
-        out->append("\\r");
-        break;
-      case '\t':
-        out->append("\\t");
-        break;
-      default: {
-        const char escape[] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xF]};
-        out->append(escape, sizeof(escape));
+namespace {
+
+// RapidJSON's output stream interface over an std::string.
+class StringSink {
+ public:
+  using Ch = char;
+  explicit StringSink(std::string* out) : out_(out) {}
+  void Put(char c) { out_->push_back(c); }
+  void Flush() {}
+
+ private:
+  std::string* out_;
+};
+
+// Strings only: a Writer keeps a stack for arrays and objects, whose first use in RapidJSON 1.1.0
+// offsets a null pointer (undefined behaviour, which the sanitizer build refuses).
+using SinkWriter = rapidjson::Writer<StringSink>;
+
+void AppendJsonValue(std::string* out, const JsonValue& value) {
+  switch (value.type()) {
+    case JsonValue::Type::kNull:
+      out->append("null");
+      return;
+    case JsonValue::Type::kBool:
+      out->append(value.bool_value() ? "true" : "false");
+      return;
+    case JsonValue::Type::kNumber:
+      if (value.is_integer()) {
+        AppendJsonInt(out, value.int_value());
+      } else {
+        AppendJsonNumber(out, value.number_value());
       }
-    }
+      return;
+    case JsonValue::Type::kString:
+      AppendJsonString(out, value.string_value());
+      return;
+    case JsonValue::Type::kArray:
+      out->push_back('[');
+      for (size_t i = 0; i < value.array_size(); ++i) {
+        if (i > 0) out->push_back(',');
+        if (value.is_int_array()) {
+          AppendJsonInt(out, value.int_array_items()[i]);
+        } else {
+          AppendJsonValue(out, value.array_items()[i]);
+        }
+      }
+      out->push_back(']');
+      return;
+    case JsonValue::Type::kObject:
+      out->push_back('{');
+      for (const auto& [key, member] : value.object_members()) {
+        if (&key != &value.object_members().front().first) out->push_back(',');
+        AppendJsonString(out, key);
+        out->push_back(':');
+        AppendJsonValue(out, member);
+      }
+      out->push_back('}');
+      return;
   }
-  out->append(s.data() + run, s.size() - run);
-  out->push_back('"');
+}
+
+}  // namespace
+
+void AppendJsonString(std::string* out, absl::string_view s) {
+  EPLB_CHECK(s.size() <= std::numeric_limits<rapidjson::SizeType>::max(), "a string of ",
+             s.size(), " bytes");
+  StringSink sink(out);
+  SinkWriter writer(sink);
+  writer.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
 }
 
 void AppendJsonNumber(std::string* out, double value) {
   EPLB_CHECK(std::isfinite(value), "JSON has no representation for ", value);
+  if (value == 0 && std::signbit(value)) {  // "-0" would read back as the integer 0
+    out->append("-0.0");
+    return;
+  }
   char buf[32];
   const auto result = std::to_chars(buf, buf + sizeof(buf), value);
   out->append(buf, result.ptr);
@@ -696,55 +647,6 @@ void AppendJsonIntArray(std::string* out, std::span<const int32_t> values) {
   *p++ = ']';
   out->resize(static_cast<size_t>(p - out->data()));
 }
-
-namespace {
-
-void AppendJsonValue(std::string* out, const JsonValue& value) {
-  switch (value.type()) {
-    case JsonValue::Type::kNull:
-      out->append("null");
-      return;
-    case JsonValue::Type::kBool:
-      out->append(value.bool_value() ? "true" : "false");
-      return;
-    case JsonValue::Type::kNumber:
-      if (value.is_integer()) {
-        AppendJsonInt(out, value.int_value());
-      } else {
-        AppendJsonNumber(out, value.number_value());
-      }
-      return;
-    case JsonValue::Type::kString:
-      AppendJsonString(out, value.string_value());
-      return;
-    case JsonValue::Type::kArray: {
-      out->push_back('[');
-      bool first = true;
-      for (const JsonValue& item : value.array_items()) {
-        if (!first) out->push_back(',');
-        first = false;
-        AppendJsonValue(out, item);
-      }
-      out->push_back(']');
-      return;
-    }
-    case JsonValue::Type::kObject: {
-      out->push_back('{');
-      bool first = true;
-      for (const auto& [key, member] : value.object_members()) {
-        if (!first) out->push_back(',');
-        first = false;
-        AppendJsonString(out, key);
-        out->push_back(':');
-        AppendJsonValue(out, member);
-      }
-      out->push_back('}');
-      return;
-    }
-  }
-}
-
-}  // namespace
 
 std::string WriteJson(const JsonValue& value) {
   std::string out;

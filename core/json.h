@@ -1,19 +1,22 @@
-// A small JSON library for the file formats (core/map_format.h): a DOM (JsonValue), a strict parser
-// (RFC 8259) and a compact writer with fast helpers for the large integer tables of expert maps.
+// JSON for the file formats (core/map_format.h): a DOM (JsonValue), a strict parser (RFC 8259) and
+// writers, over RapidJSON (its SAX reader checks the grammar, escapes and UTF-8 and reports where
+// an error is; its writer escapes strings) and std::to_chars (numbers: shortest round trip).
 //
 // The parser accepts exactly one JSON value surrounded by optional whitespace and refuses anything
-// else with INVALID_ARGUMENT "line L, column C: <what was expected>" (1-based; columns count
-// bytes): trailing characters, nesting deeper than kMaxJsonDepth, duplicate object keys, invalid
-// escapes, unpaired surrogates, invalid UTF-8 and unescaped control characters inside strings.
+// else with INVALID_ARGUMENT "line L, column C: <what is wrong>" (1-based; columns count bytes):
+// trailing characters (a zero byte included), nesting deeper than kMaxJsonDepth, duplicate object
+// keys, invalid escapes, unpaired surrogates, invalid UTF-8, unescaped control characters inside
+// strings, numbers out of the range of a double (1e999, 1e-999) and texts longer than
+// kMaxJsonBytes.
 //
 // Numbers keep their double value and whether the literal was an integer: an integer literal
-// (no fraction, no exponent) that fits in int64 also keeps its exact int64 value. A literal too
-// large for a double (1e999) parses to ±infinity and one too small to ±0: the parser accepts both,
-// as JSON does, and callers that need finite numbers check with std::isfinite().
+// (no fraction, no exponent) that fits in int64 also keeps its exact int64 value; a longer one is
+// kept as a double.
 #ifndef EPLB_CORE_JSON_H_
 #define EPLB_CORE_JSON_H_
 
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 #include <string>
 #include <utility>
@@ -29,9 +32,20 @@ namespace eplb {
 // exhaust the stack.
 inline constexpr int kMaxJsonDepth = 128;
 
+// The longest text the parser reads: ten times the largest expert map in use (20 MB), and small
+// enough that the digit counters of RapidJSON 1.1.0's number reader (an int) cannot overflow.
+inline constexpr size_t kMaxJsonBytes = size_t{200} << 20;
+
 // One JSON value. Object members keep their insertion (document) order. Copyable and movable;
 // moves are cheap (a value is 16 bytes; strings, arrays and objects live on the heap). Not
 // thread-safe for concurrent mutation; concurrent reads are safe.
+//
+// Arrays come in two forms. An array whose items are all integers (is_integer()) may be stored
+// packed, as int64 values: is_int_array() is true and int_array_items() reads them. Any other
+// array holds JsonValues: array_items(). The parser packs every non-empty array of integers (the
+// tables of expert maps: half the memory and no per-item objects); MakeArray() never packs. Both
+// forms are the same JSON: type() is kArray, array_size() counts the items, item() reads one,
+// == compares items, the writer writes the same text and mutable_array_items() unpacks.
 class JsonValue {
  public:
   enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
@@ -78,6 +92,11 @@ class JsonValue {
   }
   static JsonValue String(std::string value);
   static JsonValue MakeArray(Array items = {});
+  // A packed array of integers. REQUIRES: !items.empty().
+  static JsonValue MakeIntArray(std::span<const int64_t> items);
+  static JsonValue MakeIntArray(std::initializer_list<int64_t> items) {
+    return MakeIntArray(std::span<const int64_t>(items.begin(), items.size()));
+  }
   static JsonValue MakeObject(Object members = {});
 
   Type type() const;
@@ -85,7 +104,9 @@ class JsonValue {
   bool is_bool() const { return kind_ == Kind::kBool; }
   bool is_number() const { return kind_ == Kind::kInt || kind_ == Kind::kDouble; }
   bool is_string() const { return kind_ == Kind::kString; }
-  bool is_array() const { return kind_ == Kind::kArray; }
+  bool is_array() const { return kind_ == Kind::kArray || kind_ == Kind::kIntArray; }
+  // A packed array of integers (see the class comment).
+  bool is_int_array() const { return kind_ == Kind::kIntArray; }
   bool is_object() const { return kind_ == Kind::kObject; }
   // A number written as an integer literal (or made by Int()) whose value fits in int64.
   bool is_integer() const { return kind_ == Kind::kInt; }
@@ -110,18 +131,31 @@ class JsonValue {
     EPLB_CHECK(is_string(), TypeMismatch());
     return *payload_.string_value;
   }
+  // The items of an array that is not packed. REQUIRES: is_array() && !is_int_array().
   const Array& array_items() const {
-    EPLB_CHECK(is_array(), TypeMismatch());
+    EPLB_CHECK(kind_ == Kind::kArray, TypeMismatch());
     return *payload_.array_value;
   }
+  // REQUIRES: is_int_array().
+  std::span<const int64_t> int_array_items() const {
+    EPLB_CHECK(kind_ == Kind::kIntArray, TypeMismatch());
+    return {payload_.int_array_value + 1, static_cast<size_t>(payload_.int_array_value[0])};
+  }
+  // The number of items of an array, either form.
+  size_t array_size() const {
+    if (kind_ == Kind::kIntArray) return static_cast<size_t>(payload_.int_array_value[0]);
+    return array_items().size();
+  }
+  // A copy of item i of an array, either form: cheap for numbers (a packed item is an Int()),
+  // a deep copy for strings, arrays and objects. REQUIRES: i < array_size().
+  JsonValue item(size_t i) const;
   const Object& object_members() const {
     EPLB_CHECK(is_object(), TypeMismatch());
     return *payload_.object_value;
   }
-  Array& mutable_array_items() {
-    EPLB_CHECK(is_array(), TypeMismatch());
-    return *payload_.array_value;
-  }
+  // The items of an array for changing them; a packed array is unpacked first (to JsonValues,
+  // in place). REQUIRES: is_array().
+  Array& mutable_array_items();
   Object& mutable_object_members() {
     EPLB_CHECK(is_object(), TypeMismatch());
     return *payload_.object_value;
@@ -136,13 +170,14 @@ class JsonValue {
   friend bool operator==(const JsonValue& a, const JsonValue& b);
 
  private:
-  enum class Kind : uint8_t { kNull, kBool, kInt, kDouble, kString, kArray, kObject };
+  enum class Kind : uint8_t { kNull, kBool, kInt, kDouble, kString, kArray, kIntArray, kObject };
   union Payload {
     bool bool_value;
     int64_t int_value = 0;
     double double_value;
     std::string* string_value;  // owned
     Array* array_value;         // owned
+    int64_t* int_array_value;   // owned (new[]): the count, then the items
     Object* object_value;       // owned
   };
 
@@ -170,7 +205,8 @@ std::string WriteJson(const JsonValue& value);
 // Appends `s` as a quoted JSON string, escaping '"', '\\' and control characters. `s` should be
 // valid UTF-8; bytes are copied as they are.
 void AppendJsonString(std::string* out, absl::string_view s);
-// Appends the shortest text that parses back to exactly `value`. REQUIRES: std::isfinite(value).
+// Appends the shortest text that parses back to exactly `value` ("-0.0" for negative zero, which
+// "-0" would not). REQUIRES: std::isfinite(value).
 void AppendJsonNumber(std::string* out, double value);
 void AppendJsonInt(std::string* out, int64_t value);
 // Appends "[a, b, c]" (", " between entries).

@@ -33,6 +33,8 @@ absl::Status WithPath(const std::string& path, const absl::Status& status) {
 absl::Status AddRows(const JsonValue& rows, const std::string& name, std::vector<double>* sums,
                      int64_t* num_rows, int64_t* num_experts) {
   if (!rows.is_array()) return Invalid(absl::StrCat(name, " is not a list of rows"));
+  // Packed: its items are integers, not rows.
+  if (rows.is_int_array()) return Invalid(absl::StrCat(name, "[0] is not a list of numbers"));
   const auto& items = rows.array_items();
   if (*num_rows < 0) {
     if (items.empty()) return Invalid(absl::StrCat(name, " has no rows"));
@@ -48,21 +50,26 @@ absl::Status AddRows(const JsonValue& rows, const std::string& name, std::vector
     const JsonValue& row = items[h];
     const auto row_name = [&] { return absl::StrCat(name, "[", h, "]"); };
     if (!row.is_array()) return Invalid(absl::StrCat(row_name(), " is not a list of numbers"));
-    const auto& values = row.array_items();
+    const size_t size = row.array_size();
     if (*num_experts < 0) {
-      if (values.empty()) return Invalid(absl::StrCat(row_name(), " is empty"));
-      if (values.size() > static_cast<size_t>(ShapeLimits::kMaxLogicalExperts)) {
-        return Invalid(absl::StrCat(row_name(), " has ", values.size(), " values, more than ",
+      if (size == 0) return Invalid(absl::StrCat(row_name(), " is empty"));
+      if (size > static_cast<size_t>(ShapeLimits::kMaxLogicalExperts)) {
+        return Invalid(absl::StrCat(row_name(), " has ", size, " values, more than ",
                                     ShapeLimits::kMaxLogicalExperts, " experts"));
       }
-      *num_experts = static_cast<int64_t>(values.size());
+      *num_experts = static_cast<int64_t>(size);
       sums->assign(static_cast<size_t>(*num_rows * *num_experts), 0.0);
-    } else if (static_cast<int64_t>(values.size()) != *num_experts) {
-      return Invalid(
-          absl::StrCat(row_name(), " has ", values.size(), " values, expected ", *num_experts));
+    } else if (static_cast<int64_t>(size) != *num_experts) {
+      return Invalid(absl::StrCat(row_name(), " has ", size, " values, expected ", *num_experts));
     }
     double* sum = sums->data() + h * *num_experts;
-    for (size_t e = 0; e < values.size(); ++e) {
+    if (row.is_int_array()) {
+      const std::span<const int64_t> values = row.int_array_items();
+      for (size_t e = 0; e < size; ++e) sum[e] += static_cast<double>(values[e]);
+      continue;
+    }
+    const auto& values = row.array_items();
+    for (size_t e = 0; e < size; ++e) {
       if (!values[e].is_number()) {
         return Invalid(absl::StrCat(row_name(), "[", e, "] is not a number"));
       }
@@ -247,13 +254,16 @@ absl::StatusOr<EngineLoad> ParseSglangLoad(absl::string_view json,
         "expected {\"logical_count\": [[…E…] × H]} or [steps][H][E] (SGLang's expert "
         "distribution)");
   }
-  if (!counts->is_array() || counts->array_items().empty()) {
+  if (!counts->is_array() || counts->array_size() == 0) {
     return Invalid("logical_count is not a non-empty list");
   }
-  // [H][E] or [steps][H][E]: told apart by the depth of the first element.
-  const JsonValue& first = counts->array_items()[0];
-  const bool has_steps =
-      first.is_array() && !first.array_items().empty() && first.array_items()[0].is_array();
+  // [H][E] or [steps][H][E]: told apart by the depth of the first element (packed arrays hold
+  // integers only).
+  const auto holds_arrays = [](const JsonValue& v) {
+    return v.is_array() && !v.is_int_array() && !v.array_items().empty() &&
+           v.array_items()[0].is_array();
+  };
+  const bool has_steps = holds_arrays(*counts) && holds_arrays(counts->array_items()[0]);
   std::vector<double> sums;
   int64_t num_rows = -1, num_experts = -1;
   EngineLoad result;

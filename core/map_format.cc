@@ -60,7 +60,6 @@ absl::Status ReadIntSlow(const JsonValue& v, const std::string& name, int64_t lo
   if (!v.is_number()) return Invalid(absl::StrCat(name, " is not a number"));
   if (v.is_integer()) return OutOfRange(name, NumberText(v), lo, hi);
   const double d = v.number_value();
-  if (!std::isfinite(d)) return Invalid(absl::StrCat(name, " is not a finite number"));
   if (d != std::trunc(d)) {
     return Invalid(absl::StrCat(name, " = ", NumberText(v), " is not an integer"));
   }
@@ -82,11 +81,18 @@ absl::Status ReadInt(const JsonValue& v, const NameFn& name, int64_t lo, int64_t
   return ReadIntSlow(v, name(), lo, hi, out);
 }
 
-// The array in `v`, or INVALID_ARGUMENT "<name> is not an array".
+// The items of the array `v`, or INVALID_ARGUMENT "<name> is not an array". A packed array (all
+// integers, see core/json.h) is unpacked into *scratch: readers of integer rows read packed
+// arrays directly (ReadIntRow), so this happens for small arrays and for input of the wrong shape
+// (integers where rows or objects belong), which the caller then refuses.
 template <typename NameFn>
-absl::StatusOr<const JsonValue::Array*> ReadArray(const JsonValue& v, const NameFn& name) {
+absl::StatusOr<const JsonValue::Array*> ReadArray(const JsonValue& v, const NameFn& name,
+                                                  JsonValue::Array* scratch) {
   if (!v.is_array()) return Invalid(absl::StrCat(name(), " is not an array"));
-  return &v.array_items();
+  if (!v.is_int_array()) return &v.array_items();
+  scratch->clear();
+  for (const int64_t item : v.int_array_items()) scratch->push_back(JsonValue::Int(item));
+  return scratch;
 }
 
 template <typename NameFn>
@@ -116,6 +122,22 @@ ABSL_ATTRIBUTE_NOINLINE size_t CopyInts(const JsonValue::Array& items, size_t be
   return n;
 }
 
+// Copies items to dest while they are in [lo, hi]; returns the index of the first that is not, or
+// items.size().
+ABSL_ATTRIBUTE_NOINLINE size_t CopyPackedInts(std::span<const int64_t> items, int64_t lo, int64_t hi,
+                                              int32_t* dest) {
+  bool in_range = true;
+  for (size_t k = 0; k < items.size(); ++k) {  // branch-free, so that it vectorizes
+    in_range &= static_cast<uint64_t>(items[k]) - static_cast<uint64_t>(lo) <=
+                static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo);
+    dest[k] = static_cast<int32_t>(items[k]);
+  }
+  if (in_range) return items.size();
+  for (size_t k = 0;; ++k) {
+    if (items[k] < lo || items[k] > hi) return k;
+  }
+}
+
 // Appends the integers of the array `v` (each in [lo, hi]) to `out`. `expected_size`, if not
 // negative, is the required length, described by `expected_what` in the message.
 // REQUIRES: [lo, hi] lies within the range of int32.
@@ -123,7 +145,23 @@ template <typename NameFn>
 absl::Status ReadIntRow(const JsonValue& v, const NameFn& name, int64_t expected_size,
                         const std::string& expected_what, int64_t lo, int64_t hi,
                         std::vector<int32_t>* out) {
-  ASSIGN_OR_RETURN(const JsonValue::Array* items, ReadArray(v, name));
+  if (v.is_int_array()) {  // the common case: all integers
+    const std::span<const int64_t> items = v.int_array_items();
+    if (expected_size >= 0 && static_cast<int64_t>(items.size()) != expected_size) {
+      return Invalid(
+          absl::StrCat(name(), " has ", items.size(), " entries, expected ", expected_what));
+    }
+    const size_t old_size = out->size();
+    out->resize(old_size + items.size());
+    const size_t k = CopyPackedInts(items, lo, hi, out->data() + old_size);
+    if (k < items.size()) {
+      out->resize(old_size);
+      return OutOfRange(absl::StrCat(name(), "[", k, "]"), absl::StrCat(items[k]), lo, hi);
+    }
+    return absl::OkStatus();
+  }
+  JsonValue::Array scratch;
+  ASSIGN_OR_RETURN(const JsonValue::Array* items, ReadArray(v, name, &scratch));
   if (expected_size >= 0 && static_cast<int64_t>(items->size()) != expected_size) {
     return Invalid(
         absl::StrCat(name(), " has ", items->size(), " entries, expected ", expected_what));
@@ -268,7 +306,9 @@ absl::StatusOr<ParsedExpertMap> ParseEplbMap(const JsonValue& root, const MapSha
   const auto read_table = [&](const char* key, int64_t row_size, const std::string& row_what,
                               int64_t lo, int64_t hi) -> absl::StatusOr<std::vector<int32_t>> {
     ASSIGN_OR_RETURN(const JsonValue* v, RequireMember(root, key));
-    ASSIGN_OR_RETURN(const JsonValue::Array* rows, ReadArray(*v, [&] { return std::string(key); }));
+    JsonValue::Array scratch;
+    ASSIGN_OR_RETURN(const JsonValue::Array* rows,
+                     ReadArray(*v, [&] { return std::string(key); }, &scratch));
     if (static_cast<int64_t>(rows->size()) != L) {
       return Invalid(absl::StrCat(key, " has ", rows->size(), " rows, expected num_layers = ", L));
     }
@@ -287,8 +327,9 @@ absl::StatusOr<ParsedExpertMap> ParseEplbMap(const JsonValue& root, const MapSha
   std::vector<int32_t> log2phy;
   {
     ASSIGN_OR_RETURN(const JsonValue* v, RequireMember(root, "log2phy"));
+    JsonValue::Array layers_scratch, experts_scratch;
     ASSIGN_OR_RETURN(const JsonValue::Array* layers,
-                     ReadArray(*v, [] { return std::string("log2phy"); }));
+                     ReadArray(*v, [] { return std::string("log2phy"); }, &layers_scratch));
     if (static_cast<int64_t>(layers->size()) != L) {
       return Invalid(
           absl::StrCat("log2phy has ", layers->size(), " rows, expected num_layers = ", L));
@@ -298,7 +339,8 @@ absl::StatusOr<ParsedExpertMap> ParseEplbMap(const JsonValue& root, const MapSha
     log2phy.reserve(static_cast<size_t>(L) * E * W);
     for (int32_t l = 0; l < L; ++l) {
       const auto layer_name = [&] { return absl::StrCat("log2phy[", l, "]"); };
-      ASSIGN_OR_RETURN(const JsonValue::Array* experts, ReadArray((*layers)[l], layer_name));
+      ASSIGN_OR_RETURN(const JsonValue::Array* experts,
+                       ReadArray((*layers)[l], layer_name, &experts_scratch));
       if (static_cast<int64_t>(experts->size()) != E) {
         return Invalid(absl::StrCat(layer_name(), " has ", experts->size(),
                                     " rows, expected num_logical_experts = ", E));
@@ -329,8 +371,9 @@ absl::StatusOr<ParsedExpertMap> ParseVllmAscendMap(const JsonValue& root,
       *count, [] { return std::string("moe_layer_count"); }, 1, ShapeLimits::kMaxLayers,
       &num_layers));
   ASSIGN_OR_RETURN(const JsonValue* list, RequireMember(root, "layer_list"));
+  JsonValue::Array layers_scratch, devices_scratch;
   ASSIGN_OR_RETURN(const JsonValue::Array* layers,
-                   ReadArray(*list, [] { return std::string("layer_list"); }));
+                   ReadArray(*list, [] { return std::string("layer_list"); }, &layers_scratch));
   if (static_cast<int64_t>(layers->size()) != num_layers) {
     return Invalid(absl::StrCat("layer_list has ", layers->size(),
                                 " entries, expected moe_layer_count = ", num_layers));
@@ -358,7 +401,8 @@ absl::StatusOr<ParsedExpertMap> ParseVllmAscendMap(const JsonValue& root,
     ASSIGN_OR_RETURN(const JsonValue* device_list_value,
                      RequireMember(layer, "device_list", layer_name()));
     const auto devices_name = [&] { return layer_name() + ".device_list"; };
-    ASSIGN_OR_RETURN(const JsonValue::Array* devices, ReadArray(*device_list_value, devices_name));
+    ASSIGN_OR_RETURN(const JsonValue::Array* devices,
+                     ReadArray(*device_list_value, devices_name, &devices_scratch));
     const int64_t size = static_cast<int64_t>(devices->size());
     if (l == 0) {
       if (size == 0) return Invalid("layer_list[0].device_list is empty");
@@ -468,7 +512,9 @@ absl::StatusOr<ParsedExpertMap> ParseSglangMap(const JsonValue& root, const MapS
     }
   }
   ASSIGN_OR_RETURN(const JsonValue* v, RequireMember(root, kKey));
-  ASSIGN_OR_RETURN(const JsonValue::Array* rows, ReadArray(*v, [&] { return std::string(kKey); }));
+  JsonValue::Array scratch;
+  ASSIGN_OR_RETURN(const JsonValue::Array* rows,
+                   ReadArray(*v, [&] { return std::string(kKey); }, &scratch));
   if (rows->empty()) return Invalid(absl::StrCat(kKey, " has no rows"));
   const int64_t num_rows = static_cast<int64_t>(rows->size());
   if (hints.layer_ids && num_rows != hints.layer_ids->num_hidden_layers()) {
@@ -681,8 +727,9 @@ absl::StatusOr<LoadMatrix> ParseLoadJson(absl::string_view json) {
         absl::StrCat("expected a JSON object at the top level, found ", WithArticle(root.type())));
   }
   ASSIGN_OR_RETURN(const JsonValue* load_value, RequireMember(root, "load"));
+  JsonValue::Array rows_scratch, values_scratch;
   ASSIGN_OR_RETURN(const JsonValue::Array* rows,
-                   ReadArray(*load_value, [] { return std::string("load"); }));
+                   ReadArray(*load_value, [] { return std::string("load"); }, &rows_scratch));
   if (rows->empty()) return Invalid("load has no rows");
   if (rows->size() > static_cast<size_t>(ShapeLimits::kMaxLayers)) {
     return Invalid(absl::StrCat("load has ", rows->size(), " rows, more than ",
@@ -691,8 +738,13 @@ absl::StatusOr<LoadMatrix> ParseLoadJson(absl::string_view json) {
   LoadMatrix load;
   load.num_layers = static_cast<int32_t>(rows->size());
   for (int32_t l = 0; l < load.num_layers; ++l) {
+    const JsonValue& row = (*rows)[l];
+    if (row.is_int_array() && l > 0 && row.array_size() == static_cast<size_t>(load.num_experts)) {
+      for (const int64_t v : row.int_array_items()) load.values.push_back(static_cast<double>(v));
+      continue;  // the common case: integer counts
+    }
     ASSIGN_OR_RETURN(const JsonValue::Array* values,
-                     ReadArray((*rows)[l], [&] { return absl::StrCat("load[", l, "]"); }));
+                     ReadArray(row, [&] { return absl::StrCat("load[", l, "]"); }, &values_scratch));
     if (l == 0) {
       if (values->empty()) return Invalid("load[0] is empty");
       if (values->size() > static_cast<size_t>(ShapeLimits::kMaxLogicalExperts)) {

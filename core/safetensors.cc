@@ -107,19 +107,19 @@ absl::StatusOr<std::vector<SafetensorsTensor>> ParseSafetensors(absl::string_vie
     if (!shape->is_array()) return Invalid(absl::StrCat(tensor, ": shape is not a list"));
     // The size in bytes, checked against overflow: it must fit in the buffer anyway.
     uint64_t size = static_cast<uint64_t>(DtypeSize(e.tensor.dtype));
-    for (const JsonValue& dim : shape->array_items()) {
-      ASSIGN_OR_RETURN(const uint64_t d, ReadCount(dim, tensor + ": a shape entry"));
+    for (size_t i = 0; i < shape->array_size(); ++i) {
+      ASSIGN_OR_RETURN(const uint64_t d, ReadCount(shape->item(i), tensor + ": a shape entry"));
       e.tensor.shape.push_back(static_cast<int64_t>(d));
       if (d != 0 && size > buffer.size() / d)
         size = buffer.size() + 1;  // too large either way
       else
         size *= d;
     }
-    if (!offsets->is_array() || offsets->array_items().size() != 2) {
+    if (!offsets->is_array() || offsets->array_size() != 2) {
       return Invalid(absl::StrCat(tensor, ": data_offsets is not [begin, end]"));
     }
-    ASSIGN_OR_RETURN(e.begin, ReadCount(offsets->array_items()[0], tensor + ": data_offsets[0]"));
-    ASSIGN_OR_RETURN(e.end, ReadCount(offsets->array_items()[1], tensor + ": data_offsets[1]"));
+    ASSIGN_OR_RETURN(e.begin, ReadCount(offsets->item(0), tensor + ": data_offsets[0]"));
+    ASSIGN_OR_RETURN(e.end, ReadCount(offsets->item(1), tensor + ": data_offsets[1]"));
     if (e.end < e.begin || e.end > buffer.size()) {
       return Invalid(absl::StrCat(tensor, ": data_offsets [", e.begin, ", ", e.end,
                                   "] are not within the ", buffer.size(), " bytes of data"));

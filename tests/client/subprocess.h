@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -121,9 +122,11 @@ class ScratchDirTest : public ::testing::Test {
   explicit ScratchDirTest(std::string prefix) : prefix_(std::move(prefix)) {}
 
   void SetUp() override {
+    // A parameterized test's name is "Name/Case": one directory level, removed whole.
+    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::replace(name.begin(), name.end(), '/', '.');
     dir_ = std::filesystem::temp_directory_path() /
-           (prefix_ + "_" + std::to_string(getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+           (prefix_ + "_" + std::to_string(getpid()) + "_" + name);
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
   }

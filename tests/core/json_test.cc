@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -81,16 +82,34 @@ TEST(JsonParseTest, FractionsAndExponentsAreNotIntegers) {
   EXPECT_EQ(ParseOk("1.7976931348623157e308").number_value(), std::numeric_limits<double>::max());
 }
 
-TEST(JsonParseTest, NumbersBeyondDoubleBecomeInfinityOrZero) {
-  EXPECT_EQ(ParseOk("1e999").number_value(), std::numeric_limits<double>::infinity());
-  EXPECT_EQ(ParseOk("-1e999").number_value(), -std::numeric_limits<double>::infinity());
-  EXPECT_EQ(ParseOk("123.456e99999999999999999999").number_value(),
-            std::numeric_limits<double>::infinity());
-  EXPECT_EQ(ParseOk("0.0000001e-999").number_value(), 0.0);
-  const double negative_zero = ParseOk("-1e-999").number_value();
-  EXPECT_EQ(negative_zero, 0.0);
-  EXPECT_TRUE(std::signbit(negative_zero));
-  EXPECT_EQ(ParseOk("0e999999").number_value(), 0.0);
+TEST(JsonParseTest, RefusesNumbersBeyondADouble) {
+  for (const char* text : {"1e999", "-1e999", "123.456e99999999999999999999", "1.8e308",
+                           "0.0000001e-999", "-1e-999", "1e-400", "0e999999"}) {
+    EXPECT_EQ(ParseError(text), "line 1, column 1: number out of the range of a double") << text;
+  }
+  EXPECT_EQ(ParseError("[1, 2e400]"), "line 1, column 5: number out of the range of a double");
+  EXPECT_EQ(ParseError(std::string(400, '9')),
+            "line 1, column 1: number out of the range of a double");
+  // The smallest subnormal and the largest double are in range.
+  EXPECT_EQ(ParseOk("4.9e-324").number_value(), std::numeric_limits<double>::denorm_min());
+  EXPECT_EQ(ParseOk("-1.7976931348623157e308").number_value(),
+            std::numeric_limits<double>::lowest());
+}
+
+// Exponents and fraction lengths whose sum does not fit in an int (the reader's counters) still
+// give the right value or a clean error.
+TEST(JsonParseTest, ExtremeExponentsAndLongFractions) {
+  EXPECT_EQ(ParseError("1e-2147483649"), "line 1, column 1: number out of the range of a double");
+  EXPECT_EQ(ParseError("0." + std::string(100, '0') + "1e-2147483647"),
+            "line 1, column 1: number out of the range of a double");
+  EXPECT_EQ(ParseOk("0." + std::string(100000, '0') + "1e100000").number_value(), 0.1);
+  EXPECT_EQ(ParseOk("1." + std::string(100000, '0') + "1").number_value(), 1.0);
+  EXPECT_EQ(ParseOk("0e-99999999999999999999").number_value(), 0.0);
+}
+
+TEST(JsonParseTest, RefusesTextsLongerThanTheLimit) {
+  const std::string text(kMaxJsonBytes + 1, ' ');
+  EXPECT_EQ(ParseError(text), "the JSON text is 209715201 bytes; at most 209715200 are read");
 }
 
 TEST(JsonParseTest, StringEscapes) {
@@ -138,6 +157,7 @@ TEST(JsonParseTest, SyntaxErrorsNameLineAndColumn) {
   EXPECT_EQ(ParseError("{1: 2}"), "line 1, column 2: expected an object key (a string)");
   EXPECT_EQ(ParseError(R"({"a": 1,})"), "line 1, column 9: expected an object key (a string)");
   EXPECT_EQ(ParseError("[1,]"), "line 1, column 4: expected a value");
+  EXPECT_EQ(ParseError("[1, "), "line 1, column 5: expected a value");  // truncated
   EXPECT_EQ(ParseError("[,1]"), "line 1, column 2: expected a value");
   EXPECT_EQ(ParseError("tru"), "line 1, column 1: expected a value");
   EXPECT_EQ(ParseError("nul"), "line 1, column 1: expected a value");
@@ -189,7 +209,9 @@ TEST(JsonParseTest, RejectsBadStrings) {
   EXPECT_EQ(ParseError(R"("x\ud800\ud800")"),
             "line 1, column 3: invalid \\u escape: high surrogate not followed by a low surrogate");
   EXPECT_EQ(ParseError(R"("\udc00")"),
-            "line 1, column 2: invalid \\u escape: unpaired low surrogate");
+            "line 1, column 1: invalid \\u escape: unpaired low surrogate");
+  EXPECT_EQ(ParseError(R"({"k": "ab", "\uDFFF": 1})"),
+            "line 1, column 13: invalid \\u escape: unpaired low surrogate");
 }
 
 TEST(JsonParseTest, RejectsInvalidUtf8InStrings) {
@@ -255,12 +277,72 @@ TEST(JsonParseTest, ParsesLargeIntegerArrays) {
   std::string text;
   AppendJsonIntArray(&text, values);
   const JsonValue v = ParseOk(text);
-  const JsonValue::Array& items = v.array_items();
+  ASSERT_TRUE(v.is_int_array());
+  const std::span<const int64_t> items = v.int_array_items();
   ASSERT_EQ(items.size(), values.size());
-  for (size_t i = 0; i < values.size(); ++i) {
-    ASSERT_TRUE(items[i].is_integer());
-    ASSERT_EQ(items[i].int_value(), values[i]) << i;
+  for (size_t i = 0; i < values.size(); ++i) ASSERT_EQ(items[i], values[i]) << i;
+}
+
+TEST(JsonParseTest, PacksArraysOfIntegersOnly) {
+  const JsonValue ints = ParseOk("[1, -2, 9223372036854775807]");
+  EXPECT_TRUE(ints.is_array());
+  EXPECT_TRUE(ints.is_int_array());
+  EXPECT_EQ(ints.type(), JsonValue::Type::kArray);
+  EXPECT_THAT(ints.int_array_items(), ElementsAre(1, -2, std::numeric_limits<int64_t>::max()));
+  EXPECT_EQ(ints.array_size(), 3u);
+  EXPECT_EQ(ints.item(1).int_value(), -2);
+
+  // Anything but integers, an empty array and an integer beyond int64 (a double) unpack.
+  for (const char* text : {"[]", "[1, 2.5]", "[1, 2, \"x\"]", "[1, null]", "[2, [3]]",
+                           "[1, 9223372036854775808]", "[{}, 1]"}) {
+    const JsonValue v = ParseOk(text);
+    EXPECT_TRUE(v.is_array()) << text;
+    EXPECT_FALSE(v.is_int_array()) << text;
   }
+  const JsonValue mixed = ParseOk("[7, 8, [9, 10], 11]");
+  const JsonValue::Array& items = mixed.array_items();
+  ASSERT_EQ(items.size(), 4u);
+  EXPECT_EQ(items[0].int_value(), 7);
+  EXPECT_EQ(items[1].int_value(), 8);
+  EXPECT_TRUE(items[2].is_int_array());
+  EXPECT_THAT(items[2].int_array_items(), ElementsAre(9, 10));
+  EXPECT_EQ(items[3].int_value(), 11);
+  const JsonValue nested = ParseOk(R"({"rows": [[1, 2], [3, 4, 5]], "n": [6]})");
+  EXPECT_THAT(nested.Find("rows")->array_items()[1].int_array_items(), ElementsAre(3, 4, 5));
+  EXPECT_THAT(nested.Find("n")->int_array_items(), ElementsAre(6));
+}
+
+TEST(JsonValueTest, PackedArraysAreArraysOfInts) {
+  const JsonValue packed = JsonValue::MakeIntArray({1, 2, 3});
+  const JsonValue plain =
+      JsonValue::MakeArray({JsonValue::Int(1), JsonValue::Int(2), JsonValue::Int(3)});
+  EXPECT_FALSE(plain.is_int_array());
+  EXPECT_EQ(packed, plain);
+  EXPECT_EQ(plain, packed);
+  EXPECT_NE(packed, JsonValue::MakeIntArray({1, 2}));
+  EXPECT_NE(packed, JsonValue::MakeArray({JsonValue::Int(1), JsonValue::Int(2),
+                                          JsonValue::Double(3.5)}));
+  EXPECT_EQ(packed, JsonValue::MakeArray({JsonValue::Int(1), JsonValue::Int(2),
+                                          JsonValue::Double(3.0)}));
+  EXPECT_EQ(WriteJson(packed), "[1,2,3]");
+  EXPECT_EQ(WriteJson(packed), WriteJson(plain));
+
+  JsonValue copy = packed;
+  EXPECT_TRUE(copy.is_int_array());
+  EXPECT_EQ(copy, packed);
+  // Changing the items unpacks the copy, not the original.
+  copy.mutable_array_items().push_back(JsonValue::String("x"));
+  EXPECT_FALSE(copy.is_int_array());
+  EXPECT_EQ(WriteJson(copy), R"([1,2,3,"x"])");
+  EXPECT_TRUE(packed.is_int_array());
+  EXPECT_EQ(packed.array_size(), 3u);
+}
+
+TEST(JsonValueDeathTest, PackedArraysHaveNoJsonValueItems) {
+  const JsonValue packed = JsonValue::MakeIntArray({1});
+  EXPECT_DEATH((void)packed.array_items(), "a packed array of integers");
+  EXPECT_DEATH((void)JsonValue::MakeArray().int_array_items(), "of type array");
+  EXPECT_DEATH((void)packed.item(1), "item 1 of an array of 1");
 }
 
 TEST(JsonValueTest, BuildCopyAndCompare) {
@@ -296,7 +378,7 @@ TEST(JsonWriteTest, WritesCompactJson) {
 TEST(JsonWriteTest, EscapesStrings) {
   std::string out;
   AppendJsonString(&out, "q\" b\\ \b\f\n\r\t \x01\x1f\x7f é");
-  EXPECT_EQ(out, "\"q\\\" b\\\\ \\b\\f\\n\\r\\t \\u0001\\u001f\x7f é\"");
+  EXPECT_EQ(out, "\"q\\\" b\\\\ \\b\\f\\n\\r\\t \\u0001\\u001F\x7f é\"");
   out.clear();
   AppendJsonString(&out, std::string("\0", 1));
   EXPECT_EQ(out, "\"\\u0000\"");
@@ -313,6 +395,8 @@ TEST(JsonWriteTest, NumbersAreShortestAndExact) {
   EXPECT_EQ(write(-2.5), "-2.5");
   EXPECT_EQ(write(1e300), "1e+300");
   EXPECT_EQ(write(5e-324), "5e-324");
+  EXPECT_EQ(write(-0.0), "-0.0");
+  EXPECT_TRUE(std::signbit(ParseOk(write(-0.0)).number_value()));
   std::mt19937_64 rng(11);
   for (int i = 0; i < 20000; ++i) {
     double d;

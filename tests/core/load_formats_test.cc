@@ -66,7 +66,9 @@ TEST(SafetensorsTest, SignedAndUnsignedIntegers) {
       R"({"a":{"dtype":"I32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[2],)"
       R"("data_offsets":[8,10]},"f":{"dtype":"F32","shape":[],"data_offsets":[10,14]}})";
   const std::string data = std::string("\xff\xff\xff\xff\x07\0\0\0\xff\x02", 10) + "abcd";
-  auto tensors = ParseSafetensors(Safetensors(header, data));
+  // The tensors are views of the bytes: they must outlive them.
+  const std::string bytes = Safetensors(header, data);
+  auto tensors = ParseSafetensors(bytes);
   ASSERT_TRUE(tensors.ok()) << tensors.status();
   EXPECT_THAT(*SafetensorsIntegers((*tensors)[0]), ElementsAre(-1, 7));
   EXPECT_THAT(*SafetensorsIntegers((*tensors)[1]), ElementsAre(255, 2));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "core/expert_map.h"
 #include "core/json.h"
 #include "core/load.h"
@@ -313,7 +314,7 @@ TEST_F(MapFormatEplbTest, ShapeFieldsFromText) {
   // Texts the writer cannot produce: non-finite and too-large literals.
   std::string json = json_;
   json.replace(json.find("\"num_layers\": 3"), 15, "\"num_layers\": 1e999");
-  EXPECT_EQ(MapError(json), "num_layers is not a finite number");
+  EXPECT_EQ(MapError(json), "line 4, column 17: number out of the range of a double");
   json = json_;
   json.replace(json.find("\"num_physical_experts\": 21"), 26, "\"num_physical_experts\": 22.0");
   EXPECT_EQ(MapError(json),
@@ -374,6 +375,15 @@ TEST_F(MapFormatEplbTest, Phy2Log) {
   EXPECT_EQ(
       ErrorAfter([](JsonValue& d) { At(At(Member(d, "phy2log"), 0), 0) = JsonValue::Bool(true); }),
       "phy2log[0][0] is not a number");
+  // Rows of integers are read packed: the range check holds at the ends of int64 too.
+  for (const int64_t extreme :
+       {std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min(),
+        int64_t{1} << 32, int64_t{15} - (int64_t{1} << 32)}) {
+    EXPECT_EQ(ErrorAfter([&](JsonValue& d) {
+                At(At(Member(d, "phy2log"), 2), 7) = JsonValue::Int(extreme);
+              }),
+              absl::StrCat("phy2log[2][7] = ", extreme, " is out of range [0, 15]"));
+  }
   EXPECT_EQ(ErrorAfter([](JsonValue& d) {
               At(At(Member(d, "phy2log"), 1), 20) = JsonValue::Double(1e20);
             }),
@@ -626,7 +636,7 @@ TEST(MapFormatSglangTest, Errors) {
   EXPECT_EQ(MapError(R"({"physical_to_logical_map": [[0, 1, "2"]]})", r2),
             "physical_to_logical_map[0][2] is not a number");
   EXPECT_EQ(MapError(R"({"physical_to_logical_map": [[0, 1, 1e999]]})", r2),
-            "physical_to_logical_map[0][2] is not a finite number");
+            "line 1, column 37: number out of the range of a double");
   EXPECT_EQ(MapError(R"({"physical_to_logical_map": [[0, 1, 2, 3]]})",
                      {.num_logical_experts = 3, .num_ranks = 2}),
             "physical_to_logical_map[0][3] = 3 is out of range [0, 2]");
@@ -695,9 +705,11 @@ TEST(MapFormatLoadTest, Errors) {
             "load[1] has 2 values, expected 3 (as load[0])");
   EXPECT_EQ(LoadError(R"({"load": [[0, 1, 2, 3, "4"]]})"), "load[0][4] is not a number");
   EXPECT_EQ(LoadError(R"({"load": [[0, 1, 2, 3, null]]})"), "load[0][4] is not a number");
+  // JSON numbers beyond a double are refused where they are written.
   EXPECT_EQ(LoadError(R"({"load": [[0, 1], [0, 1e999]]})"),
-            "load[1][1] = inf is not a finite number");
-  EXPECT_EQ(LoadError(R"({"load": [[0, -1e999]]})"), "load[0][1] = -inf is not a finite number");
+            "line 1, column 23: number out of the range of a double");
+  EXPECT_EQ(LoadError(R"({"load": [[0, -1e999]]})"),
+            "line 1, column 15: number out of the range of a double");
   EXPECT_EQ(LoadError(R"({"load": [[0, 1], [2, 3], [4, -1]]})"), "load[2][1] = -1 is negative");
   EXPECT_EQ(LoadError(R"({"load": [[0, 1], [2, 3], [4, -0.5]]})"), "load[2][1] = -0.5 is negative");
 }

@@ -1,17 +1,30 @@
-// libFuzzer target: expert maps in the JSON formats (eplb, vllm-ascend, sglang). Whatever the
-// input, the reader returns a map or INVALID_ARGUMENT, and a map it returns writes back to text
-// that reads as the same map.
+// libFuzzer target: JSON and the expert maps in the JSON formats (eplb, vllm-ascend, sglang).
+// Whatever the input, the JSON parser returns a document that writes back to text that parses as
+// the same document, or INVALID_ARGUMENT naming a line and column; the map reader returns a map or
+// INVALID_ARGUMENT, and a map it returns writes back to text that reads as the same map.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "absl/strings/string_view.h"
+#include "absl/strings/match.h"
 #include "core/check.h"
+#include "core/json.h"
 #include "core/layer_ids.h"
 #include "core/map_format.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const absl::string_view text(reinterpret_cast<const char*>(data), size);
+  if (auto doc = eplb::ParseJson(text); doc.ok()) {
+    const std::string written = eplb::WriteJson(*doc);
+    auto again = eplb::ParseJson(written);
+    EPLB_CHECK(again.ok() && *again == *doc, "JSON round trip: ", again.status().ToString());
+    EPLB_CHECK(eplb::WriteJson(*again) == written, "JSON written twice differs");
+  } else {
+    EPLB_CHECK(doc.status().code() == absl::StatusCode::kInvalidArgument &&
+                   absl::StartsWith(doc.status().message(), "line "),
+               doc.status().ToString());
+  }
   for (const eplb::MapShapeHints& hints :
        {eplb::MapShapeHints{}, eplb::MapShapeHints{.num_ranks = 2},
         eplb::MapShapeHints{.num_ranks = 2, .layer_ids = *eplb::LayerIds::FromRange(1, 4)}}) {
