@@ -24,6 +24,9 @@ COPY core core
 COPY transfer transfer
 COPY server server
 COPY client client
+COPY agent agent
+COPY cli cli
+COPY examples examples
 COPY deploy/scripts deploy/scripts
 RUN deploy/scripts/build.sh --image --dir build-image
 

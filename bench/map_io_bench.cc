@@ -13,7 +13,7 @@
 #include "core/json.h"
 #include "core/map_format.h"
 #include "core/policy.h"
-#include "tests/support/random_inputs.h"
+#include "core/testing/random_inputs.h"
 
 namespace eplb {
 namespace {

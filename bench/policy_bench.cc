@@ -16,7 +16,7 @@
 #include "bench/bench_shapes.h"
 #include "core/metrics.h"
 #include "core/policy.h"
-#include "tests/support/random_inputs.h"
+#include "core/testing/random_inputs.h"
 
 namespace eplb {
 namespace {

@@ -23,7 +23,7 @@
 #include "core/balanced_policy.h"
 #include "core/deepseek_policy.h"
 #include "core/metrics.h"
-#include "tests/support/random_inputs.h"
+#include "core/testing/random_inputs.h"
 
 namespace eplb {
 namespace {

@@ -30,23 +30,23 @@
 #include <string>
 #include <vector>
 
-#include "client/placement_agent.h"
+#include "agent/placement_agent.h"
 #include "core/file_io.h"
 #include "core/map_format.h"
-#include "tests/support/cuda_check.h"
-#include "tests/support/random_inputs.h"
+#include "core/testing/random_inputs.h"
 #include "transfer/cuda_device.h"
 #include "transfer/local_ranks.h"
 #include "transfer/nccl_communicator.h"
+#include "transfer/testing/cuda_check.h"
 
 namespace {
 
+using eplb::AgentPlan;
 using eplb::ExpertMap;
+using eplb::PlanStatus;
 using eplb::SlotLayout;
-using eplb::client::AgentPlan;
-using eplb::client::PlacementAgent;
-using eplb::client::PlacementAgentOptions;
-using eplb::client::PlanStatus;
+using eplb::agent::PlacementAgent;
+using eplb::agent::PlacementAgentOptions;
 using eplb::testing::RandomExpertMap;
 using Clock = std::chrono::steady_clock;
 

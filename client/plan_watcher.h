@@ -28,8 +28,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "client/placement_agent.h"
 #include "client/planner_client.h"
+#include "core/plan_delivery.h"
 
 namespace eplb::client {
 

@@ -24,7 +24,7 @@ while (($#)); do
     --dir) dir="$2"; shift 2 ;;
     --image) tests=OFF; bench=OFF; cuda=OFF; python=OFF; targets+=(eplb-planner eplbctl); shift ;;
     --worker) tests=OFF; bench=OFF; cuda=ON; python=OFF
-              targets+=(eplb_client eplb_transfer_cuda eplb-worker-example eplbctl); shift ;;
+              targets+=(eplb_client eplb_agent eplb_transfer_cuda eplb-worker-example eplbctl); shift ;;
     -*) echo "build.sh: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The deployment checks CI runs (deploy/scripts/test.sh, after the tests). No Docker engine or
 # cluster is needed:
-#   1. the Dockerfile lints clean and the Kubernetes manifests pass the schema and reference
-#      checks, and both checkers catch a broken copy;
+#   1. the Dockerfile lints clean, the Kubernetes manifests pass the schema and reference checks,
+#      the sources' includes follow the layering (check_layers.py), and each checker catches a
+#      broken copy;
 #   2. the Dockerfile's planner build step runs (build.sh --image, into build-image/), its programs
 #      load only libraries the runtime stage installs, and the worker image's SDK staging runs;
 #   3. deploy/config/planner.flags (which the ConfigMap must copy exactly) is accepted by the
@@ -14,15 +15,17 @@ cd "$(dirname "$0")/../.."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-echo "-- Dockerfile and manifests"
+echo "-- Dockerfile, manifests and layering"
 python3 deploy/scripts/check_dockerfile.py
 python3 deploy/scripts/check_manifests.py
+python3 deploy/scripts/check_layers.py
 
 # A checker that passes everything checks nothing: each must reject a broken copy.
 expect_rejected() {  # CHECKER FILE SED-EXPRESSION EXPECTED-MESSAGE
   local copy="$tmp/broken"
   rm -rf "$copy" && mkdir -p "$copy"
-  cp -r Dockerfile .dockerignore CMakeLists.txt deploy client server core proto transfer "$copy/"
+  cp -r Dockerfile .dockerignore CMakeLists.txt deploy client agent cli examples server core proto \
+    transfer "$copy/"
   sed -i "$3" "$copy/$2"
   if out=$(python3 "deploy/scripts/$1" "$copy" 2>&1); then
     echo "check-deploy: $1 accepted $2 after '$3'" >&2
@@ -36,10 +39,14 @@ expect_rejected() {  # CHECKER FILE SED-EXPRESSION EXPECTED-MESSAGE
 }
 expect_rejected check_dockerfile.py Dockerfile 's|COPY core core|COPY kore core|' \
   "COPY source kore does not exist"
+expect_rejected check_dockerfile.py Dockerfile 's|^COPY cli cli$||' \
+  "the build stage does not copy cli/, which CMakeLists.txt adds"
 expect_rejected check_dockerfile.py Dockerfile 's|EXPOSE 50051 9464|EXPOSE 50051|' \
   "EXPOSE [50051] differs"
 expect_rejected check_dockerfile.py Dockerfile 's|build.sh --image|build.sh --images|' \
   "build.sh has no option --images"
+expect_rejected check_layers.py client/plan_watcher.h \
+  's|#include "core/plan_delivery.h"|#include "agent/placement_agent.h"|' "client/ includes agent/"
 expect_rejected check_manifests.py deploy/kubernetes/planner.yaml 's|targetPort: metrics|targetPort: stats|' \
   "targetPort stats is not a port"
 expect_rejected check_manifests.py deploy/kubernetes/planner.yaml 's|type: Recreate|type: RollingUpdate|' \
@@ -48,7 +55,7 @@ expect_rejected check_manifests.py deploy/kubernetes/worker-statefulset.yaml 's|
   "the worker needs EPLB_RANK"
 expect_rejected check_manifests.py deploy/config/planner.flags 's|--plan-threads=4|--plan-threads=8|' \
   "differs from deploy/config/planner.flags"
-echo "check-deploy: both checkers reject broken copies"
+echo "check-deploy: the checkers reject broken copies"
 
 echo "-- the planner image's build step"
 deploy/scripts/build.sh --image --dir build-image

@@ -6,7 +6,9 @@ exists in the repository and is not excluded by .dockerignore; COPY --from names
 and copies paths that stage produces (a build directory of a build.sh call, or a path the stage
 creates); every script a RUN line calls exists and is executable, and build.sh options exist;
 the entrypoint programs are CMake targets; EXPOSE matches the ports of deploy/config/planner.flags;
-the targets the file's header documents (--target NAME) exist.
+the targets the file's header documents (--target NAME) exist; the build stage copies every
+source directory the top-level CMakeLists.txt adds (tests, bench and python aside: the images
+build without them).
 
   python3 deploy/scripts/check_dockerfile.py [ROOT]    exit 0: fine; 1: the problems, one a line
 """
@@ -46,6 +48,7 @@ for number, raw in enumerate(text.splitlines(), 1):
 args = {}
 stages = []          # names, in order
 stage_outputs = {}   # stage -> paths it produces (build dirs, created dirs)
+copied = {}          # stage -> repository paths it copies
 def source_dirs():
     for d, subdirs, fs in os.walk(ROOT):
         subdirs[:] = [s for s in subdirs if not s.startswith((".", "build"))]
@@ -97,6 +100,7 @@ for number, line in lines:
                 if not any(s == p or s.startswith(p.rstrip("/") + "/") for p in produced):
                     problem(number, f"COPY --from={source_stage} {s}: the stage produces no such path")
             continue
+        copied.setdefault(stage, set()).update(s.rstrip("/") for s in sources)
         for s in sources:
             if not os.path.exists(os.path.join(ROOT, s)):
                 problem(number, f"COPY source {s} does not exist")
@@ -123,6 +127,13 @@ for number, line in lines:
         exposed.update(int(p.split("/")[0]) for p in rest.split())
     elif instruction == "ENTRYPOINT":
         entrypoints.append((number, json.loads(rest)[0]))
+
+cmake_top = open(os.path.join(ROOT, "CMakeLists.txt")).read()
+for directory in sorted(set(re.findall(r"add_subdirectory\(\s*([\w-]+)\s*\)", cmake_top))
+                        - {"tests", "bench", "python"}):
+    if "build" in stages and directory not in copied.get("build", set()):
+        problems.append(f"Dockerfile: the build stage does not copy {directory}/, which "
+                        "CMakeLists.txt adds")
 
 for number, program in entrypoints:
     if os.path.basename(program) not in cmake_targets:

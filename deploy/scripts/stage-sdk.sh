@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copies what a serving engine builds against into PREFIX: the headers of core/, client/,
+# Copies what a serving engine builds against into PREFIX: the headers of core/, client/, agent/,
 # transfer/ and proto/ (with the generated protobuf headers) under PREFIX/include, and the static
 # libraries of BUILD_DIR under PREFIX/lib. Used by the Dockerfile's worker target.
 #
@@ -18,7 +18,7 @@ if [[ ! -d "$build/lib" ]]; then
   exit 1
 fi
 mkdir -p "$prefix/include" "$prefix/lib"
-for dir in core client transfer proto; do
+for dir in core client agent transfer proto; do
   find "$dir" -name '*.h' -exec cp --parents {} "$prefix/include/" \;
 done
 (cd "$build/proto" && find . -name '*.pb.h' -exec cp --parents {} "$prefix/include/" \;)

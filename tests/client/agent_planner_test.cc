@@ -10,8 +10,8 @@
 #include <barrier>
 #include <thread>
 
+#include "agent/placement_agent.h"
 #include "client/load_reporter.h"
-#include "client/placement_agent.h"
 #include "client/plan_watcher.h"
 #include "tests/server/test_env.h"
 #include "transfer/host_communicator.h"
@@ -19,6 +19,8 @@
 namespace eplb::client {
 namespace {
 
+using agent::PlacementAgent;
+using agent::PlacementAgentOptions;
 using ::eplb::testing::Create;
 using ::eplb::testing::GetLoad;
 using ::eplb::testing::GetPlan;

@@ -18,8 +18,8 @@
 #include "core/expert_map.h"
 #include "core/file_io.h"
 #include "proto/convert.h"
-#include "tests/client/subprocess.h"
 #include "tests/server/test_env.h"
+#include "tests/support/subprocess.h"
 
 namespace eplb {
 namespace {

@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/deepseek_policy.h"
 #include "core/metrics.h"
-#include "tests/support/random_inputs.h"
+#include "core/testing/random_inputs.h"
 
 namespace eplb {
 namespace {

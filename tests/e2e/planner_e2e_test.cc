@@ -30,7 +30,7 @@
 #include "absl/strings/strip.h"
 #include "client/planner_client.h"
 #include "core/map_format.h"
-#include "tests/client/subprocess.h"
+#include "tests/support/subprocess.h"
 
 namespace eplb {
 namespace {

@@ -13,7 +13,6 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -22,37 +21,36 @@
 #include <string>
 #include <vector>
 
-#include "client/placement_agent.h"
+#include "agent/placement_agent.h"
 #include "core/expert_map.h"
+#include "core/testing/random_inputs.h"
+#include "tests/gpu/pattern_kernels.h"
 #include "transfer/cuda_device.h"
 #include "transfer/local_ranks.h"
 #include "transfer/nccl_communicator.h"
-#include "tests/gpu/pattern_kernels.h"
-#include "tests/support/cuda_check.h"
-#include "tests/support/random_inputs.h"
+#include "transfer/testing/cuda_check.h"
 
 namespace {
 
+using eplb::AgentPlan;
 using eplb::ExpertMap;
+using eplb::PlanStatus;
 using eplb::SlotLayout;
-using eplb::client::AgentPlan;
-using eplb::client::PlacementAgent;
-using eplb::client::PlacementAgentOptions;
-using eplb::client::PlanStatus;
-using eplb::testing::RandomExpertMap;
+using eplb::agent::PlacementAgent;
+using eplb::agent::PlacementAgentOptions;
 using eplb::gpu_test::HostPattern;
 using eplb::gpu_test::LaunchCheck;
 using eplb::gpu_test::LaunchFill;
 using eplb::gpu_test::SlotPtrs;
+using eplb::testing::RandomExpertMap;
 
-
-#define CHECK_OK(expr)                                                                      \
-  do {                                                                                      \
-    if (auto s_ = (expr); !s_.ok()) {                                                       \
-      std::fprintf(stderr, "rank %d: %s:%d: %s\n", rank, __FILE__, __LINE__,                \
-                   s_.ToString().c_str());                                                  \
-      return 1;                                                                             \
-    }                                                                                       \
+#define CHECK_OK(expr)                                                       \
+  do {                                                                       \
+    if (auto s_ = (expr); !s_.ok()) {                                        \
+      std::fprintf(stderr, "rank %d: %s:%d: %s\n", rank, __FILE__, __LINE__, \
+                   s_.ToString().c_str());                                   \
+      return 1;                                                              \
+    }                                                                        \
   } while (false)
 
 struct Args {
@@ -90,7 +88,8 @@ int CommunicatorChecks(int rank, int size, eplb::transfer::NcclCommunicator& com
   auto all = comm.AllGather(mine);
   CHECK_OK(all.status());
   for (int q = 0; q < size; ++q) {
-    if ((*all)[q] != std::vector<uint8_t>{static_cast<uint8_t>(q), 7, static_cast<uint8_t>(q * 2)}) {
+    if ((*all)[q] !=
+        std::vector<uint8_t>{static_cast<uint8_t>(q), 7, static_cast<uint8_t>(q * 2)}) {
       std::fprintf(stderr, "rank %d: AllGather entry %d differs\n", rank, q);
       return 1;
     }
@@ -107,8 +106,7 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
   CHECK_CUDA(cudaGetDeviceCount(&devices));
   const int device = rank % devices;
   CHECK_CUDA(cudaSetDevice(device));
-  auto comm = eplb::transfer::NcclCommunicator::Create(id, rank, size, device,
-                                                       {.max_ctas = 8});
+  auto comm = eplb::transfer::NcclCommunicator::Create(id, rank, size, device, {.max_ctas = 8});
   CHECK_OK(comm.status());
   if (CommunicatorChecks(rank, size, **comm) != 0) return 1;
 
@@ -131,7 +129,7 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
   std::vector<SlotPtrs> slot_ptrs(L * S);
   for (int l = 0; l < L; ++l) {
     for (int s = 0; s < S; ++s) {
-      eplb::client::SlotWeights slot;
+      eplb::agent::SlotWeights slot;
       for (int b = 0; b < 2; ++b) {
         void* ptr = nullptr;
         CHECK_CUDA(cudaMalloc(&ptr, words[b] * 4));
@@ -157,8 +155,8 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
 
   cudaStream_t serving = nullptr;
   CHECK_CUDA(cudaStreamCreateWithFlags(&serving, cudaStreamNonBlocking));
-  auto device_context = eplb::transfer::CudaDeviceContext::Create(device, serving,
-                                                                  (*comm)->stream());
+  auto device_context =
+      eplb::transfer::CudaDeviceContext::Create(device, serving, (*comm)->stream());
   CHECK_OK(device_context.status());
   auto agent = PlacementAgent::Create(options, comm->get(), device_context->get());
   CHECK_OK(agent.status());
@@ -207,7 +205,8 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
           for (int q = 0; q < S; ++q) {
             const int expert = (*agent)->phy2log(l)[first + q];
             if (table[l * P + first + q] != expert) {
-              std::fprintf(stderr, "rank %d step %d: device table layer %d slot %d holds %d, host %d\n",
+              std::fprintf(stderr,
+                           "rank %d step %d: device table layer %d slot %d holds %d, host %d\n",
                            rank, step, l, first + q, table[l * P + first + q], expert);
               so_far = 0;
               break;

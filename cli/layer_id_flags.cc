@@ -1,4 +1,4 @@
-#include "client/layer_id_flags.h"
+#include "cli/layer_id_flags.h"
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"

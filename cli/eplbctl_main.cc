@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
-#include "client/plan_command.h"
-#include "client/server_commands.h"
+#include "cli/plan_command.h"
+#include "cli/server_commands.h"
 
 namespace {
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "tests/client/subprocess.h"
+#include "tests/support/subprocess.h"
 
 namespace eplb {
 namespace {

@@ -1,6 +1,6 @@
 // Random placements and loads for tests, benchmarks and the GPU test (header-only; core only).
-#ifndef EPLB_TESTS_SUPPORT_RANDOM_INPUTS_H_
-#define EPLB_TESTS_SUPPORT_RANDOM_INPUTS_H_
+#ifndef EPLB_CORE_TESTING_RANDOM_INPUTS_H_
+#define EPLB_CORE_TESTING_RANDOM_INPUTS_H_
 
 #include <algorithm>
 #include <cmath>
@@ -46,4 +46,4 @@ LoadMatrix LogNormalLoad(const DeploymentShape& shape, double sigma, Rng& rng) {
 
 }  // namespace eplb::testing
 
-#endif  // EPLB_TESTS_SUPPORT_RANDOM_INPUTS_H_
+#endif  // EPLB_CORE_TESTING_RANDOM_INPUTS_H_

@@ -1,4 +1,4 @@
-#include "client/placement_agent.h"
+#include "agent/placement_agent.h"
 
 #include <algorithm>
 #include <cstring>
@@ -17,7 +17,7 @@
 #include "spdlog/spdlog.h"
 #include "transfer/transfer_schedule.h"
 
-namespace eplb::client {
+namespace eplb::agent {
 namespace {
 
 using transfer::CopyOp;
@@ -783,4 +783,4 @@ PlacementAgent::Status PlacementAgent::status() const {
   return impl_->stats;
 }
 
-}  // namespace eplb::client
+}  // namespace eplb::agent

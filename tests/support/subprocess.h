@@ -1,7 +1,7 @@
 // Running the real binaries from tests: a command run to completion with its output captured, and
 // a long-running child (the planner) that tests stop, kill and restart.
-#ifndef EPLB_TESTS_CLIENT_SUBPROCESS_H_
-#define EPLB_TESTS_CLIENT_SUBPROCESS_H_
+#ifndef EPLB_TESTS_SUPPORT_SUBPROCESS_H_
+#define EPLB_TESTS_SUPPORT_SUBPROCESS_H_
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -147,4 +147,4 @@ class ScratchDirTest : public ::testing::Test {
 
 }  // namespace eplb::testing
 
-#endif  // EPLB_TESTS_CLIENT_SUBPROCESS_H_
+#endif  // EPLB_TESTS_SUPPORT_SUBPROCESS_H_

@@ -1,4 +1,4 @@
-#include "client/cli_args.h"
+#include "cli/cli_args.h"
 
 #include <algorithm>
 #include <cmath>

@@ -6,8 +6,8 @@
 //   other errors   "eplbctl: <CODE>: <message> [<REASON> <field>]"            exit code 1
 // (the second is StatusToDisplayString of the planner's error, or of a local one such as an
 // unreadable file).
-#ifndef EPLB_CLIENT_SERVER_COMMANDS_H_
-#define EPLB_CLIENT_SERVER_COMMANDS_H_
+#ifndef EPLB_CLI_SERVER_COMMANDS_H_
+#define EPLB_CLI_SERVER_COMMANDS_H_
 
 #include <iosfwd>
 #include <span>
@@ -38,4 +38,4 @@ std::string ServerCommandsHelp();
 
 }  // namespace eplb::cli
 
-#endif  // EPLB_CLIENT_SERVER_COMMANDS_H_
+#endif  // EPLB_CLI_SERVER_COMMANDS_H_

@@ -1,12 +1,12 @@
 // The balanced policy's options as eplbctl flags, shared by `plan` and `create-deployment`.
-#ifndef EPLB_CLIENT_BALANCED_FLAGS_H_
-#define EPLB_CLIENT_BALANCED_FLAGS_H_
+#ifndef EPLB_CLI_BALANCED_FLAGS_H_
+#define EPLB_CLI_BALANCED_FLAGS_H_
 
 #include <array>
 #include <optional>
 
 #include "absl/status/statusor.h"
-#include "client/cli_args.h"
+#include "cli/cli_args.h"
 #include "core/balanced_policy.h"
 
 namespace eplb::cli {
@@ -38,4 +38,4 @@ absl::StatusOr<std::optional<BalancedFlags>> ParseBalancedFlags(const ParsedArgs
 
 }  // namespace eplb::cli
 
-#endif  // EPLB_CLIENT_BALANCED_FLAGS_H_
+#endif  // EPLB_CLI_BALANCED_FLAGS_H_

@@ -26,8 +26,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "agent/placement_agent.h"
 #include "client/load_reporter.h"
-#include "client/placement_agent.h"
 #include "client/plan_watcher.h"
 #include "client/planner_client.h"
 #include "client/worker_env.h"
@@ -73,7 +73,7 @@ absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
 }
 
 // Every slot's first byte against the expert the agent's map puts there.
-absl::Status CheckSlots(const client::PlacementAgent& agent, int32_t first_slot,
+absl::Status CheckSlots(const agent::PlacementAgent& agent, int32_t first_slot,
                         const std::vector<std::vector<void*>>& slots) {
   for (int32_t l = 0; l < static_cast<int32_t>(slots.size()); ++l) {
     const std::span<const int32_t> phy2log = agent.phy2log(l);
@@ -152,7 +152,7 @@ absl::Status Run(const Args& args) {
   const int32_t S = map->layout().SlotsOnRank(env.rank);
   const int32_t first_slot = map->layout().FirstSlotOfRank(env.rank);
   std::vector<std::vector<void*>> slots(L, std::vector<void*>(S, nullptr));
-  client::PlacementAgentOptions options;
+  agent::PlacementAgentOptions options;
   options.rank = env.rank;
   options.initial_map = map;
   options.initial_version = plan.version();
@@ -179,10 +179,10 @@ absl::Status Run(const Args& args) {
   ASSIGN_OR_RETURN(
       auto watcher,
       client::PlanWatcher::Create(planner.get(), {.deployment = env.deployment, .rank = env.rank}));
-  options.on_ack = [w = watcher.get()](const client::AgentAck& ack) { w->Ack(ack); };
-  ASSIGN_OR_RETURN(auto agent, client::PlacementAgent::Create(std::move(options), comm.get(),
-                                                              device_context.get()));
-  watcher->Start([a = agent.get()](const client::AgentPlan& p) { a->OfferPlan(p); });
+  options.on_ack = [w = watcher.get()](const AgentAck& ack) { w->Ack(ack); };
+  ASSIGN_OR_RETURN(auto agent, agent::PlacementAgent::Create(std::move(options), comm.get(),
+                                                             device_context.get()));
+  watcher->Start([a = agent.get()](const AgentPlan& p) { a->OfferPlan(p); });
   ASSIGN_OR_RETURN(
       auto reporter,
       client::LoadReporter::Create(planner.get(), {.deployment = env.deployment,

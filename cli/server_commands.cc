@@ -1,4 +1,4 @@
-#include "client/server_commands.h"
+#include "cli/server_commands.h"
 
 #include <algorithm>
 #include <array>
@@ -20,9 +20,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
-#include "client/balanced_flags.h"
-#include "client/cli_args.h"
-#include "client/layer_id_flags.h"
+#include "cli/balanced_flags.h"
+#include "cli/cli_args.h"
+#include "cli/layer_id_flags.h"
 #include "client/planner_client.h"
 #include "core/file_io.h"
 #include "core/map_files.h"

@@ -1,7 +1,7 @@
 // `eplbctl plan`: offline planning, no server needed. Reads a load file (and optionally the map in
 // use), runs a placement policy, writes the new map in the requested format and prints a summary.
-#ifndef EPLB_CLIENT_PLAN_COMMAND_H_
-#define EPLB_CLIENT_PLAN_COMMAND_H_
+#ifndef EPLB_CLI_PLAN_COMMAND_H_
+#define EPLB_CLI_PLAN_COMMAND_H_
 
 #include <iosfwd>
 #include <span>
@@ -20,4 +20,4 @@ std::string PlanUsage();
 
 }  // namespace eplb::cli
 
-#endif  // EPLB_CLIENT_PLAN_COMMAND_H_
+#endif  // EPLB_CLI_PLAN_COMMAND_H_

@@ -11,7 +11,7 @@
 #include "core/file_io.h"
 #include "core/map_format.h"
 #include "core/metrics.h"
-#include "tests/client/subprocess.h"
+#include "tests/support/subprocess.h"
 
 namespace eplb {
 namespace {

@@ -38,8 +38,8 @@
 // Threads: OnStepBoundary and the accessors of the active map belong to the serving thread.
 // OfferPlan may be called from any thread. The agent runs one thread of its own, which owns the
 // communicator and the staging side of the device context.
-#ifndef EPLB_CLIENT_PLACEMENT_AGENT_H_
-#define EPLB_CLIENT_PLACEMENT_AGENT_H_
+#ifndef EPLB_AGENT_PLACEMENT_AGENT_H_
+#define EPLB_AGENT_PLACEMENT_AGENT_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -52,10 +52,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/expert_map.h"
+#include "core/plan_delivery.h"
 #include "transfer/communicator.h"
 #include "transfer/device.h"
 
-namespace eplb::client {
+namespace eplb::agent {
 
 // One buffer of an expert's weights in a slot (e.g. w13, w2, scales).
 struct WeightBuffer {
@@ -65,26 +66,6 @@ struct WeightBuffer {
 // The buffers of one slot. Every slot of a layer, on every rank, has the same number of buffers
 // with the same sizes (they hold interchangeable experts).
 using SlotWeights = std::vector<WeightBuffer>;
-
-enum class PlanStatus { kPending, kCommitted, kAborted };
-
-// A plan as the agent receives it.
-struct AgentPlan {
-  int64_t version = 0;  // ≥ 1
-  PlanStatus status = PlanStatus::kPending;
-  std::shared_ptr<const ExpertMap> map;  // required unless kAborted
-  uint64_t map_hash = 0;                 // must equal map->Hash()
-};
-
-enum class AckKind { kStaged, kActive, kFailed };
-
-// What the agent reports to the planner (PlanWatcher forwards it).
-struct AgentAck {
-  int64_t version = 0;
-  AckKind kind = AckKind::kStaged;
-  uint64_t map_hash = 0;  // the plan's (STAGED) or the rank's active map (ACTIVE)
-  std::string error;      // for kFailed
-};
 
 struct PlacementAgentOptions {
   int32_t rank = 0;  // this rank; must equal communicator->rank()
@@ -175,6 +156,6 @@ class PlacementAgent {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace eplb::client
+}  // namespace eplb::agent
 
-#endif  // EPLB_CLIENT_PLACEMENT_AGENT_H_
+#endif  // EPLB_AGENT_PLACEMENT_AGENT_H_

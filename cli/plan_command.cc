@@ -1,4 +1,4 @@
-#include "client/plan_command.h"
+#include "cli/plan_command.h"
 
 #include <array>
 #include <chrono>
@@ -10,9 +10,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "client/balanced_flags.h"
-#include "client/cli_args.h"
-#include "client/layer_id_flags.h"
+#include "cli/balanced_flags.h"
+#include "cli/cli_args.h"
+#include "cli/layer_id_flags.h"
 #include "core/balanced_policy.h"
 #include "core/contiguous_policy.h"
 #include "core/load_formats.h"

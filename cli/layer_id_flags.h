@@ -1,14 +1,14 @@
 // Layer numbering as eplbctl flags (core/layer_ids.h), shared by the verbs that read or write
 // engine files: `plan`, `get-plan` and `create-deployment --initial-map`.
-#ifndef EPLB_CLIENT_LAYER_ID_FLAGS_H_
-#define EPLB_CLIENT_LAYER_ID_FLAGS_H_
+#ifndef EPLB_CLI_LAYER_ID_FLAGS_H_
+#define EPLB_CLI_LAYER_ID_FLAGS_H_
 
 #include <array>
 #include <optional>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "client/cli_args.h"
+#include "cli/cli_args.h"
 #include "core/layer_ids.h"
 #include "core/map_format.h"
 
@@ -35,4 +35,4 @@ absl::Status RequireLayerIdsFor(MapFormat format, const std::optional<LayerIds>&
 
 }  // namespace eplb::cli
 
-#endif  // EPLB_CLIENT_LAYER_ID_FLAGS_H_
+#endif  // EPLB_CLI_LAYER_ID_FLAGS_H_

@@ -1,8 +1,8 @@
 // Command-line parsing for eplbctl: each verb declares its own flags, so a flag that belongs to
 // another verb is an error rather than silently ignored. Accepts `--name value` and `--name=value`;
 // switches take no value.
-#ifndef EPLB_CLIENT_CLI_ARGS_H_
-#define EPLB_CLIENT_CLI_ARGS_H_
+#ifndef EPLB_CLI_CLI_ARGS_H_
+#define EPLB_CLI_CLI_ARGS_H_
 
 #include <array>
 #include <cstdint>
@@ -63,4 +63,4 @@ std::string FlagHelp(std::span<const FlagSpec> specs);
 
 }  // namespace eplb::cli
 
-#endif  // EPLB_CLIENT_CLI_ARGS_H_
+#endif  // EPLB_CLI_CLI_ARGS_H_

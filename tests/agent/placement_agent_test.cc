@@ -3,7 +3,7 @@
 // each rank checks that every slot holds exactly its expert's bytes under the rank's current map;
 // the harness records each rank's map at every step and checks that all ranks ran every step with
 // the same map.
-#include "client/placement_agent.h"
+#include "agent/placement_agent.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -16,10 +16,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "tests/support/random_inputs.h"
+#include "core/testing/random_inputs.h"
 #include "transfer/host_communicator.h"
 
-namespace eplb::client {
+namespace eplb::agent {
 namespace {
 
 using ::eplb::testing::RandomExpertMap;
@@ -545,4 +545,4 @@ TEST_F(AgentCreateTest, BadOptionsAreRefusedByName) {
 }
 
 }  // namespace
-}  // namespace eplb::client
+}  // namespace eplb::agent

@@ -1,4 +1,4 @@
-#include "client/balanced_flags.h"
+#include "cli/balanced_flags.h"
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
