@@ -67,7 +67,7 @@ class Watcher final : public grpc::ClientBidiReactor<WatchPlansRequest, WatchPla
   absl::Time WaitFor(int64_t version) {
     absl::MutexLock lock(&mu_);
     absl::Time when = absl::InfinitePast();
-    const auto arrived = [&] {
+    const auto arrived = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       for (const auto& [v, t] : arrivals_) {
         if (v == version) {
           when = t;

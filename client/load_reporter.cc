@@ -6,6 +6,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "client/backoff.h"
+#include "core/status_macros.h"
 #include "proto/convert.h"
 
 namespace eplb::client {
@@ -48,11 +50,8 @@ absl::StatusOr<std::unique_ptr<LoadReporter>> LoadReporter::Create(
   if (options.max_pending_reports < 2) {
     return OutOfRange("max_pending_reports", options.max_pending_reports, "[2, ∞)");
   }
-  if (options.initial_backoff <= absl::ZeroDuration() ||
-      options.max_backoff < options.initial_backoff) {
-    return absl::InvalidArgumentError(
-        "LoadReporterOptions: need 0 < initial_backoff ≤ max_backoff");
-  }
+  RETURN_IF_ERROR(
+      Backoff::Validate({options.initial_backoff, options.max_backoff}, "LoadReporterOptions"));
   std::unique_ptr<LoadReporter> reporter(new LoadReporter(client, options));
   reporter->thread_ = std::thread([r = reporter.get()] { r->Run(); });
   return reporter;
@@ -79,9 +78,10 @@ LoadReporter::~LoadReporter() {
 
 absl::Status LoadReporter::AddStep(int64_t step, int64_t plan_version,
                                    std::span<const double> counts) {
-  if (counts.size() != batch_counts_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "counts has ", counts.size(), " entries, expected L × E = ", batch_counts_.size()));
+  const size_t expected = static_cast<size_t>(options_.num_layers) * options_.num_experts;
+  if (counts.size() != expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("counts has ", counts.size(), " entries, expected L × E = ", expected));
   }
   for (size_t i = 0; i < counts.size(); ++i) {
     if (!(counts[i] >= 0.0) || std::isinf(counts[i])) {
@@ -174,7 +174,7 @@ LoadReporter::Stats LoadReporter::stats() const {
 }
 
 void LoadReporter::Run() {
-  absl::Duration backoff = options_.initial_backoff;
+  Backoff backoff({options_.initial_backoff, options_.max_backoff});
   while (true) {
     std::vector<v1::LoadReport> batch;
     {
@@ -198,7 +198,7 @@ void LoadReporter::Run() {
                      pending_.begin() + static_cast<std::ptrdiff_t>(batch.size()));
       stats_.reports_accepted += static_cast<int64_t>(batch.size());
       stats_.reports_pending = static_cast<int64_t>(pending_.size());
-      backoff = options_.initial_backoff;
+      backoff.Reset();
       continue;
     }
     if (IsRefusal(summary.status())) {
@@ -210,8 +210,7 @@ void LoadReporter::Run() {
     stats_.last_error = summary.status().ToString();
     if (stopping_) return;  // one last try was made; what is pending is lost with the process
     const auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
-    mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff);
-    backoff = std::min(backoff * 2, options_.max_backoff);
+    mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff.Next());
   }
 }
 

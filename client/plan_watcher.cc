@@ -4,6 +4,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "client/backoff.h"
+#include "core/status_macros.h"
 #include "proto/convert.h"
 #include "spdlog/spdlog.h"
 
@@ -24,6 +26,32 @@ v1::AckState ToProto(AckKind kind) {
   return v1::ACK_STATE_UNSPECIFIED;
 }
 
+// What the watcher does when a subscription fails or a stream ends.
+enum class Outcome { kRetry, kResubscribe, kGiveUp };
+
+Outcome Classify(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kNotFound:          // the deployment was deleted
+    case absl::StatusCode::kUnauthenticated:   // the token is missing or wrong
+    case absl::StatusCode::kPermissionDenied:  // the token may not watch this deployment
+    case absl::StatusCode::kInvalidArgument:   // a rank or deployment name the planner refuses
+    case absl::StatusCode::kUnimplemented:     // not an eplb planner
+    case absl::StatusCode::kOutOfRange:
+      return Outcome::kGiveUp;
+    case absl::StatusCode::kFailedPrecondition: {
+      // A known version the deployment never reached: it was deleted and created again. Its
+      // plans start over.
+      const auto detail = GetErrorDetail(status);
+      if (detail.has_value() && detail->reason() == v1::PLAN_NOT_FOUND) {
+        return Outcome::kResubscribe;
+      }
+      return Outcome::kGiveUp;
+    }
+    default:  // UNAVAILABLE (planner restarting), DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, …
+      return Outcome::kRetry;
+  }
+}
+
 template <typename Map>
 void KeepNewest(Map& map) {
   while (map.size() > kMaxKeptVersions) map.erase(map.begin());
@@ -37,12 +65,8 @@ absl::StatusOr<std::unique_ptr<PlanWatcher>> PlanWatcher::Create(PlannerClient* 
   if (options.rank < 0) {
     return absl::InvalidArgumentError(absl::StrCat("rank = ", options.rank, " is negative"));
   }
-  if (options.initial_backoff <= absl::ZeroDuration() ||
-      options.max_backoff < options.initial_backoff) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "backoff must satisfy 0 < initial_backoff (", absl::FormatDuration(options.initial_backoff),
-        ") ≤ max_backoff (", absl::FormatDuration(options.max_backoff), ")"));
-  }
+  RETURN_IF_ERROR(
+      Backoff::Validate({options.initial_backoff, options.max_backoff}, "PlanWatcherOptions"));
   return std::unique_ptr<PlanWatcher>(new PlanWatcher(client, std::move(options)));
 }
 
@@ -93,7 +117,7 @@ void PlanWatcher::FlushAcksLocked() {
 }
 
 void PlanWatcher::Run() {
-  absl::Duration backoff = options_.initial_backoff;
+  Backoff backoff({options_.initial_backoff, options_.max_backoff});
   int64_t known_version = 0;
   for (bool first = true;; first = false) {
     {
@@ -141,7 +165,7 @@ void PlanWatcher::Run() {
         {
           absl::MutexLock lock(&mu_);
           // The first response after a (re)subscribe re-opens the ack path.
-          backoff = options_.initial_backoff;
+          backoff.Reset();
           stats_.connected = true;
           stats_.plans_received++;
           nonces_[plan.version()] = response->nonce();
@@ -155,18 +179,33 @@ void PlanWatcher::Run() {
     } else {
       ended = watch.status();
     }
+    const Outcome outcome = Classify(ended);
     {
       absl::MutexLock lock(&mu_);
       watch_.reset();
       stats_.connected = false;
       if (stopping_) return;
       stats_.last_error = ended.ToString();
+      if (outcome == Outcome::kGiveUp) stats_.stopped_by = ended;
     }
+    if (outcome == Outcome::kGiveUp) {
+      spdlog::error("rank {}: plan watch of {} stopped: {}", options_.rank, options_.deployment,
+                    ended.ToString());
+      if (options_.on_error) options_.on_error(ended);
+      return;
+    }
+    if (outcome == Outcome::kResubscribe) {
+      spdlog::warn(
+          "rank {}: deployment {} has no version {} (created again?); subscribing from "
+          "the start",
+          options_.rank, options_.deployment, known_version);
+      known_version = 0;
+    }
+    const absl::Duration wait = backoff.Next();
     spdlog::warn("rank {}: plan watch of {} ended ({}); reconnecting in {}", options_.rank,
-                 options_.deployment, ended.ToString(), absl::FormatDuration(backoff));
+                 options_.deployment, ended.ToString(), absl::FormatDuration(wait));
     absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(&stopping_), backoff);
-    backoff = std::min(backoff * 2, options_.max_backoff);
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait);
   }
 }
 

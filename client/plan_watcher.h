@@ -13,6 +13,14 @@
 //   agent->reset();      // may still acknowledge
 //   watcher->reset();
 //
+// Errors: while the planner is unreachable or restarting (UNAVAILABLE, DEADLINE_EXCEEDED and the
+// other transient codes) the watcher reconnects with jittered exponential backoff (backoff.h). An
+// error that reconnecting cannot fix stops it and reaches `on_error`: NOT_FOUND (the deployment was
+// deleted), UNAUTHENTICATED and PERMISSION_DENIED (the token), INVALID_ARGUMENT, OUT_OF_RANGE,
+// UNIMPLEMENTED and FAILED_PRECONDITION. One exception: when the planner does not know the version
+// the watcher last received (the deployment was deleted and created again), the watcher
+// subscribes again from version 0 and delivers the new deployment's plans.
+//
 // Thread-safe. Plans are delivered on the watcher's thread, in the order the planner sent them.
 #ifndef EPLB_CLIENT_PLAN_WATCHER_H_
 #define EPLB_CLIENT_PLAN_WATCHER_H_
@@ -38,6 +46,9 @@ struct PlanWatcherOptions {
   int32_t rank = 0;        // ≥ 0
   absl::Duration initial_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(5);
+  // Called once, on the watcher's thread, with the error that stopped the watcher (see above); no
+  // plan is delivered after it. May be empty. Must not call Stop() or destroy the watcher.
+  std::function<void(const absl::Status&)> on_error;
 };
 
 class PlanWatcher {
@@ -65,6 +76,7 @@ class PlanWatcher {
     int64_t reconnects = 0;
     bool connected = false;
     std::string last_error;
+    absl::Status stopped_by;  // the error that stopped the watcher; OK while it runs
   };
   Stats stats() const;
 

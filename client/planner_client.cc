@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "client/backoff.h"
 #include "core/file_io.h"
 #include "core/status_macros.h"
 #include "proto/convert.h"
@@ -211,7 +212,7 @@ absl::StatusOr<std::string> PlannerClient::AwaitRendezvous(absl::string_view dep
                                                            absl::string_view key,
                                                            absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
-  absl::Duration backoff = absl::Milliseconds(5);
+  Backoff backoff({.initial = absl::Milliseconds(5), .max = absl::Milliseconds(200)});
   for (;;) {
     grpc::ClientContext context;
     PrepareContext(&context, /*with_deadline=*/true);
@@ -224,13 +225,13 @@ absl::StatusOr<std::string> PlannerClient::AwaitRendezvous(absl::string_view dep
     const auto detail = GetErrorDetail(status);
     const bool not_yet = detail.has_value() && detail->reason() == v1::RENDEZVOUS_NOT_FOUND;
     if (!not_yet && !absl::IsUnavailable(status)) return status;
-    if (absl::Now() + backoff > deadline) {
+    const absl::Duration wait = backoff.Next();
+    if (absl::Now() + wait > deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
           "rendezvous key \"", key, "\" of deployment ", deployment, " not published within ",
           absl::FormatDuration(timeout), " (last: ", status.message(), ")"));
     }
-    absl::SleepFor(backoff);
-    backoff = std::min(backoff * 2, absl::Milliseconds(200));
+    absl::SleepFor(wait);
   }
 }
 

@@ -607,6 +607,7 @@ void Planner::Post(Task task) {
 }
 
 void Planner::WorkerLoop() {
+  worker_id_.store(std::this_thread::get_id());
   while (true) {
     Task task;
     {
@@ -629,7 +630,13 @@ void Planner::WorkerLoop() {
   }
 }
 
+void Planner::CheckOnWorker() const {
+  EPLB_CHECK(std::this_thread::get_id() == worker_id_.load(),
+             "a worker-only planner method ran on another thread");
+}
+
 void Planner::CheckTimers() {
+  CheckOnWorker();
   std::vector<std::shared_ptr<Deployment>> all;
   {
     absl::MutexLock lock(&registry_mu_);
@@ -696,6 +703,7 @@ void Planner::CreateDeployment(const v1::DeploymentSpec& spec, DeploymentCallbac
 }
 
 void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCallback& done) {
+  CheckOnWorker();
   auto validated = ValidateSpec(input, options_.default_policy, options_.plan_threads);
   if (!validated.ok()) return done(validated.status());
   const std::string name = validated->spec.name();
@@ -781,6 +789,7 @@ void Planner::DeleteDeployment(const std::string& name, std::function<void(absl:
 
 void Planner::DeleteOnWorker(const std::string& name,
                              const std::function<void(absl::Status)>& done) {
+  CheckOnWorker();
   auto d = FindOrError(name);
   if (!d.ok()) return done(d.status());
   if (absl::Status status = store_.DeleteDeployment(name); !status.ok()) {
@@ -814,6 +823,7 @@ void Planner::Rebalance(const std::string& name, bool dry_run, PlanCallback done
 }
 
 void Planner::MaybeTrigger(const std::shared_ptr<Deployment>& d) {
+  d->mu.AssertHeld();
   const v1::Trigger& trigger = d->spec.trigger();
   if (trigger.interval_steps() == 0 || d->evaluation_queued || d->pending_version != 0 ||
       d->deleted) {
@@ -836,6 +846,7 @@ void Planner::MaybeTrigger(const std::shared_ptr<Deployment>& d) {
 
 absl::StatusOr<v1::Plan> Planner::PlanOnWorker(const std::shared_ptr<Deployment>& d,
                                                PlanReason reason, bool dry_run) {
+  CheckOnWorker();
   LoadMatrix load;
   std::optional<ExpertMap> current;
   int64_t parent = 0;
@@ -897,6 +908,7 @@ absl::StatusOr<v1::Plan> Planner::PlanOnWorker(const std::shared_ptr<Deployment>
 
 absl::StatusOr<v1::Plan> Planner::Publish(const std::shared_ptr<Deployment>& d, v1::Plan plan,
                                           ExpertMap map) {
+  CheckOnWorker();
   int64_t version = 0;
   {
     absl::MutexLock lock(&d->mu);
@@ -971,6 +983,7 @@ absl::StatusOr<v1::Plan> Planner::Publish(const std::shared_ptr<Deployment>& d, 
 
 void Planner::FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, int64_t version,
                                     v1::PlanState state, std::string reason) {
+  CheckOnWorker();
   v1::Plan snapshot;
   {
     absl::MutexLock lock(&d->mu);

@@ -12,6 +12,7 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -146,6 +147,9 @@ class Planner {
 
   void Post(Task task);
   void WorkerLoop();
+  // Dies unless called on the worker thread: the methods named *OnWorker, CheckTimers and Publish
+  // own the deployments' plan state and run only there.
+  void CheckOnWorker() const;
   void CheckTimers();
   void Checkpoint(Deployment& d, bool force);
 
@@ -156,7 +160,7 @@ class Planner {
                                         bool dry_run);
   absl::StatusOr<v1::Plan> Publish(const std::shared_ptr<Deployment>& d, v1::Plan plan,
                                    ExpertMap map);
-  // Queues a trigger evaluation when one is due. REQUIRES: d->mu held.
+  // Queues a trigger evaluation when one is due. REQUIRES: d->mu held (asserted).
   void MaybeTrigger(const std::shared_ptr<Deployment>& d);
   absl::StatusOr<ReportOutcome> ReportTo(const std::shared_ptr<Deployment>& d,
                                          const v1::LoadReport& report);
@@ -179,6 +183,7 @@ class Planner {
   bool woken_ ABSL_GUARDED_BY(queue_mu_) = false;
   absl::CondVar queue_cv_;
   std::thread worker_;
+  std::atomic<std::thread::id> worker_id_{};  // set by the worker thread when it starts
 
   // What the clock's advance callback reaches; cleared before the planner goes away, since the
   // clock may outlive it.

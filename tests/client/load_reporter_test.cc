@@ -124,6 +124,11 @@ TEST(LoadReporterTest, BadInputIsRefusedAndAddsNothing) {
       client.get(), {.deployment = "r", .num_layers = 1, .num_experts = 4, .flush_every_steps = 0});
   EXPECT_EQ(bad.status().message(),
             "LoadReporterOptions.flush_every_steps = 0 is out of range [1, 1000000]");
+  LoadReporterOptions slow = Options();
+  slow.max_backoff = absl::Milliseconds(1);
+  EXPECT_EQ(LoadReporter::Create(client.get(), slow).status().message(),
+            "LoadReporterOptions: backoff must satisfy 0 < initial_backoff (5ms) ≤ max_backoff "
+            "(1ms)");
 }
 
 TEST(LoadReporterTest, AReportThePlannerRefusesIsDroppedNotRetriedForever) {

@@ -241,7 +241,9 @@ class WatchClient {
   // guards against a hang.
   std::optional<v1::WatchPlansResponse> Get(size_t n) {
     absl::MutexLock lock(&mu_);
-    const auto ready = [this, n] { return received_.size() > n || done_; };
+    const auto ready = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return received_.size() > n || done_;
+    };
     mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(30));
     if (received_.size() <= n) return std::nullopt;
     return received_[n];
