@@ -200,6 +200,10 @@ void PlanWatcher::Run() {
           "the start",
           options_.rank, options_.deployment, known_version);
       known_version = 0;
+      // Acks of the earlier deployment mean nothing to the new one (the planner would ignore them).
+      absl::MutexLock lock(&mu_);
+      unsent_acks_.clear();
+      nonces_.clear();
     }
     const absl::Duration wait = backoff.Next();
     spdlog::warn("rank {}: plan watch of {} ended ({}); reconnecting in {}", options_.rank,

@@ -59,6 +59,31 @@ absl::Status CheckOptions(const PlannerClientOptions& options) {
   return absl::OkStatus();
 }
 
+// gRPC's retry policy for the calls that only read (the planner's answer does not depend on how
+// often it was asked): an UNAVAILABLE attempt (planner restarting, connection reset) is tried
+// again, up to 4 attempts in all, after jittered exponential backoff from 0.1 s to 1 s; every
+// attempt shares the call's deadline. Calls that change state are not retried here: their callers
+// know whether repeating them is safe (LoadReporter resends reports the planner counts once).
+constexpr char kServiceConfig[] = R"json({
+  "methodConfig": [{
+    "name": [
+      {"service": "eplb.v1.Planner", "method": "GetDeployment"},
+      {"service": "eplb.v1.Planner", "method": "ListDeployments"},
+      {"service": "eplb.v1.Planner", "method": "GetPlan"},
+      {"service": "eplb.v1.Planner", "method": "ListPlans"},
+      {"service": "eplb.v1.Planner", "method": "GetLoad"},
+      {"service": "eplb.v1.Planner", "method": "GetRendezvous"}
+    ],
+    "retryPolicy": {
+      "maxAttempts": 4,
+      "initialBackoff": "0.1s",
+      "maxBackoff": "1s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+})json";
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PlannerClient>> PlannerClient::Create(
@@ -67,6 +92,7 @@ absl::StatusOr<std::unique_ptr<PlannerClient>> PlannerClient::Create(
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
+  args.SetServiceConfigJSON(kServiceConfig);
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   if (options.tls_ca_file.empty()) {
     credentials = grpc::InsecureChannelCredentials();

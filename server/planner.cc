@@ -8,8 +8,11 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <random>
 #include <utility>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -277,6 +280,40 @@ uint64_t ReportHash(const v1::LoadReport& report) {
 
 std::string Hex(uint64_t value) { return absl::StrFormat("%016x", value); }
 
+// A deployment's uid (StoredDeployment.uid): random and never 0.
+uint64_t NewUid() {
+  std::random_device device;
+  for (;;) {
+    const uint64_t uid = (uint64_t{device()} << 32) ^ device();
+    if (uid != 0) return uid;
+  }
+}
+
+// The uid of a deployment stored before uids existed: stable across restarts.
+uint64_t LegacyUid(absl::string_view name, absl::Time created) {
+  uint64_t hash = 0xcbf29ce484222325;  // FNV-1a
+  for (const unsigned char c : absl::StrCat(name, "@", absl::ToUnixNanos(created))) {
+    hash = (hash ^ c) * 0x100000001b3;
+  }
+  return hash == 0 ? 1 : hash;
+}
+
+// The nonce of a plan update: "<uid, 16 hex digits>.<version>".
+std::string PlanNonce(uint64_t uid, int64_t version) {
+  return absl::StrCat(Hex(uid), ".", version);
+}
+
+std::optional<std::pair<uint64_t, int64_t>> ParsePlanNonce(absl::string_view nonce) {
+  const size_t dot = nonce.find('.');
+  uint64_t uid = 0;
+  int64_t version = 0;
+  if (dot != 16 || !absl::SimpleHexAtoi(nonce.substr(0, 16), &uid) ||
+      !absl::SimpleAtoi(nonce.substr(17), &version) || version < 1) {
+    return std::nullopt;
+  }
+  return std::make_pair(uid, version);
+}
+
 }  // namespace
 
 // ---- Deployment ---------------------------------------------------------------------------------
@@ -301,9 +338,10 @@ struct RankReportState {
 }  // namespace
 
 struct Planner::Deployment {
-  Deployment(ValidatedSpec validated, SmoothedLoad smoothed, absl::Time created,
+  Deployment(ValidatedSpec validated, SmoothedLoad smoothed, absl::Time created, uint64_t uid,
              std::shared_ptr<DeploymentMetrics> deployment_metrics)
-      : spec(std::move(validated.spec)),
+      : uid(uid),
+        spec(std::move(validated.spec)),
         shape(validated.shape),
         layout(shape.num_physical_experts, shape.num_ranks),
         policy(std::move(validated.policy)),
@@ -316,6 +354,7 @@ struct Planner::Deployment {
   const std::string& name() const { return spec.name(); }
 
   // Immutable after construction.
+  const uint64_t uid;  // see StoredDeployment.uid
   const v1::DeploymentSpec spec;
   const DeploymentShape shape;
   const SlotLayout layout;
@@ -333,7 +372,6 @@ struct Planner::Deployment {
   int64_t last_version ABSL_GUARDED_BY(mu) = 0;
   int64_t committed_version ABSL_GUARDED_BY(mu) = 0;
   int64_t pending_version ABSL_GUARDED_BY(mu) = 0;  // 0: none in flight
-  int64_t update_sequence ABSL_GUARDED_BY(mu) = 0;  // for nonces
   std::vector<WatchSink*> watchers ABSL_GUARDED_BY(mu);
   bool deleted ABSL_GUARDED_BY(mu) = false;
   std::map<std::string, std::string> rendezvous ABSL_GUARDED_BY(mu);
@@ -357,7 +395,7 @@ struct Planner::Deployment {
     v1::Plan& plan = *response.mutable_plan();
     plan = entry.plan;
     plan.clear_ranks();
-    response.set_nonce(absl::StrCat(entry.plan.version(), "-", ++update_sequence));
+    response.set_nonce(PlanNonce(uid, entry.plan.version()));
     auto update = std::make_shared<WatchUpdate>();
     update->version = entry.plan.version();
     update->state = entry.plan.state();
@@ -492,9 +530,11 @@ absl::Status Planner::LoadState() {
         checkpoint.reset();
       }
     }
-    auto d = std::make_shared<Deployment>(
-        *std::move(validated), *std::move(smoothed), TimeFromProto(stored.record.create_time()),
-        metrics_ != nullptr ? metrics_->AddDeployment(name) : nullptr);
+    const absl::Time created = TimeFromProto(stored.record.create_time());
+    const uint64_t uid = stored.record.uid() != 0 ? stored.record.uid() : LegacyUid(name, created);
+    auto d =
+        std::make_shared<Deployment>(*std::move(validated), *std::move(smoothed), created, uid,
+                                     metrics_ != nullptr ? metrics_->AddDeployment(name) : nullptr);
     absl::MutexLock lock(&d->mu);
     d->last_version = stored.last_version;
     for (v1::Plan& plan : stored.plans) {
@@ -746,6 +786,7 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
   state::v1::StoredDeployment record;
   *record.mutable_spec() = validated->spec;
   TimeToProto(now, record.mutable_create_time());
+  record.set_uid(NewUid());
   if (absl::Status status = store_.CreateDeployment(record, plan); !status.ok()) {
     return done(ErrorWithDetail(
         absl::StatusCode::kInternal, v1::STATE_IO, "",
@@ -755,7 +796,7 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
       SmoothedLoad::Create(shape.num_layers, shape.num_logical_experts, validated->smoothing);
   EPLB_CHECK(smoothed.ok(), smoothed.status().ToString());
   auto d =
-      std::make_shared<Deployment>(*std::move(validated), *std::move(smoothed), now,
+      std::make_shared<Deployment>(*std::move(validated), *std::move(smoothed), now, record.uid(),
                                    metrics_ != nullptr ? metrics_->AddDeployment(name) : nullptr);
   v1::Deployment result;
   {
@@ -1347,6 +1388,27 @@ absl::Status Planner::Ack(const std::string& name, int32_t rank,
   if (ack.error_detail().size() > kMaxErrorDetailBytes) {
     return OutOfRange("ack.error_detail", absl::StrCat("has ", ack.error_detail().size(),
                                                        " bytes, more than ", kMaxErrorDetailBytes));
+  }
+  if (!ack.nonce().empty()) {
+    const std::optional<std::pair<uint64_t, int64_t>> nonce = ParsePlanNonce(ack.nonce());
+    if (!nonce.has_value()) {
+      return OutOfRange("ack.nonce",
+                        absl::StrCat("= \"", absl::CHexEscape(ack.nonce().substr(0, 64)),
+                                     "\" is not a nonce this planner sent"));
+    }
+    if (nonce->first != d->uid) {
+      // An ack meant for an earlier deployment of this name (deleted and created again since,
+      // its versions counted anew): it says nothing about this one's plans.
+      spdlog::info(
+          "deployment {}: ignoring rank {}'s ack of version {} of an earlier deployment "
+          "of the same name",
+          d->name(), rank, ack.version());
+      return absl::OkStatus();
+    }
+    if (nonce->second != ack.version()) {
+      return OutOfRange("ack.nonce", absl::StrCat("names version ", nonce->second,
+                                                  ", the ack version ", ack.version()));
+    }
   }
   absl::MutexLock lock(&d->mu);
   if (ack.version() < 1 || ack.version() > d->last_version) {

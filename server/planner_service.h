@@ -73,6 +73,10 @@ class PlannerService final : public PlannerServiceBase {
                                           v1::GetRendezvousResponse* response) override;
 
  private:
+  // The bearer-token check, the first thing every method does (the test
+  // EveryMethodRefusesACallWithoutTheToken holds every method of the service to it, including
+  // ones added later). gRPC's server interceptors can only cancel a call, not finish it with a
+  // status and its ErrorDetail, so the check lives here.
   absl::Status Authenticate(grpc::CallbackServerContext* context) const;
 
   Planner* const planner_;

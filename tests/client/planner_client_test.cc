@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/expert_map.h"
 #include "core/file_io.h"
+#include "grpcpp/server_builder.h"
 #include "proto/convert.h"
 #include "tests/server/test_env.h"
 #include "tests/support/subprocess.h"
@@ -112,6 +113,68 @@ TEST(PlannerClientTest, UnreachableServerIsUnavailable) {
   auto watch = (*client)->StartWatch(subscribe);
   const absl::Status status = watch.ok() ? (*watch)->Next().status() : watch.status();
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+}
+
+// A server that answers UNAVAILABLE to the first `failures` calls of each method, as a planner
+// does while it restarts (a stand-in at the network boundary: the retries under test are the
+// client channel's).
+class FlakyPlanner final : public v1::Planner::Service {
+ public:
+  explicit FlakyPlanner(int failures) : failures_(failures) {}
+  grpc::Status GetPlan(grpc::ServerContext*, const v1::GetPlanRequest* request,
+                       v1::Plan* plan) override {
+    if (++get_plan_calls <= failures_) return {grpc::StatusCode::UNAVAILABLE, "restarting"};
+    plan->set_version(request->version());
+    return grpc::Status::OK;
+  }
+  grpc::Status DeleteDeployment(grpc::ServerContext*, const v1::DeleteDeploymentRequest*,
+                                v1::DeleteDeploymentResponse*) override {
+    if (++delete_calls <= failures_) return {grpc::StatusCode::UNAVAILABLE, "restarting"};
+    return grpc::Status::OK;
+  }
+  std::atomic<int> get_plan_calls = 0;
+  std::atomic<int> delete_calls = 0;
+
+ private:
+  const int failures_;
+};
+
+std::unique_ptr<grpc::Server> Serve(grpc::Service* service, int* port) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), port);
+  builder.RegisterService(service);
+  return builder.BuildAndStart();
+}
+
+TEST(PlannerClientTest, ReadsAreRetriedWhileThePlannerIsUnavailableAndChangesAreNot) {
+  FlakyPlanner flaky(/*failures=*/2);
+  int port = 0;
+  auto server = Serve(&flaky, &port);
+  ASSERT_NE(server, nullptr);
+  auto client = PlannerClient::Create({.server = absl::StrCat("127.0.0.1:", port)});
+  ASSERT_TRUE(client.ok());
+  auto plan = (*client)->GetPlan("d", 3);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->version(), 3);
+  EXPECT_EQ(flaky.get_plan_calls, 3);
+  // A delete that may have happened is not repeated behind the caller's back.
+  EXPECT_EQ((*client)->DeleteDeployment("d").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(flaky.delete_calls, 1);
+  server->Shutdown();
+}
+
+TEST(PlannerClientTest, ReadRetriesStopAfterFourAttempts) {
+  FlakyPlanner flaky(/*failures=*/100);
+  int port = 0;
+  auto server = Serve(&flaky, &port);
+  ASSERT_NE(server, nullptr);
+  auto client = PlannerClient::Create({.server = absl::StrCat("127.0.0.1:", port)});
+  ASSERT_TRUE(client.ok());
+  const auto plan = (*client)->GetPlan("d", 3);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(plan.status().message(), "restarting");
+  EXPECT_EQ(flaky.get_plan_calls, 4);
+  server->Shutdown();
 }
 
 // ---- RPCs against a planner ---------------------------------------------------------------------
@@ -470,7 +533,8 @@ TEST(RendezvousTest, BadRequestsAreRefusedAndNothingIsStored) {
               ::testing::HasSubstr("rendezvous key \"k\" of deployment r not published within"));
   EXPECT_EQ(c.AwaitRendezvous("nope", "k", absl::Seconds(1)).status().code(),
             absl::StatusCode::kNotFound);
-  for (int i = 0; i < 64; ++i) ASSERT_TRUE(c.PublishRendezvous("r", absl::StrCat("k", i), "v").ok());
+  for (int i = 0; i < 64; ++i)
+    ASSERT_TRUE(c.PublishRendezvous("r", absl::StrCat("k", i), "v").ok());
   status = c.PublishRendezvous("r", "one-more", "v");
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(status.message(), "deployment r holds 64 rendezvous keys already");

@@ -9,6 +9,8 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "eplb/state/v1/state.pb.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "proto/eplb/test/reflection_wire.pb.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
@@ -269,6 +271,110 @@ class WorkerHold {
   bool released_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// Nonces name the deployment as well as the version: an ack carrying a nonce of an earlier
+// deployment of the same name (a rank that acked across a delete and re-create) is ignored, not
+// applied to the new deployment's plan of the same version number.
+TEST(PlannerAckTest, AnAckOfAnEarlierDeploymentOfTheSameNameIsIgnored) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  ReportSkew(env, "d");
+  auto earlier = Rebalance(env.stub(), "d");
+  ASSERT_TRUE(earlier.ok());
+  std::string earlier_nonce;
+  {
+    WatchClient watch(env.stub(), "d", 0);
+    auto update = watch.WaitFor(2, v1::PENDING);
+    ASSERT_TRUE(update.has_value());
+    earlier_nonce = update->nonce();
+  }
+  server::Planner& planner = env.server().planner();
+  {
+    grpc::ClientContext context;
+    v1::DeleteDeploymentRequest request;
+    request.set_name("d");
+    v1::DeleteDeploymentResponse response;
+    ASSERT_TRUE(env.stub().DeleteDeployment(&context, request, &response).ok());
+  }
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  ReportSkew(env, "d");
+  auto plan = Rebalance(env.stub(), "d");
+  ASSERT_TRUE(plan.ok());
+  ASSERT_EQ(plan->version(), 2);
+  std::string nonce;
+  {
+    WatchClient watch(env.stub(), "d", 0);
+    auto update = watch.WaitFor(2, v1::PENDING);
+    ASSERT_TRUE(update.has_value());
+    nonce = update->nonce();
+  }
+  ASSERT_NE(nonce, earlier_nonce);
+
+  // The earlier deployment's ack of its version 2, with a hash the new version 2 does not have: it
+  // would abort the plan if it counted.
+  v1::WatchPlansRequest::Ack stale;
+  stale.set_version(2);
+  stale.set_nonce(earlier_nonce);
+  stale.set_state(v1::STAGED);
+  stale.set_map_hash(plan->map_hash() ^ 1);
+  ASSERT_TRUE(planner.Ack("d", 0, stale).ok());
+  auto after = GetPlan(env.stub(), "d", 2);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->state(), v1::PENDING);
+  EXPECT_EQ(after->ranks(0).state(), v1::ACK_STATE_UNSPECIFIED);
+
+  // The current nonce counts; a nonce of another version or not from this planner is refused.
+  v1::WatchPlansRequest::Ack current = stale;
+  current.set_nonce(nonce);
+  current.set_map_hash(plan->map_hash());
+  ASSERT_TRUE(planner.Ack("d", 0, current).ok());
+  EXPECT_EQ(GetPlan(env.stub(), "d", 2)->ranks(0).state(), v1::STAGED);
+  v1::WatchPlansRequest::Ack wrong_version = current;
+  wrong_version.set_version(1);
+  const absl::Status mismatch = planner.Ack("d", 1, wrong_version);
+  EXPECT_EQ(mismatch.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mismatch.message(), "ack.nonce names version 2, the ack version 1");
+  v1::WatchPlansRequest::Ack forged = current;
+  forged.set_nonce("2-7");
+  const absl::Status bad = planner.Ack("d", 1, forged);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.message(), "ack.nonce = \"2-7\" is not a nonce this planner sent");
+  EXPECT_EQ(Reason(bad), v1::FIELD_OUT_OF_RANGE);
+  EXPECT_EQ(GetPlan(env.stub(), "d", 2)->ranks(1).state(), v1::ACK_STATE_UNSPECIFIED);
+}
+
+// A deployment stored before deployments had uids keeps one nonce prefix across restarts (derived
+// from its name and creation time), so ranks' acks keep counting.
+TEST(PlannerAckTest, DeploymentsStoredWithoutAUidKeepTheirNoncesAcrossRestarts) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  const auto nonce = [&env]() -> std::string {
+    WatchClient watch(env.stub(), "d", 0);
+    auto update = watch.Get(0);
+    return update.has_value() ? update->nonce() : "";
+  };
+  const std::string minted = nonce();
+  env.Stop();
+  const std::string path = env.state_dir() + "/deployments/d/deployment.pb";
+  state::v1::StoredDeployment stored;
+  {
+    std::ifstream in(path, std::ios::binary);
+    ASSERT_TRUE(stored.ParseFromIstream(&in));
+  }
+  ASSERT_NE(stored.uid(), 0u);
+  stored.clear_uid();
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    ASSERT_TRUE(stored.SerializeToOstream(&out));
+  }
+  env.Start();
+  const std::string derived = nonce();
+  ASSERT_FALSE(derived.empty());
+  EXPECT_NE(derived, minted);
+  EXPECT_EQ(derived.substr(16), ".1");
+  env.Restart();
+  EXPECT_EQ(nonce(), derived);
+}
+
 TEST(PlannerAckTest, AFailureAfterTheCommitWasDecidedStillAborts) {
   PlannerEnv env;
   ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
@@ -520,6 +626,48 @@ TEST(PlannerOperationsTest, ABearerTokenIsRequiredWhenConfigured) {
   EXPECT_EQ(reports.status().code(), absl::StatusCode::kUnauthenticated);
   WatchClient watch(env.stub(), "d", 0);
   EXPECT_FALSE(watch.Get(0).has_value());
+}
+
+// Every method of the service, including any added later, refuses a call without the token
+// before it looks at the request (an empty one here): UNAUTHENTICATED with its reason.
+TEST(PlannerOperationsTest, EveryMethodRefusesACallWithoutTheToken) {
+  server::PlannerServerOptions options;
+  options.service.bearer_token = "s3cret";
+  PlannerEnv env(options);
+  grpc::GenericStub stub(env.channel());
+  const google::protobuf::ServiceDescriptor* service =
+      v1::CreateDeploymentRequest::descriptor()->file()->FindServiceByName("Planner");
+  ASSERT_NE(service, nullptr);
+  std::vector<std::string> streaming;
+  for (int i = 0; i < service->method_count(); ++i) {
+    const google::protobuf::MethodDescriptor* method = service->method(i);
+    if (method->client_streaming() || method->server_streaming()) {
+      streaming.push_back(method->name());  // tested above, through their own clients
+      continue;
+    }
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    grpc::Slice empty("");  // an empty message: valid for every request type
+    grpc::ByteBuffer request(&empty, 1), response;
+    absl::Notification done;
+    grpc::Status status;
+    stub.UnaryCall(&context, absl::StrCat("/", service->full_name(), "/", method->name()),
+                   grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+                     status = std::move(s);
+                     done.Notify();
+                   });
+    done.WaitForNotification();
+    const absl::Status refused = FromGrpcStatus(status);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kUnauthenticated) << method->name();
+    EXPECT_EQ(Reason(refused), v1::UNAUTHENTICATED_TOKEN) << method->name();
+  }
+  EXPECT_THAT(streaming, ::testing::UnorderedElementsAre("ReportLoad", "WatchPlans"));
+  // Nothing was created by any of them.
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer s3cret");
+  v1::ListDeploymentsResponse list;
+  ASSERT_TRUE(env.stub().ListDeployments(&context, {}, &list).ok());
+  EXPECT_EQ(list.deployments_size(), 0);
 }
 
 // Writes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
