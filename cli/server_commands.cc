@@ -28,6 +28,7 @@
 #include "core/map_files.h"
 #include "core/map_format.h"
 #include "core/status_macros.h"
+#include "proto/api_limits.h"
 #include "proto/convert.h"
 
 namespace eplb::cli {
@@ -39,12 +40,11 @@ using client::PlannerClientOptions;
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
-// Steps and sequence numbers the API accepts at most (planner.proto).
-constexpr int64_t kMaxStep = int64_t{1} << 62;
-constexpr int64_t kMaxSequence = int64_t{1} << 62;
-constexpr int64_t kMaxStepsPerReport = 1'000'000;
-// The documented default of Trigger.interval_steps, used when some trigger flags are given.
-constexpr int64_t kDefaultIntervalSteps = 1000;
+// The API's bounds and defaults (proto/api_limits.h), checked here before anything is sent.
+using api::kDefaultIntervalSteps;  // used when some trigger flags are given
+using api::kMaxSequence;
+using api::kMaxStep;
+using api::kMaxStepsPerReport;
 
 // What a verb does once its flags are read: talks to the planner and prints to `out`.
 using Action = std::function<absl::Status(PlannerClient& client, std::ostream& out)>;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/backoff.h"
 #include "core/status_macros.h"
+#include "proto/api_limits.h"
 #include "proto/convert.h"
 
 namespace eplb::client {
@@ -93,6 +94,10 @@ absl::Status LoadReporter::AddStep(int64_t step, int64_t plan_version,
   if (plan_version < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("plan_version = ", plan_version, " must be ≥ 1"));
+  }
+  if (step > api::kMaxStep) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step ", step, " is beyond the planner's last step, ", api::kMaxStep));
   }
   absl::MutexLock lock(&mu_);
   if (step <= last_step_ || step < 0) {

@@ -25,6 +25,7 @@
 #include "core/smoothed_load.h"
 #include "core/status_macros.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "proto/api_limits.h"
 #include "proto/convert.h"
 #include "spdlog/spdlog.h"
 
@@ -33,25 +34,26 @@ namespace {
 
 using v1::ErrorReason;
 
-// ---- Limits of the API (documented in planner.proto) -----------------------------------------
-constexpr int64_t kMaxHalfLifeSteps = 1'000'000;
-constexpr int64_t kMaxWindowSteps = 100'000;
-constexpr int64_t kMaxIntervalSteps = 10'000'000;
-constexpr int64_t kMaxMinSteps = 1'000'000'000;
-constexpr int64_t kDefaultHalfLifeSteps = 1000;
-constexpr int64_t kDefaultIntervalSteps = 1000;
-constexpr int64_t kDefaultAckTimeoutMs = 60'000;
-constexpr int64_t kMinAckTimeoutMs = 100;
-constexpr int64_t kMaxAckTimeoutMs = 3'600'000;
-constexpr int32_t kDefaultPlanHistory = 16;
-constexpr int32_t kMinPlanHistory = 2;
-constexpr int32_t kMaxPlanHistory = 1000;
-constexpr int64_t kMaxSequence = int64_t{1} << 62;
-constexpr int64_t kMaxStepsPerReport = 1'000'000;
-constexpr double kMaxCount = 9007199254740992.0;  // 2^53
-constexpr size_t kRecentSequences = 1024;
-constexpr size_t kMaxErrorDetailBytes = 4096;
-constexpr int64_t kMaxSmoothingBytes = int64_t{1} << 30;
+// The API's limits and defaults: proto/api_limits.h.
+using api::kDefaultAckTimeoutMs;
+using api::kDefaultHalfLifeSteps;
+using api::kDefaultIntervalSteps;
+using api::kDefaultPlanHistory;
+using api::kMaxAckTimeoutMs;
+using api::kMaxCount;
+using api::kMaxErrorDetailBytes;
+using api::kMaxHalfLifeSteps;
+using api::kMaxIntervalSteps;
+using api::kMaxMinSteps;
+using api::kMaxPlanHistory;
+using api::kMaxSequence;
+using api::kMaxSmoothingBytes;
+using api::kMaxStep;
+using api::kMaxStepsPerReport;
+using api::kMaxWindowSteps;
+using api::kMinAckTimeoutMs;
+using api::kMinPlanHistory;
+constexpr size_t kRecentSequences = 1024;  // sequence numbers remembered per rank (planner.proto)
 
 absl::Status OutOfRange(absl::string_view field, absl::string_view message) {
   return ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE, field,
@@ -1136,7 +1138,9 @@ absl::StatusOr<std::vector<v1::Plan>> Planner::ListPlans(const std::string& name
 }
 
 absl::Status Planner::PublishRendezvous(const v1::PublishRendezvousRequest& request) {
-  constexpr size_t kMaxKeyBytes = 128, kMaxValueBytes = 4096, kMaxKeys = 64;
+  constexpr size_t kMaxKeyBytes = api::kMaxRendezvousKeyBytes;
+  constexpr size_t kMaxValueBytes = api::kMaxRendezvousValueBytes;
+  constexpr size_t kMaxKeys = api::kMaxRendezvousKeys;
   if (request.key().empty()) return Required("key");
   if (request.key().size() > kMaxKeyBytes) {
     return OutOfRange(
@@ -1224,7 +1228,7 @@ absl::StatusOr<ReportOutcome> Planner::ReportTo(const std::shared_ptr<Deployment
         absl::StrCat("rank = ", rank, " is out of range [0, ", shape.num_ranks - 1, "]"));
   }
   RETURN_IF_ERROR(CheckRange("sequence", report.sequence(), 1, kMaxSequence));
-  RETURN_IF_ERROR(CheckRange("first_step", report.first_step(), 0, INT64_MAX / 2));
+  RETURN_IF_ERROR(CheckRange("first_step", report.first_step(), 0, kMaxStep));
   RETURN_IF_ERROR(CheckRange("last_step", report.last_step(), report.first_step(),
                              report.first_step() + kMaxStepsPerReport - 1));
   if (report.plan_version() < 1) {

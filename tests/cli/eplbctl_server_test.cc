@@ -133,6 +133,11 @@ INSTANTIATE_TEST_SUITE_P(
             "report_zero_sequence",
             {"report", "--deployment", "d", "--rank", "0", "--load", "l.json", "--sequence", "0"},
             "--sequence = 0 is out of range [1, 4611686018427387904]"},
+        // The planner's bound (proto/api_limits.h), checked before anything is sent.
+        UsageCase{"report_first_step_beyond_the_api",
+                  {"report", "--deployment", "d", "--rank", "0", "--load", "l.json", "--first-step",
+                   "4611686018427387904"},
+                  "--first-step = 4611686018427387904 is out of range [0, 4611686018427387903]"},
         UsageCase{"rebalance_needs_deployment", {"rebalance"}, "--deployment is required"},
         UsageCase{"rebalance_dry_run_is_a_switch",
                   {"rebalance", "--deployment", "d", "--dry-run=yes"},

@@ -116,6 +116,8 @@ TEST(LoadReporterTest, BadInputIsRefusedAndAddsNothing) {
             "step 5 must be ≥ 0 and after step 5");
   EXPECT_EQ((*reporter)->AddStep(6, 0, std::vector<double>{1, 1, 1, 1}).message(),
             "plan_version = 0 must be ≥ 1");
+  EXPECT_EQ((*reporter)->AddStep(int64_t{1} << 62, 1, std::vector<double>{1, 1, 1, 1}).message(),
+            "step 4611686018427387904 is beyond the planner's last step, 4611686018427387903");
   EXPECT_EQ((*reporter)->stats().steps_added, 1);
   ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
   EXPECT_THAT(Smoothed(env), Pointwise(DoubleNear(1e-12), std::vector<double>{1, 1, 1, 1}));
