@@ -32,7 +32,6 @@
 namespace eplb::server {
 namespace {
 
-
 // The API's limits and defaults: proto/api_limits.h.
 using api::kMaxCount;
 using api::kMaxErrorDetailBytes;
@@ -87,6 +86,27 @@ uint64_t LegacyUid(absl::string_view name, absl::Time created) {
     hash = (hash ^ c) * 0x100000001b3;
   }
   return hash == 0 ? 1 : hash;
+}
+
+// What the ranks' acknowledgements of a plan in flight decide: ABORTED with the reason at the first
+// rank (in rank order) that failed or holds another map, COMMITTED once every rank staged (or
+// already serves) the plan's map, nothing yet otherwise.
+std::optional<std::pair<v1::PlanState, std::string>> AckDecision(const v1::Plan& plan) {
+  bool all_staged = true;
+  for (const v1::RankAck& ack : plan.ranks()) {
+    if (ack.state() == v1::FAILED) {
+      return std::make_pair(v1::ABORTED,
+                            absl::StrCat("rank ", ack.rank(), " failed: ", ack.error_detail()));
+    }
+    if (ack.hash_mismatch()) {
+      return std::make_pair(
+          v1::ABORTED, absl::StrCat("rank ", ack.rank(), " holds map hash ", Hex(ack.map_hash()),
+                                    ", the plan's is ", Hex(plan.map_hash())));
+    }
+    all_staged = all_staged && (ack.state() == v1::STAGED || ack.state() == v1::ACTIVE);
+  }
+  if (all_staged) return std::make_pair(v1::COMMITTED, std::string());
+  return std::nullopt;
 }
 
 // The nonce of a plan update: "<uid, 16 hex digits>.<version>".
@@ -823,18 +843,10 @@ void Planner::FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, int64_
     if (d->deleted || it == d->plans.end() || it->second.plan.state() != v1::PENDING) return;
     if (state == v1::COMMITTED) {
       // An ack that arrived after the commit was queued may have failed the plan.
-      for (const v1::RankAck& ack : it->second.plan.ranks()) {
-        if (ack.state() == v1::FAILED) {
-          state = v1::ABORTED;
-          reason = absl::StrCat("rank ", ack.rank(), " failed: ", ack.error_detail());
-          break;
-        }
-        if (ack.hash_mismatch()) {
-          state = v1::ABORTED;
-          reason = absl::StrCat("rank ", ack.rank(), " holds map hash ", Hex(ack.map_hash()),
-                                ", the plan's is ", Hex(it->second.plan.map_hash()));
-          break;
-        }
+      auto decision = AckDecision(it->second.plan);
+      if (decision.has_value() && decision->first == v1::ABORTED) {
+        state = v1::ABORTED;
+        reason = std::move(decision->second);
       }
     }
     snapshot = it->second.plan;
@@ -1230,20 +1242,7 @@ absl::Status Planner::Ack(const std::string& name, int32_t rank,
   d->UpdateRankMetrics();
 
   if (ack.version() != d->pending_version || entry.finishing) return absl::OkStatus();
-  std::optional<std::pair<v1::PlanState, std::string>> decision;
-  if (ack.state() == v1::FAILED) {
-    decision.emplace(v1::ABORTED, absl::StrCat("rank ", rank, " failed: ", ack.error_detail()));
-  } else if (mismatch) {
-    decision.emplace(v1::ABORTED,
-                     absl::StrCat("rank ", rank, " holds map hash ", Hex(ack.map_hash()),
-                                  ", the plan's is ", Hex(entry.plan.map_hash())));
-  } else if (std::all_of(entry.plan.ranks().begin(), entry.plan.ranks().end(),
-                         [](const v1::RankAck& r) {
-                           return (r.state() == v1::STAGED || r.state() == v1::ACTIVE) &&
-                                  !r.hash_mismatch();
-                         })) {
-    decision.emplace(v1::COMMITTED, "");
-  }
+  std::optional<std::pair<v1::PlanState, std::string>> decision = AckDecision(entry.plan);
   if (decision.has_value()) {
     entry.finishing = true;
     Post([this, d, version = ack.version(), decision = *std::move(decision)] {
