@@ -194,6 +194,19 @@ TEST(PlanWatcherTest, ADeploymentCreatedAgainWhileAwayIsWatchedFromItsFirstVersi
   EXPECT_GE(stats.reconnects, 1);
 }
 
+TEST(PlanWatcherTest, AWatcherWithoutTheTokenStops) {
+  server::PlannerServerOptions options;
+  options.service.bearer_token = "s3cret";
+  PlannerEnv env(options);
+  auto client = Client(env);  // no token
+  Recorder recorder;
+  auto watcher = StartWatcher(client.get(), recorder);
+  ASSERT_TRUE(recorder.WaitStopped());
+  EXPECT_EQ(recorder.error().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(watcher->stats().stopped_by, recorder.error());
+  EXPECT_EQ(recorder.num_plans(), 0u);
+}
+
 TEST(PlanWatcherTest, AWatcherOfADeploymentThatDoesNotExistStops) {
   PlannerEnv env;
   auto client = Client(env);
