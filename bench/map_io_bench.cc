@@ -3,7 +3,6 @@
 // SGLang JSON and TensorRT-LLM YAML of the V3 plan; and parsing the eplb JSON alone (text to
 // JSON document, no checks of the map). Counters: bytes per second of text.
 #include <benchmark/benchmark.h>
-#include <malloc.h>
 
 #include <random>
 #include <string>
@@ -92,14 +91,3 @@ BENCHMARK_CAPTURE(BM_Read, v3_trtllm, bench::kV3Prefill, MapFormat::kTrtllm)
 
 }  // namespace
 }  // namespace eplb
-
-int main(int argc, char** argv) {
-  // As policy_bench: keep freed memory in the heap between iterations.
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

@@ -6,7 +6,6 @@
 //
 // Counters: `balancedness` (mean over layers) and `max_over_bound` of the planned map.
 #include <benchmark/benchmark.h>
-#include <malloc.h>
 
 #include <cmath>
 #include <cstdio>
@@ -71,17 +70,3 @@ int RegisterAll() {
 
 }  // namespace
 }  // namespace eplb
-
-int main(int argc, char** argv) {
-  // A planner plans again and again in one long-lived process. Keep freed memory in the heap, as
-  // such a process would after warming up: by default glibc returns the heap top to the kernel
-  // after every plan, and on virtual machines the page faults of the next plan then cost more than
-  // the planning itself.
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

@@ -939,25 +939,22 @@ absl::StatusOr<std::vector<v1::Plan>> Planner::ListPlans(const std::string& name
 }
 
 absl::Status Planner::PublishRendezvous(const v1::PublishRendezvousRequest& request) {
-  constexpr size_t kMaxKeyBytes = api::kMaxRendezvousKeyBytes;
-  constexpr size_t kMaxValueBytes = api::kMaxRendezvousValueBytes;
-  constexpr size_t kMaxKeys = api::kMaxRendezvousKeys;
   if (request.key().empty()) return Required("key");
-  if (request.key().size() > kMaxKeyBytes) {
-    return OutOfRange(
-        "key", absl::StrCat("has ", request.key().size(), " bytes, more than ", kMaxKeyBytes));
+  if (request.key().size() > api::kMaxRendezvousKeyBytes) {
+    return OutOfRange("key", absl::StrCat("has ", request.key().size(), " bytes, more than ",
+                                          api::kMaxRendezvousKeyBytes));
   }
-  if (request.value().size() > kMaxValueBytes) {
+  if (request.value().size() > api::kMaxRendezvousValueBytes) {
     return OutOfRange("value", absl::StrCat("has ", request.value().size(), " bytes, more than ",
-                                            kMaxValueBytes));
+                                            api::kMaxRendezvousValueBytes));
   }
   ASSIGN_OR_RETURN(std::shared_ptr<Deployment> d, FindOrError(request.deployment()));
   absl::MutexLock lock(&d->mu);
   if (d->deleted) return DeploymentNotFound(request.deployment());
-  if (!d->rendezvous.contains(request.key()) && d->rendezvous.size() >= kMaxKeys) {
-    return ErrorWithDetail(
-        absl::StatusCode::kResourceExhausted, v1::RENDEZVOUS_FULL, "key",
-        absl::StrCat("deployment ", d->name(), " holds ", kMaxKeys, " rendezvous keys already"));
+  if (!d->rendezvous.contains(request.key()) && d->rendezvous.size() >= api::kMaxRendezvousKeys) {
+    return ErrorWithDetail(absl::StatusCode::kResourceExhausted, v1::RENDEZVOUS_FULL, "key",
+                           absl::StrCat("deployment ", d->name(), " holds ",
+                                        api::kMaxRendezvousKeys, " rendezvous keys already"));
   }
   d->rendezvous[request.key()] = request.value();
   return absl::OkStatus();

@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/client/connect.h"
 #include "tests/server/test_env.h"
 
 namespace eplb::client {
@@ -28,10 +29,7 @@ void CreateDeployment(PlannerEnv& env) {
 }
 
 std::unique_ptr<PlannerClient> Client(PlannerEnv& env) {
-  auto client = PlannerClient::Create(
-      {.server = absl::StrCat("127.0.0.1:", env.port()), .rpc_timeout = absl::Seconds(5)});
-  EXPECT_TRUE(client.ok()) << client.status();
-  return *std::move(client);
+  return ::eplb::testing::Connect(env, {.rpc_timeout = absl::Seconds(5)});
 }
 
 LoadReporterOptions Options() {

@@ -11,6 +11,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "client/load_reporter.h"
+#include "tests/client/connect.h"
 #include "tests/server/test_env.h"
 
 namespace eplb::client {
@@ -36,10 +37,7 @@ void CreateDeployment(PlannerEnv& env) {
 }
 
 std::unique_ptr<PlannerClient> Client(PlannerEnv& env) {
-  auto client = PlannerClient::Create(
-      {.server = absl::StrCat("127.0.0.1:", env.port()), .rpc_timeout = absl::Seconds(5)});
-  EXPECT_TRUE(client.ok()) << client.status();
-  return *std::move(client);
+  return ::eplb::testing::Connect(env, {.rpc_timeout = absl::Seconds(5)});
 }
 
 // What a watcher delivered and how it stopped, for the test thread to wait on.

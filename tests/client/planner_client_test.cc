@@ -19,6 +19,7 @@
 #include "core/file_io.h"
 #include "grpcpp/server_builder.h"
 #include "proto/convert.h"
+#include "tests/client/connect.h"
 #include "tests/server/test_env.h"
 #include "tests/support/subprocess.h"
 
@@ -32,12 +33,7 @@ using ::testing::HasSubstr;
 using testing::PlannerEnv;
 using testing::Reason;
 
-std::unique_ptr<PlannerClient> Connect(const PlannerEnv& env, PlannerClientOptions options = {}) {
-  options.server = absl::StrCat("127.0.0.1:", env.port());
-  auto client = PlannerClient::Create(options);
-  EXPECT_TRUE(client.ok()) << client.status();
-  return client.ok() ? *std::move(client) : nullptr;
-}
+using testing::Connect;
 
 // Dense counts for L layers of E experts, skewed towards high expert indices.
 std::vector<std::vector<double>> SkewedCounts(int layers, int experts) {
