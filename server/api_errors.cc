@@ -25,4 +25,11 @@ absl::Status Tagged(const absl::Status& status, v1::ErrorReason reason, absl::st
   return ErrorWithDetail(status.code(), reason, field, status.message());
 }
 
+absl::Status DeploymentNotFound(absl::string_view name) {
+  return ErrorWithDetail(absl::StatusCode::kNotFound, v1::DEPLOYMENT_NOT_FOUND, "deployment",
+                         absl::StrCat("deployment \"", name, "\" not found"));
+}
+
+absl::Status ShuttingDown() { return absl::UnavailableError("the planner is shutting down"); }
+
 }  // namespace eplb::server

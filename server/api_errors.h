@@ -19,6 +19,10 @@ absl::Status Required(absl::string_view field);
 absl::Status CheckRange(absl::string_view field, int64_t value, int64_t low, int64_t high);
 // An error from core (which names the field in its message) with the API's field path and reason.
 absl::Status Tagged(const absl::Status& status, v1::ErrorReason reason, absl::string_view field);
+// NOT_FOUND, DEPLOYMENT_NOT_FOUND on field "deployment": deployment "<name>" not found.
+absl::Status DeploymentNotFound(absl::string_view name);
+// UNAVAILABLE: the planner is shutting down.
+absl::Status ShuttingDown();
 
 }  // namespace eplb::server
 

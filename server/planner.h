@@ -1,16 +1,15 @@
 // Planner: the planner service's logic, independent of the gRPC transport.
 //
-// It owns the deployments (shape, policy, smoothed load, plan history, rank acknowledgements,
-// watchers), the state directory and one worker thread. The worker runs everything slow or
-// blocking: policies, file writes (fsync), ack timeouts and load checkpoints. The other methods are
-// cheap, never block on I/O and may be called from gRPC reactor threads.
+// It owns the registry of deployments (each a Deployment: its state and state machine), the state
+// directory and one worker thread, and orchestrates the two: what a deployment decides, the planner
+// persists and carries out. The worker runs everything slow or blocking: policies, file writes
+// (fsync), ack timeouts and load checkpoints. The other methods are cheap, never block on I/O and
+// may be called from gRPC reactor threads.
 //
 // Locking: a registry mutex guards the set of deployments; each deployment has its own mutex.
 // Order: registry, then deployment, then a watch sink's own lock (inside WatchSink::Send).
 #ifndef EPLB_SERVER_PLANNER_H_
 #define EPLB_SERVER_PLANNER_H_
-
-#include <grpcpp/support/byte_buffer.h>
 
 #include <atomic>
 #include <cstdint>
@@ -30,6 +29,7 @@
 #include "core/clock.h"
 #include "core/expert_map.h"
 #include "eplb/v1/planner.pb.h"
+#include "server/deployment.h"
 #include "server/metrics.h"
 #include "server/state_store.h"
 
@@ -45,32 +45,7 @@ struct PlannerOptions {
   absl::Duration checkpoint_interval = absl::Seconds(10);
 };
 
-// One message for watchers, serialized once and shared by every stream that sends it.
-struct WatchUpdate {
-  int64_t version = 0;
-  v1::PlanState state = v1::PLAN_STATE_UNSPECIFIED;
-  grpc::ByteBuffer bytes;  // a serialized v1::WatchPlansResponse
-};
-
-// The receiving end of a watch (the gRPC stream). Both methods are called with the deployment's
-// lock held: they must not block and must not call back into Planner.
-class WatchSink {
- public:
-  virtual ~WatchSink() = default;
-  virtual void Send(std::shared_ptr<const WatchUpdate> update) = 0;
-  // The watch ends (deployment deleted, planner shutting down). No Send follows.
-  virtual void Close(const absl::Status& status) = 0;
-};
-
-struct ReportOutcome {
-  bool duplicate = false;     // already counted; not counted again
-  int64_t last_sequence = 0;  // the rank's highest accepted sequence in this session
-};
-
 class Planner {
- private:
-  struct Deployment;
-
  public:
   // A watch's registration, returned by Subscribe and handed back to Unsubscribe. It keeps the
   // deployment it watches reachable, also after a delete or re-create of the same name.
@@ -155,17 +130,14 @@ class Planner {
 
   void CreateOnWorker(const v1::DeploymentSpec& spec, const DeploymentCallback& done);
   void DeleteOnWorker(const std::string& name, const std::function<void(absl::Status)>& done);
-  enum class PlanReason { kTrigger, kOnDemand };
   absl::StatusOr<v1::Plan> PlanOnWorker(const std::shared_ptr<Deployment>& d, PlanReason reason,
                                         bool dry_run);
   absl::StatusOr<v1::Plan> Publish(const std::shared_ptr<Deployment>& d, v1::Plan plan,
                                    ExpertMap map);
-  // Queues a trigger evaluation when one is due. REQUIRES: d->mu held (asserted).
-  void MaybeTrigger(const std::shared_ptr<Deployment>& d);
-  absl::StatusOr<ReportOutcome> ReportTo(const std::shared_ptr<Deployment>& d,
-                                         const v1::LoadReport& report);
-  void FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, int64_t version,
-                             v1::PlanState state, std::string reason);
+  // Queues the trigger evaluation a deployment said is due.
+  void QueueEvaluation(const std::shared_ptr<Deployment>& d);
+  // Persists and applies the decision on a plan in flight.
+  void FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, PlanDecision decision);
 
   const PlannerOptions options_;
   StateStore store_;
