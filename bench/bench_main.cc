@@ -1,4 +1,4 @@
-// main() of the Google Benchmark programs (policy_bench, map_io_bench).
+// main() of the Google Benchmark programs (policy_bench, map_io_bench, ingest_bench).
 #include <benchmark/benchmark.h>
 #include <malloc.h>
 
