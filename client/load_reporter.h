@@ -6,7 +6,9 @@
 // background thread sends the pending reports on a ReportLoad stream.
 //
 // Nothing is lost while the planner is unreachable or restarting: failed reports stay queued and
-// are sent again (the planner counts a retried sequence number once), with exponential backoff.
+// are sent again (the planner counts a retried sequence number once), with jittered exponential
+// backoff. A report counts as delivered once the planner's summary counts it; what the planner
+// accepted in the last --checkpoint-interval before it was killed (kill -9) is lost with it.
 // Memory stays bounded: beyond `max_pending_reports`, reports that were never sent are merged
 // pairwise (same plan version; their step ranges and counts add up), so an outage costs resolution,
 // not counts. A report the planner refuses as invalid (it cannot become valid by retrying) is

@@ -219,6 +219,14 @@ absl::StatusOr<v1::ReportSummary> PlannerClient::ReportLoad(
   }
   writer->WritesDone();
   RETURN_IF_ERROR(FromGrpcStatus(writer->Finish()));
+  // Every report is counted once, as accepted or as a duplicate; a stream that ended early
+  // without an error (a proxy, a planner that dropped input) is not a success.
+  const int64_t counted = summary.accepted() + summary.duplicates();
+  if (counted != static_cast<int64_t>(reports.size())) {
+    return absl::DataLossError(absl::StrCat("the planner counted ", counted, " of ", reports.size(),
+                                            " load reports (", summary.accepted(), " accepted, ",
+                                            summary.duplicates(), " duplicates)"));
+  }
   return summary;
 }
 

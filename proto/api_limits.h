@@ -27,11 +27,19 @@ inline constexpr int32_t kDefaultPlanHistory = 16;
 inline constexpr int32_t kMinPlanHistory = 2;
 inline constexpr int32_t kMaxPlanHistory = 1000;
 
+// ---- Plans ----
+inline constexpr int64_t kMaxVersion = int64_t{1} << 62;  // plan versions: 1 ≤ version ≤ 2^62
+
 // ---- LoadReport ----
 inline constexpr int64_t kMaxSequence = int64_t{1} << 62;    // 1 ≤ sequence ≤ 2^62
 inline constexpr int64_t kMaxStep = (int64_t{1} << 62) - 1;  // 0 ≤ first_step ≤ last_step
 inline constexpr int64_t kMaxStepsPerReport = 1'000'000;     // last − first < this
 inline constexpr double kMaxCount = 9007199254740992.0;      // counts ≤ 2^53
+// How far a report may move a deployment's newest step ahead: a burst, plus a rate far above any
+// engine's for the time since the newest step last moved. A step counter that jumps (a bug, a
+// hostile client) would otherwise make every later report older than the smoothing horizon.
+inline constexpr int64_t kMaxStepJump = 1'000'000;
+inline constexpr int64_t kMaxStepsPerSecond = 100'000;
 
 // ---- WatchPlans ----
 inline constexpr size_t kMaxErrorDetailBytes = 4096;  // Ack.error_detail

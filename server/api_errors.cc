@@ -1,5 +1,6 @@
 #include "server/api_errors.h"
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "proto/convert.h"
 
@@ -25,11 +26,21 @@ absl::Status Tagged(const absl::Status& status, v1::ErrorReason reason, absl::st
   return ErrorWithDetail(status.code(), reason, field, status.message());
 }
 
-absl::Status DeploymentNotFound(absl::string_view name) {
-  return ErrorWithDetail(absl::StatusCode::kNotFound, v1::DEPLOYMENT_NOT_FOUND, "deployment",
-                         absl::StrCat("deployment \"", name, "\" not found"));
+std::string Echo(absl::string_view text) {
+  constexpr size_t kMaxEchoBytes = 64;
+  if (text.size() <= kMaxEchoBytes) return absl::StrCat("\"", absl::CHexEscape(text), "\"");
+  return absl::StrCat("\"", absl::CHexEscape(text.substr(0, kMaxEchoBytes)), "…\" (", text.size(),
+                      " bytes)");
 }
 
-absl::Status ShuttingDown() { return absl::UnavailableError("the planner is shutting down"); }
+absl::Status DeploymentNotFound(absl::string_view name) {
+  return ErrorWithDetail(absl::StatusCode::kNotFound, v1::DEPLOYMENT_NOT_FOUND, "deployment",
+                         absl::StrCat("deployment ", Echo(name), " not found"));
+}
+
+absl::Status ShuttingDown() {
+  return ErrorWithDetail(absl::StatusCode::kUnavailable, v1::SHUTTING_DOWN, "",
+                         "the planner is shutting down");
+}
 
 }  // namespace eplb::server

@@ -4,6 +4,7 @@
 #define EPLB_SERVER_API_ERRORS_H_
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -19,7 +20,10 @@ absl::Status Required(absl::string_view field);
 absl::Status CheckRange(absl::string_view field, int64_t value, int64_t low, int64_t high);
 // An error from core (which names the field in its message) with the API's field path and reason.
 absl::Status Tagged(const absl::Status& status, v1::ErrorReason reason, absl::string_view field);
-// NOT_FOUND, DEPLOYMENT_NOT_FOUND on field "deployment": deployment "<name>" not found.
+// A value taken from a request, fit to quote in an error message: C-escaped, and cut to its
+// first 64 bytes with its length named when longer ("abc…" (10000 bytes)).
+std::string Echo(absl::string_view text);
+// NOT_FOUND, DEPLOYMENT_NOT_FOUND on field "deployment": deployment "<name>" not found (Echo).
 absl::Status DeploymentNotFound(absl::string_view name);
 // UNAVAILABLE: the planner is shutting down.
 absl::Status ShuttingDown();

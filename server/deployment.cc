@@ -122,6 +122,7 @@ std::shared_ptr<Deployment> Deployment::Create(ValidatedSpec validated, uint64_t
   d->last_version_ = 1;
   d->committed_version_ = 1;
   d->last_checkpoint_ = create_time;
+  d->newest_step_time_ = create_time;
   d->UpdateVersionMetrics();
   d->UpdateRankMetrics();
   return d;
@@ -154,16 +155,32 @@ absl::StatusOr<std::shared_ptr<Deployment>> Deployment::Restore(
 
   absl::MutexLock lock(&d->mu_);
   d->last_version_ = stored.last_version;
+  const int64_t recorded = stored.committed_version;  // 0: not recorded (older state)
   for (v1::Plan& plan : stored.plans) {
-    ASSIGN_OR_RETURN(ExpertMap map,
-                     ExpertMapFromProto(plan.map(), absl::StrCat("plan ", plan.version(), " map")));
-    RETURN_IF_ERROR(map.CheckFits(shape));
     const int64_t version = plan.version();
+    ASSIGN_OR_RETURN(ExpertMap map,
+                     ExpertMapFromProto(plan.map(), absl::StrCat("plan ", version, " map")));
+    RETURN_IF_ERROR(map.CheckFits(shape));
+    if (map.Hash() != plan.map_hash()) {
+      return absl::DataLossError(absl::StrCat("plan ", version, "'s map hashes to ",
+                                              Hex(map.Hash()), ", its map_hash says ",
+                                              Hex(plan.map_hash())));
+    }
     d->last_version_ = std::max(d->last_version_, version);
+    if (recorded != 0) {
+      if (version == recorded) {
+        plan.set_state(v1::COMMITTED);  // the commit record says so, whatever the file says
+      } else if (version > recorded && plan.state() == v1::COMMITTED) {
+        plan.set_state(v1::ABORTED);
+        plan.set_abort_reason("its commit was not recorded before the planner stopped");
+      }
+    }
     if (plan.state() == v1::COMMITTED) d->committed_version_ = version;
     d->plans_.emplace(version, PlanEntry{std::move(plan), std::move(map), now});
   }
   if (d->committed_version_ == 0) return absl::DataLossError("no committed plan");
+  EPLB_CHECK(recorded == 0 || d->committed_version_ == recorded,
+             "the state store checked that the recorded committed version has a plan");
   // Newest first: an older PENDING plan (its abort was not persisted) was superseded by a newer
   // one.
   for (auto it = d->plans_.rbegin(); it != d->plans_.rend(); ++it) {
@@ -192,6 +209,7 @@ absl::StatusOr<std::shared_ptr<Deployment>> Deployment::Restore(
     d->last_evaluated_step_ = checkpoint->last_evaluated_step();
   }
   d->last_checkpoint_ = now;
+  d->newest_step_time_ = now;
   d->UpdateVersionMetrics();
   d->UpdateRankMetrics();
   return d;
@@ -236,8 +254,8 @@ absl::Status Deployment::NotFound() const { return DeploymentNotFound(name()); }
 
 // ---- Reports ------------------------------------------------------------------------------------
 
-absl::StatusOr<ReportOutcome> Deployment::Report(const v1::LoadReport& report) {
-  absl::StatusOr<ReportOutcome> outcome = CountReport(report);
+absl::StatusOr<ReportOutcome> Deployment::Report(const v1::LoadReport& report, absl::Time now) {
+  absl::StatusOr<ReportOutcome> outcome = CountReport(report, now);
   if (metrics_) {
     if (!outcome.ok()) {
       const auto detail = GetErrorDetail(outcome.status());
@@ -253,7 +271,8 @@ absl::StatusOr<ReportOutcome> Deployment::Report(const v1::LoadReport& report) {
   return outcome;
 }
 
-absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& report) {
+absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& report,
+                                                      absl::Time now) {
   const int32_t rank = report.rank();
   if (rank < 0 || rank >= shape_.num_ranks) {
     return ErrorWithDetail(
@@ -334,6 +353,19 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
         absl::StrCat("plan_version ", report.plan_version(),
                      " is no longer retained (oldest retained: ", plans_.begin()->first, ")"));
   }
+  if (!load_.empty() && report.last_step() > load_.last_step()) {
+    const double seconds = std::max(0.0, absl::ToDoubleSeconds(now - newest_step_time_));
+    const int64_t allowed =
+        api::kMaxStepJump + static_cast<int64_t>(std::min(seconds, 1e9) * api::kMaxStepsPerSecond);
+    if (report.last_step() - load_.last_step() > allowed) {
+      return OutOfRange(
+          "last_step",
+          absl::StrCat("= ", report.last_step(), " is ", report.last_step() - load_.last_step(),
+                       " steps ahead of the deployment's newest step (", load_.last_step(),
+                       "), more than the ", allowed, " allowed ", absl::StrFormat("%.0f", seconds),
+                       " s after it; did the step counter jump?"));
+    }
+  }
   // Accepted: convert to per-expert counts and add.
   const int32_t experts = shape_.num_logical_experts;
   if (local_slots) {
@@ -353,6 +385,7 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
                   sizeof(double) * experts);
     }
   }
+  if (load_.empty() || report.last_step() > load_.last_step()) newest_step_time_ = now;
   load_.Add(report.first_step(), report.last_step(), scratch_);
   if (!same_session) {
     state.session = report.session();
@@ -761,6 +794,11 @@ int64_t Deployment::PendingVersion() const {
   return pending_version_;
 }
 
+int64_t Deployment::CommittedVersion() const {
+  absl::MutexLock lock(&mu_);
+  return committed_version_;
+}
+
 absl::StatusOr<v1::Plan> Deployment::GetPlan(int64_t version) const {
   if (version < 0) return OutOfRange("version", absl::StrCat("= ", version, " is negative"));
   absl::MutexLock lock(&mu_);
@@ -832,6 +870,10 @@ absl::Status Deployment::PublishRendezvous(const std::string& key, const std::st
 
 absl::StatusOr<std::string> Deployment::GetRendezvous(const std::string& key) const {
   if (key.empty()) return Required("key");
+  if (key.size() > api::kMaxRendezvousKeyBytes) {
+    return OutOfRange(
+        "key", absl::StrCat("has ", key.size(), " bytes, more than ", api::kMaxRendezvousKeyBytes));
+  }
   absl::MutexLock lock(&mu_);
   const auto it = rendezvous_.find(key);
   if (deleted_ || it == rendezvous_.end()) {

@@ -99,10 +99,13 @@ class Deployment {
                                             absl::Time create_time, v1::Plan first_plan,
                                             ExpertMap first_map,
                                             std::shared_ptr<DeploymentMetrics> metrics);
-  // A deployment as the state store loaded it. A PENDING plan newer than the committed one stays
-  // in flight (the ranks re-acknowledge it); other PENDING plans become ABORTED. A load checkpoint
-  // that does not fit the shape is ignored with a warning. DATA_LOSS (without the deployment's
-  // name) for plans that do not fit or no committed plan.
+  // A deployment as the state store loaded it. The committed version is the one the version
+  // counter records (for older state, the newest COMMITTED plan): its plan is COMMITTED whatever
+  // its file says, and newer plans that say COMMITTED become ABORTED (their commit was never
+  // recorded). The newest PENDING plan newer than the committed one stays in flight (the ranks
+  // re-acknowledge it); other PENDING plans become ABORTED. A load checkpoint that does not fit
+  // the shape is ignored with a warning. DATA_LOSS (without the deployment's name) for a plan
+  // whose map does not fit the shape or does not match its map_hash, or no committed plan.
   static absl::StatusOr<std::shared_ptr<Deployment>> Restore(
       ValidatedSpec validated, LoadedDeployment stored, absl::Time now,
       std::shared_ptr<DeploymentMetrics> metrics);
@@ -129,8 +132,9 @@ class Deployment {
   // ---- Reports ----
   // Validates `report` (errors name the field; a refused report changes nothing) and counts it
   // once: a retry of an accepted report (same session, sequence and content) is a duplicate.
-  // NOT_FOUND once deleted.
-  absl::StatusOr<ReportOutcome> Report(const v1::LoadReport& report);
+  // last_step may move the newest step ahead by at most api::kMaxStepJump plus
+  // api::kMaxStepsPerSecond per second since it last moved (as of `now`). NOT_FOUND once deleted.
+  absl::StatusOr<ReportOutcome> Report(const v1::LoadReport& report, absl::Time now);
 
   // ---- Plans ----
   // Takes the input of a planning run. kTrigger ends the queued evaluation and moves the
@@ -194,6 +198,7 @@ class Deployment {
   v1::Deployment ToProto() const;
   // The version in flight; 0 when none.
   int64_t PendingVersion() const;
+  int64_t CommittedVersion() const;
   // version 0: the committed one. NOT_FOUND PLAN_NOT_FOUND for a version never published or
   // pruned.
   absl::StatusOr<v1::Plan> GetPlan(int64_t version) const;
@@ -223,7 +228,7 @@ class Deployment {
   Deployment(ValidatedSpec validated, SmoothedLoad load, absl::Time create_time, uint64_t uid,
              std::shared_ptr<DeploymentMetrics> metrics);
 
-  absl::StatusOr<ReportOutcome> CountReport(const v1::LoadReport& report);
+  absl::StatusOr<ReportOutcome> CountReport(const v1::LoadReport& report, absl::Time now);
   // The newest step every rank has reported; −1 until each rank reported once.
   int64_t Frontier() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t StepsSeen() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -259,6 +264,7 @@ class Deployment {
   bool deleted_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;  // shutting down: no new watchers
   std::map<std::string, std::string> rendezvous_ ABSL_GUARDED_BY(mu_);
+  absl::Time newest_step_time_ ABSL_GUARDED_BY(mu_);  // when load_.last_step() last moved
   bool load_dirty_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time last_checkpoint_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };

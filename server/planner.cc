@@ -10,6 +10,7 @@
 #include "core/metrics.h"
 #include "core/policy.h"
 #include "core/status_macros.h"
+#include "proto/api_limits.h"
 #include "proto/convert.h"
 #include "server/api_errors.h"
 #include "server/spec.h"
@@ -337,18 +338,34 @@ absl::StatusOr<v1::Plan> Planner::Publish(const std::shared_ptr<Deployment>& d, 
                                           ExpertMap map) {
   CheckOnWorker();
   const int64_t version = d->NextVersion();
+  if (version > api::kMaxVersion) {
+    return ErrorWithDetail(
+        absl::StatusCode::kResourceExhausted, v1::FIELD_OUT_OF_RANGE, "",
+        absl::StrCat("deployment \"", d->name(), "\" has used every version up to ",
+                     api::kMaxVersion, "; create it again"));
+  }
+  const int64_t committed = d->CommittedVersion();
   const auto io_error = [&](const absl::Status& status) {
     return ErrorWithDetail(absl::StatusCode::kInternal, v1::STATE_IO, "",
                            absl::StrCat("cannot persist version ", version, " of deployment \"",
                                         d->name(), "\": ", status.message()));
   };
   // The counter first: once it is on disk the version is spent, whatever happens next.
-  if (absl::Status status = store_.WriteVersionCounter(d->name(), version); !status.ok()) {
+  if (absl::Status status = store_.WriteVersionCounter(d->name(), version, committed);
+      !status.ok()) {
     return io_error(status);
   }
   d->SpendVersion(version);
   plan = d->Versioned(std::move(plan), version);
   if (absl::Status status = store_.WritePlan(plan); !status.ok()) return io_error(status);
+  // Committed at once: committed when the counter records it (a crash before leaves the plan
+  // file COMMITTED but unrecorded, which a restart reads as aborted).
+  if (plan.state() == v1::COMMITTED) {
+    if (absl::Status status = store_.WriteVersionCounter(d->name(), version, version);
+        !status.ok()) {
+      return io_error(status);
+    }
+  }
   ASSIGN_OR_RETURN(std::vector<int64_t> pruned, d->AddPlan(plan, std::move(map), clock_->Now()));
   for (const int64_t old : pruned) {
     if (absl::Status status = store_.RemovePlan(d->name(), old); !status.ok()) {
@@ -369,15 +386,25 @@ void Planner::FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, PlanDe
   CheckOnWorker();
   std::optional<v1::Plan> record = d->PrepareFinish(decision);
   if (!record.has_value()) return;
+  if (decision.state == v1::COMMITTED) {
+    // The commit record first: a commit that is not on disk is not a commit, and the ranks keep
+    // the previous plan.
+    const int64_t last_version = d->NextVersion() - 1;
+    if (absl::Status status = store_.WriteVersionCounter(d->name(), last_version, decision.version);
+        !status.ok()) {
+      spdlog::error("deployment {}: cannot record the commit of version {}: {}", d->name(),
+                    decision.version, status.ToString());
+      decision.state = v1::ABORTED;
+      decision.reason = absl::StrCat("the commit could not be persisted: ", status.message());
+      record->set_state(v1::ABORTED);
+      record->set_abort_reason(decision.reason);
+    }
+  }
+  // The plan file follows. If it cannot be written, a commit stands (recorded above) and an abort
+  // stands in memory (after a restart the plan is in flight again and re-staged).
   if (absl::Status status = store_.WritePlan(*record); !status.ok()) {
     spdlog::error("deployment {}: cannot persist the {} state of version {}: {}", d->name(),
                   v1::PlanState_Name(decision.state), decision.version, status.ToString());
-    if (decision.state == v1::COMMITTED) {
-      // A commit that is not on disk is not a commit: the ranks keep the previous plan. (An abort
-      // stands in memory; after a restart the plan is in flight again and re-staged.)
-      decision.state = v1::ABORTED;
-      decision.reason = absl::StrCat("the commit could not be persisted: ", status.message());
-    }
   }
   if (d->FinishPlan(decision)) QueueEvaluation(d);
 }
@@ -431,7 +458,7 @@ absl::StatusOr<std::string> Planner::GetRendezvous(const v1::GetRendezvousReques
 
 absl::StatusOr<ReportOutcome> Planner::Report(const v1::LoadReport& report) {
   ASSIGN_OR_RETURN(std::shared_ptr<Deployment> d, FindOrError(report.deployment()));
-  absl::StatusOr<ReportOutcome> outcome = d->Report(report);
+  absl::StatusOr<ReportOutcome> outcome = d->Report(report, clock_->Now());
   if (outcome.ok() && outcome->evaluate) QueueEvaluation(d);
   return outcome;
 }

@@ -30,20 +30,32 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
 
 // ---- ReportLoad ---------------------------------------------------------------------------------
 
-class ReportReactor final : public grpc::ServerReadReactor<v1::LoadReport> {
+class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  ReportReactor(Planner* planner, v1::ReportSummary* summary, const absl::Status& auth)
-      : planner_(planner), summary_(summary) {
+  ReportReactor(Planner* planner, grpc::ByteBuffer* response, const absl::Status& auth)
+      : planner_(planner), response_(response) {
     if (!auth.ok()) {
       Finish(ToGrpcStatus(auth));
       return;
     }
-    StartRead(&report_);
+    StartRead(&incoming_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client finished writing (or went away)
-      Finish(grpc::Status::OK);
+      bool own_buffer = false;
+      const grpc::Status status =
+          grpc::SerializationTraits<v1::ReportSummary>::Serialize(summary_, response_, &own_buffer);
+      Finish(status);
+      return;
+    }
+    ++received_;
+    if (!grpc::SerializationTraits<v1::LoadReport>::Deserialize(&incoming_, &report_).ok()) {
+      Finish(ToGrpcStatus(
+          ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::MALFORMED_MESSAGE, "",
+                          absl::StrCat("message ", received_, " of the stream does not parse as ",
+                                       v1::LoadReport::descriptor()->full_name(), "; the ",
+                                       received_ - 1, " before it were counted"))));
       return;
     }
     const absl::StatusOr<ReportOutcome> outcome = planner_->Report(report_);
@@ -52,20 +64,23 @@ class ReportReactor final : public grpc::ServerReadReactor<v1::LoadReport> {
       return;
     }
     if (outcome->duplicate) {
-      summary_->set_duplicates(summary_->duplicates() + 1);
+      summary_.set_duplicates(summary_.duplicates() + 1);
     } else {
-      summary_->set_accepted(summary_->accepted() + 1);
+      summary_.set_accepted(summary_.accepted() + 1);
     }
-    summary_->set_last_sequence(outcome->last_sequence);
-    StartRead(&report_);
+    summary_.set_last_sequence(outcome->last_sequence);
+    StartRead(&incoming_);
   }
 
   void OnDone() override { delete this; }
 
  private:
   Planner* const planner_;
-  v1::ReportSummary* const summary_;
-  v1::LoadReport report_;
+  grpc::ByteBuffer* const response_;
+  grpc::ByteBuffer incoming_;
+  int64_t received_ = 0;
+  v1::LoadReport report_;  // reused: its repeated fields keep their capacity
+  v1::ReportSummary summary_;
 };
 
 // ---- WatchPlans ---------------------------------------------------------------------------------
@@ -73,8 +88,9 @@ class ReportReactor final : public grpc::ServerReadReactor<v1::LoadReport> {
 class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
                            public WatchSink {
  public:
-  WatchReactor(Planner* planner, int max_queue, const absl::Status& auth)
-      : planner_(planner), max_queue_(max_queue) {
+  WatchReactor(Planner* planner, int max_queue, grpc::CallbackServerContext* context,
+               const absl::Status& auth)
+      : planner_(planner), max_queue_(max_queue), context_(context) {
     if (!auth.ok()) {
       absl::MutexLock lock(&mu_);
       FinishLocked(auth);
@@ -97,7 +113,9 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
         grpc::SerializationTraits<v1::WatchPlansRequest>::Deserialize(&incoming_, &request);
     absl::Status status;
     if (!parsed.ok()) {
-      status = absl::InvalidArgumentError("cannot parse WatchPlansRequest");
+      status = ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::MALFORMED_MESSAGE, "",
+                               "a message of the stream does not parse as "
+                               "eplb.v1.WatchPlansRequest");
     } else if (!subscribed_) {
       if (!request.has_subscribe()) {
         status = ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::FIELD_REQUIRED,
@@ -128,7 +146,17 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 
   void Send(std::shared_ptr<const WatchUpdate> update) override {
     absl::MutexLock lock(&mu_);
-    if (finished_) return;
+    if (finished_) {
+      // Ended for falling behind, and the write in progress then has still not been taken: the
+      // client does not read. The status would wait behind that write forever; cancel the call so
+      // that it ends and lets go of its buffers now. (Safe under the locks: gRPC runs this
+      // reactor's OnCancel and OnDone on its own threads, never inside TryCancel.)
+      if (fell_behind_ && writing_ && !cancelled_) {
+        cancelled_ = true;
+        context_->TryCancel();
+      }
+      return;
+    }
     // A queued (not yet writing) update of the same version is superseded by the newer one.
     for (size_t i = writing_ ? 1 : 0; i < queue_.size(); ++i) {
       if (queue_[i]->version == update->version) {
@@ -137,8 +165,14 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       }
     }
     if (queue_.size() - (writing_ ? 1 : 0) >= static_cast<size_t>(max_queue_)) {
-      FinishLocked(absl::ResourceExhaustedError(absl::StrCat(
-          "watch stream fell behind by ", queue_.size(), " plan updates; resubscribe")));
+      const size_t behind = queue_.size();
+      // Only the write in progress stays (gRPC holds its bytes until it completes).
+      queue_.erase(queue_.begin() + (writing_ ? 1 : 0), queue_.end());
+      fell_behind_ = true;
+      FinishLocked(ErrorWithDetail(
+          absl::StatusCode::kResourceExhausted, v1::WATCH_FELL_BEHIND, "",
+          absl::StrCat("watch stream fell behind by ", behind,
+                       " plan updates (--max-watch-queue=", max_queue_, "); resubscribe")));
       return;
     }
     queue_.push_back(std::move(update));
@@ -183,6 +217,7 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 
   Planner* const planner_;
   const int max_queue_;
+  grpc::CallbackServerContext* const context_;  // valid until OnDone
   grpc::ByteBuffer incoming_;
   // Set on the reactor's read path only (reads are sequential).
   bool subscribed_ = false;
@@ -194,6 +229,8 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   std::deque<std::shared_ptr<const WatchUpdate>> queue_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;  // queue_.front() is being written
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool fell_behind_ ABSL_GUARDED_BY(mu_) = false;  // finished for a full queue
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace
@@ -263,8 +300,8 @@ grpc::ServerUnaryReactor* PlannerService::DeleteDeployment(
   return reactor;
 }
 
-grpc::ServerReadReactor<v1::LoadReport>* PlannerService::ReportLoad(
-    grpc::CallbackServerContext* context, v1::ReportSummary* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* PlannerService::ReportLoad(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
   return new ReportReactor(planner_, response, Authenticate(context));
 }
 
@@ -290,7 +327,7 @@ grpc::ServerUnaryReactor* PlannerService::ListPlans(grpc::CallbackServerContext*
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PlannerService::WatchPlans(
     grpc::CallbackServerContext* context) {
-  return new WatchReactor(planner_, options_.max_watch_queue, Authenticate(context));
+  return new WatchReactor(planner_, options_.max_watch_queue, context, Authenticate(context));
 }
 
 grpc::ServerUnaryReactor* PlannerService::Rebalance(grpc::CallbackServerContext* context,

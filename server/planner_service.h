@@ -18,20 +18,23 @@ struct PlannerServiceOptions {
   // When non-empty, every call must carry "authorization: Bearer <token>" metadata.
   std::string bearer_token;
   // Updates one watch stream may have queued (distinct versions) before it is ended with
-  // RESOURCE_EXHAUSTED; the client reconnects and gets the current plans.
+  // RESOURCE_EXHAUSTED (WATCH_FELL_BEHIND) and its queue dropped; the client reconnects and gets
+  // the current plans. A stream that has not taken its write in progress by the next update is
+  // cancelled.
   int max_watch_queue = 64;
 };
 
 using PlannerServiceBase = v1::Planner::WithCallbackMethod_CreateDeployment<
     v1::Planner::WithCallbackMethod_GetDeployment<v1::Planner::WithCallbackMethod_ListDeployments<
-        v1::Planner::WithCallbackMethod_DeleteDeployment<v1::Planner::WithCallbackMethod_ReportLoad<
-            v1::Planner::WithCallbackMethod_GetPlan<v1::Planner::WithCallbackMethod_ListPlans<
-                v1::Planner::WithRawCallbackMethod_WatchPlans<
-                    v1::Planner::WithCallbackMethod_Rebalance<
-                        v1::Planner::WithCallbackMethod_GetLoad<
-                            v1::Planner::WithCallbackMethod_PublishRendezvous<
-                                v1::Planner::WithCallbackMethod_GetRendezvous<
-                                    v1::Planner::Service>>>>>>>>>>>>;
+        v1::Planner::WithCallbackMethod_DeleteDeployment<
+            v1::Planner::WithRawCallbackMethod_ReportLoad<
+                v1::Planner::WithCallbackMethod_GetPlan<v1::Planner::WithCallbackMethod_ListPlans<
+                    v1::Planner::WithRawCallbackMethod_WatchPlans<
+                        v1::Planner::WithCallbackMethod_Rebalance<
+                            v1::Planner::WithCallbackMethod_GetLoad<
+                                v1::Planner::WithCallbackMethod_PublishRendezvous<
+                                    v1::Planner::WithCallbackMethod_GetRendezvous<
+                                        v1::Planner::Service>>>>>>>>>>>>;
 
 // `planner` must outlive the service.
 class PlannerService final : public PlannerServiceBase {
@@ -50,8 +53,10 @@ class PlannerService final : public PlannerServiceBase {
   grpc::ServerUnaryReactor* DeleteDeployment(grpc::CallbackServerContext* context,
                                              const v1::DeleteDeploymentRequest* request,
                                              v1::DeleteDeploymentResponse* response) override;
-  grpc::ServerReadReactor<v1::LoadReport>* ReportLoad(grpc::CallbackServerContext* context,
-                                                      v1::ReportSummary* response) override;
+  // Raw, to parse each report itself: a message that does not parse ends the stream with
+  // INVALID_ARGUMENT (MALFORMED_MESSAGE) instead of a silent end of input.
+  grpc::ServerReadReactor<grpc::ByteBuffer>* ReportLoad(grpc::CallbackServerContext* context,
+                                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* context,
                                     const v1::GetPlanRequest* request, v1::Plan* response) override;
   grpc::ServerUnaryReactor* ListPlans(grpc::CallbackServerContext* context,

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -16,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "core/file_io.h"
 #include "core/status_macros.h"
+#include "proto/api_limits.h"
 #include "spdlog/spdlog.h"
 
 namespace eplb::server {
@@ -52,22 +54,97 @@ absl::Status SyncDirectory(const std::string& dir) {
   return absl::OkStatus();
 }
 
+// Every file is a header and the serialized message: the magic "EPLBST01", the payload's length
+// (8 bytes, little-endian) and its CRC-32 (4 bytes, little-endian, zlib's polynomial). Files
+// without the magic were written before checksums existed and are read as bare messages.
+constexpr char kMagic[] = "EPLBST01";
+constexpr size_t kMagicBytes = 8;
+constexpr size_t kHeaderBytes = kMagicBytes + 8 + 4;
+
+uint32_t Crc32(absl::string_view bytes) {
+  return static_cast<uint32_t>(
+      crc32_z(0, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()));
+}
+
+void PutLittleEndian(uint64_t value, int bytes, std::string& out) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xff));
+}
+
+uint64_t GetLittleEndian(absl::string_view in, int bytes) {
+  uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) value |= uint64_t{static_cast<unsigned char>(in[i])} << (8 * i);
+  return value;
+}
+
 absl::Status WriteMessage(const std::string& path, const google::protobuf::Message& message) {
-  std::string bytes;
-  if (!message.SerializeToString(&bytes)) {
+  std::string payload;
+  if (!message.SerializeToString(&payload)) {
     return absl::InternalError(absl::StrCat("cannot serialize ", message.GetTypeName()));
   }
-  return WriteFileAtomically(path, bytes);
+  std::string file(kMagic, kMagicBytes);
+  file.reserve(kHeaderBytes + payload.size());
+  PutLittleEndian(payload.size(), 8, file);
+  PutLittleEndian(Crc32(payload), 4, file);
+  file += payload;
+  return WriteFileAtomically(path, file);
 }
 
 template <typename Message>
 absl::StatusOr<Message> ReadMessage(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(path));
+  const absl::StatusOr<std::string> read = ReadFileToString(path);
+  if (!read.ok()) return read.status();
+  const std::string& bytes = *read;
+  absl::string_view payload = bytes;
+  if (bytes.size() >= kMagicBytes && bytes.compare(0, kMagicBytes, kMagic) == 0) {
+    if (bytes.size() < kHeaderBytes) {
+      return absl::DataLossError(
+          absl::StrCat(path, " is truncated: ", bytes.size(), " bytes, less than its header"));
+    }
+    const uint64_t length = GetLittleEndian(absl::string_view(bytes).substr(kMagicBytes), 8);
+    const uint32_t stored =
+        static_cast<uint32_t>(GetLittleEndian(absl::string_view(bytes).substr(16), 4));
+    payload.remove_prefix(kHeaderBytes);
+    if (length != payload.size()) {
+      return absl::DataLossError(absl::StrCat(path, " holds ", payload.size(),
+                                              " bytes of content, its header says ", length));
+    }
+    if (const uint32_t computed = Crc32(payload); computed != stored) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s fails its checksum (CRC-32 %08x, the header says %08x)", path, computed, stored));
+    }
+  }
   Message message;
-  if (!message.ParseFromString(bytes)) {
+  if (!message.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
     return absl::DataLossError(absl::StrCat(path, " is not a valid ", message.GetTypeName()));
   }
   return message;
+}
+
+// The entries of `dir`, without following symbolic links and without throwing.
+absl::StatusOr<std::vector<fs::directory_entry>> ListDirectory(const std::string& dir) {
+  std::error_code error;
+  std::vector<fs::directory_entry> entries;
+  fs::directory_iterator it(dir, error);
+  for (; !error && it != fs::directory_iterator(); it.increment(error)) entries.push_back(*it);
+  if (error) return IoError(absl::StrCat("cannot list ", dir), error);
+  return entries;
+}
+
+// Whether `entry` is a directory (not a link to one), failing on what cannot be examined.
+absl::StatusOr<bool> IsDirectory(const fs::directory_entry& entry) {
+  std::error_code error;
+  const fs::file_status status = entry.symlink_status(error);
+  if (error) return IoError(absl::StrCat("cannot examine ", entry.path().string()), error);
+  return fs::is_directory(status);
+}
+
+absl::StatusOr<bool> Exists(const std::string& path) {
+  std::error_code error;
+  const fs::file_status status = fs::symlink_status(path, error);
+  if (error && error != std::errc::no_such_file_or_directory) {
+    return IoError(absl::StrCat("cannot examine ", path), error);
+  }
+  return fs::exists(status);
 }
 
 absl::Status RemoveTree(const std::string& path) {
@@ -84,25 +161,28 @@ absl::StatusOr<StateStore> StateStore::Open(const std::string& dir) {
   std::error_code error;
   fs::create_directories(deployments, error);
   if (error) return IoError(absl::StrCat("cannot create state directory ", deployments), error);
-  for (const auto& entry : fs::directory_iterator(deployments, error)) {
+  ASSIGN_OR_RETURN(std::vector<fs::directory_entry> entries, ListDirectory(deployments));
+  for (const fs::directory_entry& entry : entries) {
     const std::string name = entry.path().filename().string();
     if (absl::StartsWith(name, kCreatingPrefix) || absl::StartsWith(name, kDeletedPrefix)) {
       RETURN_IF_ERROR(RemoveTree(entry.path().string()));
+      continue;
     }
-  }
-  if (error) return IoError(absl::StrCat("cannot list ", deployments), error);
-  // Temp files of writes a crash interrupted (their rename never happened).
-  std::vector<fs::path> leftovers;
-  for (const auto& entry : fs::recursive_directory_iterator(deployments, error)) {
-    if (entry.is_regular_file() &&
-        absl::StrContains(entry.path().filename().string(), ".pb.tmp.")) {
-      leftovers.push_back(entry.path());
+    // Temp files of writes a crash interrupted (their rename never happened), in a deployment's
+    // directory and its plans.
+    ASSIGN_OR_RETURN(const bool is_dir, IsDirectory(entry));
+    if (!is_dir) continue;
+    for (const std::string& sub :
+         {entry.path().string(), entry.path().string() + "/" + kPlansDir}) {
+      ASSIGN_OR_RETURN(const bool exists, Exists(sub));
+      if (!exists) continue;
+      ASSIGN_OR_RETURN(std::vector<fs::directory_entry> files, ListDirectory(sub));
+      for (const fs::directory_entry& file : files) {
+        if (!absl::StrContains(file.path().filename().string(), ".pb.tmp.")) continue;
+        fs::remove(file.path(), error);
+        if (error) return IoError(absl::StrCat("cannot remove ", file.path().string()), error);
+      }
     }
-  }
-  if (error) return IoError(absl::StrCat("cannot list ", deployments), error);
-  for (const fs::path& path : leftovers) {
-    fs::remove(path, error);
-    if (error) return IoError(absl::StrCat("cannot remove ", path.string()), error);
   }
   return StateStore(dir);
 }
@@ -118,12 +198,17 @@ std::string StateStore::PlanPath(const std::string& deployment, int64_t version)
 absl::StatusOr<std::vector<LoadedDeployment>> StateStore::LoadAll() const {
   const std::string deployments = absl::StrCat(dir_, "/", kDeploymentsDir);
   std::vector<std::string> names;
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator(deployments, error)) {
+  ASSIGN_OR_RETURN(std::vector<fs::directory_entry> entries, ListDirectory(deployments));
+  for (const fs::directory_entry& entry : entries) {
     const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && !absl::StartsWith(name, ".")) names.push_back(name);
+    if (absl::StartsWith(name, ".")) continue;
+    ASSIGN_OR_RETURN(const bool is_dir, IsDirectory(entry));
+    if (!is_dir) {
+      return absl::DataLossError(
+          absl::StrCat(entry.path().string(), " is not a deployment directory"));
+    }
+    names.push_back(name);
   }
-  if (error) return IoError(absl::StrCat("cannot list ", deployments), error);
   std::sort(names.begin(), names.end());
 
   std::vector<LoadedDeployment> result;
@@ -138,12 +223,19 @@ absl::StatusOr<std::vector<LoadedDeployment>> StateStore::LoadAll() const {
                                               "\""));
     }
     const std::string counter_path = absl::StrCat(dir, "/", kCounterFile);
-    if (fs::exists(counter_path, error)) {
-      ASSIGN_OR_RETURN(const auto counter, ReadMessage<state::v1::VersionCounter>(counter_path));
-      loaded.last_version = counter.last_version();
+    ASSIGN_OR_RETURN(const auto counter, ReadMessage<state::v1::VersionCounter>(counter_path));
+    if (counter.last_version() < 1 || counter.last_version() > api::kMaxVersion ||
+        counter.committed_version() < 0 || counter.committed_version() > counter.last_version()) {
+      return absl::DataLossError(absl::StrCat(
+          counter_path, " holds last_version ", counter.last_version(), " and committed_version ",
+          counter.committed_version(), ": expected 1 ≤ last_version ≤ ", api::kMaxVersion,
+          " and 0 ≤ committed_version ≤ last_version"));
     }
+    loaded.last_version = counter.last_version();
+    loaded.committed_version = counter.committed_version();
     const std::string plans_dir = absl::StrCat(dir, "/", kPlansDir);
-    for (const auto& entry : fs::directory_iterator(plans_dir, error)) {
+    ASSIGN_OR_RETURN(std::vector<fs::directory_entry> plan_files, ListDirectory(plans_dir));
+    for (const fs::directory_entry& entry : plan_files) {
       const std::string file = entry.path().filename().string();
       if (!absl::EndsWith(file, ".pb")) continue;
       ASSIGN_OR_RETURN(v1::Plan plan, ReadMessage<v1::Plan>(entry.path().string()));
@@ -153,13 +245,26 @@ absl::StatusOr<std::vector<LoadedDeployment>> StateStore::LoadAll() const {
         return absl::DataLossError(absl::StrCat(entry.path().string(), " holds plan ",
                                                 plan.deployment(), " version ", plan.version()));
       }
+      if (version < 1 || version > loaded.last_version) {
+        return absl::DataLossError(absl::StrCat(entry.path().string(), " holds version ", version,
+                                                ", beyond the last one counted in ", counter_path,
+                                                " (", loaded.last_version, ")"));
+      }
       loaded.plans.push_back(std::move(plan));
     }
-    if (error) return IoError(absl::StrCat("cannot list ", plans_dir), error);
     std::sort(loaded.plans.begin(), loaded.plans.end(),
               [](const v1::Plan& a, const v1::Plan& b) { return a.version() < b.version(); });
+    if (loaded.committed_version != 0 &&
+        !std::any_of(loaded.plans.begin(), loaded.plans.end(), [&](const v1::Plan& plan) {
+          return plan.version() == loaded.committed_version;
+        })) {
+      return absl::DataLossError(absl::StrCat(PlanPath(name, loaded.committed_version),
+                                              " is missing: ", counter_path, " records version ",
+                                              loaded.committed_version, " as committed"));
+    }
     const std::string load_path = absl::StrCat(dir, "/", kLoadFile);
-    if (fs::exists(load_path, error)) {
+    ASSIGN_OR_RETURN(const bool has_load, Exists(load_path));
+    if (has_load) {
       ASSIGN_OR_RETURN(loaded.load, ReadMessage<state::v1::LoadCheckpoint>(load_path));
     }
     result.push_back(std::move(loaded));
@@ -171,10 +276,9 @@ absl::Status StateStore::CreateDeployment(const state::v1::StoredDeployment& rec
                                           const v1::Plan& first_plan) {
   const std::string& name = record.spec().name();
   const std::string final_dir = DeploymentDir(name);
+  ASSIGN_OR_RETURN(const bool exists, Exists(final_dir));
+  if (exists) return absl::AlreadyExistsError(absl::StrCat(final_dir, " already exists"));
   std::error_code error;
-  if (fs::exists(final_dir, error)) {
-    return absl::AlreadyExistsError(absl::StrCat(final_dir, " already exists"));
-  }
   const std::string temp_dir = absl::StrCat(dir_, "/", kDeploymentsDir, "/", kCreatingPrefix, name,
                                             "-", absl::ToUnixNanos(absl::Now()));
   fs::create_directories(absl::StrCat(temp_dir, "/", kPlansDir), error);
@@ -183,6 +287,7 @@ absl::Status StateStore::CreateDeployment(const state::v1::StoredDeployment& rec
   if (status.ok()) {
     state::v1::VersionCounter counter;
     counter.set_last_version(first_plan.version());
+    counter.set_committed_version(first_plan.version());
     status = WriteMessage(absl::StrCat(temp_dir, "/", kCounterFile), counter);
   }
   if (status.ok()) {
@@ -201,9 +306,11 @@ absl::Status StateStore::CreateDeployment(const state::v1::StoredDeployment& rec
   return SyncDirectory(absl::StrCat(dir_, "/", kDeploymentsDir));
 }
 
-absl::Status StateStore::WriteVersionCounter(const std::string& deployment, int64_t last_version) {
+absl::Status StateStore::WriteVersionCounter(const std::string& deployment, int64_t last_version,
+                                             int64_t committed_version) {
   state::v1::VersionCounter counter;
   counter.set_last_version(last_version);
+  counter.set_committed_version(committed_version);
   return WriteMessage(absl::StrCat(DeploymentDir(deployment), "/", kCounterFile), counter);
 }
 

@@ -1,9 +1,11 @@
 // StateStore: the planner's state directory (format in proto/eplb/state/v1/state.proto).
 //
 // Every write replaces one file atomically (temp file + fsync + rename + directory fsync), so a
-// crash at any point leaves either the old or the new content. A deployment directory appears
-// atomically (built under a temporary name, then renamed) and disappears atomically (renamed away,
-// then removed). Leftovers of interrupted operations are cleaned up by Open().
+// crash at any point leaves either the old or the new content, and every file carries its length
+// and a CRC-32 of its content, so that a file altered since is refused rather than believed. A
+// deployment directory appears atomically (built under a temporary name, then renamed) and
+// disappears atomically (renamed away, then removed). Leftovers of interrupted operations are
+// cleaned up by Open().
 //
 // Thread-compatible: the planner calls it from its one worker thread (and from startup).
 #ifndef EPLB_SERVER_STATE_STORE_H_
@@ -23,8 +25,9 @@ namespace eplb::server {
 // One deployment as found on disk.
 struct LoadedDeployment {
   state::v1::StoredDeployment record;
-  int64_t last_version = 0;     // from the version counter
-  std::vector<v1::Plan> plans;  // by version, ascending
+  int64_t last_version = 0;       // from the version counter
+  int64_t committed_version = 0;  // from the version counter; 0: not recorded (older files)
+  std::vector<v1::Plan> plans;    // by version, ascending
   std::optional<state::v1::LoadCheckpoint> load;
 };
 
@@ -33,16 +36,21 @@ class StateStore {
   // Creates `dir` (and parents) if needed and removes leftovers of interrupted operations.
   static absl::StatusOr<StateStore> Open(const std::string& dir);
 
-  // Every deployment, by name. Temp files of interrupted writes are removed. A file that cannot be
-  // read or parsed is DATA_LOSS naming it: the planner refuses to start rather than run on a
-  // partial state.
+  // Every deployment, by name. A file that cannot be read, fails its checksum or does not parse,
+  // a version counter out of range, a plan file beyond it and a missing plan file of the recorded
+  // committed version are DATA_LOSS naming the file: the planner refuses to start rather than run
+  // on a partial or altered state. Never throws (symbolic link loops and unreadable directories
+  // are errors naming the path).
   absl::StatusOr<std::vector<LoadedDeployment>> LoadAll() const;
 
   // Creates the deployment's directory with its record, version counter (the first plan's
   // version) and first plan, atomically. ALREADY_EXISTS if the directory exists.
   absl::Status CreateDeployment(const state::v1::StoredDeployment& record,
                                 const v1::Plan& first_plan);
-  absl::Status WriteVersionCounter(const std::string& deployment, int64_t last_version);
+  // The version counter is also the commit record: a version is committed once it is recorded
+  // here (its plan file is rewritten COMMITTED after).
+  absl::Status WriteVersionCounter(const std::string& deployment, int64_t last_version,
+                                   int64_t committed_version);
   absl::Status WritePlan(const v1::Plan& plan);
   absl::Status RemovePlan(const std::string& deployment, int64_t version);
   absl::Status WriteLoad(const std::string& deployment, const state::v1::LoadCheckpoint& load);

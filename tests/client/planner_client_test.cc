@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/load_reporter.h"
 #include "core/expert_map.h"
 #include "core/file_io.h"
 #include "grpcpp/server_builder.h"
@@ -156,6 +157,53 @@ TEST(PlannerClientTest, ReadsAreRetriedWhileThePlannerIsUnavailableAndChangesAre
   // A delete that may have happened is not repeated behind the caller's back.
   EXPECT_EQ((*client)->DeleteDeployment("d").code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(flaky.delete_calls, 1);
+  server->Shutdown();
+}
+
+// A planner (or a proxy) that ends a ReportLoad stream early without an error: it counts every
+// report but the last.
+class ForgetfulPlanner final : public v1::Planner::Service {
+ public:
+  grpc::Status ReportLoad(grpc::ServerContext*, grpc::ServerReader<v1::LoadReport>* reader,
+                          v1::ReportSummary* summary) override {
+    v1::LoadReport report;
+    int64_t read = 0;
+    while (reader->Read(&report)) ++read;
+    summary->set_accepted(read - 1);
+    return grpc::Status::OK;
+  }
+};
+
+TEST(PlannerClientTest, ASummaryThatDoesNotCountEveryReportIsDataLoss) {
+  ForgetfulPlanner forgetful;
+  int port = 0;
+  auto server = Serve(&forgetful, &port);
+  ASSERT_NE(server, nullptr);
+  auto connected = PlannerClient::Create({.server = absl::StrCat("127.0.0.1:", port)});
+  ASSERT_TRUE(connected.ok());
+  std::vector<v1::LoadReport> reports(2);
+  const absl::Status status = (*connected)->ReportLoad(reports).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(status.message(), "the planner counted 1 of 2 load reports (1 accepted, 0 duplicates)");
+
+  // The load reporter keeps such reports and tries again; they are not counted as accepted.
+  auto reporter =
+      client::LoadReporter::Create(connected->get(), {.deployment = "d",
+                                                      .num_layers = 1,
+                                                      .num_experts = 2,
+                                                      .flush_every_steps = 1,
+                                                      .initial_backoff = absl::Milliseconds(1),
+                                                      .max_backoff = absl::Milliseconds(5)});
+  ASSERT_TRUE(reporter.ok()) << reporter.status();
+  ASSERT_TRUE((*reporter)->AddStep(0, 1, std::vector<double>{1, 2}).ok());
+  EXPECT_EQ((*reporter)->Flush(absl::Milliseconds(200)).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  const client::LoadReporter::Stats stats = (*reporter)->stats();
+  EXPECT_EQ(stats.reports_accepted, 0);
+  EXPECT_EQ(stats.reports_pending, 1);
+  EXPECT_GE(stats.failed_attempts, 1);
+  EXPECT_THAT(stats.last_error, HasSubstr("the planner counted 0 of 1 load reports"));
+  reporter->reset();
   server->Shutdown();
 }
 

@@ -179,18 +179,18 @@ TEST(DeploymentTest, ARefusedReportNamesTheFieldAndChangesNothing) {
   auto d = NewDeployment();
   v1::LoadReport bad = MakeReport(0, 1, 0, 9);
   bad.mutable_layers(1)->set_counts(3, -1.0);
-  const absl::Status negative = d->Report(bad).status();
+  const absl::Status negative = d->Report(bad, kT0).status();
   EXPECT_EQ(negative.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(negative.message(), "layers[1].counts[3] = -1 must be a finite count in [0, 2^53]");
   EXPECT_EQ(Reason(negative), v1::MALFORMED_COUNTS);
 
-  const absl::Status rank = d->Report(MakeReport(kRanks, 1, 0, 9)).status();
+  const absl::Status rank = d->Report(MakeReport(kRanks, 1, 0, 9), kT0).status();
   EXPECT_EQ(rank.message(), "rank = 4 is out of range [0, 3]");
   EXPECT_EQ(Reason(rank), v1::UNKNOWN_RANK);
 
   v1::LoadReport future = MakeReport(0, 1, 0, 9);
   future.set_plan_version(2);
-  const absl::Status plan = d->Report(future).status();
+  const absl::Status plan = d->Report(future, kT0).status();
   EXPECT_EQ(plan.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(plan.message(), "plan_version 2 was never published (latest: 1)");
 
@@ -198,23 +198,47 @@ TEST(DeploymentTest, ARefusedReportNamesTheFieldAndChangesNothing) {
   EXPECT_EQ(d->ToProto().steps_seen(), 0);
   EXPECT_FALSE(d->TakeCheckpoint(kT0 + absl::Hours(1), absl::Seconds(10), false).has_value());
   // The same sequence number is still free.
-  auto accepted = d->Report(MakeReport(0, 1, 0, 9));
+  auto accepted = d->Report(MakeReport(0, 1, 0, 9), kT0);
   ASSERT_TRUE(accepted.ok()) << accepted.status();
   EXPECT_FALSE(accepted->duplicate);
   EXPECT_EQ(d->ToProto().steps_seen(), 10);
 }
 
+TEST(DeploymentTest, TheNewestStepMayNotRunAheadOfTime) {
+  auto d = NewDeployment();
+  ASSERT_TRUE(d->Report(MakeReport(0, 1, 0, 9), kT0).ok());
+  const v1::GetLoadResponse before = d->GetLoad();
+  // A counter that jumped: a million steps plus 100,000 per second are allowed, no more.
+  const absl::Status jump =
+      d->Report(MakeReport(0, 2, 5'000'000, 5'000'000), kT0 + absl::Seconds(10)).status();
+  EXPECT_EQ(jump.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(jump.message(),
+            "last_step = 5000000 is 4999991 steps ahead of the deployment's newest step (9), "
+            "more than the 2000000 allowed 10 s after it; did the step counter jump?");
+  EXPECT_EQ(Reason(jump), v1::FIELD_OUT_OF_RANGE);
+  EXPECT_EQ(d->GetLoad().DebugString(), before.DebugString());
+  // The same steps are fine 40 s after the newest step, and later steps of other ranks count.
+  ASSERT_TRUE(d->Report(MakeReport(0, 2, 5'000'000, 5'000'000), kT0 + absl::Seconds(40)).ok());
+  ASSERT_TRUE(d->Report(MakeReport(1, 1, 5'000'000, 5'000'009), kT0 + absl::Seconds(40)).ok());
+  EXPECT_EQ(d->GetLoad().last_step(), 5'000'009);
+  // Far beyond, right after: refused, with the time counted from the step's last move.
+  EXPECT_EQ(d->Report(MakeReport(2, 1, int64_t{1} << 61, int64_t{1} << 61), kT0 + absl::Seconds(40))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(DeploymentTest, ARetryIsCountedOnceAndAReusedSequenceIsRefused) {
   auto d = NewDeployment();
-  ASSERT_TRUE(d->Report(MakeReport(0, 1, 0, 9)).ok());
+  ASSERT_TRUE(d->Report(MakeReport(0, 1, 0, 9), kT0).ok());
   const v1::GetLoadResponse before = d->GetLoad();
-  auto retry = d->Report(MakeReport(0, 1, 0, 9));
+  auto retry = d->Report(MakeReport(0, 1, 0, 9), kT0);
   ASSERT_TRUE(retry.ok());
   EXPECT_TRUE(retry->duplicate);
   EXPECT_EQ(retry->last_sequence, 1);
   EXPECT_THAT(d->GetLoad().smoothed_load(), ::testing::ElementsAreArray(before.smoothed_load()));
 
-  const absl::Status reused = d->Report(MakeReport(0, 1, 0, 9, /*count=*/2.0)).status();
+  const absl::Status reused = d->Report(MakeReport(0, 1, 0, 9, /*count=*/2.0), kT0).status();
   EXPECT_EQ(reused.message(), "sequence 1 of rank 0 was already accepted with different counts");
   EXPECT_EQ(Reason(reused), v1::SEQUENCE_REUSED);
 }
@@ -225,29 +249,29 @@ TEST(DeploymentTest, TheTriggerIsDueOnceEveryRankReportedAnIntervalAndOnceUntilE
   spec.mutable_trigger()->set_min_steps(10);
   auto d = NewDeployment(spec);
   for (int32_t r = 0; r + 1 < kRanks; ++r) {
-    auto outcome = d->Report(MakeReport(r, 1, 0, 9));
+    auto outcome = d->Report(MakeReport(r, 1, 0, 9), kT0);
     ASSERT_TRUE(outcome.ok());
     EXPECT_FALSE(outcome->evaluate) << "rank " << r;  // the last rank has not reported yet
   }
-  auto last = d->Report(MakeReport(kRanks - 1, 1, 0, 9));
+  auto last = d->Report(MakeReport(kRanks - 1, 1, 0, 9), kT0);
   ASSERT_TRUE(last.ok());
   EXPECT_TRUE(last->evaluate);
   // Queued: later reports do not queue another until the evaluation begins.
   for (int32_t r = 0; r < kRanks; ++r) {
-    auto outcome = d->Report(MakeReport(r, 2, 10, 19));
+    auto outcome = d->Report(MakeReport(r, 2, 10, 19), kT0);
     ASSERT_TRUE(outcome.ok());
     EXPECT_FALSE(outcome->evaluate);
   }
   ASSERT_TRUE(d->BeginPlan(PlanReason::kTrigger, /*dry_run=*/false).ok());
   // The evaluation moved the frontier to step 19: due again only at step 29.
   for (int32_t r = 0; r < kRanks; ++r) {
-    auto outcome = d->Report(MakeReport(r, 3, 20, 28));
+    auto outcome = d->Report(MakeReport(r, 3, 20, 28), kT0);
     ASSERT_TRUE(outcome.ok());
     EXPECT_FALSE(outcome->evaluate);
   }
   int due = 0;
   for (int32_t r = 0; r < kRanks; ++r) {
-    auto outcome = d->Report(MakeReport(r, 4, 29, 29));
+    auto outcome = d->Report(MakeReport(r, 4, 29, 29), kT0);
     ASSERT_TRUE(outcome.ok());
     due += outcome->evaluate ? 1 : 0;
   }
@@ -489,7 +513,7 @@ TEST(DeploymentTest, SubscribersGetWhatTheyMissedAndAreClosedOnDeleteOrShutdown)
   EXPECT_FALSE(knows_one.closed.has_value());
   d->Unsubscribe(&fresh);  // already closed: not an error
   EXPECT_EQ(d->Subscribe(subscribe, &refused).code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(d->Report(MakeReport(0, 1, 0, 9)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(d->Report(MakeReport(0, 1, 0, 9), kT0).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(d->BeginPlan(PlanReason::kOnDemand, false).status().code(),
             absl::StatusCode::kNotFound);
 
@@ -505,7 +529,7 @@ TEST(DeploymentTest, SubscribersGetWhatTheyMissedAndAreClosedOnDeleteOrShutdown)
 TEST(DeploymentTest, CheckpointsFollowTheIntervalAndRestoreTheLoadAndTheRetries) {
   auto d = NewDeployment();
   EXPECT_FALSE(d->TakeCheckpoint(kT0, absl::Seconds(10), /*force=*/true).has_value());  // clean
-  ASSERT_TRUE(d->Report(MakeReport(0, 1, 0, 9)).ok());
+  ASSERT_TRUE(d->Report(MakeReport(0, 1, 0, 9), kT0).ok());
   EXPECT_FALSE(d->TakeCheckpoint(kT0 + absl::Seconds(9), absl::Seconds(10), false).has_value());
   std::optional<state::v1::LoadCheckpoint> checkpoint =
       d->TakeCheckpoint(kT0 + absl::Seconds(10), absl::Seconds(10), false);
@@ -533,7 +557,7 @@ TEST(DeploymentTest, CheckpointsFollowTheIntervalAndRestoreTheLoadAndTheRetries)
               ::testing::ElementsAreArray(d->GetLoad().smoothed_load()));
   EXPECT_EQ((*restored)->uid(), kUid);
   // The retry of the report the checkpoint holds is known to be one.
-  auto retry = (*restored)->Report(MakeReport(0, 1, 0, 9));
+  auto retry = (*restored)->Report(MakeReport(0, 1, 0, 9), kT0);
   ASSERT_TRUE(retry.ok());
   EXPECT_TRUE(retry->duplicate);
 }

@@ -1,6 +1,7 @@
 // Integration tests of the planner: a real server on 127.0.0.1:0, real gRPC calls. Deployments,
 // load ingestion, smoothing, triggers, and bad input.
 #include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -47,6 +48,20 @@ std::vector<double> Smoothed(v1::Planner::Stub& stub, const std::string& deploym
 }
 
 // ---- Deployments --------------------------------------------------------------------------------
+
+TEST(PlannerDeploymentTest, NamesFromRequestsAreQuotedShortInErrors) {
+  PlannerEnv env;
+  grpc::ClientContext context;
+  v1::GetDeploymentRequest request;
+  request.set_name(std::string(10'000, 'a') + "\n");
+  v1::Deployment response;
+  const absl::Status status =
+      FromGrpcStatus(env.stub().GetDeployment(&context, request, &response));
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(status.message(),
+            absl::StrCat("deployment \"", std::string(64, 'a'), "…\" (10001 bytes) not found"));
+  EXPECT_EQ(Reason(status), v1::DEPLOYMENT_NOT_FOUND);
+}
 
 TEST(PlannerDeploymentTest, CreateStartsWithTheContiguousPlanAsVersionOne) {
   PlannerEnv env;
@@ -499,6 +514,50 @@ TEST(PlannerReportTest, BadReportsAreRefusedAndChangeNothing) {
               HasSubstr("eplb_reports_total{deployment=\"d\",result=\"MALFORMED_COUNTS\"} 5"));
   EXPECT_THAT(env.MetricsText(),
               HasSubstr("eplb_reports_total{deployment=\"d\",result=\"accepted\"} 1"));
+}
+
+// A message that does not parse ends the stream with the error; the reports before it count.
+TEST(PlannerReportTest, AnUnparseableMessageEndsTheStreamWithInvalidArgument) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), SmallSpec("d")).ok());
+  grpc::GenericStub generic(env.channel());
+  grpc::CompletionQueue queue;
+  grpc::ClientContext context;
+  const auto step = [&queue] {
+    void* tag = nullptr;
+    bool ok = false;
+    return queue.Next(&tag, &ok) && ok;
+  };
+  auto call = generic.PrepareCall(&context, "/eplb.v1.Planner/ReportLoad", &queue);
+  call->StartCall(nullptr);
+  ASSERT_TRUE(step());
+  const std::string good = Report("d", 0, 1, 0, 9, {{1, 2, 3, 4}}).SerializeAsString();
+  const std::string bad = "\xff\xff\xff\xff";  // a truncated varint tag
+  for (const std::string& bytes : {good, bad, good}) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer outgoing(&slice, 1);
+    call->Write(outgoing, nullptr);
+    if (!step()) break;  // the stream may already be over
+  }
+  call->WritesDone(nullptr);
+  step();
+  grpc::Status grpc_status;
+  call->Finish(&grpc_status, nullptr);
+  step();
+  const absl::Status status = FromGrpcStatus(grpc_status);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(),
+            "message 2 of the stream does not parse as eplb.v1.LoadReport; the 1 before it "
+            "were counted");
+  EXPECT_EQ(Reason(status), v1::MALFORMED_MESSAGE);
+  auto load = GetLoad(env.stub(), "d");
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(load->steps_seen(), 10);  // the first report only
+  queue.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (queue.Next(&tag, &ok)) {
+  }
 }
 
 TEST(PlannerReportTest, ARetriedReportIsCountedOnce) {

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "eplb/state/v1/state.pb.h"
@@ -127,6 +128,73 @@ TEST(PlannerWatchTest, EveryWatcherGetsEveryPlanAndAStuckOneHoldsUpNobody) {
   }
   stuck_context.TryCancel();
   EXPECT_THAT(env.MetricsText(), HasSubstr("eplb_watchers{deployment=\"big\"}"));
+}
+
+// Waits (bounded) until the planner counts `expected` open watches of `deployment`.
+bool WaitForWatchers(PlannerEnv& env, const std::string& deployment, int expected) {
+  const std::string line =
+      absl::StrCat("eplb_watchers{deployment=\"", deployment, "\"} ", expected, "\n");
+  for (int i = 0; i < 20'000; ++i) {
+    if (absl::StrContains(env.MetricsText(), line)) return true;
+    std::this_thread::yield();
+  }
+  return false;
+}
+
+TEST(PlannerWatchTest, AWatchThatFallsBehindIsEndedAndOneThatNeverReadsIsCancelled) {
+  server::PlannerServerOptions options;
+  options.service.max_watch_queue = 2;
+  PlannerEnv env(options);
+  v1::DeploymentSpec spec = Spec("big", 128, 256, 512, 8);  // maps of ~180 KB: over a window
+  spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
+  spec.mutable_trigger()->set_interval_steps(0);
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+
+  // Two watchers that do not read for now, on a channel that takes in 64 KiB of a stream before
+  // the application reads (no window growth): version 1's write stays in progress on both.
+  grpc::ChannelArguments window;
+  window.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 10);
+  window.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto narrow = v1::Planner::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", env.port()), grpc::InsecureChannelCredentials(), window));
+  v1::WatchPlansRequest subscribe;
+  subscribe.mutable_subscribe()->set_deployment("big");
+  subscribe.mutable_subscribe()->set_rank(-1);
+  grpc::ClientContext slow_context, deaf_context;
+  auto slow = narrow->WatchPlans(&slow_context);
+  auto deaf = narrow->WatchPlans(&deaf_context);
+  ASSERT_TRUE(slow->Write(subscribe));
+  ASSERT_TRUE(deaf->Write(subscribe));
+  ASSERT_TRUE(WaitForWatchers(env, "big", 2));
+  // Versions 2 and 3 fill both queues; version 4 overflows them: each stream is finished with
+  // WATCH_FELL_BEHIND and keeps only its write in progress.
+  for (int v = 2; v <= 4; ++v) ASSERT_EQ(Rebalance(env.stub(), "big")->version(), v);
+
+  // The slow one reads now: the plan that was being written, then the status.
+  v1::WatchPlansResponse response;
+  ASSERT_TRUE(slow->Read(&response));
+  EXPECT_EQ(response.plan().version(), 1);
+  EXPECT_FALSE(slow->Read(&response));
+  const absl::Status behind = FromGrpcStatus(slow->Finish());
+  EXPECT_EQ(behind.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(behind.message(),
+            "watch stream fell behind by 3 plan updates (--max-watch-queue=2); resubscribe");
+  EXPECT_EQ(Reason(behind), v1::WATCH_FELL_BEHIND);
+  ASSERT_TRUE(WaitForWatchers(env, "big", 1));
+
+  // The deaf one has not taken its write by the next plan: it is cancelled, and the planner
+  // forgets it without its ever reading.
+  ASSERT_EQ(Rebalance(env.stub(), "big")->version(), 5);
+  EXPECT_TRUE(WaitForWatchers(env, "big", 0));
+  while (deaf->Read(&response)) {
+  }
+  EXPECT_EQ(deaf->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  // A new watch gets the current plan.
+  WatchClient again(env.stub(), "big", -1);
+  auto current = again.Get(0);
+  ASSERT_TRUE(current.has_value());
+  EXPECT_EQ(current->plan().version(), 5);
 }
 
 // ---- Acknowledgements ---------------------------------------------------------------------------
@@ -358,11 +426,13 @@ TEST(PlannerAckTest, DeploymentsStoredWithoutAUidKeepTheirNoncesAcrossRestarts) 
   state::v1::StoredDeployment stored;
   {
     std::ifstream in(path, std::ios::binary);
+    in.ignore(20);  // the file's header: magic, length, CRC-32
     ASSERT_TRUE(stored.ParseFromIstream(&in));
   }
   ASSERT_NE(stored.uid(), 0u);
   stored.clear_uid();
   {
+    // Written as files were before they had a header: read as a bare message.
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     ASSERT_TRUE(stored.SerializeToOstream(&out));
   }
