@@ -99,6 +99,7 @@ Deployment::Deployment(ValidatedSpec validated, SmoothedLoad load, absl::Time cr
       policy_(std::move(validated.policy)),
       create_time_(create_time),
       metrics_(std::move(metrics)),
+      footprint_(DeploymentFootprint(shape_, validated.smoothing, spec_.plan_history())),
       load_(std::move(load)),
       ranks_(static_cast<size_t>(shape_.num_ranks)),
       scratch_(static_cast<size_t>(shape_.num_layers) * shape_.num_logical_experts) {}
@@ -653,6 +654,11 @@ absl::Status Deployment::Subscribe(const v1::WatchPlansRequest::Subscribe& subsc
   absl::MutexLock lock(&mu_);
   if (closed_) return ShuttingDown();
   if (deleted_) return NotFound();
+  if (static_cast<int64_t>(watchers_.size()) >= MaxWatchers()) {
+    return ErrorWithDetail(absl::StatusCode::kResourceExhausted, v1::TOO_MANY_WATCHERS, "",
+                           absl::StrCat("deployment \"", name(), "\" has ", watchers_.size(),
+                                        " watches open, its limit (2 per rank and 1024)"));
+  }
   if (subscribe.known_version() > last_version_) {
     return ErrorWithDetail(
         absl::StatusCode::kFailedPrecondition, v1::PLAN_NOT_FOUND, "subscribe.known_version",

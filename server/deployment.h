@@ -44,6 +44,7 @@
 #include "core/smoothed_load.h"
 #include "eplb/state/v1/state.pb.h"
 #include "eplb/v1/planner.pb.h"
+#include "server/footprint.h"
 #include "server/metrics.h"
 #include "server/spec.h"
 #include "server/state_store.h"
@@ -128,6 +129,8 @@ class Deployment {
   const DeploymentShape& shape() const { return shape_; }
   const PlacementPolicy& policy() const { return *policy_; }
   DeploymentMetrics* metrics() const { return metrics_.get(); }
+  // The most memory it holds (computed from the spec).
+  const Footprint& footprint() const { return footprint_; }
 
   // ---- Reports ----
   // Validates `report` (errors name the field; a refused report changes nothing) and counts it
@@ -178,8 +181,12 @@ class Deployment {
   // Registers `sink` and sends it the committed plan (if newer than known_version) and the pending
   // one. Until Unsubscribe, the sink receives every update. Errors: rank out of [-1, R),
   // known_version negative or newer than the latest (FAILED_PRECONDITION PLAN_NOT_FOUND: a client
-  // of a deleted deployment of the same name), UNAVAILABLE once closed, NOT_FOUND once deleted.
+  // of a deleted deployment of the same name), RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS) with
+  // MaxWatchers() watches open, UNAVAILABLE once closed, NOT_FOUND once deleted.
   absl::Status Subscribe(const v1::WatchPlansRequest::Subscribe& subscribe, WatchSink* sink);
+  // Watches a deployment may have open: two per rank (a rank's stream and its replacement while
+  // the old one is noticed dead) and 1024 observers.
+  int64_t MaxWatchers() const { return 2 * int64_t{shape_.num_ranks} + 1024; }
   // After it returns, no call reaches `sink` any more. A sink already closed is not an error.
   void Unsubscribe(WatchSink* sink);
   // Deleted: every watch ends with NOT_FOUND; reports, subscriptions, plans and rendezvous refuse.
@@ -249,6 +256,7 @@ class Deployment {
   const std::unique_ptr<const PlacementPolicy> policy_;
   const absl::Time create_time_;
   const std::shared_ptr<DeploymentMetrics> metrics_;  // may be null
+  const Footprint footprint_;
 
   mutable absl::Mutex mu_;
   SmoothedLoad load_ ABSL_GUARDED_BY(mu_);

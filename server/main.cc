@@ -5,7 +5,9 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -15,6 +17,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -23,8 +26,10 @@
 #include "core/clock.h"
 #include "core/file_io.h"
 #include "core/policy.h"
+#include "core/status_macros.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "server/footprint.h"
 #include "server/planner_server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -50,6 +55,11 @@ ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(30),
           "Interval of HTTP/2 keepalive pings on idle connections (1s to 1h)");
 ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
           "How long a keepalive ping may stay unanswered before the connection is closed");
+ABSL_FLAG(std::string, max_memory, "auto",
+          "Memory budget: what deployments may hold plus gRPC's buffers; bytes with an optional "
+          "suffix (K M G T: powers of 1000; Ki Mi Gi Ti: powers of 1024), 'auto' (3/4 of the "
+          "container's memory limit, or of physical memory without one) or 'none'");
+ABSL_FLAG(int, max_deployments, 1000, "Deployments the planner holds at most (1 to 100000)");
 ABSL_FLAG(int, max_watch_queue, 64,
           "Plan updates a watch stream may fall behind by before it is ended (2 to 10000)");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
@@ -111,6 +121,57 @@ absl::Status NormalizeArgs(const std::vector<std::string>& in, int depth,
   return absl::OkStatus();
 }
 
+// "4Gi", "512Mi", "1.5G", "1073741824": bytes.
+absl::StatusOr<int64_t> ParseBytes(absl::string_view text) {
+  static constexpr std::pair<absl::string_view, double> kSuffixes[] = {
+      {"Ki", 1024.0}, {"Mi", 1048576.0}, {"Gi", 1073741824.0}, {"Ti", 1099511627776.0},
+      {"K", 1e3},     {"M", 1e6},        {"G", 1e9},           {"T", 1e12},
+      {"", 1.0}};
+  for (const auto& [suffix, scale] : kSuffixes) {
+    if (!absl::EndsWith(text, suffix)) continue;
+    double number = 0;
+    if (!absl::SimpleAtod(text.substr(0, text.size() - suffix.size()), &number)) continue;
+    const double bytes = number * scale;
+    if (!(bytes >= 0) || bytes > 9e18) break;
+    return static_cast<int64_t>(bytes);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--max-memory=", text,
+                   " is not a size (bytes, with an optional K, M, G, T, Ki, Mi, Gi or Ti), "
+                   "'auto' or 'none'"));
+}
+
+// The container's memory limit (cgroup v2, then v1), or 0 when there is none.
+int64_t ContainerMemoryLimit() {
+  for (const char* path :
+       {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    auto contents = eplb::ReadFileToString(path, 4096);
+    if (!contents.ok()) continue;
+    int64_t limit = 0;
+    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(*contents), &limit) && limit > 0 &&
+        limit < (int64_t{1} << 60)) {
+      return limit;
+    }
+  }
+  return 0;
+}
+
+absl::StatusOr<int64_t> MemoryBudget(const std::string& flag) {
+  if (flag == "none") return 0;
+  if (flag != "auto") {
+    ASSIGN_OR_RETURN(const int64_t bytes, ParseBytes(flag));
+    if (bytes < (int64_t{256} << 20)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--max-memory=", flag, " is less than the smallest budget, 256Mi"));
+    }
+    return bytes;
+  }
+  const int64_t physical = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  const int64_t container = ContainerMemoryLimit();
+  const int64_t limit = container > 0 ? std::min(container, physical) : physical;
+  return std::max<int64_t>(limit / 4 * 3, int64_t{256} << 20);
+}
+
 int Fail(const std::string& message) {
   spdlog::error("{}", message);
   return 1;
@@ -163,6 +224,12 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
     return absl::InvalidArgumentError(
         absl::StrCat("--keepalive-timeout=", absl::FormatDuration(options.keepalive_timeout),
                      " is out of range [1s, 1h]"));
+  }
+  ASSIGN_OR_RETURN(options.max_memory_bytes, MemoryBudget(absl::GetFlag(FLAGS_max_memory)));
+  options.planner.max_deployments = absl::GetFlag(FLAGS_max_deployments);
+  if (options.planner.max_deployments < 1 || options.planner.max_deployments > 100000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-deployments=", options.planner.max_deployments, " is out of range [1, 100000]"));
   }
   options.service.max_watch_queue = absl::GetFlag(FLAGS_max_watch_queue);
   if (options.service.max_watch_queue < 2 || options.service.max_watch_queue > 10000) {
@@ -261,11 +328,13 @@ int main(int argc, char** argv) {
     bound_metrics_port = ports.empty() ? metrics_port : ports.front();
   }
   const std::string host = options->listen.substr(0, options->listen.rfind(':'));
-  spdlog::info("eplb-planner serving on {}:{} ({}), metrics on {}, state in {}", host,
-               (*server)->port(), options->tls_cert_pem.empty() ? "plaintext" : "TLS",
+  spdlog::info("eplb-planner serving on {}:{} ({}), metrics on {}, state in {}, memory budget {}",
+               host, (*server)->port(), options->tls_cert_pem.empty() ? "plaintext" : "TLS",
                bound_metrics_port >= 0 ? absl::StrCat(":", bound_metrics_port, "/metrics")
                                        : std::string("(disabled)"),
-               options->state_dir);
+               options->state_dir,
+               options->max_memory_bytes > 0 ? eplb::server::FormatBytes(options->max_memory_bytes)
+                                             : std::string("none"));
   if (const std::string port_file = absl::GetFlag(FLAGS_port_file); !port_file.empty()) {
     if (absl::Status status =
             eplb::WriteFileAtomically(port_file, absl::StrCat((*server)->port(), "\n"));

@@ -1,5 +1,6 @@
 #include "server/planner.h"
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
@@ -13,6 +14,7 @@
 #include "proto/api_limits.h"
 #include "proto/convert.h"
 #include "server/api_errors.h"
+#include "server/footprint.h"
 #include "server/spec.h"
 #include "spdlog/spdlog.h"
 
@@ -67,7 +69,30 @@ absl::Status Planner::LoadState() {
     spdlog::info("deployment {}: loaded, committed version {}, latest {}{}", name,
                  state.committed_version(), state.latest_version(),
                  pending != 0 ? absl::StrCat(", version ", pending, " in flight") : "");
+    reserved_bytes_ += (*d)->footprint().total_bytes();
     deployments_.emplace(name, *std::move(d));
+  }
+  if (options_.deployment_memory_bytes > 0 && reserved_bytes_ > options_.deployment_memory_bytes) {
+    std::vector<std::pair<int64_t, std::string>> largest;
+    for (const auto& [name, d] : deployments_) {
+      largest.emplace_back(d->footprint().total_bytes(), name);
+    }
+    std::sort(largest.rbegin(), largest.rend());
+    std::string names;
+    for (size_t i = 0; i < largest.size() && i < 8; ++i) {
+      absl::StrAppend(&names, i == 0 ? "" : ", ", largest[i].second, " (",
+                      FormatBytes(largest[i].first), ")");
+    }
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the ", deployments_.size(), " deployments in ", store_.dir(), " need up to ",
+        FormatBytes(reserved_bytes_), ", more than the memory budget of ",
+        FormatBytes(options_.deployment_memory_bytes), " for deployments; largest: ", names,
+        ". Start with a larger --max-memory, then delete deployments"));
+  }
+  if (static_cast<int64_t>(deployments_.size()) > options_.max_deployments) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(store_.dir(), " holds ", deployments_.size(),
+                     " deployments, more than --max-deployments=", options_.max_deployments));
   }
   return absl::OkStatus();
 }
@@ -206,8 +231,43 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
         absl::StrCat("deployment \"", name, "\" already exists with a different ", field)));
   }
 
-  // Version 1: the initial map, or the contiguous one.
   const DeploymentShape shape = validated->shape;
+  // Admission, before anything is written: messages that fit, the deployment cap and the budget.
+  const MessageSizes sizes = ShapeMessageSizes(shape);
+  for (const auto& [what, bytes] :
+       {std::pair<const char*, int64_t>{"a dense load report", sizes.dense_report_bytes},
+        {"a GetLoad response", sizes.get_load_bytes},
+        {"a plan", sizes.plan_bytes}}) {
+    if (bytes > options_.max_message_bytes) {
+      return done(ErrorWithDetail(
+          absl::StatusCode::kInvalidArgument, v1::MESSAGE_WOULD_NOT_FIT, "spec.shape",
+          absl::StrCat("spec.shape ", shape.DebugString(), " makes ", what, " of up to ",
+                       FormatBytes(bytes), ", more than the message limit of ",
+                       FormatBytes(options_.max_message_bytes), " (--max-message-bytes)")));
+    }
+  }
+  const Footprint footprint =
+      DeploymentFootprint(shape, validated->smoothing, validated->spec.plan_history());
+  {
+    absl::MutexLock lock(&registry_mu_);
+    if (static_cast<int64_t>(deployments_.size()) >= options_.max_deployments) {
+      return done(ErrorWithDetail(absl::StatusCode::kResourceExhausted, v1::OVER_BUDGET, "",
+                                  absl::StrCat("the planner holds ", deployments_.size(),
+                                               " deployments, its limit (--max-deployments)")));
+    }
+    if (options_.deployment_memory_bytes > 0 &&
+        reserved_bytes_ + footprint.total_bytes() > options_.deployment_memory_bytes) {
+      return done(ErrorWithDetail(
+          absl::StatusCode::kResourceExhausted, v1::OVER_BUDGET, "spec",
+          absl::StrCat(
+              "deployment \"", name, "\" needs up to ", footprint.DebugString(), "; ",
+              FormatBytes(std::max<int64_t>(0, options_.deployment_memory_bytes - reserved_bytes_)),
+              " of the planner's ", FormatBytes(options_.deployment_memory_bytes),
+              " for deployments are left (--max-memory)")));
+    }
+  }
+
+  // Version 1: the initial map, or the contiguous one.
   std::string first_policy = "initial_map";
   std::optional<ExpertMap> first_map = std::move(validated->initial_map);
   if (!first_map.has_value()) {
@@ -234,10 +294,12 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
       metrics_ != nullptr ? metrics_->AddDeployment(name) : nullptr);
   {
     absl::MutexLock lock(&registry_mu_);
+    reserved_bytes_ += d->footprint().total_bytes();
     deployments_.emplace(name, d);
   }
-  spdlog::info("deployment {}: created ({}, policy {}, commit {})", name, shape.DebugString(),
-               d->spec().policy(), v1::CommitMode_Name(d->spec().commit_mode()));
+  spdlog::info("deployment {}: created ({}, policy {}, commit {}, up to {})", name,
+               shape.DebugString(), d->spec().policy(),
+               v1::CommitMode_Name(d->spec().commit_mode()), d->footprint().DebugString());
   done(d->ToProto());
 }
 
@@ -262,6 +324,7 @@ void Planner::DeleteOnWorker(const std::string& name,
   (*d)->MarkDeleted();
   {
     absl::MutexLock lock(&registry_mu_);
+    reserved_bytes_ -= (*d)->footprint().total_bytes();
     deployments_.erase(name);
   }
   spdlog::info("deployment {}: deleted", name);

@@ -43,6 +43,16 @@ struct PlannerOptions {
   int32_t plan_threads = 4;
   // How often the smoothed load of a deployment that received reports is written to disk.
   absl::Duration checkpoint_interval = absl::Seconds(10);
+  // Memory the deployments may hold together, in bytes, as their footprints (footprint.h) count
+  // it; 0: no limit. A create that would exceed it is refused (RESOURCE_EXHAUSTED, OVER_BUDGET)
+  // before anything is written, and the planner refuses to start on a state directory whose
+  // deployments exceed it.
+  int64_t deployment_memory_bytes = 0;
+  // Deployments at most (a create beyond is OVER_BUDGET).
+  int32_t max_deployments = 1000;
+  // The server's message limit: shapes whose dense report, GetLoad response or plan would exceed
+  // it are refused at create (INVALID_ARGUMENT, MESSAGE_WOULD_NOT_FIT).
+  int64_t max_message_bytes = 64 << 20;
 };
 
 class Planner {
@@ -146,6 +156,7 @@ class Planner {
 
   mutable absl::Mutex registry_mu_;
   std::map<std::string, std::shared_ptr<Deployment>> deployments_ ABSL_GUARDED_BY(registry_mu_);
+  int64_t reserved_bytes_ ABSL_GUARDED_BY(registry_mu_) = 0;  // the deployments' footprints
   bool shut_down_ ABSL_GUARDED_BY(registry_mu_) = false;
   bool worker_stopped_ ABSL_GUARDED_BY(registry_mu_) = false;
 

@@ -2,9 +2,11 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -39,10 +41,28 @@ absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
     return absl::InvalidArgumentError(
         "a client CA (mutual TLS) needs a server certificate and key as well");
   }
+  if (options.service.bearer_token.size() + 7 > kMaxCredentialBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the bearer token has ",
+                                                   options.service.bearer_token.size(),
+                                                   " bytes, more than ", kMaxCredentialBytes - 7));
+  }
+  PlannerOptions planner_options = options.planner;
+  planner_options.max_message_bytes = options.max_message_bytes;
+  int64_t grpc_quota_bytes = 0;
+  if (options.max_memory_bytes > 0) {
+    grpc_quota_bytes =
+        std::clamp<int64_t>(options.max_memory_bytes / 4, int64_t{64} << 20, int64_t{1} << 30);
+    if (options.max_memory_bytes <= grpc_quota_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a memory budget of ", options.max_memory_bytes, " bytes leaves nothing for deployments ",
+          "after gRPC's ", grpc_quota_bytes, " bytes"));
+    }
+    planner_options.deployment_memory_bytes = options.max_memory_bytes - grpc_quota_bytes;
+  }
   std::unique_ptr<PlannerServer> server(new PlannerServer);
   if (registry != nullptr) server->metrics_ = std::make_unique<PlannerMetrics>(registry);
   ASSIGN_OR_RETURN(StateStore store, StateStore::Open(options.state_dir));
-  ASSIGN_OR_RETURN(server->planner_, Planner::Create(options.planner, std::move(store), clock,
+  ASSIGN_OR_RETURN(server->planner_, Planner::Create(planner_options, std::move(store), clock,
                                                      server->metrics_.get()));
   server->service_ = std::make_unique<PlannerService>(server->planner_.get(), options.service);
 
@@ -63,6 +83,12 @@ absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
       static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_min_client_interval)));
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  if (grpc_quota_bytes > 0) {
+    grpc::ResourceQuota quota("eplb-planner");
+    quota.Resize(static_cast<size_t>(grpc_quota_bytes));
+    builder.SetResourceQuota(quota);
+  }
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     server->planner_->Shutdown();

@@ -25,8 +25,15 @@ struct PlannerServerOptions {
   std::string state_dir = "./eplb-state";
   PlannerOptions planner;
   PlannerServiceOptions service;
-  // Largest message received or sent. A bigger one fails with RESOURCE_EXHAUSTED.
+  // Largest message received or sent. A bigger one fails with RESOURCE_EXHAUSTED; shapes whose
+  // messages would be bigger are refused at create.
   int max_message_bytes = 64 << 20;
+  // The planner's memory budget in bytes (0: none). A quarter of it (at least 64 MiB, at most
+  // 1 GiB) is gRPC's buffer quota for messages in flight; the rest is what deployments may hold
+  // (PlannerOptions::deployment_memory_bytes, which this overrides).
+  int64_t max_memory_bytes = 0;
+  // Concurrent streams per client connection.
+  int max_concurrent_streams = 256;
   // HTTP/2 pings on idle connections, so that a dead peer of a long watch or report stream is
   // noticed; clients may ping as often as every keepalive_min_client_interval.
   absl::Duration keepalive_time = absl::Seconds(30);

@@ -8,16 +8,22 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "proto/convert.h"
+#include "spdlog/spdlog.h"
 
 namespace eplb::server {
 namespace {
 
-// Compares without an early exit, so the time taken does not reveal a matching prefix.
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+// Compares the first kMaxCredentialBytes bytes of both, zero-padded, always all of them: the time
+// taken reveals neither a matching prefix nor either length. `expected` is at most that long.
+bool ConstantTimeEquals(absl::string_view presented, absl::string_view expected) {
+  unsigned char diff = presented.size() != expected.size() ? 1 : 0;
+  for (size_t i = 0; i < kMaxCredentialBytes; ++i) {
+    const unsigned char a = i < presented.size() ? static_cast<unsigned char>(presented[i]) : 0;
+    const unsigned char b = i < expected.size() ? static_cast<unsigned char>(expected[i]) : 0;
+    diff |= static_cast<unsigned char>(a ^ b);
+  }
   return diff == 0;
 }
 
@@ -247,6 +253,14 @@ absl::Status PlannerService::Authenticate(grpc::CallbackServerContext* context) 
     if (ConstantTimeEquals(value, absl::StrCat("Bearer ", options_.bearer_token))) {
       return absl::OkStatus();
     }
+  }
+  // Logged at most once a second (a client guessing must not flood the log), with the count since.
+  const int64_t refused = refused_calls_.fetch_add(1) + 1;
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+  int64_t last_ms = last_refusal_log_ms_.load();
+  if (now_ms - last_ms >= 1000 && last_refusal_log_ms_.compare_exchange_strong(last_ms, now_ms)) {
+    spdlog::warn("refused a call without a valid bearer token from {} ({} refused so far)",
+                 context->peer(), refused);
   }
   return ErrorWithDetail(absl::StatusCode::kUnauthenticated, v1::UNAUTHENTICATED_TOKEN,
                          "authorization",

@@ -7,6 +7,8 @@
 #ifndef EPLB_SERVER_PLANNER_SERVICE_H_
 #define EPLB_SERVER_PLANNER_SERVICE_H_
 
+#include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "eplb/v1/planner.grpc.pb.h"
@@ -14,8 +16,12 @@
 
 namespace eplb::server {
 
+// The longest bearer token (and authorization value) compared; longer tokens are refused at start.
+inline constexpr size_t kMaxCredentialBytes = 4096;
+
 struct PlannerServiceOptions {
-  // When non-empty, every call must carry "authorization: Bearer <token>" metadata.
+  // When non-empty (at most kMaxCredentialBytes − 7 bytes), every call must carry
+  // "authorization: Bearer <token>" metadata.
   std::string bearer_token;
   // Updates one watch stream may have queued (distinct versions) before it is ended with
   // RESOURCE_EXHAUSTED (WATCH_FELL_BEHIND) and its queue dropped; the client reconnects and gets
@@ -86,6 +92,8 @@ class PlannerService final : public PlannerServiceBase {
 
   Planner* const planner_;
   const PlannerServiceOptions options_;
+  mutable std::atomic<int64_t> refused_calls_{0};
+  mutable std::atomic<int64_t> last_refusal_log_ms_{0};
 };
 
 }  // namespace eplb::server

@@ -118,7 +118,7 @@ class PlannerE2eTest : public testing::ScratchDirTest {
   }
 
   // Starts the planner on the state directory and waits until it serves (it writes its port).
-  void StartPlanner() {
+  void StartPlanner(const std::string& extra_flags = "") {
     const fs::path port_file = dir_ / "port";
     fs::remove(port_file);
     // The flags as an operator writes them: dashes, in a flag file.
@@ -126,7 +126,7 @@ class PlannerE2eTest : public testing::ScratchDirTest {
         Write("planner.flags",
               absl::StrCat("# e2e planner\n--listen=127.0.0.1:0\n--state-dir=", Path("state"),
                            "\n--metrics-port=0\n--port-file=", port_file.string(),
-                           "\n--log-level=debug\n"));
+                           "\n--log-level=debug\n", extra_flags));
     planner_ = std::make_unique<ChildProcess>(
         std::vector<std::string>{EPLB_PLANNER_PATH, "--flagfile=" + flagfile},
         dir_ / "planner.stdout", dir_ / "planner.log");
@@ -368,6 +368,60 @@ TEST_F(PlannerE2eTest, DeploymentLifeAcrossACrash) {
   EXPECT_EQ(gone.exit_code, 1);
   EXPECT_THAT(gone.err, StartsWith("eplbctl: NOT_FOUND: "));
   EXPECT_THAT(gone.err, HasSubstr("[DEPLOYMENT_NOT_FOUND"));
+}
+
+// A field of /proc/<pid>/status in bytes ("VmRSS", "VmHWM").
+int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
+  for (absl::string_view line :
+       absl::StrSplit(testing::Slurp(absl::StrCat("/proc/", pid, "/status")), '\n')) {
+    if (!absl::ConsumePrefix(&line, field + ":")) continue;
+    int64_t kib = 0;
+    absl::SimpleAtoi(absl::StripSuffix(absl::StripAsciiWhitespace(line), " kB"), &kib);
+    return kib * 1024;
+  }
+  return -1;
+}
+
+// The budget holds in the process's real memory: deployments are admitted until the next would
+// not fit, each then filled to its bound (load reported, every retained plan published), and the
+// planner's peak resident memory stays within --max-memory. It restarts on that state, and the
+// refused deployment is still refused.
+TEST_F(PlannerE2eTest, TheMemoryBudgetHoldsInResidentMemory) {
+  ASSERT_NO_FATAL_FAILURE(StartPlanner("--max-memory=512Mi\n"));
+  // 64 layers × 8192 experts on 8256 slots, 6 plans retained: about 90 MiB each by the planner's
+  // count; 384 MiB of the 512 are for deployments.
+  const auto create = [&](const std::string& name) {
+    return Ctl({"create-deployment", "--name", name, "--num-layers", "64", "--num-logical-experts",
+                "8192", "--num-physical-experts", "8256", "--num-ranks", "64", "--policy",
+                "contiguous", "--commit", "immediate", "--plan-history", "4"});
+  };
+  int admitted = 0;
+  ProcessResult refused;
+  for (int i = 0; i < 10; ++i) {
+    refused = create(absl::StrCat("m", i));
+    if (refused.exit_code != 0) break;
+    ++admitted;
+  }
+  EXPECT_EQ(admitted, 4);
+  EXPECT_THAT(refused.err,
+              StartsWith("eplbctl: RESOURCE_EXHAUSTED: deployment \"m4\" needs up to "));
+  EXPECT_THAT(refused.err, HasSubstr("[OVER_BUDGET"));
+  const std::string load = Write("wide.json", LoadJson(64, 8192, 0));
+  for (int i = 0; i < admitted; ++i) {
+    const std::string name = absl::StrCat("m", i);
+    CtlOk({"report", "--deployment", name, "--rank", "0", "--load", load, "--steps", "10"});
+    for (int v = 0; v < 5; ++v) CtlOk({"rebalance", "--deployment", name});
+  }
+  const int64_t peak = ProcStatusBytes(planner_->pid(), "VmHWM");
+  ASSERT_GT(peak, 0);
+  EXPECT_LE(peak, int64_t{512} << 20) << "peak resident memory " << peak;
+  std::cerr << "planner peak resident memory: " << (peak >> 20) << " MiB with " << admitted
+            << " deployments at their bound\n";
+
+  EXPECT_EQ(planner_->Kill(SIGTERM), 0);
+  ASSERT_NO_FATAL_FAILURE(StartPlanner("--max-memory=512Mi\n"));
+  EXPECT_EQ(Lines(CtlOk({"list"})).size(), 4u);
+  EXPECT_EQ(create("m4").exit_code, 1);
 }
 
 // GET /metrics over a plain socket.

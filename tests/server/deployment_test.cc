@@ -526,6 +526,23 @@ TEST(DeploymentTest, SubscribersGetWhatTheyMissedAndAreClosedOnDeleteOrShutdown)
   EXPECT_EQ(other->Subscribe(subscribe, &refused).code(), absl::StatusCode::kUnavailable);
 }
 
+TEST(DeploymentTest, WatchesAreCappedAtTwoPerRankAndAThousandObservers) {
+  auto d = NewDeployment();
+  ASSERT_EQ(d->MaxWatchers(), 2 * kRanks + 1024);
+  std::vector<RecordingSink> sinks(d->MaxWatchers() + 1);
+  v1::WatchPlansRequest::Subscribe subscribe;
+  subscribe.set_rank(-1);
+  for (int64_t i = 0; i < d->MaxWatchers(); ++i)
+    ASSERT_TRUE(d->Subscribe(subscribe, &sinks[i]).ok());
+  const absl::Status full = d->Subscribe(subscribe, &sinks.back());
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Reason(full), v1::TOO_MANY_WATCHERS);
+  EXPECT_EQ(full.message(),
+            "deployment \"d\" has 1032 watches open, its limit (2 per rank and 1024)");
+  d->Unsubscribe(&sinks[0]);
+  EXPECT_TRUE(d->Subscribe(subscribe, &sinks.back()).ok());
+}
+
 TEST(DeploymentTest, CheckpointsFollowTheIntervalAndRestoreTheLoadAndTheRetries) {
   auto d = NewDeployment();
   EXPECT_FALSE(d->TakeCheckpoint(kT0, absl::Seconds(10), /*force=*/true).has_value());  // clean

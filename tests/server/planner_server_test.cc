@@ -49,6 +49,90 @@ std::vector<double> Smoothed(v1::Planner::Stub& stub, const std::string& deploym
 
 // ---- Deployments --------------------------------------------------------------------------------
 
+// What a deployment may hold is counted before it is created: beyond the budget, the deployment
+// cap or the message limit, the create is refused and nothing is written.
+TEST(PlannerDeploymentTest, TheMemoryBudgetAndLimitsRefuseACreateBeforeAnythingIsWritten) {
+  server::PlannerServerOptions options;
+  options.max_memory_bytes = int64_t{256} << 20;  // 192 MiB for deployments, 64 MiB for gRPC
+  options.planner.max_deployments = 3;
+  PlannerEnv env(options);
+  // About 77 MiB each: 64 layers × 8192 experts on 8256 slots, 5 plans retained.
+  const auto big = [](const std::string& name) {
+    v1::DeploymentSpec spec = Spec(name, 64, 8192, 8256, 64);
+    spec.set_policy("contiguous");
+    spec.set_plan_history(3);
+    return spec;
+  };
+  {
+    auto created = Create(env.stub(), big("a"));
+    ASSERT_TRUE(created.ok()) << created.status();
+  }
+  ASSERT_TRUE(Create(env.stub(), big("b")).ok());
+  ASSERT_TRUE(Create(env.stub(), big("b")).ok());  // an identical re-create is not a new one
+  const absl::Status over = Create(env.stub(), big("c")).status();
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Reason(over), v1::OVER_BUDGET);
+  EXPECT_THAT(std::string(over.message()),
+              ::testing::MatchesRegex("deployment \"c\" needs up to [0-9.]+ MiB \\(smoothing .*, "
+                                      "5 plans of .*\\); [0-9.]+ MiB of the planner's 192.0 MiB "
+                                      "for deployments are left \\(--max-memory\\)"));
+  EXPECT_FALSE(std::filesystem::exists(env.state_dir() + "/deployments/c"));
+  // Small ones still fit, up to the cap on deployments.
+  ASSERT_TRUE(Create(env.stub(), SmallSpec("small")).ok());
+  const absl::Status capped = Create(env.stub(), SmallSpec("more")).status();
+  EXPECT_EQ(capped.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(capped.message(), "the planner holds 3 deployments, its limit (--max-deployments)");
+  // Deleting one makes room again.
+  {
+    grpc::ClientContext context;
+    v1::DeleteDeploymentRequest request;
+    request.set_name("a");
+    v1::DeleteDeploymentResponse response;
+    ASSERT_TRUE(env.stub().DeleteDeployment(&context, request, &response).ok());
+  }
+  ASSERT_TRUE(Create(env.stub(), big("c")).ok());
+  env.Restart();  // what was admitted fits at start-up
+  EXPECT_TRUE(GetPlan(env.stub(), "c", 0).ok());
+}
+
+TEST(PlannerDeploymentTest, AStateOverTheBudgetIsRefusedAtStartNamingTheDeployments) {
+  PlannerEnv env;
+  v1::DeploymentSpec spec = Spec("wide", 64, 8192, 8256, 64);
+  spec.set_policy("contiguous");
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+  ASSERT_TRUE(Create(env.stub(), SmallSpec("small")).ok());
+  env.Stop();
+  server::PlannerServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.state_dir = env.state_dir();
+  options.max_memory_bytes = int64_t{256} << 20;
+  FakeClock clock;
+  const absl::Status status = server::PlannerServer::Start(options, &clock, nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(
+      std::string(status.message()),
+      ::testing::MatchesRegex("the 2 deployments in .* need up to [0-9.]+ MiB, more than "
+                              "the memory budget of 192.0 MiB for deployments; largest: "
+                              "wide \\([0-9.]+ MiB\\), small \\([0-9.]+ KiB\\)\\. Start with a "
+                              "larger --max-memory, then delete deployments"));
+  env.Start();  // without the budget it starts
+}
+
+TEST(PlannerDeploymentTest, AShapeWhoseMessagesCannotFitIsRefused) {
+  server::PlannerServerOptions options;
+  options.max_message_bytes = 1 << 20;
+  PlannerEnv env(options);
+  v1::DeploymentSpec spec = Spec("wide", 64, 4096, 4096, 64);
+  spec.set_policy("contiguous");
+  const absl::Status status = Create(env.stub(), spec).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Reason(status), v1::MESSAGE_WOULD_NOT_FIT);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("makes a dense load report of up to 2.0 MiB, more than the message limit "
+                        "of 1.0 MiB (--max-message-bytes)"));
+  EXPECT_FALSE(std::filesystem::exists(env.state_dir() + "/deployments/wide"));
+}
+
 TEST(PlannerDeploymentTest, NamesFromRequestsAreQuotedShortInErrors) {
   PlannerEnv env;
   grpc::ClientContext context;

@@ -690,12 +690,27 @@ TEST(PlannerOperationsTest, ABearerTokenIsRequiredWhenConfigured) {
   EXPECT_EQ(missing.message(), "missing bearer token (authorization metadata)");
   EXPECT_EQ(Reason(missing), v1::UNAUTHENTICATED_TOKEN);
   EXPECT_EQ(list("Bearer wrong").message(), "wrong bearer token");
+  EXPECT_EQ(list("Bearer s3cre").message(), "wrong bearer token");  // a prefix
+  EXPECT_EQ(list("Bearer s3cret0").message(), "wrong bearer token");
+  EXPECT_EQ(list("Bearer s3cret" + std::string(5000, '0')).message(), "wrong bearer token");
   EXPECT_TRUE(list("Bearer s3cret").ok());
   // Streams too.
   auto reports = SendReports(env.stub(), {Report("d", 0, 1, 0, 0, {{1}})});
   EXPECT_EQ(reports.status().code(), absl::StatusCode::kUnauthenticated);
   WatchClient watch(env.stub(), "d", 0);
   EXPECT_FALSE(watch.Get(0).has_value());
+}
+
+TEST(PlannerOperationsTest, ATokenLongerThanCanBeComparedIsRefusedAtStart) {
+  server::PlannerServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.state_dir = eplb::testing::MakeTempDir();
+  options.service.bearer_token = std::string(4090, 't');
+  FakeClock clock;
+  const absl::Status status = server::PlannerServer::Start(options, &clock, nullptr).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "the bearer token has 4090 bytes, more than 4089");
+  std::filesystem::remove_all(options.state_dir);
 }
 
 // Every method of the service, including any added later, refuses a call without the token
