@@ -37,8 +37,8 @@
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051",
           "gRPC address HOST:PORT; port 0 picks a free port (logged, and written to --port-file)");
 ABSL_FLAG(int, metrics_port, 9464,
-          "Port of the Prometheus /metrics endpoint on all interfaces; 0 picks a free one, -1 "
-          "disables it");
+          "Port of the Prometheus /metrics endpoint, on the host --listen names; 0 picks a free "
+          "one, -1 disables it");
 ABSL_FLAG(std::string, state_dir, "./eplb-state",
           "Directory of deployments, plan history and load checkpoints (created if missing)");
 ABSL_FLAG(std::string, port_file, "",
@@ -71,6 +71,9 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, bearer_token_file, "",
           "File holding a bearer token every call must carry (authorization: Bearer <token>); "
           "the environment variable EPLB_TOKEN is used when this is empty");
+ABSL_FLAG(bool, insecure, false,
+          "Serve a --listen address beyond loopback without credentials (a bearer token or "
+          "client certificates); without this flag the planner refuses to");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error");
 ABSL_FLAG(bool, check_flags, false,
           "Check the flags (and the files they name) and exit: 0 when the planner would start "
@@ -172,6 +175,13 @@ absl::StatusOr<int64_t> MemoryBudget(const std::string& flag) {
   return std::max<int64_t>(limit / 4 * 3, int64_t{256} << 20);
 }
 
+// The host of HOST:PORT ("0.0.0.0", "[::1]", "localhost").
+std::string ListenHost(const std::string& listen) { return listen.substr(0, listen.rfind(':')); }
+
+bool IsLoopback(absl::string_view host) {
+  return host == "localhost" || host == "[::1]" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
 int Fail(const std::string& message) {
   spdlog::error("{}", message);
   return 1;
@@ -257,6 +267,14 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
         absl::StrCat("--bearer-token-file: ", absl::GetFlag(FLAGS_bearer_token_file), " is empty"));
   }
   options.service.bearer_token = token_text;
+  if (!IsLoopback(ListenHost(options.listen)) && options.service.bearer_token.empty() &&
+      options.tls_client_ca_pem.empty() && !absl::GetFlag(FLAGS_insecure)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--listen=", options.listen,
+        " accepts calls from the network and no credentials are set: give a bearer token "
+        "(--bearer-token-file or EPLB_TOKEN) or client certificates (--tls-client-ca), listen on "
+        "127.0.0.1, or pass --insecure to serve without"));
+  }
   return options;
 }
 
@@ -318,7 +336,8 @@ int main(int argc, char** argv) {
   int bound_metrics_port = -1;
   if (metrics_port >= 0) {
     try {
-      exposer = std::make_unique<prometheus::Exposer>(absl::StrCat("0.0.0.0:", metrics_port));
+      exposer = std::make_unique<prometheus::Exposer>(
+          absl::StrCat(ListenHost(options->listen), ":", metrics_port));
     } catch (const std::exception& error) {
       (*server)->Shutdown(absl::ZeroDuration());
       return Fail(absl::StrCat("cannot serve metrics on port ", metrics_port, ": ", error.what()));
@@ -327,7 +346,7 @@ int main(int argc, char** argv) {
     const std::vector<int> ports = exposer->GetListeningPorts();
     bound_metrics_port = ports.empty() ? metrics_port : ports.front();
   }
-  const std::string host = options->listen.substr(0, options->listen.rfind(':'));
+  const std::string host = ListenHost(options->listen);
   spdlog::info("eplb-planner serving on {}:{} ({}), metrics on {}, state in {}, memory budget {}",
                host, (*server)->port(), options->tls_cert_pem.empty() ? "plaintext" : "TLS",
                bound_metrics_port >= 0 ? absl::StrCat(":", bound_metrics_port, "/metrics")

@@ -64,7 +64,13 @@ deploy/scripts/stage-sdk.sh build-image "$tmp/sdk"
 
 echo "-- flag files"
 # (check_manifests.py above holds the ConfigMap's copy equal to this file.)
-build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags --check-flags
+# As the manifests run it: the token comes from the eplb-token Secret as EPLB_TOKEN.
+EPLB_TOKEN=check build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags --check-flags
+if env -u EPLB_TOKEN build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags \
+    --check-flags 2>/dev/null; then
+  echo "check-deploy: --check-flags accepted serving 0.0.0.0 without credentials" >&2
+  exit 1
+fi
 missing=()
 for flag in $(sed -n 's/^ABSL_FLAG([^,]*, *\([a-z_]*\),.*/\1/p' server/main.cc); do
   [[ "$flag" == check_flags ]] && continue
@@ -74,8 +80,8 @@ if ((${#missing[@]})); then
   echo "check-deploy: deploy/config/planner.flags does not document ${missing[*]}" >&2
   exit 1
 fi
-if build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags --plan-threads=2000 \
-    --check-flags 2>/dev/null; then
+if EPLB_TOKEN=check build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags \
+    --plan-threads=2000 --check-flags 2>/dev/null; then
   echo "check-deploy: --check-flags accepted --plan-threads=2000" >&2
   exit 1
 fi

@@ -370,6 +370,29 @@ TEST_F(PlannerE2eTest, DeploymentLifeAcrossACrash) {
   EXPECT_THAT(gone.err, HasSubstr("[DEPLOYMENT_NOT_FOUND"));
 }
 
+// Beyond loopback, the planner serves only with credentials or when told --insecure.
+TEST_F(PlannerE2eTest, ServingTheNetworkWithoutCredentialsIsRefused) {
+  const auto check = [&](std::vector<std::string> flags, const std::string& token) {
+    flags.insert(flags.begin(), EPLB_PLANNER_PATH);
+    flags.insert(flags.end(), {"--state-dir=" + Path("state"), "--check-flags"});
+    return testing::RunProcess(std::move(flags), dir_ / "check", {"EPLB_TOKEN=" + token});
+  };
+  const ProcessResult open = check({"--listen=0.0.0.0:0"}, "");
+  EXPECT_EQ(open.exit_code, 1);
+  EXPECT_THAT(open.err, HasSubstr("--listen=0.0.0.0:0 accepts calls from the network and no "
+                                  "credentials are set: give a bearer token"));
+  EXPECT_EQ(check({"--listen=0.0.0.0:0"}, "s3cret").exit_code, 0);
+  EXPECT_EQ(check({"--listen=0.0.0.0:0", "--insecure"}, "").exit_code, 0);
+  EXPECT_EQ(check({"--listen=127.0.0.1:0"}, "").exit_code, 0);
+  EXPECT_EQ(check({"--listen=[::1]:0"}, "").exit_code, 0);
+  const ProcessResult memory = check({"--listen=127.0.0.1:0", "--max-memory=12 apples"}, "");
+  EXPECT_EQ(memory.exit_code, 1);
+  EXPECT_THAT(memory.err, HasSubstr("--max-memory=12 apples is not a size"));
+  EXPECT_EQ(check({"--listen=127.0.0.1:0", "--max-memory=1.5Gi"}, "").exit_code, 0);
+  EXPECT_THAT(check({"--listen=127.0.0.1:0", "--max-memory=100Mi"}, "").err,
+              HasSubstr("--max-memory=100Mi is less than the smallest budget, 256Mi"));
+}
+
 // A field of /proc/<pid>/status in bytes ("VmRSS", "VmHWM").
 int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
   for (absl::string_view line :
