@@ -17,6 +17,9 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <atomic>
+#include <random>
+#include <map>
 #include <regex>
 #include <string>
 #include <thread>
@@ -368,6 +371,81 @@ TEST_F(PlannerE2eTest, DeploymentLifeAcrossACrash) {
   EXPECT_EQ(gone.exit_code, 1);
   EXPECT_THAT(gone.err, StartsWith("eplbctl: NOT_FOUND: "));
   EXPECT_THAT(gone.err, HasSubstr("[DEPLOYMENT_NOT_FOUND"));
+}
+
+// kill -9 at arbitrary points while plans are published and load streams in, 30 times: every
+// plan the planner answered as committed is there after the restart, with its hash; versions are
+// never reused; the load is never more than was accepted; the state always loads.
+TEST_F(PlannerE2eTest, KillNineUnderLoadLosesNoCommittedPlan) {
+  ASSERT_NO_FATAL_FAILURE(StartPlanner("--checkpoint-interval=1s\n"));
+  v1::DeploymentSpec spec;
+  spec.set_name("crash");
+  v1::Shape& shape = *spec.mutable_shape();
+  shape.set_num_layers(8);
+  shape.set_num_logical_experts(64);
+  shape.set_num_physical_experts(80);
+  shape.set_num_ranks(8);
+  spec.set_policy("balanced");
+  spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
+  spec.set_plan_history(1000);
+  spec.mutable_trigger()->set_interval_steps(0);
+  {
+    auto client = client::PlannerClient::Create({.server = server_});
+    ASSERT_TRUE(client.ok());
+    ASSERT_TRUE((*client)->CreateDeployment(spec).ok());
+  }
+  std::map<int64_t, uint64_t> committed;  // version -> map hash, as answered before a kill
+  int64_t accepted_steps = 0;
+  std::mt19937 random(12345);
+  for (int round = 0; round < 30; ++round) {
+    auto client = client::PlannerClient::Create({.server = server_, .rpc_timeout = absl::Seconds(5)});
+    ASSERT_TRUE(client.ok());
+    // The state as the last crash left it.
+    for (const auto& [version, hash] : committed) {
+      auto plan = (*client)->GetPlan("crash", version);
+      ASSERT_TRUE(plan.ok()) << "round " << round << ", version " << version << ": "
+                             << plan.status();
+      EXPECT_EQ(plan->state(), v1::COMMITTED) << version;
+      EXPECT_EQ(plan->map_hash(), hash) << version;
+    }
+    auto load = (*client)->GetLoad("crash");
+    ASSERT_TRUE(load.ok()) << load.status();
+    EXPECT_LE(load->steps_seen(), accepted_steps);
+    // Load and plans while the kill comes at a random moment.
+    std::atomic<bool> stop = false;
+    std::thread traffic([&, round] {
+      for (int64_t i = 0; !stop.load(); ++i) {
+        v1::LoadReport report;
+        report.set_deployment("crash");
+        report.set_rank(static_cast<int32_t>(i % 8));
+        report.set_session(static_cast<uint64_t>(round) + 1);
+        report.set_sequence(i / 8 + 1);
+        const int64_t step = accepted_steps + i / 8;
+        report.set_first_step(step);
+        report.set_last_step(step);
+        report.set_plan_version(1);
+        for (int l = 0; l < 8; ++l) {
+          auto* counts = report.add_layers()->mutable_counts();
+          for (int e = 0; e < 64; ++e) counts->Add(static_cast<double>((e * 7 + l + i) % 13));
+        }
+        if (!(*client)->ReportLoad({&report, 1}).ok()) break;
+        if (i % 8 == 7) {
+          auto plan = (*client)->Rebalance("crash");
+          if (!plan.ok()) break;
+          EXPECT_EQ(committed.count(plan->version()), 0u) << "version reused";
+          committed[plan->version()] = plan->map_hash();
+        }
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(20 + random() % 180));
+    CrashPlanner();
+    stop = true;
+    traffic.join();
+    accepted_steps += 10'000;  // every round's steps begin past the last round's
+    ASSERT_NO_FATAL_FAILURE(StartPlanner("--checkpoint-interval=1s\n"));
+  }
+  EXPECT_GE(committed.size(), 30u);
+  std::cerr << committed.size() << " committed plans over 30 kill -9 restarts\n";
 }
 
 // Beyond loopback, the planner serves only with credentials or when told --insecure.
