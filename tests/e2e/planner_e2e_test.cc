@@ -11,15 +11,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <memory>
-#include <atomic>
-#include <random>
 #include <map>
+#include <memory>
+#include <random>
 #include <regex>
 #include <string>
 #include <thread>
@@ -398,7 +398,8 @@ TEST_F(PlannerE2eTest, KillNineUnderLoadLosesNoCommittedPlan) {
   int64_t accepted_steps = 0;
   std::mt19937 random(12345);
   for (int round = 0; round < 30; ++round) {
-    auto client = client::PlannerClient::Create({.server = server_, .rpc_timeout = absl::Seconds(5)});
+    auto client =
+        client::PlannerClient::Create({.server = server_, .rpc_timeout = absl::Seconds(5)});
     ASSERT_TRUE(client.ok());
     // The state as the last crash left it.
     for (const auto& [version, hash] : committed) {
