@@ -39,8 +39,8 @@ class StateStore {
   // Every deployment, by name. A file that cannot be read, fails its checksum or does not parse,
   // a version counter out of range, a plan file beyond it and a missing plan file of the recorded
   // committed version are DATA_LOSS naming the file: the planner refuses to start rather than run
-  // on a partial or altered state. Never throws (symbolic link loops and unreadable directories
-  // are errors naming the path).
+  // on a partial or altered state. Never throws: file system errors (a symbolic link loop, for
+  // one) are returned naming the path.
   absl::StatusOr<std::vector<LoadedDeployment>> LoadAll() const;
 
   // Creates the deployment's directory with its record, version counter (the first plan's
