@@ -86,6 +86,16 @@ std::optional<std::pair<uint64_t, int64_t>> ParsePlanNonce(absl::string_view non
   return std::make_pair(uid, version);
 }
 
+// A rendezvous key as published or asked for: present, at most kMaxRendezvousKeyBytes.
+absl::Status CheckRendezvousKey(const std::string& key) {
+  if (key.empty()) return Required("key");
+  if (key.size() > api::kMaxRendezvousKeyBytes) {
+    return OutOfRange(
+        "key", absl::StrCat("has ", key.size(), " bytes, more than ", api::kMaxRendezvousKeyBytes));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // ---- Creation -----------------------------------------------------------------------------------
@@ -854,11 +864,7 @@ v1::GetLoadResponse Deployment::GetLoad() const {
 // ---- Rendezvous ---------------------------------------------------------------------------------
 
 absl::Status Deployment::PublishRendezvous(const std::string& key, const std::string& value) {
-  if (key.empty()) return Required("key");
-  if (key.size() > api::kMaxRendezvousKeyBytes) {
-    return OutOfRange(
-        "key", absl::StrCat("has ", key.size(), " bytes, more than ", api::kMaxRendezvousKeyBytes));
-  }
+  RETURN_IF_ERROR(CheckRendezvousKey(key));
   if (value.size() > api::kMaxRendezvousValueBytes) {
     return OutOfRange("value", absl::StrCat("has ", value.size(), " bytes, more than ",
                                             api::kMaxRendezvousValueBytes));
@@ -875,11 +881,7 @@ absl::Status Deployment::PublishRendezvous(const std::string& key, const std::st
 }
 
 absl::StatusOr<std::string> Deployment::GetRendezvous(const std::string& key) const {
-  if (key.empty()) return Required("key");
-  if (key.size() > api::kMaxRendezvousKeyBytes) {
-    return OutOfRange(
-        "key", absl::StrCat("has ", key.size(), " bytes, more than ", api::kMaxRendezvousKeyBytes));
-  }
+  RETURN_IF_ERROR(CheckRendezvousKey(key));
   absl::MutexLock lock(&mu_);
   const auto it = rendezvous_.find(key);
   if (deleted_ || it == rendezvous_.end()) {

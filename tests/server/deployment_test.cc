@@ -612,6 +612,10 @@ TEST(DeploymentTest, RestoreKeepsTheNewestPendingPlanInFlightAndAbortsTheOthers)
 TEST(DeploymentTest, RendezvousValuesAreBoundedAndGoneWithTheDeployment) {
   auto d = NewDeployment();
   EXPECT_EQ(d->PublishRendezvous("", "v").message(), "key is required");
+  EXPECT_EQ(d->GetRendezvous(std::string(200, 'k')).status().message(),
+            "key has 200 bytes, more than 128");
+  EXPECT_EQ(d->PublishRendezvous(std::string(200, 'k'), "v").message(),
+            "key has 200 bytes, more than 128");
   ASSERT_TRUE(d->PublishRendezvous("nccl", "id").ok());
   EXPECT_EQ(*d->GetRendezvous("nccl"), "id");
   EXPECT_EQ(d->GetRendezvous("other").status().message(),

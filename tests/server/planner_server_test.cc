@@ -18,6 +18,7 @@ namespace eplb {
 namespace {
 
 using ::eplb::testing::Create;
+using ::eplb::testing::Delete;
 using ::eplb::testing::GetLoad;
 using ::eplb::testing::GetPlan;
 using ::eplb::testing::ListPlans;
@@ -83,13 +84,7 @@ TEST(PlannerDeploymentTest, TheMemoryBudgetAndLimitsRefuseACreateBeforeAnythingI
   EXPECT_EQ(capped.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(capped.message(), "the planner holds 3 deployments, its limit (--max-deployments)");
   // Deleting one makes room again.
-  {
-    grpc::ClientContext context;
-    v1::DeleteDeploymentRequest request;
-    request.set_name("a");
-    v1::DeleteDeploymentResponse response;
-    ASSERT_TRUE(env.stub().DeleteDeployment(&context, request, &response).ok());
-  }
+  ASSERT_TRUE(Delete(env.stub(), "a").ok());
   ASSERT_TRUE(Create(env.stub(), big("c")).ok());
   env.Restart();  // what was admitted fits at start-up
   EXPECT_TRUE(GetPlan(env.stub(), "c", 0).ok());
@@ -374,13 +369,7 @@ TEST(PlannerDeploymentTest, BalancedOptionsAreEchoedKeptAndUsed) {
 TEST(PlannerDeploymentTest, DeleteRemovesEverythingAndUnknownNamesAreNotFound) {
   PlannerEnv env;
   ASSERT_TRUE(Create(env.stub(), SmallSpec("gone")).ok());
-  {
-    grpc::ClientContext context;
-    v1::DeleteDeploymentRequest request;
-    request.set_name("gone");
-    v1::DeleteDeploymentResponse response;
-    ASSERT_TRUE(env.stub().DeleteDeployment(&context, request, &response).ok());
-  }
+  ASSERT_TRUE(Delete(env.stub(), "gone").ok());
   auto plan = GetPlan(env.stub(), "gone");
   EXPECT_EQ(plan.status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(plan.status().message(), "deployment \"gone\" not found");

@@ -41,14 +41,27 @@ std::map<std::string, std::string> Snapshot(const std::string& dir) {
   return files;
 }
 
-absl::Status StartOn(const std::string& dir) {
+// A planner serving `dir` as it is, and a stub to it.
+struct Serving {
+  FakeClock clock;
+  std::unique_ptr<server::PlannerServer> server;
+  std::unique_ptr<v1::Planner::Stub> stub;
+};
+
+absl::StatusOr<std::unique_ptr<Serving>> ServeOn(const std::string& dir) {
+  auto serving = std::make_unique<Serving>();
   server::PlannerServerOptions options;
   options.listen = "127.0.0.1:0";
   options.state_dir = dir;
-  FakeClock clock;
-  auto server = server::PlannerServer::Start(options, &clock, nullptr);
-  return server.status();
+  auto server = server::PlannerServer::Start(options, &serving->clock, nullptr);
+  if (!server.ok()) return server.status();
+  serving->server = *std::move(server);
+  serving->stub = v1::Planner::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", serving->server->port()), grpc::InsecureChannelCredentials()));
+  return serving;
 }
+
+absl::Status StartOn(const std::string& dir) { return ServeOn(dir).status(); }
 
 // A state directory holding deployment "d" with versions 1 and 2 (committed) and a load
 // checkpoint, copied into a fresh directory for each case.
@@ -177,16 +190,11 @@ TEST_F(StateIntegrityTest, TheRecordedCommittedVersionDecides) {
   ASSERT_TRUE(store->WriteVersionCounter("d", 3, 2).ok());
   ASSERT_TRUE(store->WritePlan(third).ok());
   {
-    server::PlannerServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.state_dir = dir_;
-    FakeClock clock;
-    auto server = server::PlannerServer::Start(options, &clock, nullptr);
-    ASSERT_TRUE(server.ok()) << server.status();
-    auto stub = v1::Planner::NewStub(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
-    EXPECT_EQ(GetPlan(*stub, "d", 0)->version(), 2);
-    auto unrecorded = GetPlan(*stub, "d", 3);
+    auto serving = ServeOn(dir_);
+    ASSERT_TRUE(serving.ok()) << serving.status();
+    v1::Planner::Stub& stub = *(*serving)->stub;
+    EXPECT_EQ(GetPlan(stub, "d", 0)->version(), 2);
+    auto unrecorded = GetPlan(stub, "d", 3);
     ASSERT_TRUE(unrecorded.ok()) << unrecorded.status();
     EXPECT_EQ(unrecorded->state(), v1::ABORTED);
     EXPECT_EQ(unrecorded->abort_reason(), "its commit was not recorded before the planner stopped");
@@ -194,15 +202,9 @@ TEST_F(StateIntegrityTest, TheRecordedCommittedVersionDecides) {
   third.set_state(v1::PENDING);
   ASSERT_TRUE(store->WritePlan(third).ok());
   ASSERT_TRUE(store->WriteVersionCounter("d", 3, 3).ok());
-  server::PlannerServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.state_dir = dir_;
-  FakeClock clock;
-  auto server = server::PlannerServer::Start(options, &clock, nullptr);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::Planner::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
-  auto committed = GetPlan(*stub, "d", 0);
+  auto serving = ServeOn(dir_);
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  auto committed = GetPlan(*(*serving)->stub, "d", 0);
   ASSERT_TRUE(committed.ok()) << committed.status();
   EXPECT_EQ(committed->version(), 3);
   EXPECT_EQ(committed->state(), v1::COMMITTED);
@@ -238,15 +240,9 @@ TEST(CrashImageTest, TheLoadIsKeptAsOfTheLastCheckpointAndAGracefulStopKeepsAll)
   fs::remove_all(image);
   fs::copy(env.state_dir(), image, fs::copy_options::recursive);
   {
-    server::PlannerServerOptions options;
-    options.listen = "127.0.0.1:0";
-    options.state_dir = image;
-    FakeClock clock;
-    auto server = server::PlannerServer::Start(options, &clock, nullptr);
-    ASSERT_TRUE(server.ok()) << server.status();
-    auto stub = v1::Planner::NewStub(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", (*server)->port()), grpc::InsecureChannelCredentials()));
-    auto load = eplb::testing::GetLoad(*stub, "d");
+    auto serving = ServeOn(image);
+    ASSERT_TRUE(serving.ok()) << serving.status();
+    auto load = eplb::testing::GetLoad(*(*serving)->stub, "d");
     ASSERT_TRUE(load.ok()) << load.status();
     EXPECT_EQ(load->steps_seen(), 10);  // the report after the checkpoint is gone
   }

@@ -101,6 +101,14 @@ inline v1::DeploymentSpec Spec(const std::string& name, int layers, int experts,
   return spec;
 }
 
+inline absl::Status Delete(v1::Planner::Stub& stub, const std::string& name) {
+  grpc::ClientContext context;
+  v1::DeleteDeploymentRequest request;
+  request.set_name(name);
+  v1::DeleteDeploymentResponse response;
+  return FromGrpcStatus(stub.DeleteDeployment(&context, request, &response));
+}
+
 inline absl::StatusOr<v1::Deployment> Create(v1::Planner::Stub& stub,
                                              const v1::DeploymentSpec& spec) {
   grpc::ClientContext context;

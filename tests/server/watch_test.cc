@@ -21,6 +21,7 @@ namespace eplb {
 namespace {
 
 using ::eplb::testing::Create;
+using ::eplb::testing::Delete;
 using ::eplb::testing::GetLoad;
 using ::eplb::testing::GetPlan;
 using ::eplb::testing::ListPlans;
@@ -356,13 +357,7 @@ TEST(PlannerAckTest, AnAckOfAnEarlierDeploymentOfTheSameNameIsIgnored) {
     earlier_nonce = update->nonce();
   }
   server::Planner& planner = env.server().planner();
-  {
-    grpc::ClientContext context;
-    v1::DeleteDeploymentRequest request;
-    request.set_name("d");
-    v1::DeleteDeploymentResponse response;
-    ASSERT_TRUE(env.stub().DeleteDeployment(&context, request, &response).ok());
-  }
+  ASSERT_TRUE(Delete(env.stub(), "d").ok());
   ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
   ReportSkew(env, "d");
   auto plan = Rebalance(env.stub(), "d");
@@ -509,11 +504,7 @@ TEST(PlannerWatchTest, DeleteEndsWatchesAndARecreatedDeploymentStartsOver) {
   {
     WatchClient watcher(env.stub(), "d", 0);
     ASSERT_TRUE(watcher.Get(0).has_value());
-    grpc::ClientContext context;
-    v1::DeleteDeploymentRequest request;
-    request.set_name("d");
-    v1::DeleteDeploymentResponse response;
-    ASSERT_TRUE(env.stub().DeleteDeployment(&context, request, &response).ok());
+    ASSERT_TRUE(Delete(env.stub(), "d").ok());
     EXPECT_FALSE(watcher.Get(1).has_value());  // the stream ended (NOT_FOUND)
   }
   ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
