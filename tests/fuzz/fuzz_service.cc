@@ -9,7 +9,6 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <stdlib.h>
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -17,12 +16,12 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "core/check.h"
 #include "core/clock.h"
 #include "eplb/v1/planner.grpc.pb.h"
 #include "server/planner_server.h"
 #include "spdlog/spdlog.h"
+#include "tests/support/raw_calls.h"
 
 namespace {
 
@@ -93,55 +92,14 @@ std::string Snapshot(Fixture& f) {
   return out;
 }
 
-grpc::Status Unary(Fixture& f, const std::string& method, const grpc::ByteBuffer& request) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-  grpc::ByteBuffer response;
-  absl::Notification done;
-  grpc::Status status;
-  f.generic->UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
-                       [&](grpc::Status s) {
-                         status = std::move(s);
-                         done.Notify();
-                       });
-  done.WaitForNotification();
-  return status;
-}
-
-// One message on a stream, then the end of writing; reads whatever comes back.
-grpc::Status Stream(Fixture& f, const std::string& method, const grpc::ByteBuffer& request) {
-  grpc::CompletionQueue queue;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-  const auto step = [&queue] {
-    void* tag = nullptr;
-    bool ok = false;
-    return queue.Next(&tag, &ok) && ok;
-  };
-  auto call = f.generic->PrepareCall(&context, method, &queue);
-  call->StartCall(nullptr);
-  grpc::Status status;
-  if (step()) {
-    call->Write(request, nullptr);
-    if (step()) {
-      call->WritesDone(nullptr);
-      step();
-    }
-    grpc::ByteBuffer response;
-    for (int i = 0; i < 8;
-         ++i) {  // a watch sends the current plans, then ends after the half-close
-      call->Read(&response, nullptr);
-      if (!step()) break;
-    }
+// One message on a stream, then the end of writing; reads what comes back (a watch sends the
+// current plans, then ends after the half-close).
+grpc::Status Stream(Fixture& f, const std::string& method, absl::string_view request) {
+  eplb::testing::RawStream call(*f.generic, method, absl::Seconds(20));
+  if (call.started() && call.Write(request)) call.WritesDone();
+  for (int i = 0; i < 8 && call.started() && call.Read().has_value(); ++i) {
   }
-  call->Finish(&status, nullptr);
-  step();
-  queue.Shutdown();
-  void* tag = nullptr;
-  bool ok = false;
-  while (queue.Next(&tag, &ok)) {
-  }
-  return status;
+  return call.Finish();
 }
 
 }  // namespace
@@ -152,12 +110,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const google::protobuf::MethodDescriptor* method =
       f.service->method(data[0] % f.service->method_count());
   const std::string path = absl::StrCat("/", f.service->full_name(), "/", method->name());
-  grpc::Slice slice(data + 1, size - 1);
-  const grpc::ByteBuffer request(&slice, 1);
+  const absl::string_view request(reinterpret_cast<const char*>(data + 1), size - 1);
   const std::string before = Snapshot(f);
-  const grpc::Status status = method->client_streaming() || method->server_streaming()
-                                  ? Stream(f, path, request)
-                                  : Unary(f, path, request);
+  const grpc::Status status =
+      method->client_streaming() || method->server_streaming()
+          ? Stream(f, path, request)
+          : eplb::testing::RawUnaryCall(*f.generic, path, request, absl::Seconds(20));
   EPLB_CHECK(status.error_code() != grpc::StatusCode::INTERNAL ||
                  status.error_message().find("cannot persist") != std::string::npos,
              path, ": ", status.error_message());

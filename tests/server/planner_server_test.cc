@@ -13,6 +13,7 @@
 #include "core/contiguous_policy.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "tests/server/test_env.h"
+#include "tests/support/raw_calls.h"
 
 namespace eplb {
 namespace {
@@ -594,29 +595,15 @@ TEST(PlannerReportTest, AnUnparseableMessageEndsTheStreamWithInvalidArgument) {
   PlannerEnv env;
   ASSERT_TRUE(Create(env.stub(), SmallSpec("d")).ok());
   grpc::GenericStub generic(env.channel());
-  grpc::CompletionQueue queue;
-  grpc::ClientContext context;
-  const auto step = [&queue] {
-    void* tag = nullptr;
-    bool ok = false;
-    return queue.Next(&tag, &ok) && ok;
-  };
-  auto call = generic.PrepareCall(&context, "/eplb.v1.Planner/ReportLoad", &queue);
-  call->StartCall(nullptr);
-  ASSERT_TRUE(step());
+  eplb::testing::RawStream call(generic, "/eplb.v1.Planner/ReportLoad");
+  ASSERT_TRUE(call.started());
   const std::string good = Report("d", 0, 1, 0, 9, {{1, 2, 3, 4}}).SerializeAsString();
   const std::string bad = "\xff\xff\xff\xff";  // a truncated varint tag
   for (const std::string& bytes : {good, bad, good}) {
-    grpc::Slice slice(bytes);
-    grpc::ByteBuffer outgoing(&slice, 1);
-    call->Write(outgoing, nullptr);
-    if (!step()) break;  // the stream may already be over
+    if (!call.Write(bytes)) break;  // the stream may already be over
   }
-  call->WritesDone(nullptr);
-  step();
-  grpc::Status grpc_status;
-  call->Finish(&grpc_status, nullptr);
-  step();
+  call.WritesDone();
+  const grpc::Status grpc_status = call.Finish();
   const absl::Status status = FromGrpcStatus(grpc_status);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(status.message(),
@@ -626,11 +613,6 @@ TEST(PlannerReportTest, AnUnparseableMessageEndsTheStreamWithInvalidArgument) {
   auto load = GetLoad(env.stub(), "d");
   ASSERT_TRUE(load.ok());
   EXPECT_EQ(load->steps_seen(), 10);  // the first report only
-  queue.Shutdown();
-  void* tag = nullptr;
-  bool ok = false;
-  while (queue.Next(&tag, &ok)) {
-  }
 }
 
 TEST(PlannerReportTest, ARetriedReportIsCountedOnce) {

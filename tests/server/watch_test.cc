@@ -10,12 +10,12 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/notification.h"
 #include "eplb/state/v1/state.pb.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "proto/eplb/test/reflection_wire.pb.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 #include "tests/server/test_env.h"
+#include "tests/support/raw_calls.h"
 
 namespace eplb {
 namespace {
@@ -621,49 +621,21 @@ TEST(PlannerOperationsTest, HealthIsServingUntilShutdown) {
 TEST(PlannerOperationsTest, ReflectionListsTheServices) {
   PlannerEnv env;
   grpc::GenericStub generic(env.channel());
-  grpc::CompletionQueue queue;
-  grpc::ClientContext context;
-  const auto step = [&queue] {
-    void* tag = nullptr;
-    bool ok = false;
-    return queue.Next(&tag, &ok) && ok;
-  };
-  auto call = generic.PrepareCall(
-      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &queue);
-  call->StartCall(nullptr);
-  ASSERT_TRUE(step());
+  eplb::testing::RawStream call(generic,
+                                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo");
+  ASSERT_TRUE(call.started());
   eplb::test::ServerReflectionRequest request;
   request.set_list_services("");
-  const std::string bytes = request.SerializeAsString();
-  grpc::Slice slice(bytes);
-  grpc::ByteBuffer outgoing(&slice, 1);
-  call->Write(outgoing, nullptr);
-  ASSERT_TRUE(step());
-  grpc::ByteBuffer incoming;
-  call->Read(&incoming, nullptr);
-  ASSERT_TRUE(step());
-  std::vector<grpc::Slice> slices;
-  ASSERT_TRUE(incoming.Dump(&slices).ok());
-  std::string received;
-  for (const grpc::Slice& piece : slices) {
-    received.append(reinterpret_cast<const char*>(piece.begin()), piece.size());
-  }
+  ASSERT_TRUE(call.Write(request.SerializeAsString()));
+  const std::optional<std::string> received = call.Read();
+  ASSERT_TRUE(received.has_value());
   eplb::test::ServerReflectionResponse response;
-  ASSERT_TRUE(response.ParseFromString(received));
+  ASSERT_TRUE(response.ParseFromString(*received));
   std::vector<std::string> names;
   for (const auto& service : response.list_services_response().service()) {
     names.push_back(service.name());
   }
   EXPECT_THAT(names, ::testing::IsSupersetOf({"eplb.v1.Planner", "grpc.health.v1.Health"}));
-  context.TryCancel();
-  grpc::Status status;
-  call->Finish(&status, nullptr);
-  step();
-  queue.Shutdown();
-  void* tag = nullptr;
-  bool ok = false;
-  while (queue.Next(&tag, &ok)) {
-  }
 }
 
 TEST(PlannerOperationsTest, ABearerTokenIsRequiredWhenConfigured) {
@@ -721,18 +693,9 @@ TEST(PlannerOperationsTest, EveryMethodRefusesACallWithoutTheToken) {
       streaming.push_back(method->name());  // tested above, through their own clients
       continue;
     }
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    grpc::Slice empty("");  // an empty message: valid for every request type
-    grpc::ByteBuffer request(&empty, 1), response;
-    absl::Notification done;
-    grpc::Status status;
-    stub.UnaryCall(&context, absl::StrCat("/", service->full_name(), "/", method->name()),
-                   grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
-                     status = std::move(s);
-                     done.Notify();
-                   });
-    done.WaitForNotification();
+    // An empty message: valid for every request type.
+    const grpc::Status status = eplb::testing::RawUnaryCall(
+        stub, absl::StrCat("/", service->full_name(), "/", method->name()), "");
     const absl::Status refused = FromGrpcStatus(status);
     EXPECT_EQ(refused.code(), absl::StatusCode::kUnauthenticated) << method->name();
     EXPECT_EQ(Reason(refused), v1::UNAUTHENTICATED_TOKEN) << method->name();
