@@ -71,6 +71,9 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, bearer_token_file, "",
           "File holding a bearer token every call must carry (authorization: Bearer <token>); "
           "the environment variable EPLB_TOKEN is used when this is empty");
+ABSL_FLAG(std::string, credentials, "",
+          "YAML file of scoped credentials (tokens or client-certificate identities, each with "
+          "scope admin, read or deployment; see the README's Security and limits)");
 ABSL_FLAG(bool, insecure, false,
           "Serve a --listen address beyond loopback without credentials (a bearer token or "
           "client certificates); without this flag the planner refuses to");
@@ -267,13 +270,36 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
         absl::StrCat("--bearer-token-file: ", absl::GetFlag(FLAGS_bearer_token_file), " is empty"));
   }
   options.service.bearer_token = token_text;
+  if (const std::string path = absl::GetFlag(FLAGS_credentials); !path.empty()) {
+    auto text = eplb::ReadFileToString(path, eplb::server::kMaxCredentialsFileBytes);
+    if (!text.ok()) {
+      return absl::Status(text.status().code(),
+                          absl::StrCat("--credentials: ", text.status().message()));
+    }
+    ASSIGN_OR_RETURN(options.service.credentials, eplb::server::ParseCredentials(*text, path));
+    if (options.service.credentials.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--credentials: ", path, " lists none"));
+    }
+  }
+  // Checked here too, so that --check-flags names a bad credential.
+  if (auto access = eplb::server::AccessControl::Create(
+          options.service.bearer_token, options.service.credentials,
+          /*mutual_tls=*/!options.tls_client_ca_pem.empty());
+      !access.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.service.credentials.empty() ? "--bearer-token-file/EPLB_TOKEN: "
+                                                         : "--credentials: ",
+                     access.status().message()));
+  }
   if (!IsLoopback(ListenHost(options.listen)) && options.service.bearer_token.empty() &&
-      options.tls_client_ca_pem.empty() && !absl::GetFlag(FLAGS_insecure)) {
+      options.service.credentials.empty() && options.tls_client_ca_pem.empty() &&
+      !absl::GetFlag(FLAGS_insecure)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--listen=", options.listen,
         " accepts calls from the network and no credentials are set: give a bearer token "
-        "(--bearer-token-file or EPLB_TOKEN) or client certificates (--tls-client-ca), listen on "
-        "127.0.0.1, or pass --insecure to serve without"));
+        "(--bearer-token-file or EPLB_TOKEN), scoped credentials (--credentials) or client "
+        "certificates (--tls-client-ca), listen on 127.0.0.1, or pass --insecure to serve "
+        "without"));
   }
   return options;
 }

@@ -53,7 +53,14 @@ PlannerMetrics::PlannerMetrics(std::shared_ptr<prometheus::Registry> registry)
       watchers_(prometheus::BuildGauge()
                     .Name("eplb_watchers")
                     .Help("Open WatchPlans streams")
-                    .Register(*registry_)) {}
+                    .Register(*registry_)),
+      auth_refusals_(prometheus::BuildCounter()
+                         .Name("eplb_auth_refusals_total")
+                         .Help("Calls refused: without a known credential (unauthenticated) or "
+                               "outside the credential's scope (permission_denied)")
+                         .Register(*registry_)),
+      unauthenticated_(&auth_refusals_.Add({{"reason", "unauthenticated"}})),
+      permission_denied_(&auth_refusals_.Add({{"reason", "permission_denied"}})) {}
 
 std::shared_ptr<DeploymentMetrics> PlannerMetrics::AddDeployment(const std::string& deployment) {
   absl::MutexLock lock(&mu_);

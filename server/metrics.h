@@ -11,6 +11,9 @@
 //   eplb_rank_hash_mismatch{deployment, rank}   gauge: 1 while the rank's map hash differs from the
 //                                        plan's
 //   eplb_watchers{deployment}            gauge: open WatchPlans streams
+//   eplb_auth_refusals_total{reason="unauthenticated"|"permission_denied"}   counter: calls
+//                                        refused for a missing or unknown credential, or one
+//                                        whose scope does not cover the call
 //
 // Thread-safe (prometheus-cpp metrics are atomic; families lock internally).
 #ifndef EPLB_SERVER_METRICS_H_
@@ -80,6 +83,10 @@ class PlannerMetrics {
   explicit PlannerMetrics(std::shared_ptr<prometheus::Registry> registry);
   std::shared_ptr<DeploymentMetrics> AddDeployment(const std::string& deployment);
   prometheus::Registry& registry() { return *registry_; }
+  // One refused call: no or an unknown credential (`unauthenticated`), or out of its scope.
+  void AuthRefused(bool unauthenticated) {
+    (unauthenticated ? unauthenticated_ : permission_denied_)->Increment();
+  }
 
  private:
   friend class DeploymentMetrics;
@@ -95,6 +102,9 @@ class PlannerMetrics {
   prometheus::Family<prometheus::Gauge>& ranks_;
   prometheus::Family<prometheus::Gauge>& hash_mismatch_;
   prometheus::Family<prometheus::Gauge>& watchers_;
+  prometheus::Family<prometheus::Counter>& auth_refusals_;
+  prometheus::Counter* unauthenticated_;
+  prometheus::Counter* permission_denied_;
 };
 
 }  // namespace eplb::server

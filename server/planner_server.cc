@@ -41,11 +41,9 @@ absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
     return absl::InvalidArgumentError(
         "a client CA (mutual TLS) needs a server certificate and key as well");
   }
-  if (options.service.bearer_token.size() + 7 > kMaxCredentialBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("the bearer token has ",
-                                                   options.service.bearer_token.size(),
-                                                   " bytes, more than ", kMaxCredentialBytes - 7));
-  }
+  ASSIGN_OR_RETURN(AccessControl access,
+                   AccessControl::Create(options.service.bearer_token, options.service.credentials,
+                                         /*mutual_tls=*/!options.tls_client_ca_pem.empty()));
   PlannerOptions planner_options = options.planner;
   planner_options.max_message_bytes = options.max_message_bytes;
   int64_t grpc_quota_bytes = 0;
@@ -64,7 +62,9 @@ absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
   ASSIGN_OR_RETURN(StateStore store, StateStore::Open(options.state_dir));
   ASSIGN_OR_RETURN(server->planner_, Planner::Create(planner_options, std::move(store), clock,
                                                      server->metrics_.get()));
-  server->service_ = std::make_unique<PlannerService>(server->planner_.get(), options.service);
+  server->service_ =
+      std::make_unique<PlannerService>(server->planner_.get(), options.service.max_watch_queue,
+                                       std::move(access), server->metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -2,8 +2,13 @@
 
 #include <grpcpp/impl/codegen/proto_utils.h>
 
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/auth_context.h>
+
+#include <atomic>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -13,18 +18,74 @@
 #include "spdlog/spdlog.h"
 
 namespace eplb::server {
+
+class PlannerService::Gate {
+ public:
+  Gate(AccessControl access, PlannerMetrics* metrics)
+      : access_(std::move(access)), metrics_(metrics) {}
+
+  // The caller's credential, or UNAUTHENTICATED (recorded).
+  absl::StatusOr<const Credential*> Identify(grpc::CallbackServerContext* context) const {
+    if (!access_.enforcing()) return access_.Identify(std::nullopt, {});
+    std::optional<absl::string_view> authorization;
+    const auto& metadata = context->client_metadata();
+    if (const auto it = metadata.find("authorization"); it != metadata.end()) {
+      authorization = absl::string_view(it->second.data(), it->second.size());
+    }
+    std::vector<std::string> identities;
+    if (const std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+        auth != nullptr && auth->IsPeerAuthenticated()) {
+      for (const char* property : {GRPC_X509_CN_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
+        for (const grpc::string_ref& value : auth->FindPropertyValues(property)) {
+          identities.emplace_back(value.data(), value.size());
+        }
+      }
+    }
+    absl::StatusOr<const Credential*> caller = access_.Identify(authorization, identities);
+    if (!caller.ok()) Record(context, caller.status(), /*unauthenticated=*/true);
+    return caller;
+  }
+
+  // `status` (a scope check) as it is; a refusal is recorded.
+  absl::Status Check(grpc::CallbackServerContext* context, absl::Status status) const {
+    if (!status.ok()) Record(context, status, /*unauthenticated=*/false);
+    return status;
+  }
+
+ private:
+  // Counted always, logged at most once a second (a client guessing must not flood the log) with
+  // the count since start.
+  void Record(grpc::CallbackServerContext* context, const absl::Status& status,
+              bool unauthenticated) const {
+    if (metrics_ != nullptr) metrics_->AuthRefused(unauthenticated);
+    const int64_t refused = refused_calls_.fetch_add(1) + 1;
+    const int64_t now_ms = absl::ToUnixMillis(absl::Now());
+    int64_t last_ms = last_log_ms_.load();
+    if (now_ms - last_ms >= 1000 && last_log_ms_.compare_exchange_strong(last_ms, now_ms)) {
+      spdlog::warn("refused a call from {}: {} ({} refused so far)", context->peer(),
+                   std::string(status.message()), refused);
+    }
+  }
+
+  const AccessControl access_;
+  PlannerMetrics* const metrics_;
+  mutable std::atomic<int64_t> refused_calls_{0};
+  mutable std::atomic<int64_t> last_log_ms_{0};
+};
+
 namespace {
 
-// Compares the first kMaxCredentialBytes bytes of both, zero-padded, always all of them: the time
-// taken reveals neither a matching prefix nor either length. `expected` is at most that long.
-bool ConstantTimeEquals(absl::string_view presented, absl::string_view expected) {
-  unsigned char diff = presented.size() != expected.size() ? 1 : 0;
-  for (size_t i = 0; i < kMaxCredentialBytes; ++i) {
-    const unsigned char a = i < presented.size() ? static_cast<unsigned char>(presented[i]) : 0;
-    const unsigned char b = i < expected.size() ? static_cast<unsigned char>(expected[i]) : 0;
-    diff |= static_cast<unsigned char>(a ^ b);
+using Gate = PlannerService::Gate;
+
+template <typename Message>
+absl::Status Parse(const grpc::ByteBuffer& bytes, Message* message, absl::string_view what) {
+  grpc::ByteBuffer copy = bytes;  // Deserialize consumes its buffer; the copy shares the slices
+  if (grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok()) {
+    return absl::OkStatus();
   }
-  return diff == 0;
+  return ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::MALFORMED_MESSAGE, "",
+                         absl::StrCat(what, " does not parse as ",
+                                      Message::descriptor()->full_name()));
 }
 
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
@@ -34,16 +95,53 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// Finishes a unary call with `response` serialized into `out`, or its error.
+template <typename Response>
+void FinishWith(grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* out,
+                const absl::StatusOr<Response>& response) {
+  if (!response.ok()) {
+    reactor->Finish(ToGrpcStatus(response.status()));
+    return;
+  }
+  bool own_buffer = false;
+  reactor->Finish(grpc::SerializationTraits<Response>::Serialize(*response, out, &own_buffer));
+}
+
+// A unary call: identify the caller, parse the request, `check` the caller's scope against it,
+// then `run(request, caller, done)`, which calls done(StatusOr<Response>) once, now or later.
+template <typename Request, typename Response, typename Check, typename Run>
+grpc::ServerUnaryReactor* Serve(const Gate& gate, grpc::CallbackServerContext* context,
+                                const grpc::ByteBuffer* in, grpc::ByteBuffer* out, Check check,
+                                Run run) {
+  absl::StatusOr<const Credential*> caller = gate.Identify(context);
+  if (!caller.ok()) return FinishNow(context, caller.status());
+  auto request = std::make_shared<Request>();
+  if (absl::Status parsed = Parse(*in, request.get(), "the request"); !parsed.ok()) {
+    return FinishNow(context, parsed);
+  }
+  if (absl::Status allowed = gate.Check(context, check(**caller, *request)); !allowed.ok()) {
+    return FinishNow(context, allowed);
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  run(*request, **caller, [reactor, out, request](absl::StatusOr<Response> response) {
+    FinishWith(reactor, out, response);
+  });
+  return reactor;
+}
+
 // ---- ReportLoad ---------------------------------------------------------------------------------
 
 class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  ReportReactor(Planner* planner, grpc::ByteBuffer* response, const absl::Status& auth)
-      : planner_(planner), response_(response) {
-    if (!auth.ok()) {
-      Finish(ToGrpcStatus(auth));
+  ReportReactor(Planner* planner, grpc::ByteBuffer* response, const Gate* gate,
+                grpc::CallbackServerContext* context)
+      : planner_(planner), response_(response), gate_(gate), context_(context) {
+    absl::StatusOr<const Credential*> caller = gate_->Identify(context_);
+    if (!caller.ok()) {
+      Finish(ToGrpcStatus(caller.status()));
       return;
     }
+    caller_ = *caller;
     StartRead(&incoming_);
   }
 
@@ -62,6 +160,13 @@ class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
                           absl::StrCat("message ", received_, " of the stream does not parse as ",
                                        v1::LoadReport::descriptor()->full_name(), "; the ",
                                        received_ - 1, " before it were counted"))));
+      return;
+    }
+    if (absl::Status allowed = gate_->Check(
+            context_, AccessControl::CheckRank(*caller_, "report load", report_.deployment(),
+                                               report_.rank()));
+        !allowed.ok()) {
+      Finish(ToGrpcStatus(allowed));
       return;
     }
     const absl::StatusOr<ReportOutcome> outcome = planner_->Report(report_);
@@ -83,6 +188,9 @@ class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  private:
   Planner* const planner_;
   grpc::ByteBuffer* const response_;
+  const Gate* const gate_;
+  grpc::CallbackServerContext* const context_;  // valid until OnDone
+  const Credential* caller_ = nullptr;           // the AccessControl's, which outlives the call
   grpc::ByteBuffer incoming_;
   int64_t received_ = 0;
   v1::LoadReport report_;  // reused: its repeated fields keep their capacity
@@ -94,14 +202,16 @@ class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
                            public WatchSink {
  public:
-  WatchReactor(Planner* planner, int max_queue, grpc::CallbackServerContext* context,
-               const absl::Status& auth)
-      : planner_(planner), max_queue_(max_queue), context_(context) {
-    if (!auth.ok()) {
+  WatchReactor(Planner* planner, int max_queue, const Gate* gate,
+               grpc::CallbackServerContext* context)
+      : planner_(planner), max_queue_(max_queue), gate_(gate), context_(context) {
+    absl::StatusOr<const Credential*> caller = gate_->Identify(context_);
+    if (!caller.ok()) {
       absl::MutexLock lock(&mu_);
-      FinishLocked(auth);
+      FinishLocked(caller.status());
       return;
     }
+    caller_ = *caller;
     StartRead(&incoming_);
   }
 
@@ -126,6 +236,14 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       if (!request.has_subscribe()) {
         status = ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::FIELD_REQUIRED,
                                  "subscribe", "the first message of a watch must be a subscribe");
+      } else if (status = gate_->Check(
+                     context_, request.subscribe().rank() < 0
+                                   ? AccessControl::CheckRead(*caller_, "watch plans",
+                                                              request.subscribe().deployment())
+                                   : AccessControl::CheckRank(*caller_, "acknowledge plans",
+                                                              request.subscribe().deployment(),
+                                                              request.subscribe().rank()));
+                 !status.ok()) {
       } else {
         deployment_ = request.subscribe().deployment();
         rank_ = request.subscribe().rank();
@@ -223,7 +341,9 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 
   Planner* const planner_;
   const int max_queue_;
+  const Gate* const gate_;
   grpc::CallbackServerContext* const context_;  // valid until OnDone
+  const Credential* caller_ = nullptr;
   grpc::ByteBuffer incoming_;
   // Set on the reactor's read path only (reads are sequential).
   bool subscribed_ = false;
@@ -241,145 +361,187 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 
 }  // namespace
 
-PlannerService::PlannerService(Planner* planner, PlannerServiceOptions options)
-    : planner_(planner), options_(std::move(options)) {}
+PlannerService::PlannerService(Planner* planner, int max_watch_queue, AccessControl access,
+                               PlannerMetrics* metrics)
+    : planner_(planner),
+      max_watch_queue_(max_watch_queue),
+      gate_(std::make_unique<Gate>(std::move(access), metrics)) {}
 
-absl::Status PlannerService::Authenticate(grpc::CallbackServerContext* context) const {
-  if (options_.bearer_token.empty()) return absl::OkStatus();
-  const auto& metadata = context->client_metadata();
-  const auto it = metadata.find("authorization");
-  if (it != metadata.end()) {
-    const absl::string_view value(it->second.data(), it->second.size());
-    if (ConstantTimeEquals(value, absl::StrCat("Bearer ", options_.bearer_token))) {
-      return absl::OkStatus();
-    }
-  }
-  // Logged at most once a second (a client guessing must not flood the log), with the count since.
-  const int64_t refused = refused_calls_.fetch_add(1) + 1;
-  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
-  int64_t last_ms = last_refusal_log_ms_.load();
-  if (now_ms - last_ms >= 1000 && last_refusal_log_ms_.compare_exchange_strong(last_ms, now_ms)) {
-    spdlog::warn("refused a call without a valid bearer token from {} ({} refused so far)",
-                 context->peer(), refused);
-  }
-  return ErrorWithDetail(absl::StatusCode::kUnauthenticated, v1::UNAUTHENTICATED_TOKEN,
-                         "authorization",
-                         it == metadata.end() ? "missing bearer token (authorization metadata)"
-                                              : "wrong bearer token");
-}
+PlannerService::~PlannerService() = default;
 
-grpc::ServerUnaryReactor* PlannerService::CreateDeployment(
-    grpc::CallbackServerContext* context, const v1::CreateDeploymentRequest* request,
-    v1::Deployment* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  planner_->CreateDeployment(request->spec(),
-                             [reactor, response](absl::StatusOr<v1::Deployment> deployment) {
-                               if (deployment.ok()) *response = *std::move(deployment);
-                               reactor->Finish(ToGrpcStatus(deployment.status()));
-                             });
-  return reactor;
+grpc::ServerUnaryReactor* PlannerService::CreateDeployment(grpc::CallbackServerContext* context,
+                                                           const Raw* in, Raw* out) {
+  return Serve<v1::CreateDeploymentRequest, v1::Deployment>(
+      *gate_, context, in, out,
+      [](const Credential& caller, const v1::CreateDeploymentRequest&) {
+        return AccessControl::CheckAdmin(caller, "create deployments");
+      },
+      [this](const v1::CreateDeploymentRequest& request, const Credential&, auto done) {
+        planner_->CreateDeployment(request.spec(), std::move(done));
+      });
 }
 
 grpc::ServerUnaryReactor* PlannerService::GetDeployment(grpc::CallbackServerContext* context,
-                                                        const v1::GetDeploymentRequest* request,
-                                                        v1::Deployment* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  absl::StatusOr<v1::Deployment> deployment = planner_->GetDeployment(request->name());
-  if (deployment.ok()) *response = *std::move(deployment);
-  return FinishNow(context, deployment.status());
+                                                        const Raw* in, Raw* out) {
+  return Serve<v1::GetDeploymentRequest, v1::Deployment>(
+      *gate_, context, in, out,
+      [](const Credential& caller, const v1::GetDeploymentRequest& request) {
+        return AccessControl::CheckRead(caller, "read deployments", request.name());
+      },
+      [this](const v1::GetDeploymentRequest& request, const Credential&, auto done) {
+        done(planner_->GetDeployment(request.name()));
+      });
 }
 
-grpc::ServerUnaryReactor* PlannerService::ListDeployments(
-    grpc::CallbackServerContext* context, const v1::ListDeploymentsRequest* /*request*/,
-    v1::ListDeploymentsResponse* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  for (v1::Deployment& deployment : planner_->ListDeployments()) {
-    *response->add_deployments() = std::move(deployment);
-  }
-  return FinishNow(context, absl::OkStatus());
+grpc::ServerUnaryReactor* PlannerService::ListDeployments(grpc::CallbackServerContext* context,
+                                                          const Raw* in, Raw* out) {
+  return Serve<v1::ListDeploymentsRequest, v1::ListDeploymentsResponse>(
+      *gate_, context, in, out,
+      [](const Credential&, const v1::ListDeploymentsRequest&) { return absl::OkStatus(); },
+      [this](const v1::ListDeploymentsRequest&, const Credential& caller, auto done) {
+        v1::ListDeploymentsResponse response;
+        for (v1::Deployment& deployment : planner_->ListDeployments()) {
+          if (AccessControl::Sees(caller, deployment.spec().name())) {
+            *response.add_deployments() = std::move(deployment);
+          }
+        }
+        done(std::move(response));
+      });
 }
 
-grpc::ServerUnaryReactor* PlannerService::DeleteDeployment(
-    grpc::CallbackServerContext* context, const v1::DeleteDeploymentRequest* request,
-    v1::DeleteDeploymentResponse* /*response*/) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  if (request->name().empty()) {
-    return FinishNow(context, ErrorWithDetail(absl::StatusCode::kInvalidArgument,
-                                              v1::FIELD_REQUIRED, "name", "name is required"));
-  }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  planner_->DeleteDeployment(
-      request->name(), [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
-  return reactor;
+grpc::ServerUnaryReactor* PlannerService::DeleteDeployment(grpc::CallbackServerContext* context,
+                                                           const Raw* in, Raw* out) {
+  return Serve<v1::DeleteDeploymentRequest, v1::DeleteDeploymentResponse>(
+      *gate_, context, in, out,
+      [](const Credential& caller, const v1::DeleteDeploymentRequest&) {
+        return AccessControl::CheckAdmin(caller, "delete deployments");
+      },
+      [this](const v1::DeleteDeploymentRequest& request, const Credential&, auto done) {
+        if (request.name().empty()) {
+          done(ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::FIELD_REQUIRED, "name",
+                               "name is required"));
+          return;
+        }
+        planner_->DeleteDeployment(request.name(), [done = std::move(done)](
+                                                       absl::Status status) mutable {
+          if (status.ok()) {
+            done(v1::DeleteDeploymentResponse());
+          } else {
+            done(status);
+          }
+        });
+      });
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* PlannerService::ReportLoad(
-    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
-  return new ReportReactor(planner_, response, Authenticate(context));
+    grpc::CallbackServerContext* context, Raw* response) {
+  return new ReportReactor(planner_, response, gate_.get(), context);
 }
 
 grpc::ServerUnaryReactor* PlannerService::GetPlan(grpc::CallbackServerContext* context,
-                                                  const v1::GetPlanRequest* request,
-                                                  v1::Plan* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  absl::StatusOr<v1::Plan> plan = planner_->GetPlan(request->deployment(), request->version());
-  if (plan.ok()) *response = *std::move(plan);
-  return FinishNow(context, plan.status());
+                                                  const Raw* in, Raw* out) {
+  return Serve<v1::GetPlanRequest, v1::Plan>(
+      *gate_, context, in, out,
+      [](const Credential& caller, const v1::GetPlanRequest& request) {
+        return AccessControl::CheckRead(caller, "read plans", request.deployment());
+      },
+      [this](const v1::GetPlanRequest& request, const Credential&, auto done) {
+        done(planner_->GetPlan(request.deployment(), request.version()));
+      });
 }
 
 grpc::ServerUnaryReactor* PlannerService::ListPlans(grpc::CallbackServerContext* context,
-                                                    const v1::ListPlansRequest* request,
-                                                    v1::ListPlansResponse* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  auto plans = planner_->ListPlans(request->deployment(), request->include_maps());
-  if (plans.ok()) {
-    for (v1::Plan& plan : *plans) *response->add_plans() = std::move(plan);
-  }
-  return FinishNow(context, plans.status());
+                                                    const Raw* in, Raw* out) {
+  return Serve<v1::ListPlansRequest, v1::ListPlansResponse>(
+      *gate_, context, in, out,
+      [](const Credential& caller, const v1::ListPlansRequest& request) {
+        return AccessControl::CheckRead(caller, "read plans", request.deployment());
+      },
+      [this](const v1::ListPlansRequest& request, const Credential&, auto done) {
+        auto plans = planner_->ListPlans(request.deployment(), request.include_maps());
+        if (!plans.ok()) {
+          done(plans.status());
+          return;
+        }
+        v1::ListPlansResponse response;
+        for (v1::Plan& plan : *plans) *response.add_plans() = std::move(plan);
+        done(std::move(response));
+      });
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* PlannerService::WatchPlans(
     grpc::CallbackServerContext* context) {
-  return new WatchReactor(planner_, options_.max_watch_queue, context, Authenticate(context));
+  return new WatchReactor(planner_, max_watch_queue_, gate_.get(), context);
 }
 
 grpc::ServerUnaryReactor* PlannerService::Rebalance(grpc::CallbackServerContext* context,
-                                                    const v1::RebalanceRequest* request,
-                                                    v1::RebalanceResponse* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  planner_->Rebalance(request->deployment(), request->dry_run(),
-                      [reactor, response](absl::StatusOr<v1::Plan> plan) {
-                        if (plan.ok()) *response->mutable_plan() = *std::move(plan);
-                        reactor->Finish(ToGrpcStatus(plan.status()));
-                      });
-  return reactor;
+                                                    const Raw* in, Raw* out) {
+  return Serve<v1::RebalanceRequest, v1::RebalanceResponse>(
+      *gate_, context, in, out,
+      [](const Credential& caller, const v1::RebalanceRequest&) {
+        return AccessControl::CheckAdmin(caller, "rebalance");
+      },
+      [this](const v1::RebalanceRequest& request, const Credential&, auto done) {
+        planner_->Rebalance(request.deployment(), request.dry_run(),
+                            [done = std::move(done)](absl::StatusOr<v1::Plan> plan) mutable {
+                              if (!plan.ok()) {
+                                done(plan.status());
+                                return;
+                              }
+                              v1::RebalanceResponse response;
+                              *response.mutable_plan() = *std::move(plan);
+                              done(std::move(response));
+                            });
+      });
 }
 
 grpc::ServerUnaryReactor* PlannerService::GetLoad(grpc::CallbackServerContext* context,
-                                                  const v1::GetLoadRequest* request,
-                                                  v1::GetLoadResponse* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  absl::StatusOr<v1::GetLoadResponse> load = planner_->GetLoad(request->deployment());
-  if (load.ok()) *response = *std::move(load);
-  return FinishNow(context, load.status());
+                                                  const Raw* in, Raw* out) {
+  return Serve<v1::GetLoadRequest, v1::GetLoadResponse>(
+      *gate_, context, in, out,
+      [](const Credential& caller, const v1::GetLoadRequest& request) {
+        return AccessControl::CheckRead(caller, "read load", request.deployment());
+      },
+      [this](const v1::GetLoadRequest& request, const Credential&, auto done) {
+        done(planner_->GetLoad(request.deployment()));
+      });
 }
 
-grpc::ServerUnaryReactor* PlannerService::PublishRendezvous(
-    grpc::CallbackServerContext* context, const v1::PublishRendezvousRequest* request,
-    v1::PublishRendezvousResponse* /*response*/) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  return FinishNow(context, planner_->PublishRendezvous(*request));
+grpc::ServerUnaryReactor* PlannerService::PublishRendezvous(grpc::CallbackServerContext* context,
+                                                            const Raw* in, Raw* out) {
+  return Serve<v1::PublishRendezvousRequest, v1::PublishRendezvousResponse>(
+      *gate_, context, in, out,
+      [](const Credential& caller, const v1::PublishRendezvousRequest& request) {
+        return AccessControl::CheckPublish(caller, "publish rendezvous values",
+                                           request.deployment());
+      },
+      [this](const v1::PublishRendezvousRequest& request, const Credential&, auto done) {
+        const absl::Status status = planner_->PublishRendezvous(request);
+        if (status.ok()) {
+          done(v1::PublishRendezvousResponse());
+        } else {
+          done(status);
+        }
+      });
 }
 
 grpc::ServerUnaryReactor* PlannerService::GetRendezvous(grpc::CallbackServerContext* context,
-                                                        const v1::GetRendezvousRequest* request,
-                                                        v1::GetRendezvousResponse* response) {
-  if (absl::Status auth = Authenticate(context); !auth.ok()) return FinishNow(context, auth);
-  absl::StatusOr<std::string> value = planner_->GetRendezvous(*request);
-  if (value.ok()) response->set_value(*std::move(value));
-  return FinishNow(context, value.status());
+                                                        const Raw* in, Raw* out) {
+  return Serve<v1::GetRendezvousRequest, v1::GetRendezvousResponse>(
+      *gate_, context, in, out,
+      [](const Credential& caller, const v1::GetRendezvousRequest& request) {
+        return AccessControl::CheckRead(caller, "read rendezvous values", request.deployment());
+      },
+      [this](const v1::GetRendezvousRequest& request, const Credential&, auto done) {
+        absl::StatusOr<std::string> value = planner_->GetRendezvous(request);
+        if (!value.ok()) {
+          done(value.status());
+          return;
+        }
+        v1::GetRendezvousResponse response;
+        response.set_value(*std::move(value));
+        done(std::move(response));
+      });
 }
 
 }  // namespace eplb::server

@@ -7,22 +7,24 @@
 #ifndef EPLB_SERVER_PLANNER_SERVICE_H_
 #define EPLB_SERVER_PLANNER_SERVICE_H_
 
-#include <atomic>
-#include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "eplb/v1/planner.grpc.pb.h"
+#include "server/access.h"
+#include "server/metrics.h"
 #include "server/planner.h"
 
 namespace eplb::server {
 
-// The longest bearer token (and authorization value) compared; longer tokens are refused at start.
-inline constexpr size_t kMaxCredentialBytes = 4096;
-
 struct PlannerServiceOptions {
-  // When non-empty (at most kMaxCredentialBytes − 7 bytes), every call must carry
-  // "authorization: Bearer <token>" metadata.
+  // An admin credential: every call may carry "authorization: Bearer <token>" metadata with it
+  // (kMinTokenBytes … kMaxTokenBytes bytes). May be combined with `credentials`.
   std::string bearer_token;
+  // Scoped credentials (see access.h); with none, no token and no client CA, every caller is
+  // admin.
+  std::vector<Credential> credentials;
   // Updates one watch stream may have queued (distinct versions) before it is ended with
   // RESOURCE_EXHAUSTED (WATCH_FELL_BEHIND) and its queue dropped; the client reconnects and gets
   // the current plans. A stream that has not taken its write in progress by the next update is
@@ -30,70 +32,67 @@ struct PlannerServiceOptions {
   int max_watch_queue = 64;
 };
 
-using PlannerServiceBase = v1::Planner::WithCallbackMethod_CreateDeployment<
-    v1::Planner::WithCallbackMethod_GetDeployment<v1::Planner::WithCallbackMethod_ListDeployments<
-        v1::Planner::WithCallbackMethod_DeleteDeployment<
-            v1::Planner::WithRawCallbackMethod_ReportLoad<
-                v1::Planner::WithCallbackMethod_GetPlan<v1::Planner::WithCallbackMethod_ListPlans<
-                    v1::Planner::WithRawCallbackMethod_WatchPlans<
-                        v1::Planner::WithCallbackMethod_Rebalance<
-                            v1::Planner::WithCallbackMethod_GetLoad<
-                                v1::Planner::WithCallbackMethod_PublishRendezvous<
-                                    v1::Planner::WithCallbackMethod_GetRendezvous<
-                                        v1::Planner::Service>>>>>>>>>>>>;
+// Every method is raw (the service parses its own requests), so that a request that does not
+// parse is refused with INVALID_ARGUMENT (MALFORMED_MESSAGE) and an ErrorDetail like any other.
+using PlannerServiceBase = v1::Planner::WithRawCallbackMethod_CreateDeployment<
+    v1::Planner::WithRawCallbackMethod_GetDeployment<
+        v1::Planner::WithRawCallbackMethod_ListDeployments<
+            v1::Planner::WithRawCallbackMethod_DeleteDeployment<
+                v1::Planner::WithRawCallbackMethod_ReportLoad<
+                    v1::Planner::WithRawCallbackMethod_GetPlan<
+                        v1::Planner::WithRawCallbackMethod_ListPlans<
+                            v1::Planner::WithRawCallbackMethod_WatchPlans<
+                                v1::Planner::WithRawCallbackMethod_Rebalance<
+                                    v1::Planner::WithRawCallbackMethod_GetLoad<
+                                        v1::Planner::WithRawCallbackMethod_PublishRendezvous<
+                                            v1::Planner::WithRawCallbackMethod_GetRendezvous<
+                                                v1::Planner::Service>>>>>>>>>>>>;
 
-// `planner` must outlive the service.
+// Every call is first identified (UNAUTHENTICATED before the request is looked at), then
+// parsed, then checked against the caller's scope (PERMISSION_DENIED, OUT_OF_SCOPE), then run.
+// Refusals of either kind are counted (PlannerMetrics::AuthRefused) and logged at most once a
+// second.
+//
+// `planner` and `metrics` (may be null) must outlive the service.
 class PlannerService final : public PlannerServiceBase {
  public:
-  PlannerService(Planner* planner, PlannerServiceOptions options);
+  PlannerService(Planner* planner, int max_watch_queue, AccessControl access,
+                 PlannerMetrics* metrics);
+  ~PlannerService() override;
 
-  grpc::ServerUnaryReactor* CreateDeployment(grpc::CallbackServerContext* context,
-                                             const v1::CreateDeploymentRequest* request,
-                                             v1::Deployment* response) override;
-  grpc::ServerUnaryReactor* GetDeployment(grpc::CallbackServerContext* context,
-                                          const v1::GetDeploymentRequest* request,
-                                          v1::Deployment* response) override;
-  grpc::ServerUnaryReactor* ListDeployments(grpc::CallbackServerContext* context,
-                                            const v1::ListDeploymentsRequest* request,
-                                            v1::ListDeploymentsResponse* response) override;
-  grpc::ServerUnaryReactor* DeleteDeployment(grpc::CallbackServerContext* context,
-                                             const v1::DeleteDeploymentRequest* request,
-                                             v1::DeleteDeploymentResponse* response) override;
-  // Raw, to parse each report itself: a message that does not parse ends the stream with
-  // INVALID_ARGUMENT (MALFORMED_MESSAGE) instead of a silent end of input.
-  grpc::ServerReadReactor<grpc::ByteBuffer>* ReportLoad(grpc::CallbackServerContext* context,
-                                                        grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* GetPlan(grpc::CallbackServerContext* context,
-                                    const v1::GetPlanRequest* request, v1::Plan* response) override;
-  grpc::ServerUnaryReactor* ListPlans(grpc::CallbackServerContext* context,
-                                      const v1::ListPlansRequest* request,
-                                      v1::ListPlansResponse* response) override;
-  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* WatchPlans(
-      grpc::CallbackServerContext* context) override;
-  grpc::ServerUnaryReactor* Rebalance(grpc::CallbackServerContext* context,
-                                      const v1::RebalanceRequest* request,
-                                      v1::RebalanceResponse* response) override;
-  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
-                                    const v1::GetLoadRequest* request,
-                                    v1::GetLoadResponse* response) override;
-  grpc::ServerUnaryReactor* PublishRendezvous(grpc::CallbackServerContext* context,
-                                              const v1::PublishRendezvousRequest* request,
-                                              v1::PublishRendezvousResponse* response) override;
-  grpc::ServerUnaryReactor* GetRendezvous(grpc::CallbackServerContext* context,
-                                          const v1::GetRendezvousRequest* request,
-                                          v1::GetRendezvousResponse* response) override;
+  using Unary = grpc::ServerUnaryReactor;
+  using Raw = grpc::ByteBuffer;
+  Unary* CreateDeployment(grpc::CallbackServerContext* context, const Raw* request,
+                          Raw* response) override;
+  Unary* GetDeployment(grpc::CallbackServerContext* context, const Raw* request,
+                       Raw* response) override;
+  Unary* ListDeployments(grpc::CallbackServerContext* context, const Raw* request,
+                         Raw* response) override;
+  Unary* DeleteDeployment(grpc::CallbackServerContext* context, const Raw* request,
+                          Raw* response) override;
+  // A message that does not parse ends the stream with INVALID_ARGUMENT (MALFORMED_MESSAGE)
+  // instead of a silent end of input; each report is checked against the caller's scope.
+  grpc::ServerReadReactor<Raw>* ReportLoad(grpc::CallbackServerContext* context,
+                                           Raw* response) override;
+  Unary* GetPlan(grpc::CallbackServerContext* context, const Raw* request, Raw* response) override;
+  Unary* ListPlans(grpc::CallbackServerContext* context, const Raw* request,
+                   Raw* response) override;
+  grpc::ServerBidiReactor<Raw, Raw>* WatchPlans(grpc::CallbackServerContext* context) override;
+  Unary* Rebalance(grpc::CallbackServerContext* context, const Raw* request,
+                   Raw* response) override;
+  Unary* GetLoad(grpc::CallbackServerContext* context, const Raw* request, Raw* response) override;
+  Unary* PublishRendezvous(grpc::CallbackServerContext* context, const Raw* request,
+                           Raw* response) override;
+  Unary* GetRendezvous(grpc::CallbackServerContext* context, const Raw* request,
+                       Raw* response) override;
+
+  // Identifies callers and records refusals; the stream reactors share it.
+  class Gate;
 
  private:
-  // The bearer-token check, the first thing every method does (the test
-  // EveryMethodRefusesACallWithoutTheToken holds every method of the service to it, including
-  // ones added later). gRPC's server interceptors can only cancel a call, not finish it with a
-  // status and its ErrorDetail, so the check lives here.
-  absl::Status Authenticate(grpc::CallbackServerContext* context) const;
-
   Planner* const planner_;
-  const PlannerServiceOptions options_;
-  mutable std::atomic<int64_t> refused_calls_{0};
-  mutable std::atomic<int64_t> last_refusal_log_ms_{0};
+  const int max_watch_queue_;
+  std::unique_ptr<Gate> gate_;
 };
 
 }  // namespace eplb::server

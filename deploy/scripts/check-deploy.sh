@@ -65,7 +65,7 @@ deploy/scripts/stage-sdk.sh build-image "$tmp/sdk"
 echo "-- flag files"
 # (check_manifests.py above holds the ConfigMap's copy equal to this file.)
 # As the manifests run it: the token comes from the eplb-token Secret as EPLB_TOKEN.
-EPLB_TOKEN=check build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags --check-flags
+EPLB_TOKEN=check-0123456789abcdef build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags --check-flags
 if env -u EPLB_TOKEN build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags \
     --check-flags 2>/dev/null; then
   echo "check-deploy: --check-flags accepted serving 0.0.0.0 without credentials" >&2
@@ -80,7 +80,7 @@ if ((${#missing[@]})); then
   echo "check-deploy: deploy/config/planner.flags does not document ${missing[*]}" >&2
   exit 1
 fi
-if EPLB_TOKEN=check build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags \
+if EPLB_TOKEN=check-0123456789abcdef build-image/bin/eplb-planner --flagfile=deploy/config/planner.flags \
     --plan-threads=2000 --check-flags 2>/dev/null; then
   echo "check-deploy: --check-flags accepted --plan-threads=2000" >&2
   exit 1

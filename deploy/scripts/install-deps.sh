@@ -9,7 +9,7 @@ set -euo pipefail
 
 build_packages=(
   build-essential cmake ninja-build pkg-config git python3 python3-yaml clang libclang-rt-14-dev openssl
-  libabsl-dev libspdlog-dev libfmt-dev libyaml-cpp-dev rapidjson-dev zlib1g-dev
+  libabsl-dev libspdlog-dev libfmt-dev libyaml-cpp-dev rapidjson-dev zlib1g-dev libssl-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
   pybind11-dev python3-dev
@@ -21,7 +21,7 @@ python_test_packages=(
 )
 runtime_packages=(
   libabsl20220623 libspdlog1.10 libfmt9 libgrpc++1.51 libprotobuf32 libyaml-cpp0.7
-  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 zlib1g
+  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 zlib1g libssl3
 )
 
 case "${1:-}" in

@@ -194,7 +194,7 @@ TEST(PlanWatcherTest, ADeploymentCreatedAgainWhileAwayIsWatchedFromItsFirstVersi
 
 TEST(PlanWatcherTest, AWatcherWithoutTheTokenStops) {
   server::PlannerServerOptions options;
-  options.service.bearer_token = "s3cret";
+  options.service.bearer_token = "s3cret-0123456789abcdef";
   PlannerEnv env(options);
   auto client = Client(env);  // no token
   Recorder recorder;

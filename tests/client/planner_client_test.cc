@@ -317,7 +317,7 @@ TEST(PlannerClientTest, ErrorsKeepTheirDetail) {
 
 TEST(PlannerClientTest, BearerToken) {
   server::PlannerServerOptions options;
-  options.service.bearer_token = "s3cret";
+  options.service.bearer_token = "s3cret-0123456789abcdef";
   PlannerEnv env(options);
   auto anonymous = Connect(env);
   const absl::Status refused = anonymous->ListDeployments().status();
@@ -325,7 +325,7 @@ TEST(PlannerClientTest, BearerToken) {
   EXPECT_EQ(Reason(refused), v1::UNAUTHENTICATED_TOKEN);
   auto wrong = Connect(env, {.bearer_token = "guess"});
   EXPECT_EQ(wrong->ListDeployments().status().code(), absl::StatusCode::kUnauthenticated);
-  auto client = Connect(env, {.bearer_token = "s3cret"});
+  auto client = Connect(env, {.bearer_token = "s3cret-0123456789abcdef"});
   EXPECT_TRUE(client->ListDeployments().ok());
   // Streams carry it too.
   ASSERT_TRUE(client->CreateDeployment(testing::Spec("d1", 1, 4, 4, 2)).ok());

@@ -460,7 +460,7 @@ TEST_F(PlannerE2eTest, ServingTheNetworkWithoutCredentialsIsRefused) {
   EXPECT_EQ(open.exit_code, 1);
   EXPECT_THAT(open.err, HasSubstr("--listen=0.0.0.0:0 accepts calls from the network and no "
                                   "credentials are set: give a bearer token"));
-  EXPECT_EQ(check({"--listen=0.0.0.0:0"}, "s3cret").exit_code, 0);
+  EXPECT_EQ(check({"--listen=0.0.0.0:0"}, "s3cret-0123456789abcdef").exit_code, 0);
   EXPECT_EQ(check({"--listen=0.0.0.0:0", "--insecure"}, "").exit_code, 0);
   EXPECT_EQ(check({"--listen=127.0.0.1:0"}, "").exit_code, 0);
   EXPECT_EQ(check({"--listen=[::1]:0"}, "").exit_code, 0);

@@ -640,7 +640,7 @@ TEST(PlannerOperationsTest, ReflectionListsTheServices) {
 
 TEST(PlannerOperationsTest, ABearerTokenIsRequiredWhenConfigured) {
   server::PlannerServerOptions options;
-  options.service.bearer_token = "s3cret";
+  options.service.bearer_token = "s3cret-0123456789abcdef";
   PlannerEnv env(options);
   const auto list = [&env](const std::string& authorization) {
     grpc::ClientContext context;
@@ -654,9 +654,9 @@ TEST(PlannerOperationsTest, ABearerTokenIsRequiredWhenConfigured) {
   EXPECT_EQ(Reason(missing), v1::UNAUTHENTICATED_TOKEN);
   EXPECT_EQ(list("Bearer wrong").message(), "wrong bearer token");
   EXPECT_EQ(list("Bearer s3cre").message(), "wrong bearer token");  // a prefix
-  EXPECT_EQ(list("Bearer s3cret0").message(), "wrong bearer token");
-  EXPECT_EQ(list("Bearer s3cret" + std::string(5000, '0')).message(), "wrong bearer token");
-  EXPECT_TRUE(list("Bearer s3cret").ok());
+  EXPECT_EQ(list("Bearer s3cret-0123456789abcdef0").message(), "wrong bearer token");
+  EXPECT_EQ(list("Bearer s3cret-0123456789abcdef" + std::string(5000, '0')).message(), "wrong bearer token");
+  EXPECT_TRUE(list("Bearer s3cret-0123456789abcdef").ok());
   // Streams too.
   auto reports = SendReports(env.stub(), {Report("d", 0, 1, 0, 0, {{1}})});
   EXPECT_EQ(reports.status().code(), absl::StatusCode::kUnauthenticated);
@@ -664,23 +664,34 @@ TEST(PlannerOperationsTest, ABearerTokenIsRequiredWhenConfigured) {
   EXPECT_FALSE(watch.Get(0).has_value());
 }
 
-TEST(PlannerOperationsTest, ATokenLongerThanCanBeComparedIsRefusedAtStart) {
-  server::PlannerServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.state_dir = eplb::testing::MakeTempDir();
-  options.service.bearer_token = std::string(4090, 't');
-  FakeClock clock;
-  const absl::Status status = server::PlannerServer::Start(options, &clock, nullptr).status();
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(status.message(), "the bearer token has 4090 bytes, more than 4089");
-  std::filesystem::remove_all(options.state_dir);
+TEST(PlannerOperationsTest, ATokenTooShortToResistGuessingOrTooLongIsRefusedAtStart) {
+  const auto start = [](const std::string& token) {
+    server::PlannerServerOptions options;
+    options.listen = "127.0.0.1:0";
+    options.state_dir = eplb::testing::MakeTempDir();
+    options.service.bearer_token = token;
+    FakeClock clock;
+    const absl::Status status = server::PlannerServer::Start(options, &clock, nullptr).status();
+    std::filesystem::remove_all(options.state_dir);
+    return status;
+  };
+  const auto refusal = [](int bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the bearer token: the token has ", bytes,
+        " bytes; a token is 16 … 4089 printable characters without spaces (e.g. openssl rand "
+        "-hex 32)"));
+  };
+  EXPECT_EQ(start(std::string(4090, 't')), refusal(4090));
+  EXPECT_EQ(start("s3cret"), refusal(6));
+  EXPECT_EQ(start("0123456789abcd f"), refusal(16));
+  EXPECT_TRUE(start("0123456789abcdef").ok());
 }
 
 // Every method of the service, including any added later, refuses a call without the token
 // before it looks at the request (an empty one here): UNAUTHENTICATED with its reason.
 TEST(PlannerOperationsTest, EveryMethodRefusesACallWithoutTheToken) {
   server::PlannerServerOptions options;
-  options.service.bearer_token = "s3cret";
+  options.service.bearer_token = "s3cret-0123456789abcdef";
   PlannerEnv env(options);
   grpc::GenericStub stub(env.channel());
   const google::protobuf::ServiceDescriptor* service =
@@ -703,7 +714,7 @@ TEST(PlannerOperationsTest, EveryMethodRefusesACallWithoutTheToken) {
   EXPECT_THAT(streaming, ::testing::UnorderedElementsAre("ReportLoad", "WatchPlans"));
   // Nothing was created by any of them.
   grpc::ClientContext context;
-  context.AddMetadata("authorization", "Bearer s3cret");
+  context.AddMetadata("authorization", "Bearer s3cret-0123456789abcdef");
   v1::ListDeploymentsResponse list;
   ASSERT_TRUE(env.stub().ListDeployments(&context, {}, &list).ok());
   EXPECT_EQ(list.deployments_size(), 0);
@@ -770,6 +781,63 @@ TEST(PlannerOperationsTest, MutualTlsAcceptsOnlyClientsWithACertificate) {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
   v1::ListDeploymentsResponse response;
   EXPECT_FALSE(env.stub().ListDeployments(&context, {}, &response).ok());
+}
+
+// A client certificate is an identity that scoped credentials name: "worker" (the client
+// certificate's common name) may read and report for deployment "a" only; a certificate that no
+// credential names is refused once credentials are configured.
+TEST(PlannerOperationsTest, ClientCertificatesAreScopedByTheirIdentity) {
+  TlsFiles files;
+  ASSERT_TRUE(files.ok()) << "openssl failed";
+  const auto start = [&](const std::string& identity) {
+    server::PlannerServerOptions options;
+    options.tls_cert_pem = files.Read("server.pem");
+    options.tls_key_pem = files.Read("server.key");
+    options.tls_client_ca_pem = files.Read("ca.pem");
+    options.service.bearer_token = "admin-token-0123456789";
+    options.service.credentials = {{.name = "workers-a",
+                                    .scope = server::Scope::kDeployment,
+                                    .deployment = "a",
+                                    .identity = identity}};
+    return std::make_unique<PlannerEnv>(options);
+  };
+  const auto stub = [&](PlannerEnv& env) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = files.Read("ca.pem");
+    ssl.pem_private_key = files.Read("client.key");
+    ssl.pem_cert_chain = files.Read("client.pem");
+    return v1::Planner::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", env.port()), grpc::SslCredentials(ssl)));
+  };
+  const auto create = [](v1::Planner::Stub& s, const std::string& name, bool as_admin) {
+    grpc::ClientContext context;
+    if (as_admin) context.AddMetadata("authorization", "Bearer admin-token-0123456789");
+    v1::CreateDeploymentRequest request;
+    *request.mutable_spec() = eplb::testing::Spec(name, 1, 4, 4, 2);
+    v1::Deployment response;
+    return FromGrpcStatus(s.CreateDeployment(&context, request, &response));
+  };
+  {
+    auto env = start("worker");
+    auto client = stub(*env);
+    ASSERT_TRUE(create(*client, "a", /*as_admin=*/true).ok());
+    ASSERT_TRUE(create(*client, "b", /*as_admin=*/true).ok());
+    const absl::Status denied = create(*client, "c", /*as_admin=*/false);
+    EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_EQ(denied.message(),
+              "credential \"workers-a\" (scope deployment \"a\") may not create deployments: "
+              "that needs scope admin");
+    EXPECT_TRUE(GetPlan(*client, "a").ok());
+    EXPECT_EQ(GetPlan(*client, "b").status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_TRUE(SendReports(*client, {Report("a", 0, 1, 1, 1, {{1, 2, 3, 4}})}).ok());
+  }
+  auto env = start("someone-else");
+  auto client = stub(*env);
+  const absl::Status unknown = GetPlan(*client, "a").status();
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(unknown.message(),
+            "no credential names the client certificate (\"worker\") and no bearer token was "
+            "sent");
 }
 
 }  // namespace
