@@ -472,6 +472,33 @@ TEST_F(PlannerE2eTest, ServingTheNetworkWithoutCredentialsIsRefused) {
               HasSubstr("--max-memory=100Mi is less than the smallest budget, 256Mi"));
 }
 
+// --credentials: a file of scoped credentials counts as credentials; one the planner would refuse
+// is named by --check-flags (and the planner does not start on it).
+TEST_F(PlannerE2eTest, ACredentialsFileIsCheckedBeforeServing) {
+  const auto check = [&](const std::string& yaml) {
+    std::ofstream(Path("creds.yaml")) << yaml;
+    return testing::RunProcess({EPLB_PLANNER_PATH, "--state-dir=" + Path("state"),
+                                "--listen=0.0.0.0:0", "--credentials=" + Path("creds.yaml"),
+                                "--check-flags"},
+                               dir_ / "check", {"EPLB_TOKEN="});
+  };
+  EXPECT_EQ(check("credentials:\n  - {name: w, scope: deployment, deployment: a, "
+                  "token: 0123456789abcdef}\n")
+                .exit_code,
+            0);
+  const ProcessResult weak = check("credentials:\n  - {name: w, scope: admin, token: abc}\n");
+  EXPECT_EQ(weak.exit_code, 1);
+  EXPECT_THAT(weak.err, HasSubstr("--credentials: credentials[0] (\"w\"): the token has 3 bytes"));
+  const ProcessResult typo = check(
+      "credentials:\n  - {name: w, scope: deployment, deployment: a, rank: [0], "
+      "token: 0123456789abcdef}\n");
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_THAT(typo.err, HasSubstr("unknown key \"rank\""));
+  const ProcessResult none = check("credentials: []\n");
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_THAT(none.err, HasSubstr("lists none"));
+}
+
 // A field of /proc/<pid>/status in bytes ("VmRSS", "VmHWM").
 int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
   for (absl::string_view line :
