@@ -59,6 +59,9 @@ ABSL_FLAG(std::string, max_memory, "auto",
           "Memory budget: what deployments may hold plus gRPC's buffers; bytes with an optional "
           "suffix (K M G T: powers of 1000; Ki Mi Gi Ti: powers of 1024), 'auto' (3/4 of the "
           "container's memory limit, or of physical memory without one) or 'none'");
+ABSL_FLAG(int, worker_threads, 4,
+          "Threads that plan, validate and persist; each deployment's work runs in order on one "
+          "at a time, different deployments' in parallel (1 to 1024)");
 ABSL_FLAG(int, max_deployments, 1000, "Deployments the planner holds at most (1 to 100000)");
 ABSL_FLAG(int, max_watch_queue, 64,
           "Plan updates a watch stream may fall behind by before it is ended (2 to 10000)");
@@ -243,6 +246,11 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
   if (options.planner.max_deployments < 1 || options.planner.max_deployments > 100000) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max-deployments=", options.planner.max_deployments, " is out of range [1, 100000]"));
+  }
+  options.planner.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  if (options.planner.worker_threads < 1 || options.planner.worker_threads > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--worker-threads=", options.planner.worker_threads, " is out of range [1, 1024]"));
   }
   options.service.max_watch_queue = absl::GetFlag(FLAGS_max_watch_queue);
   if (options.service.max_watch_queue < 2 || options.service.max_watch_queue > 10000) {

@@ -32,6 +32,15 @@ absl::StatusOr<std::unique_ptr<Planner>> Planner::Create(const PlannerOptions& o
   if (auto policy = CreatePolicy(options.default_policy); !policy.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("default policy: ", policy.status().message()));
   }
+  if (options.worker_threads < 1 || options.worker_threads > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("worker threads: ", options.worker_threads,
+                                                   " is out of range [1, 1024]"));
+  }
+  if (options.max_queued_per_deployment < 1 || options.max_queued_per_deployment > 1 << 16) {
+    return absl::InvalidArgumentError(absl::StrCat("operations queued per deployment: ",
+                                                   options.max_queued_per_deployment,
+                                                   " is out of range [1, 65536]"));
+  }
   std::unique_ptr<Planner> planner(new Planner(options, std::move(store), clock, metrics));
   RETURN_IF_ERROR(planner->LoadState());
   {
@@ -41,11 +50,13 @@ absl::StatusOr<std::unique_ptr<Planner>> Planner::Create(const PlannerOptions& o
   clock->OnAdvance([target = planner->wake_target_] {
     absl::MutexLock target_lock(&target->mu);
     if (target->planner == nullptr) return;
-    absl::MutexLock lock(&target->planner->queue_mu_);
+    absl::MutexLock lock(&target->planner->timer_mu_);
     target->planner->woken_ = true;
-    target->planner->queue_cv_.Signal();
+    target->planner->timer_cv_.Signal();
   });
-  planner->worker_ = std::thread([planner = planner.get()] { planner->WorkerLoop(); });
+  planner->lanes_ =
+      std::make_unique<LaneExecutor>(options.worker_threads, options.max_queued_per_deployment);
+  planner->timer_ = std::thread([planner = planner.get()] { planner->TimerLoop(); });
   return planner;
 }
 
@@ -120,11 +131,12 @@ void Planner::Shutdown() {
     for (const auto& [name, d] : deployments_) all.push_back(d);
   }
   {
-    absl::MutexLock lock(&queue_mu_);
-    stopping_ = true;
-    queue_cv_.Signal();
+    absl::MutexLock lock(&timer_mu_);
+    timer_stopping_ = true;
+    timer_cv_.Signal();
   }
-  if (worker_.joinable()) worker_.join();
+  if (timer_.joinable()) timer_.join();
+  if (lanes_ != nullptr) lanes_->Stop();
   {
     absl::MutexLock lock(&wake_target_->mu);
     wake_target_->planner = nullptr;
@@ -147,55 +159,67 @@ absl::StatusOr<std::shared_ptr<Deployment>> Planner::FindOrError(const std::stri
 
 // ---- Worker -------------------------------------------------------------------------------------
 
-void Planner::Post(Task task) {
-  absl::MutexLock lock(&queue_mu_);
-  queue_.push_back(std::move(task));
-  queue_cv_.Signal();
+absl::Status Planner::PostOperation(const std::string& lane, Task task) {
+  const int64_t limit = int64_t{64} * options_.max_queued_per_deployment;
+  if (queued_operations_.fetch_add(1) >= limit) {
+    queued_operations_.fetch_sub(1);
+    return ErrorWithDetail(absl::StatusCode::kResourceExhausted, v1::OVER_BUDGET, "",
+                           absl::StrCat("the planner has ", limit,
+                                        " creates, deletes and rebalances waiting; retry later"));
+  }
+  const LaneExecutor::Posted posted = lanes_->Post(
+      lane,
+      [this, task = std::move(task)] {
+        queued_operations_.fetch_sub(1);
+        task();
+      },
+      /*bounded=*/true);
+  if (posted == LaneExecutor::Posted::kQueued) return absl::OkStatus();
+  queued_operations_.fetch_sub(1);
+  if (posted == LaneExecutor::Posted::kStopped) return ShuttingDown();
+  return ErrorWithDetail(
+      absl::StatusCode::kResourceExhausted, v1::OVER_BUDGET, "",
+      absl::StrCat("deployment ", Echo(lane), " has ", options_.max_queued_per_deployment,
+                   " creates, deletes and rebalances waiting; retry later"));
 }
 
-void Planner::WorkerLoop() {
-  worker_id_.store(std::this_thread::get_id());
+void Planner::TimerLoop() {
   while (true) {
-    Task task;
     {
-      absl::MutexLock lock(&queue_mu_);
-      if (queue_.empty() && !stopping_ && !woken_) {
+      absl::MutexLock lock(&timer_mu_);
+      if (!timer_stopping_ && !woken_) {
         // A fake clock wakes us through OnAdvance; a real one by the deadline (the next timer is
         // at most a second away in practice, and checking costs little).
-        queue_cv_.WaitWithTimeout(&queue_mu_, absl::Milliseconds(clock_->IsReal() ? 100 : 1000));
+        timer_cv_.WaitWithTimeout(&timer_mu_, absl::Milliseconds(clock_->IsReal() ? 100 : 1000));
       }
+      if (timer_stopping_) return;
       woken_ = false;
-      if (!queue_.empty()) {
-        task = std::move(queue_.front());
-        queue_.pop_front();
-      } else if (stopping_) {
-        return;
-      }
     }
-    if (task) task();
-    CheckTimers();
+    std::vector<std::shared_ptr<Deployment>> all;
+    {
+      absl::MutexLock lock(&registry_mu_);
+      for (const auto& [name, d] : deployments_) all.push_back(d);
+    }
+    for (const auto& d : all) {
+      lanes_->Post(d->name(), [this, d] { Tick(d); }, /*bounded=*/false, kTick);
+    }
   }
 }
 
-void Planner::CheckOnWorker() const {
-  EPLB_CHECK(std::this_thread::get_id() == worker_id_.load(),
-             "a worker-only planner method ran on another thread");
+void Planner::CheckOnLane(const std::string& name) {
+  const std::string* lane = LaneExecutor::CurrentLane();
+  EPLB_CHECK(lane != nullptr && *lane == name,
+             "a planner method of one deployment ran outside that deployment's lane");
 }
 
-void Planner::CheckTimers() {
-  CheckOnWorker();
-  std::vector<std::shared_ptr<Deployment>> all;
-  {
-    absl::MutexLock lock(&registry_mu_);
-    for (const auto& [name, d] : deployments_) all.push_back(d);
+void Planner::Tick(const std::shared_ptr<Deployment>& d) {
+  CheckOnLane(d->name());
+  if (Find(d->name()) != d) return;  // deleted (and maybe created again) since it was posted
+  if (std::optional<PlanDecision> expired = d->CheckAckTimeout(clock_->Now());
+      expired.has_value()) {
+    FinishPendingOnWorker(d, *std::move(expired));
   }
-  const absl::Time now = clock_->Now();
-  for (const auto& d : all) {
-    if (std::optional<PlanDecision> expired = d->CheckAckTimeout(now); expired.has_value()) {
-      FinishPendingOnWorker(d, *std::move(expired));
-    }
-    Checkpoint(*d, /*force=*/false);
-  }
+  Checkpoint(*d, /*force=*/false);
 }
 
 void Planner::Checkpoint(Deployment& d, bool force) {
@@ -215,11 +239,15 @@ void Planner::CreateDeployment(const v1::DeploymentSpec& spec, DeploymentCallbac
     absl::MutexLock lock(&registry_mu_);
     if (shut_down_) return done(ShuttingDown());
   }
-  Post([this, spec, done = std::move(done)] { CreateOnWorker(spec, done); });
+  if (absl::Status posted =
+          PostOperation(spec.name(), [this, spec, done] { CreateOnWorker(spec, done); });
+      !posted.ok()) {
+    done(posted);
+  }
 }
 
 void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCallback& done) {
-  CheckOnWorker();
+  CheckOnLane(input.name());
   auto validated = ValidateSpec(input, options_.default_policy, options_.plan_threads);
   if (!validated.ok()) return done(validated.status());
   const std::string name = validated->spec.name();
@@ -250,10 +278,14 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
       DeploymentFootprint(shape, validated->smoothing, validated->spec.plan_history());
   {
     absl::MutexLock lock(&registry_mu_);
-    if (static_cast<int64_t>(deployments_.size()) >= options_.max_deployments) {
-      return done(ErrorWithDetail(absl::StatusCode::kResourceExhausted, v1::OVER_BUDGET, "",
-                                  absl::StrCat("the planner holds ", deployments_.size(),
-                                               " deployments, its limit (--max-deployments)")));
+    // Creates of other names run in parallel: each reserves its place and bytes here, under the
+    // lock, and gives them back if it fails.
+    if (static_cast<int64_t>(deployments_.size()) + creating_ >= options_.max_deployments) {
+      return done(ErrorWithDetail(
+          absl::StatusCode::kResourceExhausted, v1::OVER_BUDGET, "",
+          absl::StrCat("the planner holds ", deployments_.size(), " deployments",
+                       creating_ > 0 ? absl::StrCat(" and creates ", creating_) : "",
+                       ", its limit (--max-deployments)")));
     }
     if (options_.deployment_memory_bytes > 0 &&
         reserved_bytes_ + footprint.total_bytes() > options_.deployment_memory_bytes) {
@@ -265,7 +297,14 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
               " of the planner's ", FormatBytes(options_.deployment_memory_bytes),
               " for deployments are left (--max-memory)")));
     }
+    reserved_bytes_ += footprint.total_bytes();
+    ++creating_;
   }
+  const auto unreserve = [&] {
+    absl::MutexLock lock(&registry_mu_);
+    reserved_bytes_ -= footprint.total_bytes();
+    --creating_;
+  };
 
   // Version 1: the initial map, or the contiguous one.
   std::string first_policy = "initial_map";
@@ -275,7 +314,10 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
     auto contiguous = CreatePolicy(first_policy);
     EPLB_CHECK(contiguous.ok(), contiguous.status().ToString());
     auto map = (*contiguous)->Plan({shape, nullptr, nullptr});
-    if (!map.ok()) return done(map.status());
+    if (!map.ok()) {
+      unreserve();
+      return done(map.status());
+    }
     first_map = *std::move(map);
   }
   const absl::Time now = clock_->Now();
@@ -285,6 +327,7 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
   TimeToProto(now, record.mutable_create_time());
   record.set_uid(Deployment::NewUid());
   if (absl::Status status = store_.CreateDeployment(record, plan); !status.ok()) {
+    unreserve();
     return done(ErrorWithDetail(
         absl::StatusCode::kInternal, v1::STATE_IO, "",
         absl::StrCat("cannot persist deployment \"", name, "\": ", status.message())));
@@ -294,7 +337,8 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
       metrics_ != nullptr ? metrics_->AddDeployment(name) : nullptr);
   {
     absl::MutexLock lock(&registry_mu_);
-    reserved_bytes_ += d->footprint().total_bytes();
+    reserved_bytes_ += d->footprint().total_bytes() - footprint.total_bytes();
+    --creating_;
     deployments_.emplace(name, d);
   }
   spdlog::info("deployment {}: created ({}, policy {}, commit {}, up to {})", name,
@@ -308,12 +352,15 @@ void Planner::DeleteDeployment(const std::string& name, std::function<void(absl:
     absl::MutexLock lock(&registry_mu_);
     if (shut_down_) return done(ShuttingDown());
   }
-  Post([this, name, done = std::move(done)] { DeleteOnWorker(name, done); });
+  if (absl::Status posted = PostOperation(name, [this, name, done] { DeleteOnWorker(name, done); });
+      !posted.ok()) {
+    done(posted);
+  }
 }
 
 void Planner::DeleteOnWorker(const std::string& name,
                              const std::function<void(absl::Status)>& done) {
-  CheckOnWorker();
+  CheckOnLane(name);
   auto d = FindOrError(name);
   if (!d.ok()) return done(d.status());
   if (absl::Status status = store_.DeleteDeployment(name); !status.ok()) {
@@ -338,24 +385,32 @@ void Planner::Rebalance(const std::string& name, bool dry_run, PlanCallback done
   }
   auto d = FindOrError(name);
   if (!d.ok()) return done(d.status());
-  Post([this, d = *std::move(d), dry_run, done = std::move(done)] {
-    done(PlanOnWorker(d, PlanReason::kOnDemand, dry_run));
-  });
+  if (absl::Status posted = PostOperation(
+          name, [this, d = *std::move(d), dry_run, done] {
+            done(PlanOnWorker(d, PlanReason::kOnDemand, dry_run));
+          });
+      !posted.ok()) {
+    done(posted);
+  }
 }
 
 void Planner::QueueEvaluation(const std::shared_ptr<Deployment>& d) {
-  Post([this, d] {
-    auto plan = PlanOnWorker(d, PlanReason::kTrigger, /*dry_run=*/false);
-    if (!plan.ok() && plan.status().code() != absl::StatusCode::kNotFound) {
-      spdlog::warn("deployment {}: automatic rebalance failed: {}", d->name(),
-                   plan.status().ToString());
-    }
-  });
+  // Coalesced: one evaluation waiting reads the newest load when it runs, and covers this one.
+  lanes_->Post(
+      d->name(),
+      [this, d] {
+        auto plan = PlanOnWorker(d, PlanReason::kTrigger, /*dry_run=*/false);
+        if (!plan.ok() && plan.status().code() != absl::StatusCode::kNotFound) {
+          spdlog::warn("deployment {}: automatic rebalance failed: {}", d->name(),
+                       plan.status().ToString());
+        }
+      },
+      /*bounded=*/false, kEvaluate);
 }
 
 absl::StatusOr<v1::Plan> Planner::PlanOnWorker(const std::shared_ptr<Deployment>& d,
                                                PlanReason reason, bool dry_run) {
-  CheckOnWorker();
+  CheckOnLane(d->name());
   ASSIGN_OR_RETURN(PlanInput input, d->BeginPlan(reason, dry_run));
   const v1::DeploymentSpec& spec = d->spec();
   const absl::Time start = absl::Now();
@@ -399,7 +454,7 @@ absl::StatusOr<v1::Plan> Planner::PlanOnWorker(const std::shared_ptr<Deployment>
 
 absl::StatusOr<v1::Plan> Planner::Publish(const std::shared_ptr<Deployment>& d, v1::Plan plan,
                                           ExpertMap map) {
-  CheckOnWorker();
+  CheckOnLane(d->name());
   const int64_t version = d->NextVersion();
   if (version > api::kMaxVersion) {
     return ErrorWithDetail(
@@ -446,7 +501,7 @@ absl::StatusOr<v1::Plan> Planner::Publish(const std::shared_ptr<Deployment>& d, 
 }
 
 void Planner::FinishPendingOnWorker(const std::shared_ptr<Deployment>& d, PlanDecision decision) {
-  CheckOnWorker();
+  CheckOnLane(d->name());
   std::optional<v1::Plan> record = d->PrepareFinish(decision);
   if (!record.has_value()) return;
   if (decision.state == v1::COMMITTED) {
@@ -544,7 +599,9 @@ absl::Status Planner::Ack(const std::string& name, int32_t rank,
   ASSIGN_OR_RETURN(std::shared_ptr<Deployment> d, FindOrError(name));
   ASSIGN_OR_RETURN(std::optional<PlanDecision> decision, d->RecordAck(rank, ack, clock_->Now()));
   if (decision.has_value()) {
-    Post([this, d, decision = *std::move(decision)] { FinishPendingOnWorker(d, decision); });
+    // Not bounded: at most one decision per plan in flight.
+    lanes_->Post(d->name(),
+                 [this, d, decision = *std::move(decision)] { FinishPendingOnWorker(d, decision); });
   }
   return absl::OkStatus();
 }

@@ -1,10 +1,12 @@
 // Planner: the planner service's logic, independent of the gRPC transport.
 //
 // It owns the registry of deployments (each a Deployment: its state and state machine), the state
-// directory and one worker thread, and orchestrates the two: what a deployment decides, the planner
-// persists and carries out. The worker runs everything slow or blocking: policies, file writes
-// (fsync), ack timeouts and load checkpoints. The other methods are cheap, never block on I/O and
-// may be called from gRPC reactor threads.
+// directory and a pool of worker threads, and orchestrates the two: what a deployment decides, the
+// planner persists and carries out. The workers run everything slow or blocking: policies, file
+// writes (fsync), ack timeouts and load checkpoints, in one lane per deployment name
+// (LaneExecutor): one deployment's work runs in order, one task at a time, and never waits for
+// another deployment's. The other methods are cheap, never block on I/O and may be called from
+// gRPC reactor threads.
 //
 // Locking: a registry mutex guards the set of deployments; each deployment has its own mutex.
 // Order: registry, then deployment, then a watch sink's own lock (inside WatchSink::Send).
@@ -30,6 +32,7 @@
 #include "core/expert_map.h"
 #include "eplb/v1/planner.pb.h"
 #include "server/deployment.h"
+#include "server/lanes.h"
 #include "server/metrics.h"
 #include "server/state_store.h"
 
@@ -53,6 +56,12 @@ struct PlannerOptions {
   // The server's message limit: shapes whose dense report, GetLoad response or plan would exceed
   // it are refused at create (INVALID_ARGUMENT, MESSAGE_WOULD_NOT_FIT).
   int64_t max_message_bytes = 64 << 20;
+  // Worker threads: how many deployments plan, validate and write at once. 1 ≤ worker_threads ≤
+  // 1024.
+  int32_t worker_threads = 4;
+  // Creates, deletes and rebalances one deployment name may have waiting for its lane; beyond,
+  // RESOURCE_EXHAUSTED (OVER_BUDGET). Across all names at most 64 times as many.
+  int32_t max_queued_per_deployment = 16;
 };
 
 class Planner {
@@ -75,7 +84,9 @@ class Planner {
   Planner(const Planner&) = delete;
   Planner& operator=(const Planner&) = delete;
 
-  // ---- Run on the worker; `done` is called there (or inline when refused up front). ----
+  // ---- Run on the deployment's lane; `done` is called there (or inline when refused up front:
+  // shutting down, or RESOURCE_EXHAUSTED (OVER_BUDGET) with max_queued_per_deployment calls of
+  // that name waiting). ----
   using DeploymentCallback = std::function<void(absl::StatusOr<v1::Deployment>)>;
   using PlanCallback = std::function<void(absl::StatusOr<v1::Plan>)>;
   // Validates the spec (INVALID_ARGUMENT / FAILED_PRECONDITION naming the field), fills defaults,
@@ -118,8 +129,8 @@ class Planner {
   // fail with UNAVAILABLE (reports and queries still work, so in-flight RPCs can finish).
   // Idempotent.
   void BeginShutdown();
-  // BeginShutdown, then stops the worker after its queued work and writes the load checkpoints.
-  // Idempotent.
+  // BeginShutdown, then stops the workers after their queued work and writes the load
+  // checkpoints. Idempotent.
   void Shutdown();
 
  private:
@@ -130,12 +141,17 @@ class Planner {
   std::shared_ptr<Deployment> Find(const std::string& name) const;
   absl::StatusOr<std::shared_ptr<Deployment>> FindOrError(const std::string& name) const;
 
-  void Post(Task task);
-  void WorkerLoop();
-  // Dies unless called on the worker thread: the methods named *OnWorker, CheckTimers and Publish
-  // own the deployments' plan state and run only there.
-  void CheckOnWorker() const;
-  void CheckTimers();
+  // Tags of coalesced lane tasks.
+  enum LaneTag { kEvaluate = 0, kTick = 1 };
+  // A caller's operation on `lane`: refused (done is not called, the error returned) when the lane
+  // or the planner holds too many waiting.
+  absl::Status PostOperation(const std::string& lane, Task task);
+  void TimerLoop();
+  // Dies unless called on the lane of `name`: the methods named *OnWorker, Tick and Publish own
+  // a deployment's plan state and run only there.
+  static void CheckOnLane(const std::string& name);
+  // Ack timeout and checkpoint of one deployment, on its lane.
+  void Tick(const std::shared_ptr<Deployment>& d);
   void Checkpoint(Deployment& d, bool force);
 
   void CreateOnWorker(const v1::DeploymentSpec& spec, const DeploymentCallback& done);
@@ -156,17 +172,22 @@ class Planner {
 
   mutable absl::Mutex registry_mu_;
   std::map<std::string, std::shared_ptr<Deployment>> deployments_ ABSL_GUARDED_BY(registry_mu_);
-  int64_t reserved_bytes_ ABSL_GUARDED_BY(registry_mu_) = 0;  // the deployments' footprints
+  // The footprints of the deployments and of the creates admitted but not yet registered.
+  int64_t reserved_bytes_ ABSL_GUARDED_BY(registry_mu_) = 0;
+  int32_t creating_ ABSL_GUARDED_BY(registry_mu_) = 0;  // creates admitted, not yet registered
   bool shut_down_ ABSL_GUARDED_BY(registry_mu_) = false;
   bool worker_stopped_ ABSL_GUARDED_BY(registry_mu_) = false;
 
-  absl::Mutex queue_mu_;
-  std::deque<Task> queue_ ABSL_GUARDED_BY(queue_mu_);
-  bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
-  bool woken_ ABSL_GUARDED_BY(queue_mu_) = false;
-  absl::CondVar queue_cv_;
-  std::thread worker_;
-  std::atomic<std::thread::id> worker_id_{};  // set by the worker thread when it starts
+  std::unique_ptr<LaneExecutor> lanes_;
+  std::atomic<int64_t> queued_operations_{0};  // caller operations waiting in all lanes
+
+  // The timer thread: posts a Tick to every deployment's lane every 100 ms (a real clock) or when
+  // a fake clock advances.
+  absl::Mutex timer_mu_;
+  bool timer_stopping_ ABSL_GUARDED_BY(timer_mu_) = false;
+  bool woken_ ABSL_GUARDED_BY(timer_mu_) = false;
+  absl::CondVar timer_cv_;
+  std::thread timer_;
 
   // What the clock's advance callback reaches; cleared before the planner goes away, since the
   // clock may outlive it.

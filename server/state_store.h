@@ -7,7 +7,9 @@
 // disappears atomically (renamed away, then removed). Leftovers of interrupted operations are
 // cleaned up by Open().
 //
-// Thread-compatible: the planner calls it from its one worker thread (and from startup).
+// Calls for different deployments may run concurrently (each touches its own directory; temporary
+// names are unique per process); calls for one deployment must not overlap, and the planner runs
+// them on that deployment's lane. Open and LoadAll run alone, at startup.
 #ifndef EPLB_SERVER_STATE_STORE_H_
 #define EPLB_SERVER_STATE_STORE_H_
 

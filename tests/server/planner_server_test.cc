@@ -143,6 +143,60 @@ TEST(PlannerDeploymentTest, NamesFromRequestsAreQuotedShortInErrors) {
   EXPECT_EQ(Reason(status), v1::DEPLOYMENT_NOT_FOUND);
 }
 
+// Deployments do not wait on each other: while a large deployment is being created (its policy
+// probed on its shape, its files written), a small one's rebalance runs and finishes. With one
+// worker for all deployments it would wait behind the create.
+TEST(PlannerDeploymentTest, ASlowCreateDoesNotHoldUpAnotherDeploymentsRebalance) {
+  server::PlannerServerOptions options;
+  options.planner.worker_threads = 2;
+  PlannerEnv env(options);
+  ASSERT_TRUE(Create(env.stub(), Spec("small", 2, 8, 8, 2)).ok());
+  absl::Notification big_done;
+  const absl::Time start = absl::Now();
+  absl::Duration create_time;
+  env.server().planner().CreateDeployment(Spec("big", 512, 4096, 4096, 64),
+                                          [&](absl::StatusOr<v1::Deployment> d) {
+                                            EXPECT_TRUE(d.ok()) << d.status();
+                                            create_time = absl::Now() - start;
+                                            big_done.Notify();
+                                          });
+  auto plan = Rebalance(env.stub(), "small", /*dry_run=*/true);
+  const absl::Duration rebalance_time = absl::Now() - start;
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(big_done.HasBeenNotified());
+  big_done.WaitForNotification();
+  std::cerr << "create of big: " << create_time << ", rebalance of small: " << rebalance_time
+            << "\n";
+}
+
+// One name's operations wait in a bounded queue: with a slow create running and its lane full, the
+// next call for that name is refused at once (and the ones queued still complete).
+TEST(PlannerDeploymentTest, OperationsOfOneNameWaitInABoundedQueue) {
+  server::PlannerServerOptions options;
+  options.planner.max_queued_per_deployment = 2;
+  PlannerEnv env(options);
+  server::Planner& planner = env.server().planner();
+  absl::Mutex mu;
+  std::vector<absl::Status> results;
+  // The first runs for about a second; at most 3 wait behind it or with it, so the 4th is refused.
+  for (int i = 0; i < 4; ++i) {
+    planner.CreateDeployment(Spec("big", 512, 4096, 4096, 64),
+                             [&](absl::StatusOr<v1::Deployment> d) {
+                               absl::MutexLock lock(&mu);
+                               results.push_back(d.status());
+                             });
+  }
+  absl::MutexLock lock(&mu);
+  const auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return results.size() == 4; };
+  mu.Await(absl::Condition(&all));
+  const absl::Status refused = results[0];
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_EQ(refused.message(),
+            "deployment \"big\" has 2 creates, deletes and rebalances waiting; retry later");
+  EXPECT_EQ(Reason(refused), v1::OVER_BUDGET);
+  for (int i = 1; i < 4; ++i) EXPECT_TRUE(results[i].ok()) << results[i];
+}
+
 TEST(PlannerDeploymentTest, CreateStartsWithTheContiguousPlanAsVersionOne) {
   PlannerEnv env;
   auto deployment = Create(env.stub(), Spec("v3", 2, 30, 32, 8));
