@@ -504,6 +504,18 @@ TEST_F(PlannerE2eTest, ACredentialsFileIsCheckedBeforeServing) {
   EXPECT_THAT(none.err, HasSubstr("lists none"));
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kUnderAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kUnderAddressSanitizer = true;
+#else
+constexpr bool kUnderAddressSanitizer = false;
+#endif
+#else
+constexpr bool kUnderAddressSanitizer = false;
+#endif
+
 // A field of /proc/<pid>/status in bytes ("VmRSS", "VmHWM").
 int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
   for (absl::string_view line :
@@ -523,13 +535,9 @@ int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
 // planner's peak resident memory stays within --max-memory. It restarts on that state, and the
 // refused deployment is still refused.
 TEST_F(PlannerE2eTest, TheMemoryBudgetHoldsInResidentMemory) {
-#if defined(__SANITIZE_ADDRESS__)
-  GTEST_SKIP() << "under AddressSanitizer resident memory is mostly the sanitizer's";
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-  GTEST_SKIP() << "under AddressSanitizer resident memory is mostly the sanitizer's";
-#endif
-#endif
+  if (kUnderAddressSanitizer) {
+    GTEST_SKIP() << "under AddressSanitizer resident memory is mostly the sanitizer's";
+  }
   ASSERT_NO_FATAL_FAILURE(StartPlanner("--max-memory=512Mi\n"));
   // 64 layers × 8192 experts on 8256 slots, 6 plans retained: about 90 MiB each by the planner's
   // count; 384 MiB of the 512 are for deployments.
@@ -573,13 +581,9 @@ TEST_F(PlannerE2eTest, TheMemoryBudgetHoldsInResidentMemory) {
 // none hangs, and the planner keeps serving with the report counted. Its peak resident memory is
 // printed: gRPC buffers a message whole once it arrives, so this peak exceeds the budget.
 TEST_F(PlannerE2eTest, ConcurrentLargeReportsAreCountedOrRefusedAndThePlannerKeepsServing) {
-#if defined(__SANITIZE_ADDRESS__)
-  GTEST_SKIP() << "under AddressSanitizer resident memory is mostly the sanitizer's";
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-  GTEST_SKIP() << "under AddressSanitizer resident memory is mostly the sanitizer's";
-#endif
-#endif
+  if (kUnderAddressSanitizer) {
+    GTEST_SKIP() << "under AddressSanitizer resident memory is mostly the sanitizer's";
+  }
   constexpr int kLayers = 128, kExperts = 16384, kStreams = 48;
   ASSERT_NO_FATAL_FAILURE(StartPlanner("--max-memory=512Mi\n"));
   CtlOk({"create-deployment", "--name", "wide", "--num-layers", std::to_string(kLayers),

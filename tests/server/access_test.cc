@@ -464,18 +464,13 @@ TEST_F(ScopeTest, RefusalsAreCountedByKind) {
 // every method but ListDeployments, which lists only "a".
 TEST_F(ScopeTest, EveryMethodChecksTheScope) {
   grpc::GenericStub stub(TokenChannel(env_.port(), kWorkerAToken));
-  const google::protobuf::ServiceDescriptor* service =
-      v1::CreateDeploymentRequest::descriptor()->file()->FindServiceByName("Planner");
-  ASSERT_NE(service, nullptr);
-  std::vector<std::string> streaming;
-  for (int i = 0; i < service->method_count(); ++i) {
-    const google::protobuf::MethodDescriptor* method = service->method(i);
-    if (method->client_streaming() || method->server_streaming()) {
-      streaming.push_back(method->name());  // tested above, through their own clients
-      continue;
-    }
-    const absl::Status status = FromGrpcStatus(eplb::testing::RawUnaryCall(
-        stub, absl::StrCat("/", service->full_name(), "/", method->name()), ""));
+  const testing::PlannerMethods methods = testing::ListPlannerMethods();
+  ASSERT_FALSE(methods.unary.empty());
+  EXPECT_THAT(methods.streaming, ::testing::UnorderedElementsAre("ReportLoad", "WatchPlans"))
+      << "tested above, through their own clients";
+  for (const google::protobuf::MethodDescriptor* method : methods.unary) {
+    const absl::Status status =
+        FromGrpcStatus(eplb::testing::RawUnaryCall(stub, testing::MethodPath(method), ""));
     if (method->name() == "ListDeployments") {
       EXPECT_TRUE(status.ok()) << status;
       continue;
@@ -483,21 +478,16 @@ TEST_F(ScopeTest, EveryMethodChecksTheScope) {
     EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << method->name();
     EXPECT_EQ(Reason(status), v1::OUT_OF_SCOPE) << method->name();
   }
-  EXPECT_THAT(streaming, ::testing::UnorderedElementsAre("ReportLoad", "WatchPlans"));
 }
 
 // A request that does not parse is refused like any other bad request: INVALID_ARGUMENT with its
 // ErrorDetail, by every unary method, and changes nothing.
 TEST_F(ScopeTest, EveryMethodRefusesARequestThatDoesNotParse) {
   grpc::GenericStub stub(TokenChannel(env_.port(), kAdminToken));
-  const google::protobuf::ServiceDescriptor* service =
-      v1::CreateDeploymentRequest::descriptor()->file()->FindServiceByName("Planner");
-  for (int i = 0; i < service->method_count(); ++i) {
-    const google::protobuf::MethodDescriptor* method = service->method(i);
-    if (method->client_streaming() || method->server_streaming()) continue;
+  for (const google::protobuf::MethodDescriptor* method : testing::ListPlannerMethods().unary) {
     // Field 1, length-delimited, length 127, and then nothing.
-    const absl::Status status = FromGrpcStatus(eplb::testing::RawUnaryCall(
-        stub, absl::StrCat("/", service->full_name(), "/", method->name()), "\x0a\x7f"));
+    const absl::Status status =
+        FromGrpcStatus(eplb::testing::RawUnaryCall(stub, testing::MethodPath(method), "\x0a\x7f"));
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << method->name();
     EXPECT_EQ(status.message(), absl::StrCat("the request does not parse as ",
                                              method->input_type()->full_name()));

@@ -212,6 +212,31 @@ inline bool WaitForRankState(v1::Planner::Stub& stub, const std::string& deploym
   return false;
 }
 
+// The methods of eplb.v1.Planner, from its descriptor (so that tests over every method also cover
+// methods added later): unary ones, and the names of streaming ones.
+struct PlannerMethods {
+  std::vector<const google::protobuf::MethodDescriptor*> unary;
+  std::vector<std::string> streaming;
+};
+inline PlannerMethods ListPlannerMethods() {
+  const google::protobuf::ServiceDescriptor* service =
+      v1::CreateDeploymentRequest::descriptor()->file()->FindServiceByName("Planner");
+  PlannerMethods methods;
+  for (int i = 0; service != nullptr && i < service->method_count(); ++i) {
+    const google::protobuf::MethodDescriptor* method = service->method(i);
+    if (method->client_streaming() || method->server_streaming()) {
+      methods.streaming.push_back(method->name());
+    } else {
+      methods.unary.push_back(method);
+    }
+  }
+  return methods;
+}
+// "/eplb.v1.Planner/<Method>".
+inline std::string MethodPath(const google::protobuf::MethodDescriptor* method) {
+  return absl::StrCat("/", method->service()->full_name(), "/", method->name());
+}
+
 // The reason of an error made by the planner (ERROR_REASON_UNSPECIFIED if it has none).
 inline v1::ErrorReason Reason(const absl::Status& status) {
   const auto detail = GetErrorDetail(status);

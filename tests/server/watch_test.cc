@@ -694,24 +694,17 @@ TEST(PlannerOperationsTest, EveryMethodRefusesACallWithoutTheToken) {
   options.service.bearer_token = "s3cret-0123456789abcdef";
   PlannerEnv env(options);
   grpc::GenericStub stub(env.channel());
-  const google::protobuf::ServiceDescriptor* service =
-      v1::CreateDeploymentRequest::descriptor()->file()->FindServiceByName("Planner");
-  ASSERT_NE(service, nullptr);
-  std::vector<std::string> streaming;
-  for (int i = 0; i < service->method_count(); ++i) {
-    const google::protobuf::MethodDescriptor* method = service->method(i);
-    if (method->client_streaming() || method->server_streaming()) {
-      streaming.push_back(method->name());  // tested above, through their own clients
-      continue;
-    }
+  const eplb::testing::PlannerMethods methods = eplb::testing::ListPlannerMethods();
+  ASSERT_FALSE(methods.unary.empty());
+  for (const google::protobuf::MethodDescriptor* method : methods.unary) {
     // An empty message: valid for every request type.
-    const grpc::Status status = eplb::testing::RawUnaryCall(
-        stub, absl::StrCat("/", service->full_name(), "/", method->name()), "");
-    const absl::Status refused = FromGrpcStatus(status);
+    const absl::Status refused = FromGrpcStatus(
+        eplb::testing::RawUnaryCall(stub, eplb::testing::MethodPath(method), ""));
     EXPECT_EQ(refused.code(), absl::StatusCode::kUnauthenticated) << method->name();
     EXPECT_EQ(Reason(refused), v1::UNAUTHENTICATED_TOKEN) << method->name();
   }
-  EXPECT_THAT(streaming, ::testing::UnorderedElementsAre("ReportLoad", "WatchPlans"));
+  // Tested above, through their own clients.
+  EXPECT_THAT(methods.streaming, ::testing::UnorderedElementsAre("ReportLoad", "WatchPlans"));
   // Nothing was created by any of them.
   grpc::ClientContext context;
   context.AddMetadata("authorization", "Bearer s3cret-0123456789abcdef");
