@@ -169,17 +169,19 @@ TEST(PlannerDeploymentTest, ASlowCreateDoesNotHoldUpAnotherDeploymentsRebalance)
             << "\n";
 }
 
-// One name's operations wait in a bounded queue: with a slow create running and its lane full, the
-// next call for that name is refused at once (and the ones queued still complete).
+// One name's operations wait in a bounded queue: with a slow create running (or about to) and the
+// lane full, further calls for that name are refused at once, and the ones queued complete.
 TEST(PlannerDeploymentTest, OperationsOfOneNameWaitInABoundedQueue) {
   server::PlannerServerOptions options;
   options.planner.max_queued_per_deployment = 2;
   PlannerEnv env(options);
   server::Planner& planner = env.server().planner();
+  constexpr int kCalls = 8;
   absl::Mutex mu;
   std::vector<absl::Status> results;
-  // The first runs for about a second; at most 3 wait behind it or with it, so the 4th is refused.
-  for (int i = 0; i < 4; ++i) {
+  // The first runs for about a second, so all 8 are posted while it runs or waits: the lane takes
+  // it (once it started it no longer waits) and 2 more, and refuses the rest.
+  for (int i = 0; i < kCalls; ++i) {
     planner.CreateDeployment(Spec("big", 512, 4096, 4096, 64),
                              [&](absl::StatusOr<v1::Deployment> d) {
                                absl::MutexLock lock(&mu);
@@ -187,14 +189,21 @@ TEST(PlannerDeploymentTest, OperationsOfOneNameWaitInABoundedQueue) {
                              });
   }
   absl::MutexLock lock(&mu);
-  const auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return results.size() == 4; };
+  const auto all = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return results.size() == kCalls; };
   mu.Await(absl::Condition(&all));
-  const absl::Status refused = results[0];
-  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
-  EXPECT_EQ(refused.message(),
-            "deployment \"big\" has 2 creates, deletes and rebalances waiting; retry later");
-  EXPECT_EQ(Reason(refused), v1::OVER_BUDGET);
-  for (int i = 1; i < 4; ++i) EXPECT_TRUE(results[i].ok()) << results[i];
+  int completed = 0;
+  for (const absl::Status& status : results) {
+    if (status.ok()) {
+      ++completed;
+      continue;
+    }
+    EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+    EXPECT_EQ(status.message(),
+              "deployment \"big\" has 2 creates, deletes and rebalances waiting; retry later");
+    EXPECT_EQ(Reason(status), v1::OVER_BUDGET);
+  }
+  EXPECT_GE(completed, 2);
+  EXPECT_LE(completed, 3);
 }
 
 TEST(PlannerDeploymentTest, CreateStartsWithTheContiguousPlanAsVersionOne) {
