@@ -50,8 +50,6 @@ class LaneExecutor {
   // The lane whose task runs on the calling thread, or nullptr.
   static const std::string* CurrentLane();
 
-  int max_queued_per_lane() const { return max_queued_per_lane_; }
-
  private:
   struct Entry {
     Task task;

@@ -337,8 +337,7 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
       metrics_ != nullptr ? metrics_->AddDeployment(name) : nullptr);
   {
     absl::MutexLock lock(&registry_mu_);
-    reserved_bytes_ += d->footprint().total_bytes() - footprint.total_bytes();
-    --creating_;
+    --creating_;  // its bytes stay reserved: d->footprint() is the footprint admitted above
     deployments_.emplace(name, d);
   }
   spdlog::info("deployment {}: created ({}, policy {}, commit {}, up to {})", name,

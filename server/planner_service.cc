@@ -107,6 +107,13 @@ void FinishWith(grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* out,
   reactor->Finish(grpc::SerializationTraits<Response>::Serialize(*response, out, &own_buffer));
 }
 
+// OK as an empty response of its type, or the error.
+template <typename Response>
+absl::StatusOr<Response> EmptyOr(const absl::Status& status) {
+  if (!status.ok()) return status;
+  return Response();
+}
+
 // A unary call: identify the caller, parse the request, `check` the caller's scope against it,
 // then `run(request, caller, done)`, which calls done(StatusOr<Response>) once, now or later.
 template <typename Request, typename Response, typename Check, typename Run>
@@ -422,14 +429,10 @@ grpc::ServerUnaryReactor* PlannerService::DeleteDeployment(grpc::CallbackServerC
                                "name is required"));
           return;
         }
-        planner_->DeleteDeployment(request.name(), [done = std::move(done)](
-                                                       absl::Status status) mutable {
-          if (status.ok()) {
-            done(v1::DeleteDeploymentResponse());
-          } else {
-            done(status);
-          }
-        });
+        planner_->DeleteDeployment(request.name(),
+                                   [done = std::move(done)](absl::Status status) mutable {
+                                     done(EmptyOr<v1::DeleteDeploymentResponse>(status));
+                                   });
       });
 }
 
@@ -516,12 +519,7 @@ grpc::ServerUnaryReactor* PlannerService::PublishRendezvous(grpc::CallbackServer
                                            request.deployment());
       },
       [this](const v1::PublishRendezvousRequest& request, const Credential&, auto done) {
-        const absl::Status status = planner_->PublishRendezvous(request);
-        if (status.ok()) {
-          done(v1::PublishRendezvousResponse());
-        } else {
-          done(status);
-        }
+        done(EmptyOr<v1::PublishRendezvousResponse>(planner_->PublishRendezvous(request)));
       });
 }
 
