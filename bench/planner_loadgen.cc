@@ -207,6 +207,13 @@ int main(int argc, char** argv) {
   std::atomic<int64_t> accepted{0};
   std::atomic<int64_t> sent{0};
   std::atomic<int64_t> plan_version{deployment.committed_version()};
+  // The reporters report under the newest committed plan seen (by a watcher, or by the progress
+  // loop's GetPlan), before it is pruned from the plan history.
+  const auto follow = [&plan_version](int64_t version) {
+    int64_t seen = plan_version.load();
+    while (version > seen && !plan_version.compare_exchange_weak(seen, version)) {
+    }
+  };
   const double rate = absl::GetFlag(FLAGS_rate);
   const int steps_per_report = absl::GetFlag(FLAGS_steps_per_report);
   const double tokens = absl::GetFlag(FLAGS_tokens_per_step);
@@ -228,12 +235,7 @@ int main(int argc, char** argv) {
         eplb::v1::WatchPlansResponse response;
         while (stream->Read(&response)) {
           const eplb::v1::Plan& plan = response.plan();
-          if (plan.state() == eplb::v1::COMMITTED) {
-            int64_t seen = plan_version.load();
-            while (plan.version() > seen &&
-                   !plan_version.compare_exchange_weak(seen, plan.version())) {
-            }
-          }
+          if (plan.state() == eplb::v1::COMMITTED) follow(plan.version());
           if (plan.state() != eplb::v1::PENDING && plan.state() != eplb::v1::COMMITTED) continue;
           eplb::v1::WatchPlansRequest ack;
           ack.mutable_ack()->set_version(plan.version());
@@ -307,6 +309,7 @@ int main(int argc, char** argv) {
     request.set_deployment(name);
     eplb::v1::Plan plan;
     const grpc::Status status = stub.GetPlan(&context, request, &plan);
+    if (status.ok() && plan.state() == eplb::v1::COMMITTED) follow(plan.version());
     const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
     std::printf("t=%5.1fs  reports sent %8lld (%7.0f/s)  committed plan v%lld", elapsed,
                 static_cast<long long>(sent.load()), sent.load() / elapsed,
