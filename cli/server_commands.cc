@@ -24,6 +24,7 @@
 #include "cli/cli_args.h"
 #include "cli/layer_id_flags.h"
 #include "client/planner_client.h"
+#include "client/report_parts.h"
 #include "core/file_io.h"
 #include "core/map_files.h"
 #include "core/map_format.h"
@@ -375,7 +376,9 @@ constexpr std::array<FlagSpec, 9> kReportFlags = {{
     {"load", "FILE", "counts per logical expert: {\"load\": [[…E…] × L]} (required)"},
     {"steps", "S", "steps the counts cover (default 1)"},
     {"first-step", "F", "the first of them (default 0)"},
-    {"sequence", "N", "the report's sequence number (default 1)"},
+    {"sequence", "N",
+     "the report's sequence number (default 1); a load over 1 MiB is sent as several reports "
+     "over layer ranges, numbered N, N+1, …"},
     {"plan-version", "V", "the plan the counts were taken under (default: the committed one)"},
     {"session", "X", "the reporting session, a positive integer (default: a random one)"},
     {"repeat", "K", "send the report K times on the stream, to check deduplication (default 1)"},
@@ -417,7 +420,10 @@ absl::StatusOr<Action> ParseReport(const ParsedArgs& args) {
       ASSIGN_OR_RETURN(const v1::Deployment deployment, client.GetDeployment(report.deployment()));
       filled.set_plan_version(deployment.committed_version());
     }
-    const std::vector<v1::LoadReport> reports(static_cast<size_t>(repeat), filled);
+    // A load too large for one message goes as several reports over layer ranges.
+    const std::vector<v1::LoadReport> parts = client::SplitByLayers(filled, client::kDefaultMaxReportBytes);
+    std::vector<v1::LoadReport> reports;
+    for (int64_t i = 0; i < repeat; ++i) reports.insert(reports.end(), parts.begin(), parts.end());
     ASSIGN_OR_RETURN(const v1::ReportSummary summary, client.ReportLoad(reports));
     out << absl::StrFormat(
         "rank %d: accepted %d, duplicates %d, last sequence %d (steps %d-%d, plan version %d)\n",

@@ -51,6 +51,9 @@ absl::StatusOr<std::unique_ptr<LoadReporter>> LoadReporter::Create(
   if (options.max_pending_reports < 2) {
     return OutOfRange("max_pending_reports", options.max_pending_reports, "[2, ∞)");
   }
+  if (options.max_report_bytes < (4 << 10) || options.max_report_bytes > (1 << 30)) {
+    return OutOfRange("max_report_bytes", options.max_report_bytes, "[4096, 1073741824]");
+  }
   RETURN_IF_ERROR(
       Backoff::Validate({options.initial_backoff, options.max_backoff}, "LoadReporterOptions"));
   std::unique_ptr<LoadReporter> reporter(new LoadReporter(client, options));
@@ -59,7 +62,11 @@ absl::StatusOr<std::unique_ptr<LoadReporter>> LoadReporter::Create(
 }
 
 LoadReporter::LoadReporter(PlannerClient* client, const LoadReporterOptions& options)
-    : client_(client), options_(options) {
+    : client_(client),
+      options_(options),
+      layers_per_report_(
+          std::min(options.num_layers, LayersPerReport(options.num_experts, options.max_report_bytes))),
+      reports_per_batch_((options.num_layers + layers_per_report_ - 1) / layers_per_report_) {
   if (options_.session == 0) {
     std::random_device random;
     const_cast<uint64_t&>(options_.session) =
@@ -119,44 +126,59 @@ absl::Status LoadReporter::AddStep(int64_t step, int64_t plan_version,
 
 void LoadReporter::CloseBatchLocked() {
   if (batch_first_step_ < 0) return;
-  Pending pending;
-  v1::LoadReport& report = pending.report;
-  report.set_deployment(options_.deployment);
-  report.set_rank(options_.rank);
-  report.set_session(options_.session);
-  report.set_sequence(next_sequence_++);
-  report.set_first_step(batch_first_step_);
-  report.set_last_step(batch_last_step_);
-  report.set_plan_version(batch_plan_version_);
-  report.set_counts_kind(v1::LoadReport::LOGICAL);
   const size_t experts = static_cast<size_t>(options_.num_experts);
-  for (int32_t l = 0; l < options_.num_layers; ++l) {
-    const double* row = batch_counts_.data() + l * experts;
-    report.add_layers()->mutable_counts()->Assign(row, row + experts);
+  for (int32_t first = 0; first < options_.num_layers; first += layers_per_report_) {
+    Pending pending;
+    v1::LoadReport& report = pending.report;
+    report.set_deployment(options_.deployment);
+    report.set_rank(options_.rank);
+    report.set_session(options_.session);
+    report.set_sequence(next_sequence_++);
+    report.set_first_step(batch_first_step_);
+    report.set_last_step(batch_last_step_);
+    report.set_plan_version(batch_plan_version_);
+    report.set_counts_kind(v1::LoadReport::LOGICAL);
+    report.set_first_layer(first);
+    const int32_t end = std::min(options_.num_layers, first + layers_per_report_);
+    for (int32_t l = first; l < end; ++l) {
+      const double* row = batch_counts_.data() + l * experts;
+      report.add_layers()->mutable_counts()->Assign(row, row + experts);
+    }
+    pending_.push_back(std::move(pending));
   }
-  pending_.push_back(std::move(pending));
   std::fill(batch_counts_.begin(), batch_counts_.end(), 0.0);
   batch_first_step_ = batch_last_step_ = -1;
-  if (pending_.size() > static_cast<size_t>(options_.max_pending_reports)) MergeUnsentLocked();
+  if (pending_.size() > static_cast<size_t>(options_.max_pending_reports) * reports_per_batch_) {
+    MergeUnsentLocked();
+  }
   stats_.reports_pending = static_cast<int64_t>(pending_.size());
 }
 
 void LoadReporter::MergeUnsentLocked() {
-  // The two newest adjacent unsent reports of one plan version become one. Only reports never
-  // sent are merged: a sent one may already be counted under its sequence number.
-  for (size_t i = pending_.size() - 1; i >= 1; --i) {
-    Pending& earlier = pending_[i - 1];
-    Pending& later = pending_[i];
-    if (earlier.sent || later.sent) break;
-    if (earlier.report.plan_version() != later.report.plan_version()) continue;
-    earlier.report.set_last_step(later.report.last_step());
-    for (int l = 0; l < earlier.report.layers_size(); ++l) {
-      auto* into = earlier.report.mutable_layers(l)->mutable_counts();
-      const auto& from = later.report.layers(l).counts();
-      for (int e = 0; e < into->size(); ++e) into->Set(e, into->Get(e) + from.Get(e));
+  // The two newest adjacent unsent batches of one plan version become one, report by report (a
+  // batch is reports_per_batch_ reports over the same layer ranges). Only reports never sent are
+  // merged: a sent one may already be counted under its sequence number. Unsent reports are
+  // whole batches at the back of the queue: batches are queued whole and sent all at once.
+  const size_t n = static_cast<size_t>(reports_per_batch_);
+  for (size_t later = pending_.size() - n; later >= n; later -= n) {
+    const size_t earlier = later - n;
+    if (pending_[earlier].sent) break;
+    if (pending_[earlier].report.plan_version() != pending_[later].report.plan_version()) {
+      continue;
     }
-    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
-    ++stats_.reports_merged;
+    for (size_t k = 0; k < n; ++k) {
+      v1::LoadReport& into = pending_[earlier + k].report;
+      const v1::LoadReport& from = pending_[later + k].report;
+      into.set_last_step(from.last_step());
+      for (int l = 0; l < into.layers_size(); ++l) {
+        auto* sum = into.mutable_layers(l)->mutable_counts();
+        const auto& add = from.layers(l).counts();
+        for (int e = 0; e < sum->size(); ++e) sum->Set(e, sum->Get(e) + add.Get(e));
+      }
+    }
+    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(later),
+                   pending_.begin() + static_cast<std::ptrdiff_t>(later + n));
+    stats_.reports_merged += static_cast<int64_t>(n);
     return;
   }
 }

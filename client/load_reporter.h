@@ -2,7 +2,8 @@
 //
 // The serving loop calls AddStep() once per step with the tokens routed to each logical expert of
 // each layer. That only adds into an open batch (a short lock, no allocation, no network). Every
-// `flush_every_steps` steps the batch becomes a report with the next sequence number, and a
+// `flush_every_steps` steps the batch becomes a report with the next sequence number (several,
+// over layer ranges, when one would exceed `max_report_bytes`: see report_parts.h), and a
 // background thread sends the pending reports on a ReportLoad stream.
 //
 // Nothing is lost while the planner is unreachable or restarting: failed reports stay queued and
@@ -32,6 +33,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/planner_client.h"
+#include "client/report_parts.h"
 #include "eplb/v1/planner.pb.h"
 
 namespace eplb::client {
@@ -43,8 +45,12 @@ struct LoadReporterOptions {
   int32_t num_experts = 0;  // E of the deployment, ≥ 1
   // Steps per report, 1 … 1,000,000.
   int64_t flush_every_steps = 100;
-  // Reports kept while the planner is unreachable before unsent ones are merged; ≥ 2.
+  // Reports kept while the planner is unreachable before unsent ones are merged; ≥ 2. (A batch
+  // sent as several reports over layer ranges counts once.)
   int32_t max_pending_reports = 64;
+  // Largest report message, 4 KiB … 1 GiB: a batch larger than this is sent as several reports
+  // over layer ranges. The default is within every planner's --max-request-bytes.
+  int64_t max_report_bytes = kDefaultMaxReportBytes;
   absl::Duration initial_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(10);
   // Identifies this process to the planner (sequence numbers restart per session); 0 picks a
@@ -97,6 +103,8 @@ class LoadReporter {
 
   PlannerClient* const client_;
   const LoadReporterOptions options_;
+  const int32_t layers_per_report_;
+  const int32_t reports_per_batch_;  // ceil(L / layers_per_report_)
 
   mutable absl::Mutex mu_;
   // The open batch.

@@ -40,6 +40,8 @@ uint64_t ReportHash(const v1::LoadReport& report) {
   mix(static_cast<uint64_t>(report.last_step()));
   mix(static_cast<uint64_t>(report.plan_version()));
   mix(static_cast<uint64_t>(report.counts_kind()));
+  // A whole-layer report hashes as it did before layer ranges existed (hashes are checkpointed).
+  if (report.first_layer() != 0) mix(static_cast<uint64_t>(report.first_layer()) | (1ULL << 63));
   for (const v1::LayerCounts& layer : report.layers()) {
     mix(static_cast<uint64_t>(layer.counts_size()));
     for (const double count : layer.counts()) mix(std::bit_cast<uint64_t>(count));
@@ -302,13 +304,22 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
       report.counts_kind() != v1::LoadReport::COUNTS_KIND_UNSPECIFIED) {
     return OutOfRange("counts_kind", absl::StrCat("= ", report.counts_kind(), " is unknown"));
   }
-  if (report.layers_size() != shape_.num_layers) {
+  RETURN_IF_ERROR(CheckRange("first_layer", report.first_layer(), 0, shape_.num_layers - 1));
+  const int32_t first_layer = report.first_layer();
+  const int32_t num_layers = report.layers_size();
+  if (num_layers < 1) {
     return ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::MALFORMED_COUNTS, "layers",
-                           absl::StrCat("layers has ", report.layers_size(), " entries, expected ",
-                                        shape_.num_layers, " (num_layers)"));
+                           "layers has no entries, expected at least 1");
+  }
+  if (num_layers > shape_.num_layers - first_layer) {
+    return ErrorWithDetail(
+        absl::StatusCode::kInvalidArgument, v1::MALFORMED_COUNTS, "layers",
+        absl::StrCat("layers has ", num_layers, " entries, more than the ",
+                     shape_.num_layers - first_layer, " from first_layer ", first_layer,
+                     " to num_layers ", shape_.num_layers));
   }
   const int32_t width = local_slots ? layout_.SlotsOnRank(rank) : shape_.num_logical_experts;
-  for (int32_t l = 0; l < shape_.num_layers; ++l) {
+  for (int32_t l = 0; l < num_layers; ++l) {
     const auto& counts = report.layers(l).counts();
     if (counts.size() != width) {
       return ErrorWithDetail(
@@ -379,20 +390,24 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
   }
   // Accepted: convert to per-expert counts and add.
   const int32_t experts = shape_.num_logical_experts;
-  if (local_slots) {
+  // Layers outside the report's range add nothing.
+  if (local_slots || num_layers < shape_.num_layers) {
     std::fill(scratch_.begin(), scratch_.end(), 0.0);
+  }
+  if (local_slots) {
     const ExpertMap& map = plan->second.map;
     const int32_t first_slot = layout_.FirstSlotOfRank(rank);
-    for (int32_t l = 0; l < shape_.num_layers; ++l) {
+    for (int32_t i = 0; i < num_layers; ++i) {
+      const int32_t l = first_layer + i;
       const auto phy2log = map.phy2log(l);
-      const auto& counts = report.layers(l).counts();
+      const auto& counts = report.layers(i).counts();
       double* row = scratch_.data() + static_cast<size_t>(l) * experts;
       for (int32_t k = 0; k < width; ++k) row[phy2log[first_slot + k]] += counts[k];
     }
   } else {
-    for (int32_t l = 0; l < shape_.num_layers; ++l) {
-      const auto& counts = report.layers(l).counts();
-      std::memcpy(scratch_.data() + static_cast<size_t>(l) * experts, counts.data(),
+    for (int32_t i = 0; i < num_layers; ++i) {
+      const auto& counts = report.layers(i).counts();
+      std::memcpy(scratch_.data() + static_cast<size_t>(first_layer + i) * experts, counts.data(),
                   sizeof(double) * experts);
     }
   }

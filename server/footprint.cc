@@ -40,8 +40,6 @@ MessageSizes ShapeMessageSizes(const DeploymentShape& shape) {
   const int64_t l = shape.num_layers, e = shape.num_logical_experts;
   const int64_t p = shape.num_physical_experts, r = shape.num_ranks;
   MessageSizes sizes;
-  // Per layer: the LayerCounts field (tag, length) holding the packed doubles (tag, length, data).
-  sizes.dense_report_bytes = l * (8 * e + 12) + 128;
   sizes.get_load_bytes = l * e * 8 + l * 9 + 256;
   // phy2log (values < E) and replica_rank (values ≤ P − E), packed; per rank ack ≤ 64 bytes.
   const int64_t per_slot =

@@ -30,10 +30,11 @@ struct Footprint {
 Footprint DeploymentFootprint(const DeploymentShape& shape, const SmoothingOptions& smoothing,
                               int32_t plan_history);
 
-// The largest messages of the shape, in bytes: a dense load report, a GetLoad response and a plan
-// with its map and rank acknowledgements.
+// The largest messages the planner sends for the shape, in bytes: a GetLoad response and a plan
+// with its map and rank acknowledgements. (What it receives is bounded by shape limits: one layer
+// of a dense load report, the unit reports are split into, is at most 8 × 65,536 + 140 bytes,
+// within the smallest request limit of 1 MiB.)
 struct MessageSizes {
-  int64_t dense_report_bytes = 0;
   int64_t get_load_bytes = 0;
   int64_t plan_bytes = 0;
 };

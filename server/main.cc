@@ -50,7 +50,13 @@ ABSL_FLAG(int, plan_threads, 4,
 ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(10),
           "How often a deployment's smoothed load is written to the state directory (1s to 1h)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20,
-          "Largest gRPC message received or sent, in bytes (1 MiB to 1 GiB)");
+          "Largest gRPC message sent (plans, GetLoad responses), in bytes (1 MiB to 1 GiB)");
+ABSL_FLAG(int, max_request_bytes, 4 << 20,
+          "Largest gRPC message received, in bytes (1 MiB to --max-message-bytes); larger load "
+          "reports are sent in parts over layer ranges");
+ABSL_FLAG(absl::Duration, report_read_timeout, absl::Seconds(30),
+          "How long a ReportLoad stream may hold part of the read budget waiting for its next "
+          "message before it is cancelled (1s to 1h)");
 ABSL_FLAG(absl::Duration, keepalive_time, absl::Seconds(30),
           "Interval of HTTP/2 keepalive pings on idle connections (1s to 1h)");
 ABSL_FLAG(absl::Duration, keepalive_timeout, absl::Seconds(10),
@@ -229,6 +235,13 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
         absl::StrCat("--max-message-bytes=", options.max_message_bytes,
                      " is out of range [1048576, 1073741824]"));
   }
+  options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  if (options.max_request_bytes < (1 << 20) ||
+      options.max_request_bytes > options.max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-request-bytes=", options.max_request_bytes, " is out of range [1048576, ",
+        options.max_message_bytes, "] (at most --max-message-bytes)"));
+  }
   options.keepalive_time = absl::GetFlag(FLAGS_keepalive_time);
   options.keepalive_timeout = absl::GetFlag(FLAGS_keepalive_timeout);
   if (options.keepalive_time < absl::Seconds(1) || options.keepalive_time > absl::Hours(1)) {
@@ -239,6 +252,13 @@ absl::StatusOr<PlannerServerOptions> OptionsFromFlags() {
   if (options.keepalive_timeout < absl::Seconds(1) || options.keepalive_timeout > absl::Hours(1)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--keepalive-timeout=", absl::FormatDuration(options.keepalive_timeout),
+                     " is out of range [1s, 1h]"));
+  }
+  options.report_read_timeout = absl::GetFlag(FLAGS_report_read_timeout);
+  if (options.report_read_timeout < absl::Seconds(1) ||
+      options.report_read_timeout > absl::Hours(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--report-read-timeout=", absl::FormatDuration(options.report_read_timeout),
                      " is out of range [1s, 1h]"));
   }
   ASSIGN_OR_RETURN(options.max_memory_bytes, MemoryBudget(absl::GetFlag(FLAGS_max_memory)));
@@ -358,6 +378,9 @@ int main(int argc, char** argv) {
     return Fail(absl::StrCat("--metrics-port=", metrics_port, " is out of range [-1, 65535]"));
   }
   if (absl::GetFlag(FLAGS_check_flags)) {
+    if (auto checked = PlannerServer::CheckOptions(*options); !checked.ok()) {
+      return Fail(std::string(checked.status().message()));
+    }
     if (auto policy = eplb::CreatePolicy(options->planner.default_policy); !policy.ok()) {
       return Fail(absl::StrCat("--default-policy: ", policy.status().message()));
     }

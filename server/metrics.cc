@@ -60,7 +60,21 @@ PlannerMetrics::PlannerMetrics(std::shared_ptr<prometheus::Registry> registry)
                                "outside the credential's scope (permission_denied)")
                          .Register(*registry_)),
       unauthenticated_(&auth_refusals_.Add({{"reason", "unauthenticated"}})),
-      permission_denied_(&auth_refusals_.Add({{"reason", "permission_denied"}})) {}
+      permission_denied_(&auth_refusals_.Add({{"reason", "permission_denied"}})) {
+  auto& reads = prometheus::BuildGauge()
+                    .Name("eplb_report_reads")
+                    .Help("ReportLoad streams holding part of the read budget for their next "
+                          "message (reading), and waiting for it (waiting)")
+                    .Register(*registry_);
+  reads_reading_ = &reads.Add({{"state", "reading"}});
+  reads_waiting_ = &reads.Add({{"state", "waiting"}});
+  reads_overdue_ = &prometheus::BuildCounter()
+                        .Name("eplb_report_reads_overdue_total")
+                        .Help("ReportLoad streams cancelled for holding part of the read budget "
+                              "longer than --report-read-timeout without a message arriving")
+                        .Register(*registry_)
+                        .Add({});
+}
 
 std::shared_ptr<DeploymentMetrics> PlannerMetrics::AddDeployment(const std::string& deployment) {
   absl::MutexLock lock(&mu_);

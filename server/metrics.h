@@ -14,6 +14,10 @@
 //   eplb_auth_refusals_total{reason="unauthenticated"|"permission_denied"}   counter: calls
 //                                        refused for a missing or unknown credential, or one
 //                                        whose scope does not cover the call
+//   eplb_report_reads{state="reading"|"waiting"}   gauge: ReportLoad streams holding part of the
+//                                        read budget for their next message, and waiting for it
+//   eplb_report_reads_overdue_total      counter: streams cancelled for holding it longer than
+//                                        --report-read-timeout without a message arriving
 //
 // Thread-safe (prometheus-cpp metrics are atomic; families lock internally).
 #ifndef EPLB_SERVER_METRICS_H_
@@ -87,6 +91,11 @@ class PlannerMetrics {
   void AuthRefused(bool unauthenticated) {
     (unauthenticated ? unauthenticated_ : permission_denied_)->Increment();
   }
+  void SetReportReads(int64_t reading, int64_t waiting) {
+    reads_reading_->Set(static_cast<double>(reading));
+    reads_waiting_->Set(static_cast<double>(waiting));
+  }
+  void ReportReadsOverdue(int count) { reads_overdue_->Increment(count); }
 
  private:
   friend class DeploymentMetrics;
@@ -105,6 +114,9 @@ class PlannerMetrics {
   prometheus::Family<prometheus::Counter>& auth_refusals_;
   prometheus::Counter* unauthenticated_;
   prometheus::Counter* permission_denied_;
+  prometheus::Gauge* reads_reading_;
+  prometheus::Gauge* reads_waiting_;
+  prometheus::Counter* reads_overdue_;
 };
 
 }  // namespace eplb::server

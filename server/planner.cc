@@ -183,7 +183,13 @@ absl::Status Planner::PostOperation(const std::string& lane, Task task) {
                    " creates, deletes and rebalances waiting; retry later"));
 }
 
+void Planner::AddTimerTask(std::function<void()> task) {
+  absl::MutexLock lock(&timer_mu_);
+  timer_tasks_.push_back(std::move(task));
+}
+
 void Planner::TimerLoop() {
+  std::vector<std::function<void()>> tasks;
   while (true) {
     {
       absl::MutexLock lock(&timer_mu_);
@@ -194,7 +200,9 @@ void Planner::TimerLoop() {
       }
       if (timer_stopping_) return;
       woken_ = false;
+      tasks = timer_tasks_;
     }
+    for (const std::function<void()>& task : tasks) task();
     std::vector<std::shared_ptr<Deployment>> all;
     {
       absl::MutexLock lock(&registry_mu_);
@@ -263,8 +271,7 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
   // Admission, before anything is written: messages that fit, the deployment cap and the budget.
   const MessageSizes sizes = ShapeMessageSizes(shape);
   for (const auto& [what, bytes] :
-       {std::pair<const char*, int64_t>{"a dense load report", sizes.dense_report_bytes},
-        {"a GetLoad response", sizes.get_load_bytes},
+       {std::pair<const char*, int64_t>{"a GetLoad response", sizes.get_load_bytes},
         {"a plan", sizes.plan_bytes}}) {
     if (bytes > options_.max_message_bytes) {
       return done(ErrorWithDetail(

@@ -52,8 +52,8 @@ struct PlannerOptions {
   int64_t deployment_memory_bytes = 0;
   // Deployments at most (a create beyond is OVER_BUDGET).
   int32_t max_deployments = 1000;
-  // The server's message limit: shapes whose dense report, GetLoad response or plan would exceed
-  // it are refused at create (INVALID_ARGUMENT, MESSAGE_WOULD_NOT_FIT).
+  // The server's limit on what it sends: shapes whose GetLoad response or plan would exceed it
+  // are refused at create (INVALID_ARGUMENT, MESSAGE_WOULD_NOT_FIT).
   int64_t max_message_bytes = 64 << 20;
   // Worker threads: how many deployments plan, validate and write at once. 1 ≤ worker_threads ≤
   // 1024.
@@ -124,6 +124,11 @@ class Planner {
   // never published is INVALID_ARGUMENT; one of a pruned version is ignored.
   absl::Status Ack(const std::string& name, int32_t rank, const v1::WatchPlansRequest::Ack& ack);
 
+  // Runs `task` on the timer thread at every tick: every 100 ms on a real clock, at every advance
+  // of a fake one. Until Shutdown.
+  void AddTimerTask(std::function<void()> task);
+  Clock* clock() const { return clock_; }
+
   // Ends every watch with UNAVAILABLE; from now on creating, deleting, rebalancing and subscribing
   // fail with UNAVAILABLE (reports and queries still work, so in-flight RPCs can finish).
   // Idempotent.
@@ -185,6 +190,7 @@ class Planner {
   absl::Mutex timer_mu_;
   bool timer_stopping_ ABSL_GUARDED_BY(timer_mu_) = false;
   bool woken_ ABSL_GUARDED_BY(timer_mu_) = false;
+  std::vector<std::function<void()>> timer_tasks_ ABSL_GUARDED_BY(timer_mu_);
   absl::CondVar timer_cv_;
   std::thread timer_;
 

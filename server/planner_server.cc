@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "server/footprint.h"
 #include "spdlog/spdlog.h"
 
 namespace eplb::server {
@@ -29,11 +30,14 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const PlannerServerOptions&
   return grpc::SslServerCredentials(ssl);
 }
 
+// What a request message being received and parsed may cost, in multiples of its size: the wire
+// bytes, and the parsed message (report_wire.h bounds it to about twice those).
+constexpr int64_t kReadCostFactor = 3;
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
-    const PlannerServerOptions& options, Clock* clock,
-    std::shared_ptr<prometheus::Registry> registry) {
+absl::StatusOr<PlannerServer::MemoryShares> PlannerServer::CheckOptions(
+    const PlannerServerOptions& options) {
   if (options.tls_cert_pem.empty() != options.tls_key_pem.empty()) {
     return absl::InvalidArgumentError("TLS needs both a certificate and its key");
   }
@@ -41,37 +45,62 @@ absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
     return absl::InvalidArgumentError(
         "a client CA (mutual TLS) needs a server certificate and key as well");
   }
+  if (options.max_request_bytes < (1 << 20) ||
+      options.max_request_bytes > options.max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_request_bytes = ", options.max_request_bytes, " is out of range [1048576, ",
+        options.max_message_bytes, "] (at most max_message_bytes)"));
+  }
+  MemoryShares shares;
+  if (options.max_memory_bytes <= 0) return shares;
+  shares.in_flight_bytes =
+      std::clamp<int64_t>(options.max_memory_bytes / 4, int64_t{64} << 20, int64_t{1} << 30);
+  if (options.max_memory_bytes <= shares.in_flight_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a memory budget of ", options.max_memory_bytes, " bytes leaves nothing for deployments ",
+        "after gRPC's ", shares.in_flight_bytes, " bytes"));
+  }
+  shares.deployments_bytes = options.max_memory_bytes - shares.in_flight_bytes;
+  if (kReadCostFactor * options.max_request_bytes > shares.in_flight_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a request limit of ", FormatBytes(options.max_request_bytes),
+        " (--max-request-bytes) needs ", kReadCostFactor,
+        " times that for a message being received and parsed, more than the ",
+        FormatBytes(shares.in_flight_bytes),
+        " the memory budget keeps for messages in flight (a quarter of --max-memory)"));
+  }
+  return shares;
+}
+
+absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
+    const PlannerServerOptions& options, Clock* clock,
+    std::shared_ptr<prometheus::Registry> registry) {
+  ASSIGN_OR_RETURN(const MemoryShares shares, CheckOptions(options));
   ASSIGN_OR_RETURN(AccessControl access,
                    AccessControl::Create(options.service.bearer_token, options.service.credentials,
                                          /*mutual_tls=*/!options.tls_client_ca_pem.empty()));
   PlannerOptions planner_options = options.planner;
   planner_options.max_message_bytes = options.max_message_bytes;
-  int64_t grpc_quota_bytes = 0;
-  if (options.max_memory_bytes > 0) {
-    grpc_quota_bytes =
-        std::clamp<int64_t>(options.max_memory_bytes / 4, int64_t{64} << 20, int64_t{1} << 30);
-    if (options.max_memory_bytes <= grpc_quota_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a memory budget of ", options.max_memory_bytes, " bytes leaves nothing for deployments ",
-          "after gRPC's ", grpc_quota_bytes, " bytes"));
-    }
-    planner_options.deployment_memory_bytes = options.max_memory_bytes - grpc_quota_bytes;
-  }
+  if (shares.deployments_bytes > 0) planner_options.deployment_memory_bytes = shares.deployments_bytes;
   std::unique_ptr<PlannerServer> server(new PlannerServer);
   if (registry != nullptr) server->metrics_ = std::make_unique<PlannerMetrics>(registry);
   ASSIGN_OR_RETURN(StateStore store, StateStore::Open(options.state_dir));
   ASSIGN_OR_RETURN(server->planner_, Planner::Create(planner_options, std::move(store), clock,
                                                      server->metrics_.get()));
-  server->service_ =
-      std::make_unique<PlannerService>(server->planner_.get(), options.service.max_watch_queue,
-                                       std::move(access), server->metrics_.get());
+  server->service_ = std::make_unique<PlannerService>(
+      server->planner_.get(),
+      ServiceLimits{.max_watch_queue = options.service.max_watch_queue,
+                    .read_budget_bytes = shares.in_flight_bytes,
+                    .read_cost_bytes = kReadCostFactor * options.max_request_bytes,
+                    .report_read_timeout = options.report_read_timeout},
+      std::move(access), server->metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, Credentials(options), &server->port_);
   builder.RegisterService(server->service_.get());
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxReceiveMessageSize(options.max_request_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
                              static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));
@@ -84,9 +113,15 @@ absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
       static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_min_client_interval)));
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
-  if (grpc_quota_bytes > 0) {
+  // A stream's HTTP/2 window stays at the lookahead until it has a read pending (a read opens it
+  // to the whole message), so streams waiting for the read budget hold at most that. BDP probing
+  // would grow windows to megabytes and let waiting streams fill the buffer quota. 256 KiB lets
+  // the next report of a stream arrive while the current one is counted.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 256 << 10);
+  if (shares.in_flight_bytes > 0) {
     grpc::ResourceQuota quota("eplb-planner");
-    quota.Resize(static_cast<size_t>(grpc_quota_bytes));
+    quota.Resize(static_cast<size_t>(shares.in_flight_bytes));
     builder.SetResourceQuota(quota);
   }
   server->server_ = builder.BuildAndStart();

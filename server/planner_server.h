@@ -25,12 +25,20 @@ struct PlannerServerOptions {
   std::string state_dir = "./eplb-state";
   PlannerOptions planner;
   PlannerServiceOptions service;
-  // Largest message received or sent. A bigger one fails with RESOURCE_EXHAUSTED; shapes whose
-  // messages would be bigger are refused at create.
+  // Largest message sent (plans, GetLoad responses): shapes whose messages would be bigger are
+  // refused at create. 1 MiB … 1 GiB.
   int max_message_bytes = 64 << 20;
+  // Largest message received; a bigger one fails with RESOURCE_EXHAUSTED. Load reports larger
+  // than this are sent as several over layer ranges. 1 MiB … max_message_bytes.
+  int max_request_bytes = 4 << 20;
+  // A ReportLoad stream that holds part of the read budget this long without its next message
+  // arriving is cancelled, so that streams opened and left idle cannot starve the others.
+  absl::Duration report_read_timeout = absl::Seconds(30);
   // The planner's memory budget in bytes (0: none). A quarter of it (at least 64 MiB, at most
-  // 1 GiB) is gRPC's buffer quota for messages in flight; the rest is what deployments may hold
-  // (PlannerOptions::deployment_memory_bytes, which this overrides).
+  // 1 GiB) is for messages in flight: gRPC's buffer quota, and the read budget of ReportLoad
+  // messages (each reserves 3 × max_request_bytes of it while it is received and parsed). The
+  // rest is what deployments may hold (PlannerOptions::deployment_memory_bytes, which this
+  // overrides).
   int64_t max_memory_bytes = 0;
   // Concurrent streams per client connection.
   int max_concurrent_streams = 256;
@@ -48,6 +56,16 @@ struct PlannerServerOptions {
 
 class PlannerServer {
  public:
+  // How the memory budget divides: messages in flight (gRPC's buffer quota and the read budget)
+  // and deployments; 0 without a budget.
+  struct MemoryShares {
+    int64_t in_flight_bytes = 0;
+    int64_t deployments_bytes = 0;
+  };
+  // The checks of `options` that Start makes before it touches anything (INVALID_ARGUMENT naming
+  // the problem), for --check-flags.
+  static absl::StatusOr<MemoryShares> CheckOptions(const PlannerServerOptions& options);
+
   // Loads the state, then listens; health is SERVING once this returns. `clock` must outlive the
   // server. `registry` (may be null) receives the planner's metrics.
   static absl::StatusOr<std::unique_ptr<PlannerServer>> Start(

@@ -4,6 +4,7 @@
 
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/auth_context.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <atomic>
 #include <deque>
@@ -15,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "proto/convert.h"
+#include "server/report_wire.h"
 #include "spdlog/spdlog.h"
 
 namespace eplb::server {
@@ -138,69 +140,158 @@ grpc::ServerUnaryReactor* Serve(const Gate& gate, grpc::CallbackServerContext* c
 
 // ---- ReportLoad ---------------------------------------------------------------------------------
 
+// Each message is received within the service's ReadBudget: the stream reserves the most a
+// message may cost before it starts a read and gives it back once the message is counted, so a
+// stream waiting for the budget holds no buffered message.
 class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   ReportReactor(Planner* planner, grpc::ByteBuffer* response, const Gate* gate,
-                grpc::CallbackServerContext* context)
-      : planner_(planner), response_(response), gate_(gate), context_(context) {
+                ReadBudget* budget, int64_t read_cost, grpc::CallbackServerContext* context)
+      : planner_(planner),
+        response_(response),
+        gate_(gate),
+        budget_(budget),
+        read_cost_(read_cost),
+        context_(context) {
     absl::StatusOr<const Credential*> caller = gate_->Identify(context_);
     if (!caller.ok()) {
       Finish(ToGrpcStatus(caller.status()));
       return;
     }
     caller_ = *caller;
-    StartRead(&incoming_);
+    ReadNext();
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the client finished writing (or went away)
-      bool own_buffer = false;
-      const grpc::Status status =
-          grpc::SerializationTraits<v1::ReportSummary>::Serialize(summary_, response_, &own_buffer);
+    const size_t bytes = ok ? incoming_.Length() : 0;
+    const grpc::Status status = ok ? Count() : Summary();
+    // The message is consumed: its buffer is empty (Deserialize clears it) and a large parsed
+    // report is freed before its bytes go back to the budget.
+    if (bytes > kKeepParsedBytes) report_ = v1::LoadReport();
+    budget_->Release(Ticket());
+    if (ok && status.ok()) {
+      ReadNext();
+    } else {
       Finish(status);
+    }
+  }
+
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      // A pending read ends with ok = false; a reservation granted meanwhile finishes in Granted.
+      if (!waiting_ || !budget_->Withdraw(ticket_)) return;
+      waiting_ = false;
+    }
+    Finish(grpc::Status::CANCELLED);  // may delete this: not under mu_
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // A report parsed from a message above this size is not kept for the next one.
+  static constexpr size_t kKeepParsedBytes = 256 << 10;
+
+  void ReadNext() {
+    bool now = false;
+    bool cancelled = false;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled = cancelled_;
+      if (!cancelled) {
+        // Overdue: the message has not arrived within --report-read-timeout of the grant. The
+        // pending read then ends with ok = false.
+        ticket_ = budget_->Reserve(
+            read_cost_, [this] { Granted(); }, [context = context_] { context->TryCancel(); },
+            &now);
+        waiting_ = !now;
+      }
+    }
+    if (cancelled) {
+      Finish(grpc::Status::CANCELLED);
+    } else if (now) {
+      StartRead(&incoming_);
+    }
+  }
+
+  // The budget granted a waiting reservation (on the releasing stream's thread).
+  void Granted() {
+    bool cancelled = false;
+    {
+      absl::MutexLock lock(&mu_);
+      waiting_ = false;
+      cancelled = cancelled_;
+    }
+    if (!cancelled) {
+      StartRead(&incoming_);
       return;
     }
+    budget_->Release(Ticket());
+    Finish(grpc::Status::CANCELLED);
+  }
+
+  ReadBudget::Ticket Ticket() {
+    absl::MutexLock lock(&mu_);
+    return ticket_;
+  }
+
+  // Parses, checks and counts the message just read; OK to read the next.
+  grpc::Status Count() {
     ++received_;
-    if (!grpc::SerializationTraits<v1::LoadReport>::Deserialize(&incoming_, &report_).ok()) {
-      Finish(ToGrpcStatus(
+    grpc::ProtoBufferReader reader(&incoming_);
+    absl::Status wire = CheckLoadReportWire(&reader);
+    if (wire.ok() &&
+        !grpc::SerializationTraits<v1::LoadReport>::Deserialize(&incoming_, &report_).ok()) {
+      wire = absl::InvalidArgumentError("it is not a well-formed protobuf message");
+    }
+    incoming_.Clear();
+    if (!wire.ok()) {
+      return ToGrpcStatus(
           ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::MALFORMED_MESSAGE, "",
                           absl::StrCat("message ", received_, " of the stream does not parse as ",
-                                       v1::LoadReport::descriptor()->full_name(), "; the ",
-                                       received_ - 1, " before it were counted"))));
-      return;
+                                       v1::LoadReport::descriptor()->full_name(), " (",
+                                       wire.message(), "); the ", received_ - 1,
+                                       " before it were counted")));
     }
     if (absl::Status allowed = gate_->Check(
             context_, AccessControl::CheckRank(*caller_, "report load", report_.deployment(),
                                                report_.rank()));
         !allowed.ok()) {
-      Finish(ToGrpcStatus(allowed));
-      return;
+      return ToGrpcStatus(allowed);
     }
     const absl::StatusOr<ReportOutcome> outcome = planner_->Report(report_);
-    if (!outcome.ok()) {
-      Finish(ToGrpcStatus(outcome.status()));
-      return;
-    }
+    if (!outcome.ok()) return ToGrpcStatus(outcome.status());
     if (outcome->duplicate) {
       summary_.set_duplicates(summary_.duplicates() + 1);
     } else {
       summary_.set_accepted(summary_.accepted() + 1);
     }
     summary_.set_last_sequence(outcome->last_sequence);
-    StartRead(&incoming_);
+    return grpc::Status::OK;
   }
 
-  void OnDone() override { delete this; }
+  // The client finished writing (or went away): the summary is the response.
+  grpc::Status Summary() {
+    bool own_buffer = false;
+    return grpc::SerializationTraits<v1::ReportSummary>::Serialize(summary_, response_,
+                                                                   &own_buffer);
+  }
 
- private:
   Planner* const planner_;
   grpc::ByteBuffer* const response_;
   const Gate* const gate_;
+  ReadBudget* const budget_;
+  const int64_t read_cost_;
   grpc::CallbackServerContext* const context_;  // valid until OnDone
   const Credential* caller_ = nullptr;           // the AccessControl's, which outlives the call
+  absl::Mutex mu_;
+  bool waiting_ ABSL_GUARDED_BY(mu_) = false;  // for the budget, without a read
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  ReadBudget::Ticket ticket_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::ByteBuffer incoming_;
   int64_t received_ = 0;
-  v1::LoadReport report_;  // reused: its repeated fields keep their capacity
+  v1::LoadReport report_;  // reused while small: its repeated fields keep their capacity
   v1::ReportSummary summary_;
 };
 
@@ -368,11 +459,34 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 
 }  // namespace
 
-PlannerService::PlannerService(Planner* planner, int max_watch_queue, AccessControl access,
-                               PlannerMetrics* metrics)
+PlannerService::PlannerService(Planner* planner, const ServiceLimits& limits,
+                               AccessControl access, PlannerMetrics* metrics)
     : planner_(planner),
-      max_watch_queue_(max_watch_queue),
-      gate_(std::make_unique<Gate>(std::move(access), metrics)) {}
+      max_watch_queue_(limits.max_watch_queue),
+      read_budget_(std::make_shared<ReadBudget>(limits.read_budget_bytes, planner->clock(),
+                                                limits.report_read_timeout)),
+      read_cost_(limits.read_budget_bytes > 0
+                     ? std::min(limits.read_cost_bytes, limits.read_budget_bytes)
+                     : limits.read_cost_bytes),
+      gate_(std::make_unique<Gate>(std::move(access), metrics)) {
+  // On the planner's timer: streams that hold the read budget too long are cancelled, and the
+  // budget's state is published.
+  planner->AddTimerTask([budget = std::weak_ptr<ReadBudget>(read_budget_), metrics,
+                         timeout = limits.report_read_timeout] {
+    const std::shared_ptr<ReadBudget> live = budget.lock();
+    if (live == nullptr) return;
+    if (const int cancelled = live->CancelOverdue(); cancelled > 0) {
+      spdlog::warn("cancelled {} ReportLoad stream(s) that held the read budget for more than {} "
+                   "without a message arriving (--report-read-timeout)",
+                   cancelled, absl::FormatDuration(timeout));
+      if (metrics != nullptr) metrics->ReportReadsOverdue(cancelled);
+    }
+    if (metrics != nullptr) {
+      const ReadBudget::State state = live->state();
+      metrics->SetReportReads(state.holding, state.waiting);
+    }
+  });
+}
 
 PlannerService::~PlannerService() = default;
 
@@ -438,7 +552,8 @@ grpc::ServerUnaryReactor* PlannerService::DeleteDeployment(grpc::CallbackServerC
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* PlannerService::ReportLoad(
     grpc::CallbackServerContext* context, Raw* response) {
-  return new ReportReactor(planner_, response, gate_.get(), context);
+  return new ReportReactor(planner_, response, gate_.get(), read_budget_.get(), read_cost_,
+                           context);
 }
 
 grpc::ServerUnaryReactor* PlannerService::GetPlan(grpc::CallbackServerContext* context,

@@ -15,6 +15,7 @@
 #include "server/access.h"
 #include "server/metrics.h"
 #include "server/planner.h"
+#include "server/read_budget.h"
 
 namespace eplb::server {
 
@@ -54,9 +55,21 @@ using PlannerServiceBase = v1::Planner::WithRawCallbackMethod_CreateDeployment<
 // second.
 //
 // `planner` and `metrics` (may be null) must outlive the service.
+// What the service may hold per call.
+struct ServiceLimits {
+  int max_watch_queue = 64;  // PlannerServiceOptions::max_watch_queue
+  // Bytes ReportLoad messages may take while they are received and parsed, all streams together
+  // (0: no limit), and what each message reserves of them: the wire bytes of the largest request
+  // and its parsed form (report_wire.h bounds that to about twice the wire bytes).
+  int64_t read_budget_bytes = 0;
+  int64_t read_cost_bytes = int64_t{12} << 20;
+  // A stream holding a reservation this long without its message arriving is cancelled.
+  absl::Duration report_read_timeout = absl::Seconds(30);
+};
+
 class PlannerService final : public PlannerServiceBase {
  public:
-  PlannerService(Planner* planner, int max_watch_queue, AccessControl access,
+  PlannerService(Planner* planner, const ServiceLimits& limits, AccessControl access,
                  PlannerMetrics* metrics);
   ~PlannerService() override;
 
@@ -71,7 +84,8 @@ class PlannerService final : public PlannerServiceBase {
   Unary* DeleteDeployment(grpc::CallbackServerContext* context, const Raw* request,
                           Raw* response) override;
   // A message that does not parse ends the stream with INVALID_ARGUMENT (MALFORMED_MESSAGE)
-  // instead of a silent end of input; each report is checked against the caller's scope.
+  // instead of a silent end of input; each report is checked against the caller's scope. Each
+  // message is received within the read budget (ServiceLimits): streams beyond it wait.
   grpc::ServerReadReactor<Raw>* ReportLoad(grpc::CallbackServerContext* context,
                                            Raw* response) override;
   Unary* GetPlan(grpc::CallbackServerContext* context, const Raw* request, Raw* response) override;
@@ -92,6 +106,8 @@ class PlannerService final : public PlannerServiceBase {
  private:
   Planner* const planner_;
   const int max_watch_queue_;
+  std::shared_ptr<ReadBudget> read_budget_;  // the planner's timer task holds a weak_ptr
+  const int64_t read_cost_;
   std::unique_ptr<Gate> gate_;
 };
 

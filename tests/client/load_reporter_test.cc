@@ -97,6 +97,73 @@ TEST(LoadReporterTest, NothingIsLostAcrossAPlannerRestart) {
   EXPECT_EQ(GetLoad(env.stub(), "r")->steps_seen(), 52);
 }
 
+// A batch larger than max_report_bytes goes as reports over layer ranges (3 of 2 layers here),
+// each its own sequence number; through an outage whole batches are merged, and every step still
+// counts exactly once in every layer.
+TEST(LoadReporterTest, ABatchOverMaxReportBytesIsSentInPartsAndCountedAsTheWhole) {
+  PlannerEnv env;
+  constexpr int kLayers = 6, kExperts = 512;
+  v1::DeploymentSpec spec = Spec("r", kLayers, kExperts, kExperts, 1);
+  spec.set_policy("contiguous");
+  spec.mutable_trigger()->set_interval_steps(0);
+  spec.mutable_smoothing()->set_window_steps(64);
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+  auto client = Client(env);
+  LoadReporterOptions options = Options();
+  options.num_layers = kLayers;
+  options.num_experts = kExperts;
+  options.max_report_bytes = 2 * (8 * kExperts + 12) + 256;
+  ASSERT_EQ(LayersPerReport(kExperts, options.max_report_bytes), 2);
+  auto reporter = LoadReporter::Create(client.get(), options);
+  ASSERT_TRUE(reporter.ok()) << reporter.status();
+  std::vector<double> counts(kLayers * kExperts);
+  for (size_t i = 0; i < counts.size(); ++i) counts[i] = static_cast<double>(i % 7);
+  for (int step = 0; step < 8; ++step) ASSERT_TRUE((*reporter)->AddStep(step, 1, counts).ok());
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  EXPECT_EQ((*reporter)->stats().reports_accepted, 6);  // 2 batches × 3 parts
+
+  env.Stop();
+  for (int step = 8; step < 48; ++step) ASSERT_TRUE((*reporter)->AddStep(step, 1, counts).ok());
+  EXPECT_EQ((*reporter)->Flush(absl::Milliseconds(50)).code(), absl::StatusCode::kDeadlineExceeded);
+  const LoadReporter::Stats outage = (*reporter)->stats();
+  EXPECT_LE(outage.reports_pending, 3 * 4);  // max_pending_reports batches + one merged into
+  EXPECT_GT(outage.reports_merged, 0);
+  EXPECT_EQ(outage.reports_merged % 3, 0);  // whole batches
+  env.Start();
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  EXPECT_THAT(Smoothed(env), Pointwise(DoubleNear(1e-9), counts));
+  EXPECT_EQ(GetLoad(env.stub(), "r")->steps_seen(), 48);
+}
+
+TEST(ReportPartsTest, SplitByLayersCoversEveryLayerOnceWithinTheLimit) {
+  v1::LoadReport whole;
+  whole.set_deployment("d");
+  whole.set_sequence(10);
+  whole.set_first_layer(3);
+  for (int l = 0; l < 7; ++l) whole.add_layers()->mutable_counts()->Resize(100, l + 1.0);
+  const std::vector<v1::LoadReport> fits = SplitByLayers(whole, 1 << 20);
+  ASSERT_EQ(fits.size(), 1u);
+  EXPECT_EQ(fits[0].SerializeAsString(), whole.SerializeAsString());
+
+  const int64_t limit = 3 * (8 * 100 + 12) + 256;  // 3 layers a part
+  const std::vector<v1::LoadReport> parts = SplitByLayers(whole, limit);
+  ASSERT_EQ(parts.size(), 3u);
+  int next_layer = 3;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    EXPECT_LE(static_cast<int64_t>(parts[i].ByteSizeLong()), limit);
+    EXPECT_EQ(parts[i].sequence(), 10 + static_cast<int64_t>(i));
+    EXPECT_EQ(parts[i].deployment(), "d");
+    EXPECT_EQ(parts[i].first_layer(), next_layer);
+    for (const v1::LayerCounts& layer : parts[i].layers()) {
+      EXPECT_EQ(layer.counts(0), next_layer - 2);  // layer l of whole holds l + 1
+      ++next_layer;
+    }
+  }
+  EXPECT_EQ(next_layer, 10);
+  // A layer is never split, however small the limit.
+  EXPECT_EQ(SplitByLayers(whole, 16).size(), 7u);
+}
+
 TEST(LoadReporterTest, BadInputIsRefusedAndAddsNothing) {
   PlannerEnv env;
   CreateDeployment(env);

@@ -32,6 +32,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/planner_client.h"
+#include "client/report_parts.h"
 #include "core/map_format.h"
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
@@ -475,6 +476,23 @@ TEST_F(PlannerE2eTest, ServingTheNetworkWithoutCredentialsIsRefused) {
   EXPECT_EQ(check({"--listen=127.0.0.1:0", "--max-memory=1.5Gi"}, "").exit_code, 0);
   EXPECT_THAT(check({"--listen=127.0.0.1:0", "--max-memory=100Mi"}, "").err,
               HasSubstr("--max-memory=100Mi is less than the smallest budget, 256Mi"));
+  // Message limits and the read budget they take.
+  EXPECT_THAT(check({"--listen=127.0.0.1:0", "--max-request-bytes=512"}, "").err,
+              HasSubstr("--max-request-bytes=512 is out of range [1048576, 67108864] (at most "
+                        "--max-message-bytes)"));
+  const ProcessResult request =
+      check({"--listen=127.0.0.1:0", "--max-memory=256Mi", "--max-request-bytes=33554432"}, "");
+  EXPECT_EQ(request.exit_code, 1);
+  EXPECT_THAT(request.err,
+              HasSubstr("a request limit of 32.0 MiB (--max-request-bytes) needs 3 times that for "
+                        "a message being received and parsed, more than the 64.0 MiB the memory "
+                        "budget keeps for messages in flight (a quarter of --max-memory)"));
+  EXPECT_EQ(
+      check({"--listen=127.0.0.1:0", "--max-memory=1Gi", "--max-request-bytes=33554432"}, "")
+          .exit_code,
+      0);
+  EXPECT_THAT(check({"--listen=127.0.0.1:0", "--report-read-timeout=0s"}, "").err,
+              HasSubstr("--report-read-timeout=0 is out of range [1s, 1h]"));
 }
 
 // --credentials: a file of scoped credentials counts as credentials; one the planner would refuse
@@ -575,53 +593,91 @@ TEST_F(PlannerE2eTest, TheMemoryBudgetHoldsInResidentMemory) {
   EXPECT_EQ(create("m4").exit_code, 1);
 }
 
-// Large reports arriving together: 48 streams each send a 16 MiB report at once (768 MiB on the
-// wire) to a planner with --max-memory=512Mi. gRPC's buffer quota resets the streams it cannot
-// hold (RESOURCE_EXHAUSTED, which LoadReporter retries); every stream ends, counted or refused,
-// none hangs, and the planner keeps serving with the report counted. Its peak resident memory is
-// printed: gRPC buffers a message whole once it arrives, so this peak exceeds the budget.
-TEST_F(PlannerE2eTest, ConcurrentLargeReportsAreCountedOrRefusedAndThePlannerKeepsServing) {
+// Large reports arriving together, to a planner with --max-memory=512Mi (128 MiB of it for
+// messages in flight): 48 streams at once, each sending a 16 MiB load as 4 MiB reports over layer
+// ranges (768 MiB on the wire); then 64 streams at once, each sending one 63.5 MiB message, beyond
+// the 4 MiB request limit. A stream beyond the read budget waits without a read pending, so gRPC
+// does not buffer its message: every report is counted, every oversize message is refused
+// unread, and the planner's peak resident memory stays within the budget.
+TEST_F(PlannerE2eTest, ConcurrentLargeReportsStayWithinTheMemoryBudget) {
   if (kUnderAddressSanitizer) {
     GTEST_SKIP() << "under AddressSanitizer resident memory is mostly the sanitizer's";
   }
-  constexpr int kLayers = 128, kExperts = 16384, kStreams = 48;
+  constexpr int kLayers = 128, kExperts = 16384, kStreams = 96, kOversizeStreams = 64;
   ASSERT_NO_FATAL_FAILURE(StartPlanner("--max-memory=512Mi\n"));
   CtlOk({"create-deployment", "--name", "wide", "--num-layers", std::to_string(kLayers),
          "--num-logical-experts", std::to_string(kExperts), "--num-physical-experts",
          std::to_string(kExperts), "--num-ranks", "64", "--policy", "contiguous", "--commit",
          "immediate", "--plan-history", "2"});
-  // One report, sent by every stream: the first counts, the others are duplicates (counted too),
-  // and the planner receives and parses each.
-  v1::LoadReport report;
-  report.set_deployment("wide");
-  report.set_sequence(1);
-  report.set_first_step(1);
-  report.set_last_step(1);
-  report.set_plan_version(1);
-  for (int l = 0; l < kLayers; ++l) report.add_layers()->mutable_counts()->Resize(kExperts, 1.0);
-  ASSERT_GT(report.ByteSizeLong(), size_t{16} << 20);
-  auto client = client::PlannerClient::Create({.server = server_, .rpc_timeout = absl::Minutes(2)});
-  ASSERT_TRUE(client.ok()) << client.status();
-  std::vector<absl::Status> results(kStreams);
+  // One load, sent by every stream: the first stream's parts count, the others' are duplicates
+  // (counted too), and the planner receives and parses each.
+  v1::LoadReport whole;
+  whole.set_deployment("wide");
+  whole.set_sequence(1);
+  whole.set_first_step(1);
+  whole.set_last_step(1);
+  whole.set_plan_version(1);
+  for (int l = 0; l < kLayers; ++l) whole.add_layers()->mutable_counts()->Resize(kExperts, 1.0);
+  ASSERT_GT(whole.ByteSizeLong(), size_t{16} << 20);
+  // Serialized once; every stream writes the same buffers (static slices, no copies), so the
+  // senders push bytes as fast as the connection takes them.
+  std::vector<std::string> parts;
+  for (const v1::LoadReport& part : client::SplitByLayers(whole, 4 << 20)) {
+    parts.push_back(part.SerializeAsString());
+  }
+  ASSERT_EQ(parts.size(), 5u);
+  std::vector<grpc::ByteBuffer> messages;
+  for (const std::string& part : parts) {
+    grpc::Slice slice(part.data(), part.size(), grpc::Slice::STATIC_SLICE);
+    messages.emplace_back(&slice, 1);
+  }
+  const auto channel = grpc::CreateChannel(server_, grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  std::vector<grpc::Status> results(kStreams);
+  std::vector<v1::ReportSummary> summaries(kStreams);
   std::vector<std::thread> senders;
   for (int i = 0; i < kStreams; ++i) {
-    senders.emplace_back(
-        [&, i] { results[i] = (*client)->ReportLoad({&report, 1}).status(); });
+    senders.emplace_back([&, i] {
+      testing::RawStream call(generic, "/eplb.v1.Planner/ReportLoad", absl::Minutes(2));
+      bool open = true;
+      for (const grpc::ByteBuffer& message : messages) open = open && call.Write(message);
+      if (open && call.WritesDone()) {
+        const std::optional<std::string> summary = call.Read();
+        if (summary.has_value()) summaries[i].ParseFromString(*summary);
+      }
+      results[i] = call.Finish();
+    });
   }
   for (std::thread& t : senders) t.join();
-  int counted = 0;
-  for (const absl::Status& status : results) {
-    if (status.ok()) {
-      ++counted;
-    } else {
-      EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
-    }
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(results[i].ok()) << results[i].error_message();
+    EXPECT_EQ(summaries[i].accepted() + summaries[i].duplicates(),
+              static_cast<int64_t>(parts.size()));
   }
-  EXPECT_GE(counted, 1);
+
+  // 63.5 MiB on each stream, from one buffer shared by all.
+  const std::string oversize(size_t{127} << 19, '\x01');
+  grpc::Slice slice(oversize.data(), oversize.size(), grpc::Slice::STATIC_SLICE);
+  const grpc::ByteBuffer message(&slice, 1);
+  std::vector<grpc::Status> refusals(kOversizeStreams);
+  senders.clear();
+  for (int i = 0; i < kOversizeStreams; ++i) {
+    senders.emplace_back([&, i] {
+      testing::RawStream call(generic, "/eplb.v1.Planner/ReportLoad", absl::Minutes(2));
+      if (call.Write(message)) call.WritesDone();
+      refusals[i] = call.Finish();
+    });
+  }
+  for (std::thread& t : senders) t.join();
+  for (const grpc::Status& status : refusals) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  }
+
   const int64_t peak = ProcStatusBytes(planner_->pid(), "VmHWM");
   ASSERT_GT(peak, 0);
-  std::cerr << "planner peak resident memory: " << (peak >> 20) << " MiB; " << counted << " of "
-            << kStreams << " 16 MiB reports counted\n";
+  EXPECT_LE(peak, int64_t{512} << 20) << "peak resident memory " << peak;
+  std::cerr << "planner peak resident memory: " << (peak >> 20) << " MiB after " << kStreams
+            << " concurrent 16 MiB loads and " << kOversizeStreams << " 63.5 MiB messages\n";
   EXPECT_THAT(CtlOk({"list"}), HasSubstr("steps 1"));
 }
 

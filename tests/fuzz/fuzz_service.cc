@@ -46,6 +46,7 @@ Fixture& Get() {
     options.listen = "127.0.0.1:0";
     options.state_dir = dir;
     options.max_message_bytes = 1 << 20;
+    options.max_request_bytes = 1 << 20;
     options.max_memory_bytes = int64_t{320} << 20;
     options.planner.max_deployments = 16;
     options.planner.plan_threads = 1;

@@ -29,6 +29,7 @@ using ::eplb::testing::Rebalance;
 using ::eplb::testing::Report;
 using ::eplb::testing::SendReports;
 using ::eplb::testing::Spec;
+using ::eplb::testing::WithFirstLayer;
 using ::google::protobuf::util::MessageDifferencer;
 using ::testing::DoubleNear;
 using ::testing::ElementsAre;
@@ -117,6 +118,7 @@ TEST(PlannerDeploymentTest, AStateOverTheBudgetIsRefusedAtStartNamingTheDeployme
 TEST(PlannerDeploymentTest, AShapeWhoseMessagesCannotFitIsRefused) {
   server::PlannerServerOptions options;
   options.max_message_bytes = 1 << 20;
+  options.max_request_bytes = 1 << 20;
   PlannerEnv env(options);
   v1::DeploymentSpec spec = Spec("wide", 64, 4096, 4096, 64);
   spec.set_policy("contiguous");
@@ -124,7 +126,7 @@ TEST(PlannerDeploymentTest, AShapeWhoseMessagesCannotFitIsRefused) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Reason(status), v1::MESSAGE_WOULD_NOT_FIT);
   EXPECT_THAT(std::string(status.message()),
-              HasSubstr("makes a dense load report of up to 2.0 MiB, more than the message limit "
+              HasSubstr("makes a GetLoad response of up to 2.0 MiB, more than the message limit "
                         "of 1.0 MiB (--max-message-bytes)"));
   EXPECT_FALSE(std::filesystem::exists(env.state_dir() + "/deployments/wide"));
 }
@@ -572,11 +574,46 @@ TEST(PlannerSmoothingTest, LocalSlotCountsAreMappedThroughThePlanVersion) {
   EXPECT_THAT(Smoothed(env.stub(), "slots"), Pointwise(DoubleNear(0), expected));
 }
 
+// A report split over layer ranges (what LoadReporter sends when the whole would exceed the
+// request limit) counts exactly as the whole, in logical and in local-slot counts.
+TEST(PlannerSmoothingTest, ReportsOverLayerRangesAddUpToTheWholeReport) {
+  PlannerEnv env;
+  for (const std::string name : {"whole", "parts"}) {
+    v1::DeploymentSpec spec = Spec(name, 3, 4, 6, 2);
+    spec.set_policy("contiguous");
+    spec.mutable_trigger()->set_interval_steps(0);
+    spec.mutable_smoothing()->set_window_steps(1);
+    ASSERT_TRUE(Create(env.stub(), spec).ok());
+  }
+  const std::vector<std::vector<double>> logical = {{1, 2, 3, 4}, {5, 6, 7, 8}, {9, 10, 11, 12}};
+  v1::LoadReport slots = Report("whole", 1, 2, 0, 0, {{1, 10, 100}, {2, 20, 200}, {3, 30, 300}});
+  slots.set_counts_kind(v1::LoadReport::LOCAL_SLOT);
+  ASSERT_TRUE(SendReports(env.stub(), {Report("whole", 0, 1, 0, 0, logical), slots}).ok());
+
+  v1::LoadReport slots_tail = Report("parts", 1, 3, 0, 0, {{2, 20, 200}, {3, 30, 300}});
+  slots_tail.set_counts_kind(v1::LoadReport::LOCAL_SLOT);
+  v1::LoadReport slots_head = Report("parts", 1, 4, 0, 0, {{1, 10, 100}});
+  slots_head.set_counts_kind(v1::LoadReport::LOCAL_SLOT);
+  auto summary = SendReports(
+      env.stub(), {Report("parts", 0, 1, 0, 0, {logical[0]}),
+                   WithFirstLayer(Report("parts", 0, 2, 0, 0, {logical[1], logical[2]}), 1),
+                   WithFirstLayer(slots_tail, 1), slots_head});
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->accepted(), 4);
+  const std::vector<double> whole = Smoothed(env.stub(), "whole");
+  EXPECT_THAT(whole, ::testing::Contains(::testing::Gt(100.0)));  // the slot counts are in
+  EXPECT_THAT(Smoothed(env.stub(), "parts"), Pointwise(DoubleNear(1e-12), whole));
+  // A part is a report of its own: the same sequence with another range is a different report.
+  auto reused = SendReports(
+      env.stub(), {WithFirstLayer(Report("parts", 0, 2, 0, 0, {logical[0], logical[1]}), 0)});
+  EXPECT_EQ(Reason(reused.status()), v1::SEQUENCE_REUSED) << reused.status();
+}
+
 // ---- Reports: bad input -------------------------------------------------------------------------
 
 TEST(PlannerReportTest, BadReportsAreRefusedAndChangeNothing) {
   server::PlannerServerOptions options;
-  options.max_message_bytes = 1 << 20;
+  options.max_request_bytes = 1 << 20;
   PlannerEnv env(options);
   v1::DeploymentSpec spec = SmallSpec("d");
   spec.set_plan_history(2);
@@ -607,7 +644,15 @@ TEST(PlannerReportTest, BadReportsAreRefusedAndChangeNothing) {
        v1::UNKNOWN_RANK, "rank = -1 is out of range [0, 1]"},
       {Report("d", 0, 6, 10, 10, {{1, 1, 1, 1}, {1, 1, 1, 1}}, 3),
        absl::StatusCode::kInvalidArgument, v1::MALFORMED_COUNTS,
-       "layers has 2 entries, expected 1 (num_layers)"},
+       "layers has 2 entries, more than the 1 from first_layer 0 to num_layers 1"},
+      {Report("d", 0, 6, 10, 10, {}, 3), absl::StatusCode::kInvalidArgument,
+       v1::MALFORMED_COUNTS, "layers has no entries, expected at least 1"},
+      {WithFirstLayer(Report("d", 0, 6, 10, 10, {{1, 1, 1, 1}}, 3), 1),
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "first_layer = 1 is out of range [0, 0]"},
+      {WithFirstLayer(Report("d", 0, 6, 10, 10, {{1, 1, 1, 1}}, 3), -1),
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "first_layer = -1 is out of range [0, 0]"},
       {Report("d", 0, 6, 10, 10, {{1, 1, 1}}, 3), absl::StatusCode::kInvalidArgument,
        v1::MALFORMED_COUNTS, "layers[0].counts has 3 entries, expected 4 (num_logical_experts)"},
       {Report("d", 0, 6, 10, 10, {{1, -1, 1, 1}}, 3), absl::StatusCode::kInvalidArgument,
@@ -648,9 +693,57 @@ TEST(PlannerReportTest, BadReportsAreRefusedAndChangeNothing) {
   ASSERT_TRUE(after.ok());
   EXPECT_TRUE(MessageDifferencer::Equals(*before, *after));
   EXPECT_THAT(env.MetricsText(),
-              HasSubstr("eplb_reports_total{deployment=\"d\",result=\"MALFORMED_COUNTS\"} 5"));
+              HasSubstr("eplb_reports_total{deployment=\"d\",result=\"MALFORMED_COUNTS\"} 6"));
   EXPECT_THAT(env.MetricsText(),
               HasSubstr("eplb_reports_total{deployment=\"d\",result=\"accepted\"} 1"));
+}
+
+// Waits (polling, up to 20 s of real time) until the metrics contain `text`; the planner's timer
+// publishes the read budget's state at each advance of the fake clock.
+bool AwaitMetric(PlannerEnv& env, const std::string& text) {
+  for (int i = 0; i < 4000; ++i) {
+    env.clock().Advance(absl::ZeroDuration());
+    if (env.MetricsText().find(text) != std::string::npos) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return false;
+}
+
+// Streams opened and left idle hold the read budget (each reserves 3 × --max-request-bytes for
+// its next message); a report behind them waits, then is counted once --report-read-timeout
+// passes and the idle streams are cancelled.
+TEST(PlannerReportTest, StreamsThatHoldTheReadBudgetIdleAreCancelledAfterTheTimeout) {
+  server::PlannerServerOptions options;
+  options.max_memory_bytes = int64_t{256} << 20;  // 64 MiB for messages in flight
+  options.max_request_bytes = 1 << 20;            // 3 MiB a read: 21 at once
+  options.report_read_timeout = absl::Seconds(30);
+  PlannerEnv env(options);
+  ASSERT_TRUE(Create(env.stub(), SmallSpec("d")).ok());
+  grpc::GenericStub generic(env.channel());
+  std::vector<std::unique_ptr<eplb::testing::RawStream>> idle;
+  for (int i = 0; i < 21; ++i) {
+    idle.push_back(std::make_unique<eplb::testing::RawStream>(
+        generic, "/eplb.v1.Planner/ReportLoad", absl::Seconds(60)));
+    ASSERT_TRUE(idle.back()->started());
+  }
+  ASSERT_TRUE(AwaitMetric(env, "eplb_report_reads{state=\"reading\"} 21"));
+
+  absl::StatusOr<v1::ReportSummary> summary;
+  std::thread sender(
+      [&] { summary = SendReports(env.stub(), {Report("d", 0, 1, 0, 9, {{1, 2, 3, 4}})}); });
+  EXPECT_TRUE(AwaitMetric(env, "eplb_report_reads{state=\"waiting\"} 1"));
+  env.clock().Advance(absl::Seconds(29));  // not yet
+  EXPECT_TRUE(AwaitMetric(env, "eplb_report_reads{state=\"waiting\"} 1"));
+  EXPECT_EQ(GetLoad(env.stub(), "d")->steps_seen(), 0);
+
+  env.clock().Advance(absl::Seconds(2));
+  sender.join();
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->accepted(), 1);
+  EXPECT_EQ(GetLoad(env.stub(), "d")->steps_seen(), 10);
+  for (auto& stream : idle) EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_THAT(env.MetricsText(), HasSubstr("eplb_report_reads_overdue_total 21"));
+  EXPECT_TRUE(AwaitMetric(env, "eplb_report_reads{state=\"reading\"} 0"));
 }
 
 // A message that does not parse ends the stream with the error; the reports before it count.
@@ -670,8 +763,8 @@ TEST(PlannerReportTest, AnUnparseableMessageEndsTheStreamWithInvalidArgument) {
   const absl::Status status = FromGrpcStatus(grpc_status);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(status.message(),
-            "message 2 of the stream does not parse as eplb.v1.LoadReport; the 1 before it "
-            "were counted");
+            "message 2 of the stream does not parse as eplb.v1.LoadReport (it is not a "
+            "well-formed protobuf message); the 1 before it were counted");
   EXPECT_EQ(Reason(status), v1::MALFORMED_MESSAGE);
   auto load = GetLoad(env.stub(), "d");
   ASSERT_TRUE(load.ok());

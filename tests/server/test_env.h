@@ -185,6 +185,12 @@ inline v1::LoadReport Report(const std::string& deployment, int rank, int64_t se
   return report;
 }
 
+// `report` over layers first_layer … first_layer + its layers − 1.
+inline v1::LoadReport WithFirstLayer(v1::LoadReport report, int32_t first_layer) {
+  report.set_first_layer(first_layer);
+  return report;
+}
+
 // Sends `reports` on one ReportLoad stream.
 inline absl::StatusOr<v1::ReportSummary> SendReports(v1::Planner::Stub& stub,
                                                      const std::vector<v1::LoadReport>& reports) {

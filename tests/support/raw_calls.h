@@ -71,8 +71,10 @@ class RawStream {
   RawStream& operator=(const RawStream&) = delete;
 
   bool started() const { return started_; }
-  bool Write(absl::string_view bytes) {
-    call_->Write(ToByteBuffer(bytes), nullptr);
+  bool Write(absl::string_view bytes) { return Write(ToByteBuffer(bytes)); }
+  // Without a copy: a buffer over a static slice can be written on many streams.
+  bool Write(const grpc::ByteBuffer& bytes) {
+    call_->Write(bytes, nullptr);
     return Step();
   }
   bool WritesDone() {
