@@ -15,6 +15,9 @@ namespace eplb::client {
 namespace {
 
 constexpr int64_t kMaxFlushEverySteps = 1'000'000;
+// Reports sent on one stream, well within the 1024 most recent sequence numbers the planner
+// remembers per rank (planner.proto).
+constexpr size_t kMaxReportsPerStream = 512;
 
 // Errors that retrying the same report cannot fix: the planner refused its content.
 bool IsRefusal(const absl::Status& status) {
@@ -86,6 +89,11 @@ LoadReporter::~LoadReporter() {
 
 absl::Status LoadReporter::AddStep(int64_t step, int64_t plan_version,
                                    std::span<const double> counts) {
+  return AddSteps(step, step, plan_version, counts);
+}
+
+absl::Status LoadReporter::AddSteps(int64_t first_step, int64_t last_step, int64_t plan_version,
+                                    std::span<const double> counts) {
   const size_t expected = static_cast<size_t>(options_.num_layers) * options_.num_experts;
   if (counts.size() != expected) {
     return absl::InvalidArgumentError(
@@ -102,24 +110,33 @@ absl::Status LoadReporter::AddStep(int64_t step, int64_t plan_version,
     return absl::InvalidArgumentError(
         absl::StrCat("plan_version = ", plan_version, " must be ≥ 1"));
   }
-  if (step > api::kMaxStep) {
+  if (last_step > api::kMaxStep) {
     return absl::InvalidArgumentError(
-        absl::StrCat("step ", step, " is beyond the planner's last step, ", api::kMaxStep));
+        absl::StrCat("step ", last_step, " is beyond the planner's last step, ", api::kMaxStep));
+  }
+  if (last_step < first_step || last_step - first_step >= api::kMaxStepsPerReport) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("steps ", first_step, " to ", last_step, " must be 1 to ",
+                     api::kMaxStepsPerReport, " steps in order"));
   }
   absl::MutexLock lock(&mu_);
-  if (step <= last_step_ || step < 0) {
+  if (first_step <= last_step_ || first_step < 0) {
     return absl::InvalidArgumentError(
-        absl::StrCat("step ", step, " must be ≥ 0 and after step ", last_step_));
+        absl::StrCat("step ", first_step, " must be ≥ 0 and after step ", last_step_));
   }
-  if (batch_first_step_ >= 0 && plan_version != batch_plan_version_) CloseBatchLocked();
+  // A report covers one plan version and fewer than kMaxStepsPerReport steps.
+  if (batch_first_step_ >= 0 && (plan_version != batch_plan_version_ ||
+                                 last_step - batch_first_step_ >= api::kMaxStepsPerReport)) {
+    CloseBatchLocked();
+  }
   if (batch_first_step_ < 0) {
-    batch_first_step_ = step;
+    batch_first_step_ = first_step;
     batch_plan_version_ = plan_version;
   }
   for (size_t i = 0; i < counts.size(); ++i) batch_counts_[i] += counts[i];
-  batch_last_step_ = step;
-  last_step_ = step;
-  ++stats_.steps_added;
+  batch_last_step_ = last_step;
+  last_step_ = last_step;
+  stats_.steps_added += last_step - first_step + 1;
   if (batch_last_step_ - batch_first_step_ + 1 >= options_.flush_every_steps) CloseBatchLocked();
   return absl::OkStatus();
 }
@@ -211,7 +228,10 @@ void LoadReporter::Run() {
       };
       mu_.Await(absl::Condition(&ready));
       if (pending_.empty()) return;  // stopping, nothing left
+      // At most kMaxReportsPerStream: if the summary is lost, the planner still remembers every
+      // sequence number of the stream when it is sent again, and counts each once.
       for (Pending& pending : pending_) {
+        if (batch.size() == kMaxReportsPerStream) break;
         pending.sent = true;
         batch.push_back(pending.report);
       }

@@ -1,10 +1,11 @@
 // LoadReporter: the serving loop's side of load reporting.
 //
 // The serving loop calls AddStep() once per step with the tokens routed to each logical expert of
-// each layer. That only adds into an open batch (a short lock, no allocation, no network). Every
-// `flush_every_steps` steps the batch becomes a report with the next sequence number (several,
-// over layer ranges, when one would exceed `max_report_bytes`: see report_parts.h), and a
-// background thread sends the pending reports on a ReportLoad stream.
+// each layer, or AddSteps() with counts summed over several steps. That only adds into an open
+// batch (a short lock, no allocation, no network). Every `flush_every_steps` steps the batch
+// becomes a report with the next sequence number (several, over layer ranges, when one would
+// exceed `max_report_bytes`: see report_parts.h), and a background thread sends the pending
+// reports on a ReportLoad stream.
 //
 // Nothing is lost while the planner is unreachable or restarting: failed reports stay queued and
 // are sent again (the planner counts a retried sequence number once), with jittered exponential
@@ -15,7 +16,7 @@
 // not counts. A report the planner refuses as invalid (it cannot become valid by retrying) is
 // dropped and counted in stats().dropped_reports.
 //
-// Thread-safe. AddStep() is meant for one serving thread; Flush() and stats() from any thread.
+// Thread-safe. AddStep() and AddSteps() are meant for one serving thread; Flush() and stats() from any thread.
 #ifndef EPLB_CLIENT_LOAD_REPORTER_H_
 #define EPLB_CLIENT_LOAD_REPORTER_H_
 
@@ -72,6 +73,11 @@ class LoadReporter {
   // Steps must increase. INVALID_ARGUMENT (nothing added) for the wrong size, a bad count or a
   // step not after the previous one. A change of plan version closes the open batch first.
   absl::Status AddStep(int64_t step, int64_t plan_version, std::span<const double> counts);
+  // Adds counts already summed over steps first_step … last_step (1 to 1,000,000 steps, all after
+  // the previous ones), e.g. kept on the GPU and copied to the host once every few steps. The
+  // same guarantees as AddStep; the batch closes once it spans flush_every_steps steps.
+  absl::Status AddSteps(int64_t first_step, int64_t last_step, int64_t plan_version,
+                        std::span<const double> counts);
 
   // Closes the open batch and waits until the planner accepted every report so far, or
   // DEADLINE_EXCEEDED after `timeout` (they stay queued).

@@ -155,21 +155,34 @@ int64_t SmoothedLoad::OldestBucket(int64_t last_step) const {
 }
 
 void SmoothedLoad::Add(int64_t first_step, int64_t last_step, std::span<const double> counts) {
-  EPLB_CHECK(0 <= first_step && first_step <= last_step, "steps [", first_step, ", ", last_step,
-             "]");
   EPLB_CHECK(counts.size() == num_cells(), "counts.size() = ", counts.size(), ", expected ",
              num_layers_, " × ", num_experts_);
+  AddRows(first_step, last_step, 0, counts);
+}
+
+void SmoothedLoad::AddRows(int64_t first_step, int64_t last_step, int32_t first_layer,
+                           std::span<const double> counts) {
+  EPLB_CHECK(0 <= first_step && first_step <= last_step, "steps [", first_step, ", ", last_step,
+             "]");
+  const size_t row = static_cast<size_t>(num_experts_);
+  EPLB_CHECK(first_layer >= 0 && !counts.empty() && counts.size() % row == 0 &&
+                 static_cast<size_t>(first_layer) + counts.size() / row <=
+                     static_cast<size_t>(num_layers_),
+             "counts of ", counts.size(), " cells from layer ", first_layer, " for ", num_layers_,
+             " × ", num_experts_);
+  const size_t offset = static_cast<size_t>(first_layer) * row;
   if (options_.kind == SmoothingOptions::Kind::kEma) {
-    AddEma(first_step, last_step, counts);
+    AddEma(first_step, last_step, offset, counts);
   } else {
-    AddWindow(first_step, last_step, counts);
+    AddWindow(first_step, last_step, offset, counts);
   }
   first_step_ = empty_ ? first_step : std::min(first_step_, first_step);
   last_step_ = empty_ ? last_step : std::max(last_step_, last_step);
   empty_ = false;
 }
 
-void SmoothedLoad::AddEma(int64_t first_step, int64_t last_step, std::span<const double> counts) {
+void SmoothedLoad::AddEma(int64_t first_step, int64_t last_step, size_t offset,
+                          std::span<const double> counts) {
   // Existing contributions are referenced at T = last_step_; a newer report moves T to its end.
   double rebase = 1.0;
   int64_t reference = last_step;
@@ -184,7 +197,11 @@ void SmoothedLoad::AddEma(int64_t first_step, int64_t last_step, std::span<const
   const double n = static_cast<double>(last_step - first_step) + 1;
   const double scale = std::exp(static_cast<double>(reference - last_step) * log_decay_) *
                        (-std::expm1(n * log_decay_) / one_minus_decay_) / n;
-  double* acc = values_.data();
+  if (rebase != 1.0) {  // the rows outside the report's move to the new reference too
+    for (size_t i = 0; i < offset; ++i) values_[i] *= rebase;
+    for (size_t i = offset + counts.size(); i < values_.size(); ++i) values_[i] *= rebase;
+  }
+  double* acc = values_.data() + offset;
   bool valid = true;
   for (size_t i = 0; i < counts.size(); ++i) {
     const double c = counts[i];
@@ -194,7 +211,7 @@ void SmoothedLoad::AddEma(int64_t first_step, int64_t last_step, std::span<const
   if (!valid) CheckCounts(counts);
 }
 
-void SmoothedLoad::AddWindow(int64_t first_step, int64_t last_step,
+void SmoothedLoad::AddWindow(int64_t first_step, int64_t last_step, size_t offset,
                              std::span<const double> counts) {
   const int64_t g = bucket_steps_;
   const int64_t end = empty_ ? last_step : std::max(last_step_, last_step);
@@ -218,7 +235,7 @@ void SmoothedLoad::AddWindow(int64_t first_step, int64_t last_step,
     }
     const int64_t begin = std::max(first_step, k * g);
     const int64_t last = k * g + std::min(g - 1, last_step - k * g);
-    targets[num_targets] = Bucket(k);
+    targets[num_targets] = Bucket(k) + offset;
     shares[num_targets] = static_cast<double>(last - begin + 1) / n;
     ++num_targets;
   }

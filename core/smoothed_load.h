@@ -74,6 +74,12 @@ class SmoothedLoad {
   // REQUIRES (checked with EPLB_CHECK; the caller validates input first):
   // 0 ≤ first_step ≤ last_step, counts.size() == L × E, every count finite and ≥ 0.
   void Add(int64_t first_step, int64_t last_step, std::span<const double> counts);
+  // The same for layers first_layer … first_layer + counts.size() / E − 1 only (the others add
+  // nothing), touching only those rows unless the report moves last_step() (the EMA then rescales
+  // every row once). REQUIRES as Add, with counts.size() a positive multiple of E and the rows
+  // within [0, L).
+  void AddRows(int64_t first_step, int64_t last_step, int32_t first_layer,
+               std::span<const double> counts);
 
   // The smoothed load in tokens per step at last_step(): L × E. All zeros when empty().
   LoadMatrix Current() const;
@@ -117,8 +123,11 @@ class SmoothedLoad {
     return values_.data() + static_cast<size_t>(k % num_buckets_) * num_cells();
   }
   bool HoldsBucket(int64_t k) const { return bucket_ids_[k % num_buckets_] == k; }
-  void AddEma(int64_t first_step, int64_t last_step, std::span<const double> counts);
-  void AddWindow(int64_t first_step, int64_t last_step, std::span<const double> counts);
+  // `offset`: the first cell `counts` covers.
+  void AddEma(int64_t first_step, int64_t last_step, size_t offset,
+              std::span<const double> counts);
+  void AddWindow(int64_t first_step, int64_t last_step, size_t offset,
+                 std::span<const double> counts);
 
   int32_t num_layers_;
   int32_t num_experts_;

@@ -388,31 +388,31 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
                        " s after it; did the step counter jump?"));
     }
   }
-  // Accepted: convert to per-expert counts and add.
+  // Accepted: convert to per-expert counts and add, the report's rows only (layers outside its
+  // range add nothing).
   const int32_t experts = shape_.num_logical_experts;
-  // Layers outside the report's range add nothing.
-  if (local_slots || num_layers < shape_.num_layers) {
-    std::fill(scratch_.begin(), scratch_.end(), 0.0);
-  }
+  double* const rows = scratch_.data() + static_cast<size_t>(first_layer) * experts;
+  const size_t cells = static_cast<size_t>(num_layers) * experts;
   if (local_slots) {
+    std::fill_n(rows, cells, 0.0);
     const ExpertMap& map = plan->second.map;
     const int32_t first_slot = layout_.FirstSlotOfRank(rank);
     for (int32_t i = 0; i < num_layers; ++i) {
-      const int32_t l = first_layer + i;
-      const auto phy2log = map.phy2log(l);
+      const auto phy2log = map.phy2log(first_layer + i);
       const auto& counts = report.layers(i).counts();
-      double* row = scratch_.data() + static_cast<size_t>(l) * experts;
+      double* row = rows + static_cast<size_t>(i) * experts;
       for (int32_t k = 0; k < width; ++k) row[phy2log[first_slot + k]] += counts[k];
     }
   } else {
     for (int32_t i = 0; i < num_layers; ++i) {
       const auto& counts = report.layers(i).counts();
-      std::memcpy(scratch_.data() + static_cast<size_t>(first_layer + i) * experts, counts.data(),
+      std::memcpy(rows + static_cast<size_t>(i) * experts, counts.data(),
                   sizeof(double) * experts);
     }
   }
   if (load_.empty() || report.last_step() > load_.last_step()) newest_step_time_ = now;
-  load_.Add(report.first_step(), report.last_step(), scratch_);
+  load_.AddRows(report.first_step(), report.last_step(), first_layer,
+                std::span<const double>(rows, cells));
   if (!same_session) {
     state.session = report.session();
     state.recent.clear();
@@ -420,7 +420,11 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
   state.last_sequence = report.sequence();
   state.recent.emplace_back(report.sequence(), hash);
   if (state.recent.size() > kRecentSequences) state.recent.pop_front();
-  state.reported_through = std::max(state.reported_through, report.last_step());
+  // A step range counts as reported by the rank once its report reaches the last layer: the
+  // parts of a split report arrive in layer order, and a rebalance waits for the whole.
+  if (first_layer + num_layers == shape_.num_layers) {
+    state.reported_through = std::max(state.reported_through, report.last_step());
+  }
   load_dirty_ = true;
   return ReportOutcome{
       .duplicate = false, .last_sequence = state.last_sequence, .evaluate = TriggerDue()};

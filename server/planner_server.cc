@@ -30,9 +30,11 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const PlannerServerOptions&
   return grpc::SslServerCredentials(ssl);
 }
 
-// What a request message being received and parsed may cost, in multiples of its size: the wire
-// bytes, and the parsed message (report_wire.h bounds it to about twice those).
+// What a request message being received and parsed may cost: its wire bytes, and the parsed
+// message, at most twice those plus the objects of the entries report_wire.h bounds (4096 layers,
+// 64 unknown fields; fuzz_report_wire checks the bound).
 constexpr int64_t kReadCostFactor = 3;
+constexpr int64_t kReadCostSlackBytes = 512 << 10;
 
 }  // namespace
 
@@ -61,11 +63,12 @@ absl::StatusOr<PlannerServer::MemoryShares> PlannerServer::CheckOptions(
         "after gRPC's ", shares.in_flight_bytes, " bytes"));
   }
   shares.deployments_bytes = options.max_memory_bytes - shares.in_flight_bytes;
-  if (kReadCostFactor * options.max_request_bytes > shares.in_flight_bytes) {
+  if (kReadCostFactor * options.max_request_bytes + kReadCostSlackBytes >
+      shares.in_flight_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "a request limit of ", FormatBytes(options.max_request_bytes),
         " (--max-request-bytes) needs ", kReadCostFactor,
-        " times that for a message being received and parsed, more than the ",
+        " times that and 512 KiB for a message being received and parsed, more than the ",
         FormatBytes(shares.in_flight_bytes),
         " the memory budget keeps for messages in flight (a quarter of --max-memory)"));
   }
@@ -91,7 +94,8 @@ absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
       server->planner_.get(),
       ServiceLimits{.max_watch_queue = options.service.max_watch_queue,
                     .read_budget_bytes = shares.in_flight_bytes,
-                    .read_cost_bytes = kReadCostFactor * options.max_request_bytes,
+                    .read_cost_bytes =
+                        kReadCostFactor * options.max_request_bytes + kReadCostSlackBytes,
                     .report_read_timeout = options.report_read_timeout},
       std::move(access), server->metrics_.get());
 

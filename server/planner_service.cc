@@ -163,6 +163,7 @@ class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   }
 
   void OnReadDone(bool ok) override {
+    if (ok) budget_->Arrived(Ticket());
     const size_t bytes = ok ? incoming_.Length() : 0;
     const grpc::Status status = ok ? Count() : Summary();
     // The message is consumed: its buffer is empty (Deserialize clears it) and a large parsed
@@ -206,6 +207,9 @@ class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
             read_cost_, [this] { Granted(); }, [context = context_] { context->TryCancel(); },
             &now);
         waiting_ = !now;
+        // A waiting stream keeps no parsed report outside the budget. (Under mu_: Granted takes
+        // it before it starts the read that refills report_.)
+        if (waiting_) report_ = v1::LoadReport();
       }
     }
     if (cancelled) {
@@ -239,8 +243,11 @@ class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   // Parses, checks and counts the message just read; OK to read the next.
   grpc::Status Count() {
     ++received_;
-    grpc::ProtoBufferReader reader(&incoming_);
-    absl::Status wire = CheckLoadReportWire(&reader);
+    absl::Status wire;
+    {
+      grpc::ProtoBufferReader reader(&incoming_);
+      wire = CheckLoadReportWire(&reader);
+    }
     if (wire.ok() &&
         !grpc::SerializationTraits<v1::LoadReport>::Deserialize(&incoming_, &report_).ok()) {
       wire = absl::InvalidArgumentError("it is not a well-formed protobuf message");

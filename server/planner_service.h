@@ -49,12 +49,6 @@ using PlannerServiceBase = v1::Planner::WithRawCallbackMethod_CreateDeployment<
                                             v1::Planner::WithRawCallbackMethod_GetRendezvous<
                                                 v1::Planner::Service>>>>>>>>>>>>;
 
-// Every call is first identified (UNAUTHENTICATED before the request is looked at), then
-// parsed, then checked against the caller's scope (PERMISSION_DENIED, OUT_OF_SCOPE), then run.
-// Refusals of either kind are counted (PlannerMetrics::AuthRefused) and logged at most once a
-// second.
-//
-// `planner` and `metrics` (may be null) must outlive the service.
 // What the service may hold per call.
 struct ServiceLimits {
   int max_watch_queue = 64;  // PlannerServiceOptions::max_watch_queue
@@ -62,11 +56,17 @@ struct ServiceLimits {
   // (0: no limit), and what each message reserves of them: the wire bytes of the largest request
   // and its parsed form (report_wire.h bounds that to about twice the wire bytes).
   int64_t read_budget_bytes = 0;
-  int64_t read_cost_bytes = int64_t{12} << 20;
+  int64_t read_cost_bytes = (int64_t{12} << 20) + (512 << 10);
   // A stream holding a reservation this long without its message arriving is cancelled.
   absl::Duration report_read_timeout = absl::Seconds(30);
 };
 
+// Every call is first identified (UNAUTHENTICATED before the request is looked at), then
+// parsed, then checked against the caller's scope (PERMISSION_DENIED, OUT_OF_SCOPE), then run.
+// Refusals of either kind are counted (PlannerMetrics::AuthRefused) and logged at most once a
+// second.
+//
+// `planner` and `metrics` (may be null) must outlive the service.
 class PlannerService final : public PlannerServiceBase {
  public:
   PlannerService(Planner* planner, const ServiceLimits& limits, AccessControl access,

@@ -15,6 +15,7 @@ ReadBudget::Ticket ReadBudget::Reserve(int64_t bytes, absl::AnyInvocable<void()>
   absl::MutexLock lock(&mu_);
   const Ticket ticket = next_ticket_++;
   *granted_now = capacity_ == 0 || (waiters_.empty() && in_use_ + bytes <= capacity_);
+  if (capacity_ == 0) overdue = nullptr;  // nothing to keep from others
   if (*granted_now) {
     in_use_ += bytes;
     holders_.emplace(ticket, Holder{bytes, clock_->Now(), std::move(overdue)});
@@ -35,6 +36,13 @@ void ReadBudget::Release(Ticket ticket) {
     grant = GrantLocked();
   }
   for (auto& granted : grant) granted();
+}
+
+void ReadBudget::Arrived(Ticket ticket) {
+  absl::MutexLock lock(&mu_);
+  const auto holder = holders_.find(ticket);
+  EPLB_CHECK(holder != holders_.end());
+  holder->second.overdue = nullptr;
 }
 
 bool ReadBudget::Withdraw(Ticket ticket) {

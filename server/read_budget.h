@@ -5,10 +5,12 @@
 // without a pending read takes no more than its HTTP/2 window. So a stream reserves the most a
 // message may cost (wire bytes and the parsed message) before it starts a read, and gives the
 // bytes back once the message is consumed. Streams that find the budget spent wait, in arrival
-// order, without reading: memory in flight stays within the budget however many streams send at
-// once, and no report is refused for it. A stream that holds a reservation longer than the hold
-// limit without its message arriving (a client that opened a stream and went quiet) is asked to
-// give it back (CancelOverdue), so idle streams cannot keep the budget from others.
+// order, without reading: the messages being received and parsed stay within the budget however
+// many streams send at once, and no report is refused for it (a waiting stream holds only what
+// its HTTP/2 window admits, which gRPC's buffer quota accounts for). A stream that holds a
+// reservation longer than the hold limit without its message arriving (a client that opened a
+// stream and went quiet) is asked to give it back (CancelOverdue), so idle streams cannot keep
+// the budget from others. Without a capacity nothing waits and nothing is overdue.
 #ifndef EPLB_SERVER_READ_BUDGET_H_
 #define EPLB_SERVER_READ_BUDGET_H_
 
@@ -43,6 +45,9 @@ class ReadBudget {
                  absl::AnyInvocable<void()> overdue, bool* granted_now);
   // Gives back a granted reservation; grants waiting ones that now fit.
   void Release(Ticket ticket);
+  // The message a granted reservation was for has arrived: it is no longer overdue, however long
+  // counting it takes.
+  void Arrived(Ticket ticket);
   // Withdraws a waiting reservation: true if it was still waiting (`granted` will never run),
   // false if it was granted (its callback has run or is about to; Release it then).
   bool Withdraw(Ticket ticket);

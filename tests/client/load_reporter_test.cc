@@ -97,6 +97,37 @@ TEST(LoadReporterTest, NothingIsLostAcrossAPlannerRestart) {
   EXPECT_EQ(GetLoad(env.stub(), "r")->steps_seen(), 52);
 }
 
+// Counts summed over step ranges (a GPU-side accumulator copied out every few steps) count as
+// their steps: batches close once they span flush_every_steps steps, and the smoothed load is the
+// per-step mean.
+TEST(LoadReporterTest, CountsSummedOverStepRangesCountAsTheirSteps) {
+  PlannerEnv env;
+  CreateDeployment(env);
+  auto client = Client(env);
+  LoadReporterOptions options = Options();
+  options.flush_every_steps = 10;
+  options.max_pending_reports = 64;
+  auto reporter = LoadReporter::Create(client.get(), options);
+  ASSERT_TRUE(reporter.ok()) << reporter.status();
+  const auto times = [](int n) { return std::vector<double>{1.0 * n, 2.0 * n, 3.0 * n, 4.0 * n}; };
+  ASSERT_TRUE((*reporter)->AddSteps(0, 9, 1, times(10)).ok());   // a batch of its own
+  ASSERT_TRUE((*reporter)->AddSteps(10, 14, 1, times(5)).ok());  // with the next: 10 steps
+  ASSERT_TRUE((*reporter)->AddSteps(15, 19, 1, times(5)).ok());
+  ASSERT_TRUE((*reporter)->AddStep(20, 1, times(1)).ok());
+  EXPECT_EQ((*reporter)->AddSteps(22, 21, 1, times(1)).message(),
+            "steps 22 to 21 must be 1 to 1000000 steps in order");
+  EXPECT_EQ((*reporter)->AddSteps(20, 25, 1, times(6)).message(),
+            "step 20 must be ≥ 0 and after step 20");
+  EXPECT_EQ((*reporter)->AddSteps(21, 1'000'021, 1, times(1)).message(),
+            "steps 21 to 1000021 must be 1 to 1000000 steps in order");
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  EXPECT_THAT(Smoothed(env), Pointwise(DoubleNear(1e-12), std::vector<double>{1, 2, 3, 4}));
+  const LoadReporter::Stats stats = (*reporter)->stats();
+  EXPECT_EQ(stats.steps_added, 21);
+  EXPECT_EQ(stats.reports_accepted, 3);  // steps 0-9, 10-19, 20
+  EXPECT_EQ(GetLoad(env.stub(), "r")->steps_seen(), 21);
+}
+
 // A batch larger than max_report_bytes goes as reports over layer ranges (3 of 2 layers here),
 // each its own sequence number; through an outage whole batches are merged, and every step still
 // counts exactly once in every layer.

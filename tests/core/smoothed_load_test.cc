@@ -297,6 +297,29 @@ TEST(SmoothedLoadTest, OrderDoesNotMatter) {
   }
 }
 
+// Reports split over layer ranges (AddRows, in any order of parts and steps) give what the whole
+// reports give, for both kinds.
+TEST(SmoothedLoadTest, ReportsSplitOverLayerRangesAddUpToTheWhole) {
+  constexpr int32_t kLayers = 5, kExperts = 3;
+  std::mt19937_64 rng(11);
+  for (const SmoothingOptions& options : {Ema(50), Window(10), Window(500)}) {
+    const std::vector<Report> reports = RandomReports(rng, 40, 1000, kLayers * kExperts);
+    const SmoothedLoad whole = AddAll(kLayers, kExperts, options, reports);
+    SmoothedLoad parts = Make(kLayers, kExperts, options);
+    for (const Report& r : reports) {
+      // Layers [0, 2), [2, 3), [3, 5), last part first.
+      for (const auto& [first, count] : {std::pair{3, 2}, {0, 2}, {2, 1}}) {
+        parts.AddRows(r.first_step, r.last_step, first,
+                      std::span<const double>(r.counts).subspan(first * kExperts,
+                                                                count * kExperts));
+      }
+    }
+    EXPECT_EQ(parts.first_step(), whole.first_step());
+    EXPECT_EQ(parts.last_step(), whole.last_step());
+    ExpectClose(parts.Current().values, whole.Current().values, 1e-12);
+  }
+}
+
 TEST(SmoothedLoadTest, CurrentIntoResizes) {
   SmoothedLoad load = Make(2, 3, Ema(10));
   load.Add(0, 0, std::vector<double>{1, 2, 3, 4, 5, 6});

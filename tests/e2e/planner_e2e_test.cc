@@ -484,9 +484,10 @@ TEST_F(PlannerE2eTest, ServingTheNetworkWithoutCredentialsIsRefused) {
       check({"--listen=127.0.0.1:0", "--max-memory=256Mi", "--max-request-bytes=33554432"}, "");
   EXPECT_EQ(request.exit_code, 1);
   EXPECT_THAT(request.err,
-              HasSubstr("a request limit of 32.0 MiB (--max-request-bytes) needs 3 times that for "
-                        "a message being received and parsed, more than the 64.0 MiB the memory "
-                        "budget keeps for messages in flight (a quarter of --max-memory)"));
+              HasSubstr("a request limit of 32.0 MiB (--max-request-bytes) needs 3 times that "
+                        "and 512 KiB for a message being received and parsed, more than the "
+                        "64.0 MiB the memory budget keeps for messages in flight (a quarter of "
+                        "--max-memory)"));
   EXPECT_EQ(
       check({"--listen=127.0.0.1:0", "--max-memory=1Gi", "--max-request-bytes=33554432"}, "")
           .exit_code,

@@ -243,6 +243,36 @@ TEST(DeploymentTest, ARetryIsCountedOnceAndAReusedSequenceIsRefused) {
   EXPECT_EQ(Reason(reused), v1::SEQUENCE_REUSED);
 }
 
+// A rank's report split over layer ranges counts toward the trigger once the part with the last
+// layer arrives: a rebalance never plans on a step range some of whose layers are still coming.
+TEST(DeploymentTest, TheTriggerWaitsForThePartWithTheLastLayer) {
+  v1::DeploymentSpec spec = Spec();
+  spec.mutable_trigger()->set_interval_steps(10);
+  spec.mutable_trigger()->set_min_steps(10);
+  auto d = NewDeployment(spec);
+  const auto part = [](int32_t rank, int64_t sequence, int32_t layer) {
+    v1::LoadReport report = MakeReport(rank, sequence, 0, 9);
+    v1::LayerCounts kept = report.layers(layer);
+    report.clear_layers();
+    *report.add_layers() = kept;
+    report.set_first_layer(layer);
+    return report;
+  };
+  for (int32_t r = 0; r < kRanks; ++r) {
+    auto first = d->Report(part(r, 1, 0), kT0);
+    ASSERT_TRUE(first.ok()) << first.status();
+    EXPECT_FALSE(first->evaluate);
+  }
+  for (int32_t r = 0; r + 1 < kRanks; ++r) {
+    auto last = d->Report(part(r, 2, kLayers - 1), kT0);
+    ASSERT_TRUE(last.ok());
+    EXPECT_FALSE(last->evaluate) << "rank " << r;
+  }
+  auto last = d->Report(part(kRanks - 1, 2, kLayers - 1), kT0);
+  ASSERT_TRUE(last.ok());
+  EXPECT_TRUE(last->evaluate);
+}
+
 TEST(DeploymentTest, TheTriggerIsDueOnceEveryRankReportedAnIntervalAndOnceUntilEvaluated) {
   v1::DeploymentSpec spec = Spec();
   spec.mutable_trigger()->set_interval_steps(10);

@@ -715,18 +715,18 @@ bool AwaitMetric(PlannerEnv& env, const std::string& text) {
 TEST(PlannerReportTest, StreamsThatHoldTheReadBudgetIdleAreCancelledAfterTheTimeout) {
   server::PlannerServerOptions options;
   options.max_memory_bytes = int64_t{256} << 20;  // 64 MiB for messages in flight
-  options.max_request_bytes = 1 << 20;            // 3 MiB a read: 21 at once
+  options.max_request_bytes = 1 << 20;            // 3.5 MiB a read: 18 at once
   options.report_read_timeout = absl::Seconds(30);
   PlannerEnv env(options);
   ASSERT_TRUE(Create(env.stub(), SmallSpec("d")).ok());
   grpc::GenericStub generic(env.channel());
   std::vector<std::unique_ptr<eplb::testing::RawStream>> idle;
-  for (int i = 0; i < 21; ++i) {
+  for (int i = 0; i < 18; ++i) {
     idle.push_back(std::make_unique<eplb::testing::RawStream>(
         generic, "/eplb.v1.Planner/ReportLoad", absl::Seconds(60)));
     ASSERT_TRUE(idle.back()->started());
   }
-  ASSERT_TRUE(AwaitMetric(env, "eplb_report_reads{state=\"reading\"} 21"));
+  ASSERT_TRUE(AwaitMetric(env, "eplb_report_reads{state=\"reading\"} 18"));
 
   absl::StatusOr<v1::ReportSummary> summary;
   std::thread sender(
@@ -742,7 +742,7 @@ TEST(PlannerReportTest, StreamsThatHoldTheReadBudgetIdleAreCancelledAfterTheTime
   EXPECT_EQ(summary->accepted(), 1);
   EXPECT_EQ(GetLoad(env.stub(), "d")->steps_seen(), 10);
   for (auto& stream : idle) EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  EXPECT_THAT(env.MetricsText(), HasSubstr("eplb_report_reads_overdue_total 21"));
+  EXPECT_THAT(env.MetricsText(), HasSubstr("eplb_report_reads_overdue_total 18"));
   EXPECT_TRUE(AwaitMetric(env, "eplb_report_reads{state=\"reading\"} 0"));
 }
 

@@ -100,9 +100,12 @@ TEST(ReadBudgetTest, AReservationHeldBeyondTheLimitIsOverdueOnce) {
   EXPECT_EQ(b.budget_.CancelOverdue(), 0);  // once
   b.budget_.Release(early);                 // the holder gives it back: 3 is granted now
   EXPECT_THAT(b.granted_, ::testing::ElementsAre(3));
+  b.budget_.Arrived(waiting);          // 3's message arrived: counting it may take any time
   b.clock_.Advance(absl::Seconds(6));  // late held 11 s, 3 held 6 s since its grant
   EXPECT_EQ(b.budget_.CancelOverdue(), 1);
   EXPECT_THAT(b.overdue_, ::testing::ElementsAre(1, 2));
+  b.clock_.Advance(absl::Seconds(60));
+  EXPECT_EQ(b.budget_.CancelOverdue(), 0);
   b.budget_.Release(late);
   b.budget_.Release(waiting);
   EXPECT_EQ(b.budget_.state().holding, 0);
@@ -117,6 +120,9 @@ TEST(ReadBudgetTest, ACapacityOfZeroGrantsEverything) {
   }
   EXPECT_EQ(b.budget_.state().waiting, 0);
   EXPECT_EQ(b.budget_.state().holding, 100);
+  b.clock_.Advance(absl::Hours(1));  // nothing to keep from others: nothing is overdue
+  EXPECT_EQ(b.budget_.CancelOverdue(), 0);
+  EXPECT_THAT(b.overdue_, ::testing::IsEmpty());
 }
 
 absl::Status Check(const std::string& bytes) {
