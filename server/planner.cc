@@ -312,6 +312,11 @@ void Planner::CreateOnWorker(const v1::DeploymentSpec& input, const DeploymentCa
     reserved_bytes_ -= footprint.total_bytes();
     --creating_;
   };
+  // The policy's probe takes memory of the order of the footprint just reserved.
+  if (absl::Status probe = ProbePolicy(*validated); !probe.ok()) {
+    unreserve();
+    return done(probe);
+  }
 
   // Version 1: the initial map, or the contiguous one.
   std::string first_policy = "initial_map";

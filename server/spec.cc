@@ -166,17 +166,19 @@ absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
     }
     result.initial_map = *std::move(map);
   }
+  return result;
+}
 
-  // A policy that cannot serve the shape (deepseek with P % R ≠ 0) is refused now, not at the
-  // first rebalance.
-  LoadMatrix zeros{result.shape.num_layers, result.shape.num_logical_experts,
-                   std::vector<double>(static_cast<size_t>(result.shape.num_layers) *
-                                       result.shape.num_logical_experts)};
-  if (auto probe = result.policy->Plan({result.shape, &zeros, nullptr}); !probe.ok()) {
+absl::Status ProbePolicy(const ValidatedSpec& validated) {
+  const DeploymentShape& shape = validated.shape;
+  LoadMatrix zeros{shape.num_layers, shape.num_logical_experts,
+                   std::vector<double>(static_cast<size_t>(shape.num_layers) *
+                                       shape.num_logical_experts)};
+  if (auto probe = validated.policy->Plan({shape, &zeros, nullptr}); !probe.ok()) {
     return ErrorWithDetail(probe.status().code(), v1::POLICY_CANNOT_SERVE, "spec.policy",
                            probe.status().message());
   }
-  return result;
+  return absl::OkStatus();
 }
 
 std::string FirstDifference(const v1::DeploymentSpec& a, const v1::DeploymentSpec& b) {

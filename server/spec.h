@@ -30,14 +30,22 @@ struct ValidatedSpec {
 
 // Where a spec comes from: a request is checked in full; a spec loaded from the state directory
 // passed that check when it was created, so its initial map (already plan version 1) is not parsed
-// again and the policy is not probed again at start-up.
+// again.
 enum class SpecSource { kRequest, kStored };
 
-// INVALID_ARGUMENT (or the policy's code, POLICY_CANNOT_SERVE) naming the first bad field.
-// `default_policy` replaces an empty policy; `plan_threads` goes into BalancedOptions.threads.
+// INVALID_ARGUMENT naming the first bad field. `default_policy` replaces an empty policy;
+// `plan_threads` goes into BalancedOptions.threads. Allocates nothing in proportion to the shape
+// but a request's initial map: the policy is probed separately (ProbePolicy).
 absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
                                            const std::string& default_policy, int32_t plan_threads,
                                            SpecSource source = SpecSource::kRequest);
+
+// Plans once on zero load, so that a policy that cannot serve the shape (deepseek with
+// P % R ≠ 0) is refused at create (the policy's code, POLICY_CANNOT_SERVE), not at the first
+// rebalance. It takes memory of the order of the deployment's own (L × E load, L × P map): run it
+// after the deployment's footprint is admitted. Specs loaded at start-up are not probed again (a
+// planner whose policies changed still starts).
+absl::Status ProbePolicy(const ValidatedSpec& validated);
 
 // The first field of two normalized specs that differs ("" when none), for ALREADY_EXISTS.
 std::string FirstDifference(const v1::DeploymentSpec& a, const v1::DeploymentSpec& b);

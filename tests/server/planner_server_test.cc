@@ -80,6 +80,12 @@ TEST(PlannerDeploymentTest, TheMemoryBudgetAndLimitsRefuseACreateBeforeAnythingI
                                       "5 plans of .*\\); [0-9.]+ MiB of the planner's 192.0 MiB "
                                       "for deployments are left \\(--max-memory\\)"));
   EXPECT_FALSE(std::filesystem::exists(env.state_dir() + "/deployments/c"));
+  // Admission comes before the policy's probe (which takes memory of the deployment's order): a
+  // shape deepseek cannot serve is refused for the budget first.
+  v1::DeploymentSpec unservable = big("d");
+  unservable.set_policy("deepseek");
+  unservable.mutable_shape()->set_num_physical_experts(8193);
+  EXPECT_EQ(Reason(Create(env.stub(), unservable).status()), v1::OVER_BUDGET);
   // Small ones still fit, up to the cap on deployments.
   ASSERT_TRUE(Create(env.stub(), SmallSpec("small")).ok());
   const absl::Status capped = Create(env.stub(), SmallSpec("more")).status();

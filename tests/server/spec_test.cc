@@ -70,15 +70,19 @@ TEST(SpecTest, ErrorsNameTheFieldPathAndReason) {
   EXPECT_EQ(Reason(ValidateSpec(unnamed, "deepseek", 1).status()), v1::FIELD_REQUIRED);
 }
 
-// A stored spec passed the full check when it was created: its policy is not probed again (so a
-// planner whose policies changed still starts), a request's is.
-TEST(SpecTest, AStoredSpecIsNotProbedAgain) {
+// The probe refuses a policy that cannot serve the shape; validation alone (a stored spec at
+// start-up, or a request before admission) does not run it.
+TEST(SpecTest, ThePolicyIsProbedOnlyWhenAsked) {
   v1::DeploymentSpec spec = Minimal();
   spec.mutable_shape()->set_num_physical_experts(10);  // deepseek needs P % R == 0
-  const absl::Status refused = ValidateSpec(spec, "deepseek", 1).status();
-  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(Reason(refused), v1::POLICY_CANNOT_SERVE);
-  EXPECT_TRUE(ValidateSpec(spec, "deepseek", 1, SpecSource::kStored).ok());
+  for (const SpecSource source : {SpecSource::kRequest, SpecSource::kStored}) {
+    const auto validated = ValidateSpec(spec, "deepseek", 1, source);
+    ASSERT_TRUE(validated.ok()) << validated.status();
+    const absl::Status refused = ProbePolicy(*validated);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(Reason(refused), v1::POLICY_CANNOT_SERVE);
+  }
+  EXPECT_TRUE(ProbePolicy(*ValidateSpec(Minimal(), "deepseek", 1)).ok());
 }
 
 TEST(SpecTest, FirstDifferenceNamesTheFirstFieldThatDiffers) {
