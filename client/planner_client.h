@@ -89,7 +89,7 @@ class PlannerClient {
   // stream's error (the planner keeps the reports before the first one it refused). A summary
   // that does not count every report once (accepted or duplicate) is DATA_LOSS: sending the
   // reports again is safe, the planner counts each sequence number once. Each report must fit the
-  // planner's --max-request-bytes (4 MiB by default; RESOURCE_EXHAUSTED otherwise): SplitByLayers
+  // planner's --max-request-bytes (2 MiB by default; RESOURCE_EXHAUSTED otherwise): SplitByLayers
   // (report_parts.h) cuts a larger one into reports over layer ranges.
   absl::StatusOr<v1::ReportSummary> ReportLoad(std::span<const v1::LoadReport> reports);
   absl::StatusOr<v1::GetLoadResponse> GetLoad(absl::string_view deployment);

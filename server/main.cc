@@ -51,7 +51,7 @@ ABSL_FLAG(absl::Duration, checkpoint_interval, absl::Seconds(10),
           "How often a deployment's smoothed load is written to the state directory (1s to 1h)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20,
           "Largest gRPC message sent (plans, GetLoad responses), in bytes (1 MiB to 1 GiB)");
-ABSL_FLAG(int, max_request_bytes, 4 << 20,
+ABSL_FLAG(int, max_request_bytes, 2 << 20,
           "Largest gRPC message received, in bytes (1 MiB to --max-message-bytes); larger load "
           "reports are sent in parts over layer ranges");
 ABSL_FLAG(absl::Duration, report_read_timeout, absl::Seconds(30),

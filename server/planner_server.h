@@ -30,7 +30,7 @@ struct PlannerServerOptions {
   int max_message_bytes = 64 << 20;
   // Largest message received; a bigger one fails with RESOURCE_EXHAUSTED. Load reports larger
   // than this are sent as several over layer ranges. 1 MiB … max_message_bytes.
-  int max_request_bytes = 4 << 20;
+  int max_request_bytes = 2 << 20;
   // A ReportLoad stream that holds part of the read budget this long without its next message
   // arriving is cancelled, so that streams opened and left idle cannot starve the others.
   absl::Duration report_read_timeout = absl::Seconds(30);

@@ -56,7 +56,7 @@ struct ServiceLimits {
   // (0: no limit), and what each message reserves of them: the wire bytes of the largest request
   // and its parsed form (report_wire.h bounds that to about twice the wire bytes).
   int64_t read_budget_bytes = 0;
-  int64_t read_cost_bytes = (int64_t{12} << 20) + (512 << 10);
+  int64_t read_cost_bytes = (int64_t{6} << 20) + (512 << 10);
   // A stream holding a reservation this long without its message arriving is cancelled.
   absl::Duration report_read_timeout = absl::Seconds(30);
 };

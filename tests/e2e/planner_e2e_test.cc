@@ -595,9 +595,9 @@ TEST_F(PlannerE2eTest, TheMemoryBudgetHoldsInResidentMemory) {
 }
 
 // Large reports arriving together, to a planner with --max-memory=512Mi (128 MiB of it for
-// messages in flight): 48 streams at once, each sending a 16 MiB load as 4 MiB reports over layer
-// ranges (768 MiB on the wire); then 64 streams at once, each sending one 63.5 MiB message, beyond
-// the 4 MiB request limit. A stream beyond the read budget waits without a read pending, so gRPC
+// messages in flight): 96 streams at once, each sending a 16 MiB load as 2 MiB reports over layer
+// ranges (1.5 GiB on the wire); then 64 streams at once, each sending one 63.5 MiB message, beyond
+// the 2 MiB request limit. A stream beyond the read budget waits without a read pending, so gRPC
 // does not buffer its message: every report is counted, every oversize message is refused
 // unread, and the planner's peak resident memory stays within the budget.
 TEST_F(PlannerE2eTest, ConcurrentLargeReportsStayWithinTheMemoryBudget) {
@@ -623,10 +623,10 @@ TEST_F(PlannerE2eTest, ConcurrentLargeReportsStayWithinTheMemoryBudget) {
   // Serialized once; every stream writes the same buffers (static slices, no copies), so the
   // senders push bytes as fast as the connection takes them.
   std::vector<std::string> parts;
-  for (const v1::LoadReport& part : client::SplitByLayers(whole, 4 << 20)) {
+  for (const v1::LoadReport& part : client::SplitByLayers(whole, 2 << 20)) {
     parts.push_back(part.SerializeAsString());
   }
-  ASSERT_EQ(parts.size(), 5u);
+  ASSERT_EQ(parts.size(), 9u);
   std::vector<grpc::ByteBuffer> messages;
   for (const std::string& part : parts) {
     grpc::Slice slice(part.data(), part.size(), grpc::Slice::STATIC_SLICE);
