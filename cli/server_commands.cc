@@ -421,7 +421,8 @@ absl::StatusOr<Action> ParseReport(const ParsedArgs& args) {
       filled.set_plan_version(deployment.committed_version());
     }
     // A load too large for one message goes as several reports over layer ranges.
-    const std::vector<v1::LoadReport> parts = client::SplitByLayers(filled, client::kDefaultMaxReportBytes);
+    const std::vector<v1::LoadReport> parts =
+        client::SplitByLayers(filled, client::kDefaultMaxReportBytes);
     std::vector<v1::LoadReport> reports;
     for (int64_t i = 0; i < repeat; ++i) reports.insert(reports.end(), parts.begin(), parts.end());
     ASSIGN_OR_RETURN(const v1::ReportSummary summary, client.ReportLoad(reports));

@@ -67,8 +67,8 @@ absl::StatusOr<std::unique_ptr<LoadReporter>> LoadReporter::Create(
 LoadReporter::LoadReporter(PlannerClient* client, const LoadReporterOptions& options)
     : client_(client),
       options_(options),
-      layers_per_report_(
-          std::min(options.num_layers, LayersPerReport(options.num_experts, options.max_report_bytes))),
+      layers_per_report_(std::min(options.num_layers,
+                                  LayersPerReport(options.num_experts, options.max_report_bytes))),
       reports_per_batch_((options.num_layers + layers_per_report_ - 1) / layers_per_report_) {
   if (options_.session == 0) {
     std::random_device random;

@@ -16,7 +16,8 @@
 // not counts. A report the planner refuses as invalid (it cannot become valid by retrying) is
 // dropped and counted in stats().dropped_reports.
 //
-// Thread-safe. AddStep() and AddSteps() are meant for one serving thread; Flush() and stats() from any thread.
+// Thread-safe. AddStep() and AddSteps() are meant for one serving thread; Flush() and stats()
+// from any thread.
 #ifndef EPLB_CLIENT_LOAD_REPORTER_H_
 #define EPLB_CLIENT_LOAD_REPORTER_H_
 

@@ -84,7 +84,9 @@ absl::StatusOr<std::unique_ptr<PlannerServer>> PlannerServer::Start(
                                          /*mutual_tls=*/!options.tls_client_ca_pem.empty()));
   PlannerOptions planner_options = options.planner;
   planner_options.max_message_bytes = options.max_message_bytes;
-  if (shares.deployments_bytes > 0) planner_options.deployment_memory_bytes = shares.deployments_bytes;
+  if (shares.deployments_bytes > 0) {
+    planner_options.deployment_memory_bytes = shares.deployments_bytes;
+  }
   std::unique_ptr<PlannerServer> server(new PlannerServer);
   if (registry != nullptr) server->metrics_ = std::make_unique<PlannerMetrics>(registry);
   ASSIGN_OR_RETURN(StateStore store, StateStore::Open(options.state_dir));
