@@ -229,9 +229,12 @@ void LoadReporter::Run() {
       mu_.Await(absl::Condition(&ready));
       if (pending_.empty()) return;  // stopping, nothing left
       // At most kMaxReportsPerStream: if the summary is lost, the planner still remembers every
-      // sequence number of the stream when it is sent again, and counts each once.
+      // sequence number of the stream when it is sent again, and counts each once. After a failed
+      // attempt only the reports already sent go again (the planner may have counted them, so
+      // they are never merged); newer ones wait unsent, and are merged while the planner is away.
+      const bool retrying = pending_.front().sent;
       for (Pending& pending : pending_) {
-        if (batch.size() == kMaxReportsPerStream) break;
+        if (batch.size() == kMaxReportsPerStream || (retrying && !pending.sent)) break;
         pending.sent = true;
         batch.push_back(pending.report);
       }

@@ -11,9 +11,10 @@
 // are sent again (the planner counts a retried sequence number once), with jittered exponential
 // backoff. A report counts as delivered once the planner's summary counts it; what the planner
 // accepted in the last --checkpoint-interval before it was killed (kill -9) is lost with it.
-// Memory stays bounded: beyond `max_pending_reports`, reports that were never sent are merged
+// Memory stays bounded: beyond `max_pending_reports`, batches that were never sent are merged
 // pairwise (same plan version; their step ranges and counts add up), so an outage costs resolution,
-// not counts. A report the planner refuses as invalid (it cannot become valid by retrying) is
+// not counts. Reports sent in an attempt that failed are retried alone (the planner may have
+// counted them: they are never merged), so at most max_pending_reports + 2 batches are queued. A report the planner refuses as invalid (it cannot become valid by retrying) is
 // dropped and counted in stats().dropped_reports.
 //
 // Thread-safe. AddStep() and AddSteps() are meant for one serving thread; Flush() and stats()

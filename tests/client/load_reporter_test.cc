@@ -87,7 +87,8 @@ TEST(LoadReporterTest, NothingIsLostAcrossAPlannerRestart) {
   const auto flush = (*reporter)->Flush(absl::Milliseconds(50));
   EXPECT_EQ(flush.code(), absl::StatusCode::kDeadlineExceeded) << flush;
   const LoadReporter::Stats outage = (*reporter)->stats();
-  EXPECT_LE(outage.reports_pending, 4);  // bounded: max_pending_reports + the one merged into
+  // Bounded: max_pending_reports + 2 (the batches sent before the outage was noticed stay apart).
+  EXPECT_LE(outage.reports_pending, 5);
   EXPECT_GT(outage.reports_merged, 0);
   EXPECT_GT(outage.failed_attempts, 0);
   env.Start();  // same port, same state directory
@@ -157,7 +158,7 @@ TEST(LoadReporterTest, ABatchOverMaxReportBytesIsSentInPartsAndCountedAsTheWhole
   for (int step = 8; step < 48; ++step) ASSERT_TRUE((*reporter)->AddStep(step, 1, counts).ok());
   EXPECT_EQ((*reporter)->Flush(absl::Milliseconds(50)).code(), absl::StatusCode::kDeadlineExceeded);
   const LoadReporter::Stats outage = (*reporter)->stats();
-  EXPECT_LE(outage.reports_pending, 3 * 4);  // max_pending_reports batches + one merged into
+  EXPECT_LE(outage.reports_pending, 3 * 5);  // max_pending_reports + 2 batches
   EXPECT_GT(outage.reports_merged, 0);
   EXPECT_EQ(outage.reports_merged % 3, 0);  // whole batches
   env.Start();
@@ -193,6 +194,34 @@ TEST(ReportPartsTest, SplitByLayersCoversEveryLayerOnceWithinTheLimit) {
   EXPECT_EQ(next_layer, 10);
   // A layer is never split, however small the limit.
   EXPECT_EQ(SplitByLayers(whole, 16).size(), 7u);
+}
+
+// A long outage with many failed attempts: each attempt retries only what an earlier one sent, so
+// newer batches stay unsent and are merged, and the queue stays bounded however long it lasts.
+TEST(LoadReporterTest, ALongOutageWithManyRetriesStaysBounded) {
+  PlannerEnv env;
+  CreateDeployment(env);
+  auto client = Client(env);
+  auto reporter = LoadReporter::Create(client.get(), Options());  // 4 steps a batch, 3 pending
+  ASSERT_TRUE(reporter.ok());
+  env.Stop();
+  int64_t step = 0;
+  for (int round = 0; round < 20; ++round) {
+    const int64_t attempts = (*reporter)->stats().failed_attempts;
+    for (int k = 0; k < 4 * 4; ++k, ++step) {
+      ASSERT_TRUE((*reporter)->AddStep(step, 1, std::vector<double>{4, 0, 0, 4}).ok());
+    }
+    // Wait (real time, bounded) for the reporter's next attempt to fail.
+    for (int i = 0; i < 2000 && (*reporter)->stats().failed_attempts == attempts; ++i) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    ASSERT_GT((*reporter)->stats().failed_attempts, attempts);
+    EXPECT_LE((*reporter)->stats().reports_pending, 5) << "round " << round;
+  }
+  env.Start();
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  EXPECT_THAT(Smoothed(env), Pointwise(DoubleNear(1e-9), std::vector<double>{4, 0, 0, 4}));
+  EXPECT_EQ(GetLoad(env.stub(), "r")->steps_seen(), step);
 }
 
 TEST(LoadReporterTest, BadInputIsRefusedAndAddsNothing) {
