@@ -57,6 +57,9 @@ absl::StatusOr<std::unique_ptr<LoadReporter>> LoadReporter::Create(
   if (options.max_report_bytes < (4 << 10) || options.max_report_bytes > (1 << 30)) {
     return OutOfRange("max_report_bytes", options.max_report_bytes, "[4096, 1073741824]");
   }
+  if (options.resend_after_restart < 0 || options.resend_after_restart > 1024) {
+    return OutOfRange("resend_after_restart", options.resend_after_restart, "[0, 1024]");
+  }
   RETURN_IF_ERROR(
       Backoff::Validate({options.initial_backoff, options.max_backoff}, "LoadReporterOptions"));
   std::unique_ptr<LoadReporter> reporter(new LoadReporter(client, options));
@@ -246,6 +249,9 @@ void LoadReporter::Run() {
       // never touches sent reports.
       pending_.erase(pending_.begin(),
                      pending_.begin() + static_cast<std::ptrdiff_t>(batch.size()));
+      for (v1::LoadReport& report : batch) {
+        AcceptedLocked(std::move(report), summary->planner_instance());
+      }
       stats_.reports_accepted += static_cast<int64_t>(batch.size());
       stats_.reports_pending = static_cast<int64_t>(pending_.size());
       backoff.Reset();
@@ -277,6 +283,11 @@ void LoadReporter::SendBatch(std::vector<v1::LoadReport> reports) {
     }
     if (summary.ok()) {
       ++stats_.reports_accepted;
+      pending_.pop_front();
+      // Kept, but a restart is noticed on the next stream: pending_'s front is this batch.
+      AcceptedLocked(report, /*instance=*/0);
+      stats_.reports_pending = static_cast<int64_t>(pending_.size());
+      continue;
     } else {
       ++stats_.reports_dropped;
       stats_.last_error = summary.status().ToString();
@@ -286,4 +297,24 @@ void LoadReporter::SendBatch(std::vector<v1::LoadReport> reports) {
   }
 }
 
+void LoadReporter::AcceptedLocked(v1::LoadReport report, uint64_t instance) {
+  if (instance != 0 && planner_instance_ != 0 && instance != planner_instance_) {
+    // The planner restarted: it may have lost what it accepted since its last checkpoint. Those
+    // go first, as already sent (never merged); it counts each sequence number once.
+    stats_.reports_resent += static_cast<int64_t>(accepted_.size());
+    for (auto it = accepted_.rbegin(); it != accepted_.rend(); ++it) {
+      pending_.push_front(Pending{.report = std::move(*it), .sent = true});
+    }
+    accepted_.clear();
+    stats_.reports_pending = static_cast<int64_t>(pending_.size());
+  }
+  if (instance != 0) planner_instance_ = instance;
+  const size_t keep = static_cast<size_t>(options_.resend_after_restart) *
+                      static_cast<size_t>(reports_per_batch_);
+  if (keep == 0) return;
+  accepted_.push_back(std::move(report));
+  while (accepted_.size() > keep) accepted_.pop_front();
+}
+
 }  // namespace eplb::client
+

@@ -10,7 +10,11 @@
 // Nothing is lost while the planner is unreachable or restarting: failed reports stay queued and
 // are sent again (the planner counts a retried sequence number once), with jittered exponential
 // backoff. A report counts as delivered once the planner's summary counts it; what the planner
-// accepted in the last --checkpoint-interval before it was killed (kill -9) is lost with it.
+// accepted since its last checkpoint before it was killed (kill -9) is not lost either: the
+// reporter keeps the last `resend_after_restart` batches the planner accepted, and when a summary
+// names another planner instance (ReportSummary.planner_instance: the planner restarted) it sends
+// them again; the planner counts those it lost and ignores the rest as duplicates. (Exact as long
+// as no more batches than that were accepted within one --checkpoint-interval.)
 // Memory stays bounded: beyond `max_pending_reports`, batches that were never sent are merged
 // pairwise (same plan version; their step ranges and counts add up), so an outage costs resolution,
 // not counts. Reports sent in an attempt that failed are retried alone (the planner may have
@@ -54,6 +58,8 @@ struct LoadReporterOptions {
   // Largest report message, 4 KiB … 1 GiB: a batch larger than this is sent as several reports
   // over layer ranges. The default is within every planner's --max-request-bytes.
   int64_t max_report_bytes = kDefaultMaxReportBytes;
+  // Accepted batches kept to be sent again after a planner restart (see above); 0 … 1024.
+  int32_t resend_after_restart = 16;
   absl::Duration initial_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(10);
   // Identifies this process to the planner (sequence numbers restart per session); 0 picks a
@@ -92,6 +98,7 @@ class LoadReporter {
     int64_t reports_merged = 0;    // unsent reports merged to bound memory
     int64_t reports_dropped = 0;   // refused by the planner as invalid
     int64_t failed_attempts = 0;   // RPCs that failed (planner unreachable, …)
+    int64_t reports_resent = 0;    // accepted reports sent again after a planner restart
     std::string last_error;        // of the last failed attempt
   };
   Stats stats() const;
@@ -108,6 +115,9 @@ class LoadReporter {
   void Run();
   // Sends `reports`; on a refusal, finds the refused one by sending one at a time and drops it.
   void SendBatch(std::vector<v1::LoadReport> reports);
+  // Keeps `report`, accepted by the planner instance `instance` (0: unknown), for resending; after
+  // a restart first queues the reports kept from the previous instance.
+  void AcceptedLocked(v1::LoadReport report, uint64_t instance) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   PlannerClient* const client_;
   const LoadReporterOptions options_;
@@ -123,6 +133,8 @@ class LoadReporter {
   int64_t last_step_ ABSL_GUARDED_BY(mu_) = -1;
   int64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   std::deque<Pending> pending_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::LoadReport> accepted_ ABSL_GUARDED_BY(mu_);  // the newest accepted, in order
+  uint64_t planner_instance_ ABSL_GUARDED_BY(mu_) = 0;        // of the last summary
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   Stats stats_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;

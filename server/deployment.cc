@@ -356,11 +356,21 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
                              absl::StrCat("sequence ", report.sequence(), " of rank ", rank,
                                           " was already accepted with different counts"));
     }
-    return ErrorWithDetail(absl::StatusCode::kFailedPrecondition, v1::SEQUENCE_OUT_OF_ORDER,
-                           "sequence",
-                           absl::StrCat("sequence ", report.sequence(), " of rank ", rank,
-                                        " is below the last accepted (", state.last_sequence,
-                                        ") and not among the recent ones"));
+    // Not among the remembered ones. While fewer than kRecentSequences were accepted, every
+    // sequence counted is remembered (checkpoints keep them): this one never was, e.g. a report
+    // the planner lost when it was killed, sent again. Beyond, one older than every remembered
+    // sequence may have been counted and forgotten: refused.
+    if (state.recent.size() >= kRecentSequences) {
+      int64_t oldest = state.last_sequence;
+      for (const auto& [sequence, seen_hash] : state.recent) oldest = std::min(oldest, sequence);
+      if (report.sequence() < oldest) {
+        return ErrorWithDetail(
+            absl::StatusCode::kFailedPrecondition, v1::SEQUENCE_OUT_OF_ORDER, "sequence",
+            absl::StrCat("sequence ", report.sequence(), " of rank ", rank,
+                         " is older than the last ", kRecentSequences,
+                         " accepted (the oldest remembered is ", oldest, ")"));
+      }
+    }
   }
 
   const auto plan = plans_.find(report.plan_version());
@@ -417,7 +427,7 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
     state.session = report.session();
     state.recent.clear();
   }
-  state.last_sequence = report.sequence();
+  state.last_sequence = std::max(same_session ? state.last_sequence : 0, report.sequence());
   state.recent.emplace_back(report.sequence(), hash);
   if (state.recent.size() > kRecentSequences) state.recent.pop_front();
   // A step range counts as reported by the rank once its report reaches the last layer: the

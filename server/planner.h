@@ -128,6 +128,9 @@ class Planner {
   // of a fake one. Until Shutdown.
   void AddTimerTask(std::function<void()> task);
   Clock* clock() const { return clock_; }
+  // This planner process, as ReportSummary.planner_instance tells reporters: random, non-zero,
+  // different at every start.
+  uint64_t instance() const { return instance_; }
 
   // Ends every watch with UNAVAILABLE; from now on creating, deleting, rebalancing and subscribing
   // fail with UNAVAILABLE (reports and queries still work, so in-flight RPCs can finish).
@@ -172,6 +175,7 @@ class Planner {
   const PlannerOptions options_;
   StateStore store_;
   Clock* const clock_;
+  const uint64_t instance_ = Deployment::NewUid();
   PlannerMetrics* const metrics_;
 
   mutable absl::Mutex registry_mu_;

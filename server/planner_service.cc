@@ -159,6 +159,7 @@ class ReportReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return;
     }
     caller_ = *caller;
+    summary_.set_planner_instance(planner_->instance());
     ReadNext();
   }
 

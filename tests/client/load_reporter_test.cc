@@ -251,6 +251,10 @@ TEST(LoadReporterTest, BadInputIsRefusedAndAddsNothing) {
       client.get(), {.deployment = "r", .num_layers = 1, .num_experts = 4, .flush_every_steps = 0});
   EXPECT_EQ(bad.status().message(),
             "LoadReporterOptions.flush_every_steps = 0 is out of range [1, 1000000]");
+  LoadReporterOptions forgetful = Options();
+  forgetful.resend_after_restart = 1025;
+  EXPECT_EQ(LoadReporter::Create(client.get(), forgetful).status().message(),
+            "LoadReporterOptions.resend_after_restart = 1025 is out of range [0, 1024]");
   LoadReporterOptions slow = Options();
   slow.max_backoff = absl::Milliseconds(1);
   EXPECT_EQ(LoadReporter::Create(client.get(), slow).status().message(),

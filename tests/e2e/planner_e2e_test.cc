@@ -31,6 +31,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "client/load_reporter.h"
 #include "client/planner_client.h"
 #include "client/report_parts.h"
 #include "core/map_format.h"
@@ -453,6 +454,57 @@ TEST_F(PlannerE2eTest, KillNineUnderLoadLosesNoCommittedPlan) {
   }
   EXPECT_GE(committed.size(), 30u);
   std::cerr << committed.size() << " committed plans over 30 kill -9 restarts\n";
+}
+
+// A LoadReporter across kill -9: the planner loses what it accepted since its last checkpoint, the
+// reporter notices the new planner instance in the next summary and sends its recently accepted
+// reports again; every step ends up counted exactly once.
+TEST_F(PlannerE2eTest, ReportsAcceptedBeforeAKillNineAreSentAgainAndCountedOnce) {
+  // No checkpoint before the kill: everything accepted so far is lost by the planner.
+  ASSERT_NO_FATAL_FAILURE(StartPlanner("--checkpoint-interval=1h\n"));
+  const std::string port(absl::StripPrefix(server_, "127.0.0.1:"));
+  v1::DeploymentSpec spec;
+  spec.set_name("resend");
+  v1::Shape& shape = *spec.mutable_shape();
+  shape.set_num_layers(2);
+  shape.set_num_logical_experts(4);
+  shape.set_num_physical_experts(4);
+  shape.set_num_ranks(1);
+  spec.set_policy("contiguous");
+  spec.mutable_trigger()->set_interval_steps(0);
+  spec.mutable_smoothing()->set_window_steps(1000);
+  auto client = client::PlannerClient::Create({.server = server_, .rpc_timeout = absl::Seconds(5)});
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->CreateDeployment(spec).ok());
+  // The deployment itself is durable at once; its load only at checkpoints.
+  auto reporter = client::LoadReporter::Create(
+      client->get(), {.deployment = "resend", .num_layers = 2, .num_experts = 4,
+                      .flush_every_steps = 5, .initial_backoff = absl::Milliseconds(5),
+                      .max_backoff = absl::Milliseconds(50)});
+  ASSERT_TRUE(reporter.ok()) << reporter.status();
+  const std::vector<double> counts = {1, 2, 3, 4, 5, 6, 7, 8};
+  for (int step = 0; step < 40; ++step) ASSERT_TRUE((*reporter)->AddStep(step, 1, counts).ok());
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());  // 8 reports accepted
+
+  CrashPlanner();
+  ASSERT_NO_FATAL_FAILURE(StartPlanner("--checkpoint-interval=1h\n--listen=127.0.0.1:" + port +
+                                       "\n"));
+  for (int step = 40; step < 60; ++step) ASSERT_TRUE((*reporter)->AddStep(step, 1, counts).ok());
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  // The first summary named the new instance: the 8 kept reports went again (the retained
+  // window is 16 batches), after the 4 new ones.
+  ASSERT_TRUE((*reporter)->Flush(absl::Seconds(30)).ok());
+  const client::LoadReporter::Stats stats = (*reporter)->stats();
+  EXPECT_EQ(stats.reports_resent, 8);
+  EXPECT_EQ(stats.reports_dropped, 0);
+  auto load = (*client)->GetLoad("resend");
+  ASSERT_TRUE(load.ok()) << load.status();
+  // 60 steps, each counted once: the window's mean per step is the step's counts.
+  EXPECT_EQ(load->first_step(), 0);
+  EXPECT_EQ(load->last_step(), 59);
+  EXPECT_EQ(load->steps_seen(), 60);
+  ASSERT_EQ(load->smoothed_load_size(), 8);
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(load->smoothed_load(i), counts[i], 1e-9) << i;
 }
 
 // Beyond loopback, the planner serves only with credentials or when told --insecure.

@@ -669,9 +669,6 @@ TEST(PlannerReportTest, BadReportsAreRefusedAndChangeNothing) {
        v1::MALFORMED_COUNTS, "layers[0].counts[0] = inf must be a finite count in [0, 2^53]"},
       {Report("d", 0, 5, 10, 10, {{1, 1, 1, 1}}, 3), absl::StatusCode::kInvalidArgument,
        v1::SEQUENCE_REUSED, "sequence 5 of rank 0 was already accepted with different counts"},
-      {Report("d", 0, 4, 10, 10, {{1, 1, 1, 1}}, 3), absl::StatusCode::kFailedPrecondition,
-       v1::SEQUENCE_OUT_OF_ORDER,
-       "sequence 4 of rank 0 is below the last accepted (5) and not among the recent ones"},
       {Report("d", 0, 0, 10, 10, {{1, 1, 1, 1}}, 3), absl::StatusCode::kInvalidArgument,
        v1::FIELD_OUT_OF_RANGE, "sequence = 0 is out of range [1, 4611686018427387904]"},
       {Report("d", 0, 6, 10, 9, {{1, 1, 1, 1}}, 3), absl::StatusCode::kInvalidArgument,
@@ -799,6 +796,41 @@ TEST(PlannerReportTest, ARetriedReportIsCountedOnce) {
   auto fresh = SendReports(env.stub(), {restarted});
   ASSERT_TRUE(fresh.ok()) << fresh.status();
   EXPECT_EQ(fresh->accepted(), 1);
+}
+
+// Sequence numbers may arrive out of order (a report the planner lost when killed, sent again after
+// newer ones): one never accepted is counted; beyond the 1024 remembered, an older one is refused,
+// since it may have been counted and forgotten.
+TEST(PlannerReportTest, OutOfOrderSequencesAreCountedOnceUntilTheyAreOlderThanTheRemembered) {
+  PlannerEnv env;
+  v1::DeploymentSpec spec = SmallSpec("d");
+  spec.mutable_smoothing()->set_window_steps(100'000);
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+  auto newer = SendReports(env.stub(), {Report("d", 0, 5, 5, 5, {{1, 0, 0, 0}})});
+  ASSERT_TRUE(newer.ok()) << newer.status();
+  auto older = SendReports(env.stub(), {Report("d", 0, 3, 3, 3, {{0, 1, 0, 0}}),
+                                        Report("d", 0, 3, 3, 3, {{0, 1, 0, 0}})});
+  ASSERT_TRUE(older.ok()) << older.status();
+  EXPECT_EQ(older->accepted(), 1);
+  EXPECT_EQ(older->duplicates(), 1);
+  EXPECT_EQ(older->last_sequence(), 5);  // still the highest
+  // Steps 3 and 5: [1, 1, 0, 0] over steps 3 … 5.
+  EXPECT_THAT(Smoothed(env.stub(), "d"),
+              Pointwise(DoubleNear(1e-12), std::vector<double>{1.0 / 3, 1.0 / 3, 0, 0}));
+
+  // 1024 more: sequences 3 and 5 are forgotten, the oldest remembered is 6.
+  std::vector<v1::LoadReport> many;
+  for (int64_t sequence = 6; sequence < 6 + 1024; ++sequence) {
+    many.push_back(Report("d", 0, sequence, 10 + sequence, 10 + sequence, {{0, 0, 1, 0}}));
+  }
+  ASSERT_TRUE(SendReports(env.stub(), many).ok());
+  const auto before = Smoothed(env.stub(), "d");
+  auto forgotten = SendReports(env.stub(), {Report("d", 0, 4, 4, 4, {{0, 0, 0, 1}})});
+  EXPECT_EQ(Reason(forgotten.status()), v1::SEQUENCE_OUT_OF_ORDER) << forgotten.status();
+  EXPECT_EQ(forgotten.status().message(),
+            "sequence 4 of rank 0 is older than the last 1024 accepted (the oldest remembered is "
+            "6)");
+  EXPECT_EQ(Smoothed(env.stub(), "d"), before);
 }
 
 // ---- Triggers and rebalancing -------------------------------------------------------------------
