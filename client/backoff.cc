@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "core/check.h"
 
 namespace eplb::client {
@@ -29,6 +30,26 @@ absl::Duration Backoff::Next() {
   const int64_t wait = std::uniform_int_distribution<int64_t>(0, bound)(rng_);
   ceiling_ = std::min(ceiling_ * 2, options_.max);
   return absl::Nanoseconds(wait);
+}
+
+void WaitBeforeRetry(grpc::Channel* channel, absl::Duration delay, absl::Mutex* mu,
+                     const bool* stop) {
+  const auto stopping = [stop]() { return *stop; };
+  if (channel->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY) {
+    absl::MutexLock lock(mu);
+    mu->AwaitWithTimeout(absl::Condition(&stopping), delay);
+    return;
+  }
+  const absl::Time until = absl::Now() + delay;
+  for (absl::Time now = absl::Now(); now < until; now = absl::Now()) {
+    {
+      absl::MutexLock lock(mu);
+      if (*stop) return;
+    }
+    if (channel->WaitForConnected(absl::ToChronoTime(std::min(until, now + absl::Milliseconds(50))))) {
+      return;
+    }
+  }
 }
 
 }  // namespace eplb::client

@@ -9,11 +9,14 @@
 #ifndef EPLB_CLIENT_BACKOFF_H_
 #define EPLB_CLIENT_BACKOFF_H_
 
+#include <grpcpp/channel.h>
+
 #include <cstdint>
 #include <random>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 namespace eplb::client {
@@ -46,6 +49,15 @@ class Backoff {
   absl::Duration ceiling_;
   std::mt19937_64 rng_;
 };
+
+// Waits `delay` before retrying an RPC on `channel` that failed, or less: it returns once `*stop` is
+// true (read under `mu`; checked every 50 ms), and, when the channel was not connected (the planner
+// away or restarting), as soon as it connects again, so that the retry goes within the channel's
+// reconnect delay of the planner serving again instead of at the end of a backoff step. A channel
+// that is connected (the attempt failed for another reason) waits the whole delay.
+// REQUIRES: `mu` not held.
+void WaitBeforeRetry(grpc::Channel* channel, absl::Duration delay, absl::Mutex* mu,
+                     const bool* stop);
 
 }  // namespace eplb::client
 

@@ -261,12 +261,15 @@ void LoadReporter::Run() {
       SendBatch(std::move(batch));
       continue;
     }
-    absl::MutexLock lock(&mu_);
-    ++stats_.failed_attempts;
-    stats_.last_error = summary.status().ToString();
-    if (stopping_) return;  // one last try was made; what is pending is lost with the process
-    const auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
-    mu_.AwaitWithTimeout(absl::Condition(&stopping), backoff.Next());
+    absl::Duration delay;
+    {
+      absl::MutexLock lock(&mu_);
+      ++stats_.failed_attempts;
+      stats_.last_error = summary.status().ToString();
+      if (stopping_) return;  // one last try was made; what is pending is lost with the process
+      delay = backoff.Next();
+    }
+    WaitBeforeRetry(client_->channel(), delay, &mu_, &stopping_);
   }
 }
 

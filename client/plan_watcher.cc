@@ -208,8 +208,7 @@ void PlanWatcher::Run() {
     const absl::Duration wait = backoff.Next();
     spdlog::warn("rank {}: plan watch of {} ended ({}); reconnecting in {}", options_.rank,
                  options_.deployment, ended.ToString(), absl::FormatDuration(wait));
-    absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait);
+    WaitBeforeRetry(client_->channel(), wait, &mu_, &stopping_);
   }
 }
 

@@ -14,10 +14,11 @@ build_packages=(
   libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
   pybind11-dev python3-dev
 )
-# What the Python package's wheel build and tests add (torch: the engines' tensors).
+# What the Python package's wheel build and tests add (torch: the engines' tensors; grpcio:
+# eplb._client must work in a process that also loads Python's gRPC).
 python_test_packages=(
   python3-numpy python3-torch python3-pytest python3-venv python3-pip python3-setuptools
-  python3-wheel
+  python3-wheel python3-grpcio
 )
 runtime_packages=(
   libabsl20220623 libspdlog1.10 libfmt9 libgrpc++1.51 libprotobuf32 libyaml-cpp0.7
