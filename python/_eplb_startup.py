@@ -116,8 +116,9 @@ def install_sglang():
 # only when their variable is set, so that an installation that cannot load them (numpy, the
 # extension) fails the engine's start instead of leaving its own policy in place silently.
 def vllm_plugin():
-    """Activates eplb's policy in vLLM when EPLB_VLLM_POLICY is set."""
-    if os.environ.get("EPLB_VLLM_POLICY", "").strip():
+    """Activates eplb in vLLM when EPLB_VLLM_PLANNER (remote mode) or EPLB_VLLM_POLICY is set."""
+    if (os.environ.get("EPLB_VLLM_PLANNER", "").strip()
+            or os.environ.get("EPLB_VLLM_POLICY", "").strip()):
         from eplb import vllm
 
         vllm.register()

@@ -483,12 +483,29 @@ class RemoteBalancer:
         slot; turned into logical counts once per report)."""
         self._add(counts, phy2log)
 
-    def _add(self, counts, phy2log):
-        width = "num_logical_experts" if phy2log is None else "num_physical_experts"
+    def record_window(self, counts, steps):
+        """Adds tokens per logical expert [L, E] summed over the last `steps` steps (for an engine
+        that keeps its own window of counts)."""
+        self._check_shape(counts, "num_logical_experts")
+        if int(steps) < 1:
+            raise ValueError(f"steps = {steps} must be ≥ 1")
+        self._close_batch()
+        self._collect()
+        first = self._step
+        self._step += int(steps)
+        counts = counts.detach().cpu().double().numpy() if is_tensor(counts) else counts
+        self._hand_over(np.asarray(counts, dtype=np.float64), first, self._step - 1,
+                        self._version_for_reports())
+
+    def _check_shape(self, counts, width):
         expected = (self.shape["num_layers"], self.shape[width])
         if tuple(counts.shape) != expected:
             raise ValueError(f"counts has shape {tuple(counts.shape)}, expected (num_layers, "
                              f"{width}) = {expected}")
+
+    def _add(self, counts, phy2log):
+        self._check_shape(counts, "num_logical_experts" if phy2log is None
+                          else "num_physical_experts")
         self._collect()
         if self._acc is not None and phy2log is not self._acc_phy2log:
             self._close_batch()

@@ -31,6 +31,7 @@ gets the same map (eplb's plans do not depend on threads, timing or machine).
 
 import importlib
 import inspect
+import threading
 import typing
 
 import eplb
@@ -47,9 +48,17 @@ ADAPTER = _engines.Adapter(
 
 
 def register():
-    """The `vllm.general_plugins` entry point: activates eplb's policy when EPLB_VLLM_POLICY is
-    set; with it unset, does nothing."""
-    ADAPTER.activate([MODULE], install)
+    """The `vllm.general_plugins` entry point: remote mode when EPLB_VLLM_PLANNER is set, else
+    eplb's policy when EPLB_VLLM_POLICY is set; with neither, does nothing."""
+    config = _remote_config()
+    if config is None:
+        ADAPTER.activate([MODULE], install)
+        return
+    for name in (MODULE, STATE_MODULE):
+        if not _engines.package_has("vllm", name[len("vllm."):].replace(".", "/")):
+            raise ADAPTER.mismatch(f"has no {name}")
+    _engines.when_imported(STATE_MODULE, lambda module: install_remote(module, config))
+    _engines.when_imported(MODULE, install_remote_policy)
 
 
 def _returns_three_tables(method):
@@ -142,3 +151,178 @@ def rebalance(weight, num_replicas, num_groups, num_nodes, num_ranks, old_map=No
         weight, num_replicas, num_groups, num_nodes, num_ranks, policy=policy,
         previous=previous, options=eplb.BalancedOptions(**options) if options else None,
         tables=three_tables)
+
+
+# ---- Remote mode ---------------------------------------------------------------------------------
+
+PLANNER_VARIABLE = "EPLB_VLLM_PLANNER"
+STATE_MODULE = "vllm.distributed.eplb.eplb_state"
+
+
+def _remote_config():
+    from eplb.remote import RemoteConfig
+
+    policy = _engines.policy_from_env(ADAPTER.variable, ADAPTER.policies) or ""
+    return RemoteConfig.from_env(PLANNER_VARIABLE, policy=policy)
+
+
+class _Remote:
+    """The process's remote-mode state: one RemoteBalancer for the main model's EplbModelState,
+    the plan agreed at the last rebalance point (for the policy call, which may run on vLLM's
+    async thread) and the version waiting to be acknowledged once vLLM applied it."""
+
+    def __init__(self, config):
+        self.config = config
+        self.balancer = None
+        self.lock = threading.Lock()
+        self.agreed = None   # (version, ExpertMap) for the next policy call
+        self.applying = None  # the version handed to vLLM, acknowledged once applied
+        self.current = None  # the main model's physical_to_logical_map (vLLM's tensor)
+
+    def start(self, state, model_state):
+        import torch.distributed as dist
+
+        from eplb.remote import RemoteBalancer
+        from vllm.distributed import parallel_state
+
+        ep = parallel_state.get_ep_group()
+        if ep.world_size != dist.get_world_size():
+            raise ADAPTER.mismatch(
+                f"runs an EP group of {ep.world_size} of {dist.get_world_size()} ranks; remote "
+                "mode needs one EP group over every rank (pipeline parallel size 1)")
+        phy2log = model_state.physical_to_logical_map
+        num_layers, num_slots = phy2log.shape
+        num_experts = model_state.logical_replica_count.shape[1]
+        num_groups = getattr(model_state.model, "num_expert_groups", 1) or 1
+        get_node_count = getattr(parallel_state, "get_node_count", None)
+        num_nodes = get_node_count() if get_node_count is not None else 1
+        if num_groups % num_nodes != 0:
+            num_nodes = 1  # as vLLM plans then
+        initial = _engines.usable_previous(phy2log.cpu(), num_layers, num_slots, num_experts,
+                                           ep.world_size)
+        self.balancer = RemoteBalancer(
+            self.config, rank=ep.rank_in_group, num_ranks=ep.world_size, num_layers=num_layers,
+            num_logical_experts=num_experts, num_physical_experts=num_slots,
+            num_groups=num_groups, num_nodes=num_nodes, initial_map=initial)
+        _engines.logger.info("eplb: vLLM %s reports EP rank %d of %d to %s (deployment %s)",
+                             ADAPTER.version(), ep.rank_in_group, ep.world_size,
+                             self.config.planner, self.config.deployment)
+
+    def before_step(self, state, is_dummy):
+        model_state = _main_model_state(state)
+        if self.balancer is None:
+            self.start(state, model_state)  # collective: every rank's first step
+        self.current = model_state.physical_to_logical_map
+        if not is_dummy:
+            self.balancer.record_physical(model_state.expert_load_pass, self.current)
+        rearranging = state.expert_rearrangement_step + 1 >= state.expert_rearrangement_step_interval
+        if rearranging and not _moving(state):
+            # vLLM rearranges in this step: the ranks agree here, on the serving thread, and the
+            # policy call (maybe on vLLM's async thread) only hands the agreed plan over.
+            agreed = self.balancer.agree()
+            with self.lock:
+                self.agreed = agreed
+
+    def after_step(self, state):
+        with self.lock:
+            version = self.applying
+        if version is not None and not _moving(state):
+            with self.lock:
+                self.applying = None
+            self.balancer.applied(version)
+
+    def plan_for(self, num_layers, num_slots, old_map):
+        """phy2log [L, P] for vLLM's policy call: the agreed plan, or the map in use."""
+        import torch
+
+        with self.lock:
+            agreed, self.agreed = self.agreed, None
+            if agreed is not None:
+                self.applying = agreed[0]
+        if agreed is not None:
+            return torch.from_numpy(agreed[1].phy2log)
+        current = old_map if old_map is not None else self.current
+        return current.detach().to("cpu", torch.int64)
+
+
+_remote = None
+
+
+def _main_model_state(state):
+    states = getattr(state, "model_states", None)
+    if not states:
+        raise ADAPTER.mismatch("has an EplbState without model_states")
+    return next(iter(states.values()))
+
+
+def _moving(state):
+    """Whether an asynchronous rearrangement is still moving weights."""
+    return any(getattr(m, "rebalanced", False) for m in state.model_states.values())
+
+
+def install_remote(module, config):
+    """Wraps vLLM's EplbState.step (checked: step(self, is_dummy, is_profile, log_stats) and the
+    counters it keeps) to record each step's load, agree on plans at the rearrangement step and
+    acknowledge them once applied."""
+    global _remote
+    cls = getattr(module, "EplbState", None)
+    original = getattr(cls, "step", None)
+    if original is None:
+        raise ADAPTER.mismatch(f"has no EplbState.step in {STATE_MODULE}")
+    if getattr(original, "eplb_remote", False):
+        return
+    parameters = _engines.parameter_names(original)
+    if parameters[:3] != ["self", "is_dummy", "is_profile"]:
+        raise ADAPTER.mismatch(f"declares EplbState.step({', '.join(parameters)})")
+    signature = inspect.signature(original)
+    _remote = _Remote(config)
+
+    def step(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        if bound.arguments["is_profile"]:
+            return original(self, *args, **kwargs)
+        for name in ("expert_rearrangement_step", "expert_rearrangement_step_interval"):
+            if not hasattr(self, name):
+                raise ADAPTER.mismatch(f"has an EplbState without {name}")
+        _remote.before_step(self, bool(bound.arguments["is_dummy"]))
+        result = original(self, *args, **kwargs)
+        _remote.after_step(self)
+        return result
+
+    step.eplb_remote = True
+    step.__doc__ = original.__doc__
+    cls.step = step
+
+
+def install_remote_policy(module):
+    """Registers, under "default", a policy class that returns the plan the EP ranks agreed on
+    (or the map in use); another model's shape (e.g. a drafter's) is planned locally with
+    `balanced`."""
+    registry = getattr(module, "EPLB_POLICIES", None)
+    if not isinstance(registry, dict) or "default" not in registry:
+        raise ADAPTER.mismatch(f'has no EPLB_POLICIES["default"] in {MODULE}')
+    base, three_tables = _interface(module)
+
+    def rebalance_experts(cls, weight, num_replicas, num_groups, num_nodes, num_ranks,
+                          old_global_expert_indices=None):
+        remote = _remote
+        shape = None if remote is None or remote.balancer is None else remote.balancer.shape
+        if shape is None or (shape["num_layers"], shape["num_physical_experts"]) != (
+                weight.shape[0], num_replicas):
+            return rebalance(weight, num_replicas, num_groups, num_nodes, num_ranks,
+                             old_global_expert_indices, policy="balanced",
+                             three_tables=three_tables)
+        phy2log = remote.plan_for(weight.shape[0], num_replicas, old_global_expert_indices)
+        if not three_tables:
+            return phy2log
+        import torch
+
+        tables = eplb.ExpertMap.from_phy2log(phy2log.numpy(), weight.shape[1], num_ranks)
+        return phy2log, torch.from_numpy(tables.log2phy), torch.from_numpy(tables.logcnt)
+
+    registry["default"] = type("EplbRemotePolicy", (base,), {
+        "__module__": __name__, "__qualname__": "EplbRemotePolicy",
+        "__doc__": "The plan the EP ranks agreed on (eplb.vllm remote mode).",
+        "rebalance_experts": classmethod(rebalance_experts)})
+    _engines.logger.info("eplb: vLLM %s plans EPLB with eplb-planner's plans", ADAPTER.version())

@@ -34,6 +34,35 @@ def physical_counts(logical, phy2log, logcnt):
     return out
 
 
+class VllmEngine:
+    """vLLM's call sites (the stand-in in engines/vllm): the plugin loaded at start-up, the
+    model's EplbState fed each step's per-slot counts and stepped."""
+
+    def __init__(self, initial, experts, interval):
+        from vllm.plugins import load_general_plugins
+
+        load_general_plugins()
+        from vllm.distributed.eplb.eplb_state import EplbState, Model
+
+        self.state = EplbState(step_interval=interval)
+        self.state.add_model(Model(), torch.from_numpy(initial), experts)
+        self.model = self.state.model_states["model0"]
+        self.experts = experts
+        self.state.step(is_dummy=True)  # the first step starts remote mode (collective)
+
+    @property
+    def balancer(self):
+        import eplb.vllm
+
+        return eplb.vllm._remote.balancer
+
+    def step(self, counts):
+        self.model.expert_load_pass.copy_(counts)
+        self.state.step()
+        return eplb.ExpertMap.from_phy2log(self.model.physical_to_logical_map.numpy(),
+                                           self.experts, dist.get_world_size())
+
+
 def main():
     a = json.loads(sys.argv[1])
     rank, world = a["rank"], a["world"]
@@ -45,10 +74,14 @@ def main():
                           token=a.get("token", ""), report_every=a["report_every"],
                           agree_timeout=a["agree_timeout"], rpc_timeout=2.0)
     initial = np.tile(np.arange(slots) % experts, (layers, 1))
+    engine = None
     try:
-        balancer = RemoteBalancer(config, rank=rank, num_ranks=world, num_layers=layers,
-                                  num_logical_experts=experts,
-                                  num_physical_experts=a.get("engine_slots", slots))
+        if a.get("engine") == "vllm":
+            engine = VllmEngine(initial, experts, a["interval"])
+        else:
+            balancer = RemoteBalancer(config, rank=rank, num_ranks=world, num_layers=layers,
+                                      num_logical_experts=experts,
+                                      num_physical_experts=a.get("engine_slots", slots))
     except (PlannerError, ValueError) as error:
         (out / f"error{rank}.txt").write_text(f"{type(error).__name__}: {error}")
         dist.destroy_process_group()
@@ -67,13 +100,17 @@ def main():
         phy2log = torch.from_numpy(current.phy2log)
         counts = torch.from_numpy(physical_counts(logical, current.phy2log, current.logcnt))
         started = time.monotonic()
-        balancer.record_physical(counts, phy2log)
-        if step % a["interval"] == a["interval"] - 1:
-            agreed = balancer.agree()
-            if agreed is not None:
-                version, new_map = agreed
-                current = new_map  # the engine moves its weights here
-                balancer.applied(version)
+        if engine is not None:
+            current = engine.step(counts)
+            balancer = engine.balancer
+        else:
+            balancer.record_physical(counts, phy2log)
+            if step % a["interval"] == a["interval"] - 1:
+                agreed = balancer.agree()
+                if agreed is not None:
+                    version, new_map = agreed
+                    current = new_map  # the engine moves its weights here
+                    balancer.applied(version)
         spent = time.monotonic() - started
         total += logical
         log.write(json.dumps([step, balancer.version, f"{current.hash:016x}", spent]) + "\n")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import eplb
-from conftest import clean_env
+from conftest import ENGINES, clean_env
 
 HERE = Path(__file__).resolve().parent
 PLANNER = Path(os.environ.get("EPLB_PLANNER_BINARY", HERE.parents[1] / "build/bin/eplb-planner"))
@@ -239,7 +239,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_ranks(out, planner, *, steps=300, world=RANKS, **overrides):
+def start_ranks(out, planner, *, steps=300, world=RANKS, env=None, **overrides):
     port = free_port()
     procs = []
     for rank in range(world):
@@ -250,7 +250,8 @@ def start_ranks(out, planner, *, steps=300, world=RANKS, **overrides):
         args.update(overrides)
         procs.append(subprocess.Popen(
             [sys.executable, str(HERE / "remote_engine.py"), json.dumps(args)],
-            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            env=clean_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
     return procs
 
 
@@ -401,3 +402,31 @@ def test_bad_input_is_one_clear_error_at_start_up_on_every_rank(tmp_path, case):
             assert expected in error, errors
     finally:
         p.stop()
+
+
+# ---- Engine adapters ------------------------------------------------------------------------------
+
+def vllm_env(planner, **extra):
+    return dict(PYTHONPATH=ENGINES, EPLB_VLLM_PLANNER=planner.address, EPLB_DEPLOYMENT="engine",
+                EPLB_REPORT_EVERY_STEPS=10, EPLB_AGREE_TIMEOUT=20, **extra)
+
+
+@pytest.mark.parametrize("form", ["0.13", "0.23"])
+def test_vllm_ranks_switch_to_agreed_plans_through_the_adapter(planner, tmp_path, form):
+    create_engine_deployment(planner)
+    results = finish(start_ranks(tmp_path, planner, engine="vllm",
+                                 env=vllm_env(planner, STANDIN_VLLM_FORM=form)))
+    assert all(code == 0 for code, _ in results), results
+    logs = step_logs(tmp_path, range(RANKS))
+    assert_same_map_every_step(logs)
+    assert logs[0][-1][1] >= 2, "vLLM never rearranged to a planner's plan"
+    assert len({entry[2] for entry in logs[0]}) >= 2  # the map vLLM serves changed
+    recorded = sum(np.array(json.loads((tmp_path / f"total{r}.json").read_text())["total"])
+                   for r in range(RANKS))
+    np.testing.assert_allclose(planner_total(planner), recorded, rtol=1e-9)
+    c = client(planner)
+    version = logs[0][-1][1]
+    # vLLM serves exactly the plan's map, and every rank acknowledged it once applied.
+    assert f"{c.get_plan('engine', version)['map'].hash:016x}" == logs[0][-1][2]
+    acks = {a["rank"]: a["state"] for a in c.get_plan("engine", version)["ranks"]}
+    assert acks == {r: "ACTIVE" for r in range(RANKS)}
