@@ -2,7 +2,7 @@
 
 `eplb_engines.pth` (installed beside this module) runs at every interpreter start:
 
-    import os; os.environ.get("EPLB_SGLANG_POLICY") and __import__("_eplb_startup").install_sglang()
+    import os; (os.environ.get("EPLB_SGLANG_POLICY") or os.environ.get("EPLB_SGLANG_PLANNER")) and ...
 
 so that SGLang's spawned scheduler processes get eplb's policy too, not only the launcher. With
 the variable unset nothing is imported. vLLM's plugin entry points (vllm_plugin,
@@ -93,7 +93,7 @@ _sglang_installed = False
 
 
 def install_sglang():
-    """Activates eplb's policy in SGLang (EPLB_SGLANG_POLICY is set). Idempotent: an interpreter
+    """Activates eplb in SGLang (EPLB_SGLANG_POLICY or EPLB_SGLANG_PLANNER is set). Idempotent: an interpreter
     may process a .pth file twice (a venv with system site-packages does)."""
     global _sglang_installed
     with _lock:

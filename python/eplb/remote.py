@@ -395,8 +395,12 @@ class RemoteBalancer:
                              f"process as rank {dist.get_rank(group)} of "
                              f"{dist.get_world_size(group)}")
         self._broken = None  # why the agreement stopped, once a collective failed
+        self._closed = False
         self.version = 0     # the plan in use; 0: the engine's own map
         self._acc = None     # counts since the last report: [L, E] logical or [L, P] physical
+        self._acc_wide = None  # the 64-bit part of that sum (see _add)
+        self._acc_narrow = False
+        self._fold_at = 0  # see _add
         self._acc_phy2log = None
         self._acc_first = 0
         self._step = 0
@@ -481,21 +485,29 @@ class RemoteBalancer:
     def record_physical(self, counts, phy2log):
         """Adds one step's tokens per slot [L, P] of the map `phy2log` [L, P] in use (summed per
         slot; turned into logical counts once per report)."""
+        acc = self._acc
+        if (acc is not None and phy2log is self._acc_phy2log and self._pending_copy is None
+                and self._step - self._acc_first + 1 < self._fold_at and is_tensor(acc)
+                and counts.shape == acc.shape):
+            acc.add_(counts)  # the common step: one add, nothing else (runs every step)
+            self._step += 1
+            return
         self._add(counts, phy2log)
 
-    def record_window(self, counts, steps):
-        """Adds tokens per logical expert [L, E] summed over the last `steps` steps (for an engine
-        that keeps its own window of counts)."""
-        self._check_shape(counts, "num_logical_experts")
+    def record_window(self, counts, steps, phy2log=None):
+        """Adds tokens summed over the last `steps` steps, for an engine that keeps its own window
+        of counts: per logical expert [L, E], or with `phy2log` per slot [L, P] of that map."""
+        self._check_shape(counts, "num_logical_experts" if phy2log is None
+                          else "num_physical_experts")
         if int(steps) < 1:
             raise ValueError(f"steps = {steps} must be ≥ 1")
         self._close_batch()
         self._collect()
-        first = self._step
+        self._acc_first = self._step
         self._step += int(steps)
-        counts = counts.detach().cpu().double().numpy() if is_tensor(counts) else counts
-        self._hand_over(np.asarray(counts, dtype=np.float64), first, self._step - 1,
-                        self._version_for_reports())
+        self._acc = counts.detach() if is_tensor(counts) else np.asarray(as_numpy(counts)[0])
+        self._acc_wide, self._acc_narrow, self._acc_phy2log = None, False, phy2log
+        self._close_batch()
 
     def _check_shape(self, counts, width):
         expected = (self.shape["num_layers"], self.shape[width])
@@ -509,29 +521,60 @@ class RemoteBalancer:
         self._collect()
         if self._acc is not None and phy2log is not self._acc_phy2log:
             self._close_batch()
+        tensor = is_tensor(counts)
         if self._acc is None:
             self._acc_first = self._step
             self._acc_phy2log = phy2log
-            if is_tensor(counts):
-                import torch
-
-                self._acc = counts.detach().to(torch.float64, copy=True)
+            self._acc_wide = None
+            # Summed in the counts' own dtype (an add without conversion: the cheapest on a CPU,
+            # one kernel on a GPU), folded into 64-bit every _FOLD_EVERY steps so that 32-bit
+            # counts cannot overflow (that takes 2^31 / 1024 = 2M tokens in one slot in one
+            # step, beyond any batch).
+            if tensor:
+                narrow = not counts.dtype.is_floating_point and counts.element_size() < 8
+                self._acc = counts.detach().clone() if not counts.dtype.is_floating_point \
+                    else counts.detach().double()
             else:
-                self._acc = np.array(as_numpy(counts)[0], dtype=np.float64)
-        elif is_tensor(self._acc):
+                array = np.asarray(as_numpy(counts)[0])
+                narrow = array.dtype.kind in "iub" and array.dtype.itemsize < 8
+                self._acc = array.copy() if array.dtype.kind in "iu" else array.astype(np.float64)
+            self._acc_narrow = narrow
+        elif tensor:
             self._acc.add_(counts.detach())
         else:
-            np.add(self._acc, as_numpy(counts)[0], out=self._acc)
+            np.add(self._acc, as_numpy(counts)[0], out=self._acc, casting="unsafe")
         self._step += 1
-        if self._step - self._acc_first >= self.config.report_every:
+        steps = self._step - self._acc_first
+        if self._acc_narrow and steps % _FOLD_EVERY == 0:
+            self._fold()
+        if steps >= self.config.report_every:
             self._close_batch()
+            return
+        # The next step (counted from the batch's first) that needs more than an add.
+        self._fold_at = min(self.config.report_every,
+                            (steps // _FOLD_EVERY + 1) * _FOLD_EVERY if self._acc_narrow
+                            else self.config.report_every)
+
+    def _fold(self):
+        """Moves the narrow sum into the 64-bit one."""
+        acc = self._acc
+        wide = acc.long() if is_tensor(acc) else acc.astype(np.int64)
+        self._acc_wide = wide if self._acc_wide is None else self._acc_wide + wide
+        if is_tensor(acc):
+            acc.zero_()
+        else:
+            acc.fill(0)
 
     def _close_batch(self):
         """Hands the open sum to the reporter (from a GPU: an asynchronous copy, handed over
         when it has landed)."""
-        acc, phy2log, self._acc = self._acc, self._acc_phy2log, None
-        if acc is None:
+        if self._acc is None:
             return
+        acc, wide = self._acc, self._acc_wide
+        phy2log, self._acc, self._acc_wide = self._acc_phy2log, None, None
+        acc = acc.double() if is_tensor(acc) else acc.astype(np.float64)
+        if wide is not None:
+            acc += wide.double() if is_tensor(wide) else wide
         first, last, version = self._acc_first, self._step - 1, self._version_for_reports()
         if phy2log is not None:
             acc = _to_logical(acc, phy2log, self.shape["num_logical_experts"])
@@ -607,13 +650,20 @@ class RemoteBalancer:
         self.watcher.ack(version, "active", expert_map.hash if expert_map is not None else 0)
 
     @property
+    def closed(self):
+        return self._closed
+
+    @property
     def agreement_broken(self):
         """Why the agreement stopped (a collective failed), or None while it works."""
         return self._broken
 
     def close(self, timeout=5.0):
         """Reports what was recorded (waiting at most `timeout` seconds), stops the threads;
-        returns the reporter's final statistics (LoadReporter.stats)."""
+        returns the reporter's final statistics (LoadReporter.stats); None if closed already."""
+        if self._closed:
+            return None
+        self._closed = True
         self._close_batch()
         self._flush_copy()
         self.reporter.flush(timeout)
@@ -623,12 +673,17 @@ class RemoteBalancer:
         return stats
 
 
+_FOLD_EVERY = 1024
+
+
 def _to_logical(counts, phy2log, num_experts):
     """Counts per slot [L, P] summed into counts per logical expert [L, E] through phy2log."""
     if is_tensor(counts):
         import torch
 
-        index = torch.as_tensor(phy2log, device=counts.device).long()
+        index = torch.as_tensor(phy2log, device=counts.device)
+        if index.dtype != torch.int64:
+            index = index.long()
         out = torch.zeros(counts.shape[0], num_experts, dtype=counts.dtype, device=counts.device)
         return out.scatter_add_(1, index, counts)
     phy2log = np.asarray(as_numpy(phy2log)[0], dtype=np.int64)

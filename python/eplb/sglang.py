@@ -39,6 +39,7 @@ Every rank plans independently from the same all-reduced counts and gets the sam
 """
 
 import importlib
+import inspect
 
 import numpy as np
 
@@ -56,9 +57,24 @@ ADAPTER = _engines.Adapter(
 
 
 def activate():
-    """Called when a process imports sglang with EPLB_SGLANG_POLICY set: checks SGLang's layout and
-    patches its algorithm module when SGLang imports it."""
-    ADAPTER.activate(MODULES, install)
+    """Called when a process imports sglang with EPLB_SGLANG_PLANNER (remote mode) or
+    EPLB_SGLANG_POLICY set: checks SGLang's layout and patches its algorithm module when SGLang
+    imports it."""
+    from eplb.remote import RemoteConfig
+
+    policy = _engines.policy_from_env(ADAPTER.variable, ADAPTER.policies) or ""
+    config = RemoteConfig.from_env(PLANNER_VARIABLE, policy=policy)
+    if config is None:
+        ADAPTER.activate(MODULES, install)
+        return
+    present = [name for name in MODULES
+               if _engines.package_has("sglang", name[len("sglang."):].replace(".", "/"))]
+    if not present:
+        raise ADAPTER.mismatch(f"has neither {' nor '.join(MODULES)}")
+    for name in present:
+        _engines.when_imported(name, lambda module: install_remote(module, config))
+        manager = name.rsplit(".", 1)[0] + ".eplb_manager"
+        _engines.when_imported(manager, _wrap_manager)
 
 
 def install(module, policy, options=None):
@@ -142,3 +158,124 @@ def rebalance(tokens_per_expert, num_physical_experts, num_local_physical_expert
     result = eplb.ExpertMap.from_phy2log(phy2log, num_experts, num_ranks)
     return (torch.from_numpy(result.phy2log), torch.from_numpy(result.log2phy),
             torch.from_numpy(result.logcnt))
+
+
+# ---- Remote mode ---------------------------------------------------------------------------------
+
+PLANNER_VARIABLE = "EPLB_SGLANG_PLANNER"
+
+
+class _Remote:
+    """The scheduler process's remote-mode state: the RemoteBalancer (made at the first rebalance,
+    a collective of every rank) and the version handed to SGLang, acknowledged once applied."""
+
+    def __init__(self, config):
+        self.config = config
+        self.balancer = None
+        self.applying = None
+
+    def plan(self, tokens_per_expert, num_physical_experts, num_local_physical_experts,
+             num_groups, num_nodes, location_module):
+        import torch
+        import torch.distributed as dist
+
+        from eplb.remote import RemoteBalancer
+
+        tokens = torch.as_tensor(tokens_per_expert)
+        steps = tokens.shape[0] if tokens.dim() == 3 else 1
+        if tokens.dim() == 3:
+            tokens = tokens.sum(dim=0, dtype=torch.int64)
+        num_layers, num_experts = tokens.shape
+        if num_local_physical_experts < 1 or num_physical_experts % num_local_physical_experts:
+            raise ValueError(f"num_physical_experts = {num_physical_experts} is not a multiple "
+                             f"of num_local_physical_experts = {num_local_physical_experts}")
+        num_ranks = num_physical_experts // num_local_physical_experts
+        if self.applying is not None:  # applied since (SGLang without an EPLBManager to wrap)
+            self.acknowledge()
+        if self.balancer is None:
+            if dist.get_world_size() != num_ranks:
+                raise ADAPTER.mismatch(f"runs {dist.get_world_size()} ranks for an EP size of "
+                                       f"{num_ranks}; remote mode needs one EP group over every "
+                                       "rank")
+            num_groups = num_groups or 1
+            current = _engines.usable_previous(_current_map(location_module), num_layers,
+                                               num_physical_experts, num_experts, num_ranks)
+            self.balancer = RemoteBalancer(
+                self.config, rank=dist.get_rank(), num_ranks=num_ranks, num_layers=num_layers,
+                num_logical_experts=num_experts, num_physical_experts=num_physical_experts,
+                num_groups=num_groups, num_nodes=num_nodes if num_groups % num_nodes == 0 else 1,
+                initial_map=current)
+        # SGLang's counts are summed over the ranks already: each rank reports its share.
+        self.balancer.record_window(tokens.cpu().double() / num_ranks, steps)
+        agreed = self.balancer.agree()
+        if agreed is not None:
+            self.applying, expert_map = agreed
+        else:
+            current = _current_map(location_module)
+            expert_map = _engines.usable_previous(current, num_layers, num_physical_experts,
+                                                  num_experts, num_ranks)
+            if expert_map is None:
+                expert_map = eplb.ExpertMap.from_phy2log(
+                    np.tile(np.arange(num_physical_experts) % num_experts, (num_layers, 1)),
+                    num_experts, num_ranks)
+        return (torch.from_numpy(expert_map.phy2log), torch.from_numpy(expert_map.log2phy),
+                torch.from_numpy(expert_map.logcnt))
+
+    def acknowledge(self):
+        version, self.applying = self.applying, None
+        if version is not None and self.balancer is not None:
+            self.balancer.applied(version)
+
+
+_remote = None
+
+
+def install_remote(module, config):
+    """Replaces `module.rebalance_experts` (signature checked) with the plan the EP ranks agree on;
+    SGLang's counts are reported to the planner on the way."""
+    global _remote
+    original = getattr(module, "rebalance_experts", None)
+    if getattr(original, "eplb_policy", None) is not None:
+        return
+    if original is None:
+        raise ADAPTER.mismatch(f"has no {module.__name__}.rebalance_experts")
+    parameters = _engines.parameter_names(original)
+    if parameters != _PARAMETERS:
+        raise ADAPTER.mismatch(
+            f"declares {module.__name__}.rebalance_experts({', '.join(parameters)})")
+    location_module = module.__name__.rsplit(".", 1)[0] + ".expert_location"
+    _remote = _Remote(config)
+
+    def rebalance_experts(tokens_per_expert, num_physical_experts, num_local_physical_experts,
+                          num_groups, num_nodes, algorithm=None, **kwargs):
+        return _remote.plan(tokens_per_expert, num_physical_experts, num_local_physical_experts,
+                            num_groups, num_nodes, location_module)
+
+    rebalance_experts.__doc__ = "The plan SGLang's EP ranks agreed on (eplb.sglang remote mode)."
+    rebalance_experts.eplb_policy = "remote"
+    module.rebalance_experts = rebalance_experts
+    _engines.logger.info("eplb: SGLang %s plans EPLB with eplb-planner's plans (%s, %s)",
+                         ADAPTER.version(), config.planner, config.deployment)
+
+
+def _wrap_manager(module):
+    """Acknowledges a plan once EPLBManager.rebalance (which moves the weights) has finished."""
+    manager = getattr(module, "EPLBManager", None)
+    original = getattr(manager, "rebalance", None)
+    if original is None or getattr(original, "eplb_remote", False):
+        return  # without it, the next rebalance acknowledges
+
+    if inspect.isgeneratorfunction(original):
+        def rebalance(self, *args, **kwargs):
+            yield from original(self, *args, **kwargs)
+            if _remote is not None:
+                _remote.acknowledge()
+    else:
+        def rebalance(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            if _remote is not None:
+                _remote.acknowledge()
+            return result
+
+    rebalance.eplb_remote = True
+    manager.rebalance = rebalance

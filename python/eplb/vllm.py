@@ -29,6 +29,7 @@ slots, so P % R != 0 is refused. Every rank plans independently from the same al
 gets the same map (eplb's plans do not depend on threads, timing or machine).
 """
 
+import atexit
 import importlib
 import inspect
 import threading
@@ -212,8 +213,10 @@ class _Remote:
         model_state = _main_model_state(state)
         if self.balancer is None:
             self.start(state, model_state)  # collective: every rank's first step
+            atexit.register(self.close)
         self.current = model_state.physical_to_logical_map
         if not is_dummy:
+            # One add on the counts' device (vLLM zeroes the pass right after this).
             self.balancer.record_physical(model_state.expert_load_pass, self.current)
         rearranging = state.expert_rearrangement_step + 1 >= state.expert_rearrangement_step_interval
         if rearranging and not _moving(state):
@@ -231,6 +234,12 @@ class _Remote:
                 self.applying = None
             self.balancer.applied(version)
 
+    def close(self, timeout=5.0):
+        """Reports what was recorded and stops the balancer (at exit)."""
+        if self.balancer is None or self.balancer.closed:
+            return None
+        return self.balancer.close(timeout)
+
     def plan_for(self, num_layers, num_slots, old_map):
         """phy2log [L, P] for vLLM's policy call: the agreed plan, or the map in use."""
         import torch
@@ -246,6 +255,12 @@ class _Remote:
 
 
 _remote = None
+
+
+def shutdown(timeout=5.0):
+    """Remote mode: reports what was recorded and stops reporting (runs at exit too); returns the
+    reporter's final statistics, or None when remote mode never started or stopped already."""
+    return _remote.close(timeout) if _remote is not None else None
 
 
 def _main_model_state(state):
@@ -274,18 +289,23 @@ def install_remote(module, config):
     parameters = _engines.parameter_names(original)
     if parameters[:3] != ["self", "is_dummy", "is_profile"]:
         raise ADAPTER.mismatch(f"declares EplbState.step({', '.join(parameters)})")
-    signature = inspect.signature(original)
     _remote = _Remote(config)
 
+    checked = []
+
     def step(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        if bound.arguments["is_profile"]:
+        # step(is_dummy=False, is_profile=False, log_stats=False), read without binding (this
+        # runs every step).
+        is_dummy = args[0] if args else kwargs.get("is_dummy", False)
+        is_profile = args[1] if len(args) > 1 else kwargs.get("is_profile", False)
+        if is_profile:
             return original(self, *args, **kwargs)
-        for name in ("expert_rearrangement_step", "expert_rearrangement_step_interval"):
-            if not hasattr(self, name):
-                raise ADAPTER.mismatch(f"has an EplbState without {name}")
-        _remote.before_step(self, bool(bound.arguments["is_dummy"]))
+        if not checked:
+            for name in ("expert_rearrangement_step", "expert_rearrangement_step_interval"):
+                if not hasattr(self, name):
+                    raise ADAPTER.mismatch(f"has an EplbState without {name}")
+            checked.append(True)
+        _remote.before_step(self, bool(is_dummy))
         result = original(self, *args, **kwargs)
         _remote.after_step(self)
         return result

@@ -8,6 +8,7 @@ eplb calls took], and at the end the total tokens it recorded per logical expert
 
     python remote_engine.py '{"rank": 0, "world": 4, "port": 29500, "planner": "...", ...}'
 """
+import importlib
 import json
 import sys
 import time
@@ -63,6 +64,56 @@ class VllmEngine:
                                            self.experts, dist.get_world_size())
 
 
+class SglangEngine:
+    """SGLang's call sites (the stand-in in engines/sglang): the scheduler's expert location,
+    recorder and EPLBManager; each pass records its per-slot counts and ends with
+    on_forward_pass_end()."""
+
+    def __init__(self, layers, experts, slots, world, interval):
+        from sglang.srt.eplb import eplb_manager, expert_distribution, expert_location
+        from sglang.srt.server_args import ServerArgs
+
+        self.location = expert_location
+        self.recorder = expert_distribution.get_global_expert_distribution_recorder()
+        self.server_args = ServerArgs(ep_size=world, ep_num_redundant_experts=slots - experts,
+                                      eplb_rebalance_num_iterations=interval)
+        self.model_config = expert_location.ModelConfigForExpertLocation(layers, experts)
+        expert_location.set_global_expert_location_metadata(
+            expert_location.ExpertLocationMetadata.init_trivial(self.server_args,
+                                                                self.model_config))
+        self.manager = eplb_manager.EPLBManager(self)
+        self.experts = experts
+
+    @property
+    def balancer(self):
+        import eplb.sglang
+
+        remote = eplb.sglang._remote
+        return remote.balancer if remote is not None and remote.balancer is not None else Idle()
+
+    def update_expert_location(self, metadata, update_layer_ids):
+        current = self.location.get_global_expert_location_metadata()
+        for layer in update_layer_ids:  # the weights move here
+            current.physical_to_logical_map[layer] = metadata.physical_to_logical_map[layer]
+            current.physical_to_logical_map_cpu[layer] = metadata.physical_to_logical_map[layer]
+
+    def step(self, counts):
+        self.recorder.on_forward_pass(counts)
+        self.manager.on_forward_pass_end()
+        phy2log = self.location.get_global_expert_location_metadata().physical_to_logical_map_cpu
+        return eplb.ExpertMap.from_phy2log(phy2log.numpy(), self.experts, dist.get_world_size())
+
+
+class Idle:
+    """The balancer's fields before SGLang's first rebalance started remote mode."""
+
+    version = 0
+    agreement_broken = None
+
+    def close(self, timeout):
+        return {}
+
+
 def main():
     a = json.loads(sys.argv[1])
     rank, world = a["rank"], a["world"]
@@ -78,6 +129,8 @@ def main():
     try:
         if a.get("engine") == "vllm":
             engine = VllmEngine(initial, experts, a["interval"])
+        elif a.get("engine") == "sglang":
+            engine = SglangEngine(layers, experts, slots, world, a["interval"])
         else:
             balancer = RemoteBalancer(config, rank=rank, num_ranks=world, num_layers=layers,
                                       num_logical_experts=experts,
@@ -123,10 +176,14 @@ def main():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item():
                 break
+    dumped = getattr(getattr(engine, "recorder", None), "dumped", None)
     (out / f"total{rank}.json").write_text(json.dumps(
         {"total": total.tolist(), "broken": balancer.agreement_broken,
-         "watcher": balancer.watcher.stats(), "held": balancer.watcher.held()}))
-    stats = balancer.close(timeout=30)
+         "dumped": None if dumped is None else dumped.tolist()}))
+    if a.get("engine") == "vllm":
+        stats = importlib.import_module("eplb.vllm").shutdown(timeout=30)
+    else:
+        stats = balancer.close(timeout=30)
     (out / f"stats{rank}.json").write_text(json.dumps(stats))
     return 0
 

@@ -430,3 +430,68 @@ def test_vllm_ranks_switch_to_agreed_plans_through_the_adapter(planner, tmp_path
     assert f"{c.get_plan('engine', version)['map'].hash:016x}" == logs[0][-1][2]
     acks = {a["rank"]: a["state"] for a in c.get_plan("engine", version)["ranks"]}
     assert acks == {r: "ACTIVE" for r in range(RANKS)}
+
+
+def test_sglang_ranks_switch_to_agreed_plans_through_the_adapter(planner, tmp_path):
+    create_engine_deployment(planner)
+    env = dict(PYTHONPATH=ENGINES, EPLB_SGLANG_PLANNER=planner.address, EPLB_DEPLOYMENT="engine",
+               EPLB_AGREE_TIMEOUT=20)
+    results = finish(start_ranks(tmp_path, planner, engine="sglang", env=env))
+    assert all(code == 0 for code, _ in results), results
+    logs = step_logs(tmp_path, range(RANKS))
+    assert_same_map_every_step(logs)
+    version = logs[0][-1][1]
+    assert version >= 2, "SGLang never applied a planner's plan"
+    assert len({entry[2] for entry in logs[0]}) >= 2
+    # SGLang sums its counts over the ranks before the rebalance reads them: what reached the
+    # planner is every dump, once.
+    dumped = np.array(json.loads((tmp_path / "total0.json").read_text())["dumped"])
+    np.testing.assert_allclose(planner_total(planner), dumped, rtol=1e-9)
+    c = client(planner)
+    assert f"{c.get_plan('engine', version)['map'].hash:016x}" == logs[0][-1][2]
+    acks = {a["rank"]: a["state"] for a in c.get_plan("engine", version)["ranks"]}
+    assert acks == {r: "ACTIVE" for r in range(RANKS)}
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"EPLB_VLLM_PLANNER": "p:1"},
+     "EPLB_VLLM_PLANNER is set but EPLB_DEPLOYMENT is not: name the deployment these ranks "
+     "report to"),
+    ({"EPLB_VLLM_PLANNER": "p:1", "EPLB_DEPLOYMENT": "d", "EPLB_REPORT_EVERY_STEPS": "0"},
+     'EPLB_REPORT_EVERY_STEPS = "0" is not an integer in 1 … 1,000,000'),
+    ({"EPLB_VLLM_PLANNER": "p:1", "EPLB_DEPLOYMENT": "d", "EPLB_AGREE_TIMEOUT": "soon"},
+     'EPLB_AGREE_TIMEOUT = "soon" is not a number of seconds in (0, 3600]'),
+    ({"EPLB_VLLM_PLANNER": "p:1", "EPLB_DEPLOYMENT": "d", "EPLB_VLLM_POLICY": "fastest"},
+     'EPLB_VLLM_POLICY = "fastest" is not one of: balanced, deepseek'),
+])
+def test_bad_remote_variables_fail_the_plugin_with_the_variable_named(env, message):
+    # vLLM loads its plugins at start-up: the error is there, naming the variable.
+    code = "from vllm.plugins import load_general_plugins; load_general_plugins()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=clean_env(PYTHONPATH=ENGINES, **env), timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == f"ValueError: {message}", proc.stderr
+
+
+def test_record_refuses_counts_of_another_shape(planner):
+    code = f"""
+import datetime, socket, torch, torch.distributed as dist
+from eplb.remote import RemoteBalancer, RemoteConfig
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=0, world_size=1)
+b = RemoteBalancer(RemoteConfig(planner="{planner.address}", deployment="one"), rank=0,
+                   num_ranks=1, num_layers=2, num_logical_experts=4, num_physical_experts=4)
+for counts, call in ((torch.ones(2, 5), b.record), (torch.ones(3, 4), b.record_physical)):
+    try:
+        call(counts) if call == b.record else call(counts, torch.zeros(2, 4, dtype=torch.long))
+    except ValueError as error:
+        print(error)
+print(b.close(timeout=5)["steps_added"])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=clean_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "counts has shape (2, 5), expected (num_layers, num_logical_experts) = (2, 4)",
+        "counts has shape (3, 4), expected (num_layers, num_physical_experts) = (2, 4)",
+        "0"]

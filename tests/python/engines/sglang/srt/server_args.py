@@ -9,3 +9,4 @@ class ServerArgs:
     ep_num_redundant_experts: int = 0
     eplb_algorithm: str = "auto"
     device: str = "cpu"
+    eplb_rebalance_num_iterations: int = 1000

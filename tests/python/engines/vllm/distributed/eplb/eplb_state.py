@@ -44,8 +44,8 @@ class EplbModelState:
         self.physical_to_logical_map = phy2log.clone()
         self.logical_to_physical_map, self.logical_replica_count = compute_logical_maps(
             phy2log, num_logical)
-        self.expert_load_pass = torch.zeros(phy2log.shape, dtype=torch.int64)
-        self.expert_load_window = torch.zeros((window_size, *phy2log.shape), dtype=torch.int64)
+        self.expert_load_pass = torch.zeros(phy2log.shape, dtype=torch.int32)
+        self.expert_load_window = torch.zeros((window_size, *phy2log.shape), dtype=torch.int32)
         self.rebalanced = False
 
 
@@ -82,8 +82,8 @@ class EplbState:
             phy2log = state.physical_to_logical_map
             num_logical = state.logical_replica_count.shape[1]
             window = state.expert_load_window
-            logical = torch.zeros((*window.shape[:2], num_logical), dtype=window.dtype)
-            logical.scatter_add_(2, phy2log.unsqueeze(0).expand_as(window), window)
+            logical = torch.zeros((*window.shape[:2], num_logical), dtype=torch.int64)
+            logical.scatter_add_(2, phy2log.unsqueeze(0).expand_as(window), window.long())
             load = logical.sum(dim=0)
             dist.all_reduce(load)
             new_phy2log, log2phy, logcnt = self.rearrange(
