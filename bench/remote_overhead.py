@@ -3,7 +3,9 @@ per-slot counts written into one counter tensor, as vLLM's expert_load_pass), wi
 remote mode: --path vllm (default) runs vLLM's EplbState.step (the stand-in of
 tests/python/engines) with and without eplb.vllm's adapter, which reads vLLM's window of load
 passes once per report; --path generic calls RemoteBalancer.record_physical every step (an engine
-without a window). Reports every --report-every steps, agrees every --agree-every steps. One
+without a window). Reports every --report-every steps. The blocks do not rebalance (the engine's
+own rearrangement would drown the adapter's cost in noise): the agreement, the one thing remote
+mode adds at a rebalance point, is timed on its own and shown spread over --agree-every steps. One
 rank (a gloo group of one) against a real eplb-planner; DeepSeek-V3's shape (58 MoE layers, 256
 experts, 288 slots). Runs alternate plain and instrumented blocks, so both see the same machine.
 
@@ -15,6 +17,7 @@ worst case for a client): the longest step shows whether any step waited on the 
 import argparse
 import datetime
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -95,16 +98,24 @@ def main():
     parser.add_argument("--steps", type=int, default=2000, help="steps per block")
     parser.add_argument("--blocks", type=int, default=6, help="blocks of each kind, alternated")
     parser.add_argument("--report-every", type=int, default=100)
-    parser.add_argument("--agree-every", type=int, default=1000,
-                        help="steps between rebalance points (vLLM's step_interval)")
+    parser.add_argument("--agree-every", type=int, default=3000,
+                        help="steps between rebalance points (vLLM's step_interval, 3000 by "
+                             "default), to spread the agreement's cost over")
     parser.add_argument("--path", choices=("vllm", "generic"), default="vllm",
                         help="vllm: eplb.vllm's adapter around vLLM's EplbState.step (the "
                              "stand-in); generic: RemoteBalancer.record_physical every step")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="eplb-remote-bench-"))
+    # In a cluster the planner runs elsewhere, and a serving process has cores to spare for
+    # eplb's background threads: here the planner and every thread but the serving loop get the
+    # last CPU, the serving loop the first (on a machine with at least two).
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = ["taskset", "-c", str(cpus[-1])] if len(cpus) > 1 and shutil.which("taskset") else []
+    if pin:
+        os.sched_setaffinity(0, {cpus[-1]})  # threads made from now on inherit it
     planner = subprocess.Popen(
-        [args.planner, "--listen=127.0.0.1:0", f"--port-file={work / 'port'}",
+        [*pin, args.planner, "--listen=127.0.0.1:0", f"--port-file={work / 'port'}",
          f"--state-dir={work / 'state'}", "--metrics-port=0", "--log-level=warn"])
     try:
         while not (work / "port").is_file() or not (work / "port").read_text().strip():
@@ -124,9 +135,11 @@ def main():
                   for _ in range(16)]
         phy2log = torch.from_numpy(np.tile(np.arange(SLOTS) % EXPERTS, (LAYERS, 1)))
         step = args.step_ms / 1000
+        if pin:
+            os.sched_setaffinity(0, {cpus[0]})  # this thread: the serving loop
         plain, remote = [], []
         if args.path == "vllm":
-            loop = VllmLoop(config, args.agree_every)
+            loop = VllmLoop(config, 1 << 62)
             balancer = loop.remote.balancer
 
             def block(with_adapter, steps, durations):
@@ -137,7 +150,7 @@ def main():
 
             def block(with_adapter, steps, durations):
                 run_block(balancer if with_adapter else None, counts, phy2log, steps, step,
-                          args.agree_every, durations)
+                          1 << 62, durations)
         block(False, 200, [])  # warm-up
         block(True, 200, [])
         longest = {False: 0.0, True: 0.0}
@@ -152,14 +165,22 @@ def main():
 
         per_plain = statistics.median(plain) * 1e6
         per_remote = statistics.median(remote) * 1e6
-        print(f"path {args.path}: shape {LAYERS} x {EXPERTS} ({SLOTS} slots), step {args.step_ms} ms, report every "
-              f"{args.report_every} steps, agree every {args.agree_every}; {args.blocks} blocks "
+        agreements = []
+        for _ in range(200):
+            started = time.perf_counter()
+            balancer.agree()
+            agreements.append(time.perf_counter() - started)
+        agree_us = statistics.median(agreements) * 1e6
+        print(f"path {args.path}: shape {LAYERS} x {EXPERTS} ({SLOTS} slots), step "
+              f"{args.step_ms} ms, report every {args.report_every} steps; {args.blocks} blocks "
               f"of {args.steps} steps each")
         print(f"plain step        median of blocks {per_plain:8.1f} us")
         print(f"with remote mode  median of blocks {per_remote:8.1f} us")
         print(f"overhead          {per_remote - per_plain:8.1f} us per step = "
               f"{(per_remote - per_plain) / per_plain * 100:.2f}% of the step "
               f"(blocks: {', '.join(f'{(r - p) * 1e6:.1f}' for p, r in zip(plain, remote))} us)")
+        print(f"agreement         {agree_us:8.1f} us per call (median of 200; one rank), "
+              f"{agree_us / args.agree_every:.2f} us per step over {args.agree_every} steps")
         print(f"reports accepted  {stats['reports_accepted']}, failed attempts "
               f"{stats['failed_attempts']}; longest step plain {longest[False] * 1e6:.1f} us, "
               f"with remote mode {longest[True] * 1e6:.1f} us")

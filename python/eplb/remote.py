@@ -401,10 +401,14 @@ class RemoteBalancer:
         self._acc_wide = None  # the 64-bit part of that sum (see _add)
         self._acc_narrow = False
         self._fold_at = 0  # see _add
+        self._same_counts = None  # the counts tensor of the last step, shape checked (see _add)
+        self._spare = None  # a handed-over sum's buffer, for the next batch
+        self._slot_map = None  # the map of the epoch below (the engine's object)
+        self._slot_map_epoch = 0
+        self._slot_map_dirty = True  # the map's content may have changed since it was copied
         self._acc_phy2log = None
         self._acc_first = 0
         self._step = 0
-        self._pending_copy = None  # (event, host counts, first, last, version) of a GPU sum
 
         try:
             self.client = PlannerClient(config.planner, token=config.token,
@@ -420,6 +424,7 @@ class RemoteBalancer:
                                      num_logical_experts, flush_every_steps=config.report_every,
                                      session=secrets.randbits(63) + 1,
                                      max_backoff=config.max_backoff)
+        self._pending_copy = None  # (event, host counts, first, last, version) of a GPU sum
         self.watcher = PlanWatcher(self.client, config.deployment, rank, keep=keep,
                                    max_backoff=config.max_backoff)
 
@@ -485,11 +490,12 @@ class RemoteBalancer:
     def record_physical(self, counts, phy2log):
         """Adds one step's tokens per slot [L, P] of the map `phy2log` [L, P] in use (summed per
         slot; turned into logical counts once per report)."""
-        acc = self._acc
-        if (acc is not None and phy2log is self._acc_phy2log and self._pending_copy is None
-                and self._step - self._acc_first + 1 < self._fold_at and is_tensor(acc)
-                and counts.shape == acc.shape):
-            acc.add_(counts)  # the common step: one add, nothing else (runs every step)
+        # The common step: the engine's own counter tensor again (checked when first seen), the
+        # same map: one add, nothing else. (Even a shape comparison costs more than the add.)
+        if (counts is self._same_counts and phy2log is self._acc_phy2log
+                and self._step - self._acc_first + 1 < self._fold_at
+                and self._pending_copy is None):
+            self._acc.add_(counts)
             self._step += 1
             return
         self._add(counts, phy2log)
@@ -505,7 +511,8 @@ class RemoteBalancer:
         self._collect()
         self._acc_first = self._step
         self._step += int(steps)
-        self._acc = counts.detach() if is_tensor(counts) else np.asarray(as_numpy(counts)[0])
+        self._acc = counts.detach().clone() if is_tensor(counts) else \
+            np.array(as_numpy(counts)[0])
         self._acc_wide, self._acc_narrow, self._acc_phy2log = None, False, phy2log
         self._close_batch()
 
@@ -530,10 +537,16 @@ class RemoteBalancer:
             # one kernel on a GPU), folded into 64-bit every _FOLD_EVERY steps so that 32-bit
             # counts cannot overflow (that takes 2^31 / 1024 = 2M tokens in one slot in one
             # step, beyond any batch).
+            spare, self._spare = self._spare, None
             if tensor:
                 narrow = not counts.dtype.is_floating_point and counts.element_size() < 8
-                self._acc = counts.detach().clone() if not counts.dtype.is_floating_point \
-                    else counts.detach().double()
+                if (spare is not None and is_tensor(spare) and spare.dtype == counts.dtype
+                        and spare.shape == counts.shape and spare.device == counts.device):
+                    self._acc = spare.copy_(counts)  # the last batch's buffer, handed over
+                elif not counts.dtype.is_floating_point:
+                    self._acc = counts.detach().clone()
+                else:
+                    self._acc = counts.detach().to(dtype=torch_float64(), copy=True)
             else:
                 array = np.asarray(as_numpy(counts)[0])
                 narrow = array.dtype.kind in "iub" and array.dtype.itemsize < 8
@@ -543,6 +556,7 @@ class RemoteBalancer:
             self._acc.add_(counts.detach())
         else:
             np.add(self._acc, as_numpy(counts)[0], out=self._acc, casting="unsafe")
+        self._same_counts = counts if tensor else None
         self._step += 1
         steps = self._step - self._acc_first
         if self._acc_narrow and steps % _FOLD_EVERY == 0:
@@ -572,10 +586,28 @@ class RemoteBalancer:
             return
         acc, wide = self._acc, self._acc_wide
         phy2log, self._acc, self._acc_wide = self._acc_phy2log, None, None
+        self._same_counts = None
+        first, last, version = self._acc_first, self._step - 1, self._version_for_reports()
+        on_cpu = not is_tensor(acc) or acc.device.type == "cpu"
+        if phy2log is not None and on_cpu and wide is None:
+            # Per slot, as summed: the reporter's own thread turns the sum into logical counts
+            # (through a copy of the map, taken when the map may have changed), so the serving
+            # thread only copies it. The buffer is reused for the next batch.
+            native = self.reporter._native
+            if self._slot_map is not phy2log or self._slot_map_dirty:
+                self._slot_map_epoch += 1
+                table = phy2log.cpu().numpy() if is_tensor(phy2log) else np.asarray(phy2log)
+                native.set_slot_map(self._slot_map_epoch, table,
+                                    self.shape["num_logical_experts"])
+                self._slot_map, self._slot_map_dirty = phy2log, False
+            native.add_slots_later(first, last, version, self._slot_map_epoch,
+                                   acc.numpy() if is_tensor(acc) else acc)
+            self._spare = acc
+            self._report_later_error()
+            return
         acc = acc.double() if is_tensor(acc) else acc.astype(np.float64)
         if wide is not None:
             acc += wide.double() if is_tensor(wide) else wide
-        first, last, version = self._acc_first, self._step - 1, self._version_for_reports()
         if phy2log is not None:
             acc = _to_logical(acc, phy2log, self.shape["num_logical_experts"])
         if is_tensor(acc) and acc.device.type != "cpu":
@@ -591,6 +623,7 @@ class RemoteBalancer:
         self._hand_over(acc, first, last, version)
 
     def _collect(self):
+        """Hands over a sum copied from the GPU once the copy has landed (never waits)."""
         if self._pending_copy is not None and self._pending_copy[0].query():
             self._flush_copy()
 
@@ -603,10 +636,18 @@ class RemoteBalancer:
         self._hand_over(host, first, last, version)
 
     def _hand_over(self, counts, first, last, version):
-        try:
-            self.reporter.add_steps(first, last, version, counts)
-        except ValueError as error:  # e.g. negative counts from the engine: never stop serving
-            logger.error("eplb: load of steps %d … %d not reported: %s", first, last, error)
+        # Copied here, added to the reporter's batch by a C++ thread (a Python thread would make
+        # the serving thread wait for the GIL). Bad counts (negative, say) are logged, never
+        # raised into the serving loop.
+        array = counts.numpy() if is_tensor(counts) else counts  # CPU float64 here
+        self.reporter._native.add_steps_later(first, last, version, array)
+        self._report_later_error()
+
+    def _report_later_error(self):
+        error = self.reporter._native.take_later_error()
+        if error:
+            logger.error("eplb: load not reported: %s", error)
+
 
     def _version_for_reports(self):
         # The plan in use, or (on the engine's own map) the committed one at start-up: reports
@@ -640,11 +681,13 @@ class RemoteBalancer:
         # Counts so far were routed under the map in use: report them against it before the
         # engine switches (an engine may update its map tensor in place).
         self._close_batch()
+        self._slot_map_dirty = True
         return agreed, self.watcher.map(agreed)
 
     def applied(self, version):
         """The engine serves with plan `version` from now on: acknowledges ACTIVE."""
         self._close_batch()
+        self._slot_map_dirty = True
         self.version = version
         expert_map = self.watcher.map(version)
         self.watcher.ack(version, "active", expert_map.hash if expert_map is not None else 0)
@@ -674,6 +717,12 @@ class RemoteBalancer:
 
 
 _FOLD_EVERY = 1024
+
+
+def torch_float64():
+    import torch
+
+    return torch.float64
 
 
 def _to_logical(counts, phy2log, num_experts):

@@ -36,6 +36,17 @@ What eplb's replacement does with SGLang's arguments:
   num_local_physical_experts (the slots of one rank).
 - num_groups None (models without expert groups) is one group.
 Every rank plans independently from the same all-reduced counts and gets the same map.
+
+Remote mode (EPLB_SGLANG_PLANNER=HOST:PORT, EPLB_DEPLOYMENT=NAME; see eplb.remote for the other
+variables): the replacement of `rebalance_experts` plans nothing. At SGLang's rebalance (every
+--eplb-rebalance-num-iterations passes, in every scheduler at once) it
+- starts remote mode the first time (a collective over torch.distributed's ranks, which must be
+  the EP group: EP rank 0 creates the deployment from the shape, with a row per hidden layer);
+- reports SGLang's counts, which SGLang has summed over the ranks: each rank reports 1/R of them,
+  as covering the passes of the window, so the planner's total is the true one;
+- agrees with the other ranks on the newest committed plan all of them hold, and returns it (or
+  the current map when there is none; SGLang then moves nothing).
+EPLBManager.rebalance is wrapped to acknowledge the version ACTIVE once it has moved the weights.
 """
 
 import importlib

@@ -27,6 +27,24 @@ their slot), unless it holds -1 (slots of new ranks after an elastic scale-up) o
 width (a scale-down): it is then ignored and the plan is made fresh. vLLM gives every rank P / R
 slots, so P % R != 0 is refused. Every rank plans independently from the same all-reduced load and
 gets the same map (eplb's plans do not depend on threads, timing or machine).
+
+Remote mode (EPLB_VLLM_PLANNER=HOST:PORT, EPLB_DEPLOYMENT=NAME; see eplb.remote for the other
+variables): the ranks stop planning. The adapter wraps EplbState.step (vLLM 0.13+: step(is_dummy,
+is_profile, log_stats) over model_states, with expert_rearrangement_step and
+expert_rearrangement_step_interval):
+- the first step that is not a profile run starts remote mode on every rank (a collective: EP rank
+  0 creates the deployment from the main model's shape, every rank checks it; one EP group over
+  every rank is required);
+- each step that is not a dummy adds the main model's expert_load_pass (counts per slot, before
+  vLLM zeroes it) through the current physical_to_logical_map into a sum on its device; every
+  EPLB_REPORT_EVERY_STEPS steps the sum goes to the planner in the background;
+- on the step where vLLM's counter reaches the interval (and no asynchronous rearrangement is still
+  moving weights), the ranks agree on the newest committed plan all of them hold, on the serving
+  thread; the policy class registered under "default" then returns that plan's phy2log (or the map
+  in use, when there is none), wherever vLLM calls it;
+- once no model state is moving weights any more, the rank acknowledges the version ACTIVE.
+A model of another shape (a drafter) is planned locally with `balanced`. shutdown() (also run at
+exit) reports what was recorded since the last report.
 """
 
 import atexit
@@ -179,6 +197,7 @@ class _Remote:
         self.agreed = None   # (version, ExpertMap) for the next policy call
         self.applying = None  # the version handed to vLLM, acknowledged once applied
         self.current = None  # the main model's physical_to_logical_map (vLLM's tensor)
+        self.model_state = None  # the main model's EplbModelState, once started
 
     def start(self, state, model_state):
         import torch.distributed as dist
@@ -209,22 +228,26 @@ class _Remote:
                              ADAPTER.version(), ep.rank_in_group, ep.world_size,
                              self.config.planner, self.config.deployment)
 
-    def before_step(self, state, is_dummy):
+    def begin(self, state):
+        """The first step: starts remote mode (a collective of every rank)."""
+        for name in ("expert_rearrangement_step", "expert_rearrangement_step_interval"):
+            if not hasattr(state, name):
+                raise ADAPTER.mismatch(f"has an EplbState without {name}")
         model_state = _main_model_state(state)
-        if self.balancer is None:
-            self.start(state, model_state)  # collective: every rank's first step
-            atexit.register(self.close)
+        self.start(state, model_state)
+        self.model_state = model_state
         self.current = model_state.physical_to_logical_map
-        if not is_dummy:
-            # One add on the counts' device (vLLM zeroes the pass right after this).
-            self.balancer.record_physical(model_state.expert_load_pass, self.current)
-        rearranging = state.expert_rearrangement_step + 1 >= state.expert_rearrangement_step_interval
-        if rearranging and not _moving(state):
-            # vLLM rearranges in this step: the ranks agree here, on the serving thread, and the
-            # policy call (maybe on vLLM's async thread) only hands the agreed plan over.
-            agreed = self.balancer.agree()
-            with self.lock:
-                self.agreed = agreed
+        atexit.register(self.close)
+
+    def rebalance_point(self, state):
+        """vLLM rearranges in this step (unless an asynchronous rearrangement is still moving
+        weights): the ranks agree here, on the serving thread, and the policy call (maybe on
+        vLLM's async thread) only hands the agreed plan over."""
+        if _moving(state):
+            return
+        agreed = self.balancer.agree()
+        with self.lock:
+            self.agreed = agreed
 
     def after_step(self, state):
         with self.lock:
@@ -291,23 +314,23 @@ def install_remote(module, config):
         raise ADAPTER.mismatch(f"declares EplbState.step({', '.join(parameters)})")
     _remote = _Remote(config)
 
-    checked = []
-
     def step(self, *args, **kwargs):
-        # step(is_dummy=False, is_profile=False, log_stats=False), read without binding (this
-        # runs every step).
-        is_dummy = args[0] if args else kwargs.get("is_dummy", False)
-        is_profile = args[1] if len(args) > 1 else kwargs.get("is_profile", False)
-        if is_profile:
+        # step(is_dummy=False, is_profile=False, log_stats=False). This runs every step: a few
+        # lines, and the add of the step's load pass on its device (vLLM zeroes it right after).
+        if (args[1] if len(args) > 1 else kwargs.get("is_profile", False)):
             return original(self, *args, **kwargs)
-        if not checked:
-            for name in ("expert_rearrangement_step", "expert_rearrangement_step_interval"):
-                if not hasattr(self, name):
-                    raise ADAPTER.mismatch(f"has an EplbState without {name}")
-            checked.append(True)
-        _remote.before_step(self, bool(is_dummy))
+        remote = _remote
+        model_state = remote.model_state
+        if model_state is None:
+            remote.begin(self)
+            model_state = remote.model_state
+        if not (args[0] if args else kwargs.get("is_dummy", False)):
+            remote.balancer.record_physical(model_state.expert_load_pass, remote.current)
+        if self.expert_rearrangement_step + 1 >= self.expert_rearrangement_step_interval:
+            remote.rebalance_point(self)
         result = original(self, *args, **kwargs)
-        _remote.after_step(self)
+        if remote.applying is not None:
+            remote.after_step(self)
         return result
 
     step.eplb_remote = True

@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <deque>
+#include <thread>
 #include <map>
 #include <memory>
 #include <optional>
@@ -232,24 +233,161 @@ v1::DeploymentSpec SpecFromJson(const std::string& json) {
 
 // ---- LoadReporter --------------------------------------------------------------------------------
 
-// Keeps the client alive as long as the reporter.
-struct Reporter {
-  std::shared_ptr<PlannerClient> client;
-  std::unique_ptr<client::LoadReporter> reporter;
+// Keeps the client alive as long as the reporter. Sums handed over with AddLater() are added by
+// a thread of the wrapper's own (C++: it never takes the GIL), in order, so that the serving
+// thread only copies them; every other call first waits until those are added.
+class Reporter {
+ public:
+  Reporter(std::shared_ptr<PlannerClient> client, std::unique_ptr<client::LoadReporter> reporter,
+           int32_t num_layers)
+      : client_(std::move(client)),
+        reporter_(std::move(reporter)),
+        num_layers_(num_layers),
+        worker_([this] { Run(); }) {}
+  ~Reporter() { Close(); }
 
+  // The reporter once everything handed over is added. REQUIRES: the GIL held (released here
+  // while waiting).
   client::LoadReporter& get() {
-    if (!reporter) throw py::value_error("the LoadReporter is closed");
-    return *reporter;
-  }
-  void Close() {
-    std::unique_ptr<client::LoadReporter> done = std::move(reporter);
+    if (!reporter_) throw py::value_error("the LoadReporter is closed");
     py::gil_scoped_release release;
-    done.reset();  // sends what is pending once more
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](Reporter* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) { return r->idle_(); }, this));
+    return *reporter_;
   }
-  ~Reporter() {
-    if (reporter) Close();
+
+  // Queues `counts` over steps first … last for the thread to add.
+  void AddLater(int64_t first, int64_t last, int64_t version, std::vector<double> counts) {
+    if (!reporter_) throw py::value_error("the LoadReporter is closed");
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(Sum{first, last, version, std::move(counts)});
   }
+
+  // The map that sums given per slot with AddSlotsLater(…, epoch, …) were routed through: phy2log
+  // (L × P, each in [0, num_experts)), kept until a newer epoch is set.
+  void SetSlotMap(int64_t epoch, std::vector<int32_t> phy2log, int32_t num_experts) {
+    absl::MutexLock lock(&mu_);
+    slot_maps_[epoch] = SlotMap{std::move(phy2log), num_experts};
+    while (slot_maps_.size() > 4) slot_maps_.erase(slot_maps_.begin());
+  }
+
+  // Queues counts per slot (L × P, of the map set for `epoch`) over steps first … last; the
+  // thread sums them per logical expert and adds them.
+  void AddSlotsLater(int64_t first, int64_t last, int64_t version, int64_t epoch,
+                     std::vector<double> slots) {
+    if (!reporter_) throw py::value_error("the LoadReporter is closed");
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(Sum{first, last, version, std::move(slots), epoch});
+  }
+
+  // The first error of a sum the thread added (then cleared): "" when there was none.
+  std::string TakeLaterError() {
+    absl::MutexLock lock(&mu_);
+    return std::exchange(later_error_, "");
+  }
+
+  void Close() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    auto finish = [&] {
+      worker_.join();
+      reporter_.reset();  // sends what is pending once more
+    };
+    if (PyGILState_Check()) {
+      py::gil_scoped_release release;
+      finish();
+    } else {
+      finish();
+    }
+  }
+
+ private:
+  struct Sum {
+    int64_t first, last, version;
+    std::vector<double> counts;
+    int64_t epoch = -1;  // ≥ 0: counts per slot of that epoch's map
+  };
+  struct SlotMap {
+    std::vector<int32_t> phy2log;
+    int32_t num_experts = 0;
+  };
+
+  bool idle_() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && !busy_; }
+
+  void Run() {
+    for (;;) {
+      Sum sum;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](Reporter* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) {
+              return r->stopping_ || !r->queue_.empty();
+            },
+            this));
+        if (queue_.empty()) return;  // stopping, all added
+        sum = std::move(queue_.front());
+        queue_.pop_front();
+        busy_ = true;
+        if (sum.epoch >= 0) {
+          const auto map = slot_maps_.find(sum.epoch);
+          if (map == slot_maps_.end() || map->second.phy2log.size() != sum.counts.size()) {
+            sum.counts.clear();  // AddSteps refuses it, naming the size
+          } else {
+            const size_t slots = map->second.phy2log.size();
+            const size_t layers = static_cast<size_t>(num_layers_);
+            const size_t per_layer = slots / std::max<size_t>(layers, 1);
+            const size_t experts = static_cast<size_t>(map->second.num_experts);
+            std::vector<double> logical(layers * experts, 0.0);
+            for (size_t i = 0; i < slots; ++i) {
+              logical[(i / per_layer) * experts + static_cast<size_t>(map->second.phy2log[i])] +=
+                  sum.counts[i];
+            }
+            sum.counts = std::move(logical);
+          }
+        }
+      }
+      const absl::Status added =
+          reporter_->AddSteps(sum.first, sum.last, sum.version, sum.counts);
+      absl::MutexLock lock(&mu_);
+      busy_ = false;
+      if (!added.ok() && later_error_.empty()) {
+        later_error_ = absl::StrCat("steps ", sum.first, " … ", sum.last, ": ", added.message());
+      }
+    }
+  }
+
+  std::shared_ptr<PlannerClient> client_;
+  std::unique_ptr<client::LoadReporter> reporter_;
+  const int32_t num_layers_;
+  absl::Mutex mu_;
+  std::deque<Sum> queue_ ABSL_GUARDED_BY(mu_);
+  bool busy_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::string later_error_ ABSL_GUARDED_BY(mu_);
+  std::map<int64_t, SlotMap> slot_maps_ ABSL_GUARDED_BY(mu_);
+  std::thread worker_;  // last: started once the members it uses exist
 };
+
+// The elements of a C-contiguous numeric array as doubles (one pass; int32 and float64 without a
+// temporary array).
+std::vector<double> AsDoubles(const py::array& array) {
+  const py::ssize_t n = array.size();
+  if (py::isinstance<py::array_t<int32_t, py::array::c_style>>(array)) {
+    const auto* data = static_cast<const int32_t*>(array.data());
+    return std::vector<double>(data, data + n);
+  }
+  if (py::isinstance<py::array_t<double, py::array::c_style>>(array)) {
+    const auto* data = static_cast<const double*>(array.data());
+    return std::vector<double>(data, data + n);
+  }
+  const auto converted = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(array);
+  if (!converted) throw py::error_already_set();
+  return std::vector<double>(converted.data(), converted.data() + n);
+}
 
 std::span<const double> Counts(const py::array_t<double, py::array::c_style | py::array::forcecast>&
                                    counts) {
@@ -487,10 +625,7 @@ PYBIND11_MODULE(_client, m) {
                  .session = session};
              auto reporter = client::LoadReporter::Create(c.get(), options);
              if (!reporter.ok()) ThrowIfInvalid(reporter.status());
-             auto out = std::make_unique<Reporter>();
-             out->client = std::move(c);
-             out->reporter = std::move(*reporter);
-             return out;
+             return std::make_unique<Reporter>(std::move(c), std::move(*reporter), num_layers);
            }),
            py::arg("client"), py::arg("deployment"), py::arg("rank"), py::arg("num_layers"),
            py::arg("num_experts"), py::arg("flush_every_steps"), py::arg("max_pending_reports"),
@@ -517,6 +652,32 @@ PYBIND11_MODULE(_client, m) {
              }
              ThrowIfInvalid(status);
            })
+      .def("add_steps_later",
+           [](Reporter& r, int64_t first_step, int64_t last_step, int64_t plan_version,
+              const py::array_t<double, py::array::c_style | py::array::forcecast>& counts) {
+             const double* data = counts.data();
+             r.AddLater(first_step, last_step, plan_version,
+                        std::vector<double>(data, data + counts.size()));
+           })
+      .def("set_slot_map",
+           [](Reporter& r, int64_t epoch,
+              const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& phy2log,
+              int32_t num_experts) {
+             const int32_t* data = phy2log.data();
+             for (py::ssize_t i = 0; i < phy2log.size(); ++i) {
+               if (data[i] < 0 || data[i] >= num_experts) {
+                 throw py::value_error(absl::StrCat("phy2log has ", data[i], " at ", i,
+                                                    ", out of range [0, ", num_experts, ")"));
+               }
+             }
+             r.SetSlotMap(epoch, std::vector<int32_t>(data, data + phy2log.size()), num_experts);
+           })
+      .def("add_slots_later",
+           [](Reporter& r, int64_t first_step, int64_t last_step, int64_t plan_version,
+              int64_t epoch, const py::array& counts) {
+             r.AddSlotsLater(first_step, last_step, plan_version, epoch, AsDoubles(counts));
+           })
+      .def("take_later_error", &Reporter::TakeLaterError)
       .def("flush",
            [](Reporter& r, double timeout) {
              client::LoadReporter& reporter = r.get();
