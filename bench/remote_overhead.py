@@ -135,8 +135,6 @@ def main():
                   for _ in range(16)]
         phy2log = torch.from_numpy(np.tile(np.arange(SLOTS) % EXPERTS, (LAYERS, 1)))
         step = args.step_ms / 1000
-        if pin:
-            os.sched_setaffinity(0, {cpus[0]})  # this thread: the serving loop
         plain, remote = [], []
         if args.path == "vllm":
             loop = VllmLoop(config, 1 << 62)
@@ -151,6 +149,10 @@ def main():
             def block(with_adapter, steps, durations):
                 run_block(balancer if with_adapter else None, counts, phy2log, steps, step,
                           1 << 62, durations)
+        if pin:
+            # This thread, the serving loop, moves to the first CPU; the threads started so far
+            # (eplb's, gRPC's, gloo's) stay on the last.
+            os.sched_setaffinity(0, {cpus[0]})
         block(False, 200, [])  # warm-up
         block(True, 200, [])
         longest = {False: 0.0, True: 0.0}

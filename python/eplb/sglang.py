@@ -91,16 +91,10 @@ def activate():
 def install(module, policy, options=None):
     """Replaces `module.rebalance_experts` with eplb's `policy`, after checking its signature
     (EngineInterfaceError otherwise)."""
-    original = getattr(module, "rebalance_experts", None)
-    if getattr(original, "eplb_policy", None) is not None:
+    checked = _algorithm(module)
+    if checked is None:
         return  # installed already
-    if original is None:
-        raise ADAPTER.mismatch(f"has no {module.__name__}.rebalance_experts")
-    parameters = _engines.parameter_names(original)
-    if parameters != _PARAMETERS:
-        raise ADAPTER.mismatch(
-            f"declares {module.__name__}.rebalance_experts({', '.join(parameters)})")
-    location_module = module.__name__.rsplit(".", 1)[0] + ".expert_location"
+    original, location_module = checked
 
     def rebalance_experts(tokens_per_expert, num_physical_experts, num_local_physical_experts,
                           num_groups, num_nodes, algorithm=None, **kwargs):
@@ -123,6 +117,21 @@ def install(module, policy, options=None):
     rebalance_experts.eplb_policy = policy
     module.rebalance_experts = rebalance_experts
     ADAPTER.installed(policy)
+
+
+def _algorithm(module):
+    """(SGLang's rebalance_experts, its expert_location module's name) after checking the
+    signature (EngineInterfaceError otherwise); None when eplb's replacement is installed already."""
+    original = getattr(module, "rebalance_experts", None)
+    if getattr(original, "eplb_policy", None) is not None:
+        return None
+    if original is None:
+        raise ADAPTER.mismatch(f"has no {module.__name__}.rebalance_experts")
+    parameters = _engines.parameter_names(original)
+    if parameters != _PARAMETERS:
+        raise ADAPTER.mismatch(
+            f"declares {module.__name__}.rebalance_experts({', '.join(parameters)})")
+    return original, module.__name__.rsplit(".", 1)[0] + ".expert_location"
 
 
 def _current_map(location_module):
@@ -245,16 +254,10 @@ def install_remote(module, config):
     """Replaces `module.rebalance_experts` (signature checked) with the plan the EP ranks agree on;
     SGLang's counts are reported to the planner on the way."""
     global _remote
-    original = getattr(module, "rebalance_experts", None)
-    if getattr(original, "eplb_policy", None) is not None:
-        return
-    if original is None:
-        raise ADAPTER.mismatch(f"has no {module.__name__}.rebalance_experts")
-    parameters = _engines.parameter_names(original)
-    if parameters != _PARAMETERS:
-        raise ADAPTER.mismatch(
-            f"declares {module.__name__}.rebalance_experts({', '.join(parameters)})")
-    location_module = module.__name__.rsplit(".", 1)[0] + ".expert_location"
+    checked = _algorithm(module)
+    if checked is None:
+        return  # installed already
+    _, location_module = checked
     _remote = _Remote(config)
 
     def rebalance_experts(tokens_per_expert, num_physical_experts, num_local_physical_experts,

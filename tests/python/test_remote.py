@@ -495,3 +495,19 @@ print(b.close(timeout=5)["steps_added"])
         "counts has shape (2, 5), expected (num_layers, num_logical_experts) = (2, 4)",
         "counts has shape (3, 4), expected (num_layers, num_physical_experts) = (2, 4)",
         "0"]
+
+
+def test_ranks_started_again_continue_after_the_steps_the_planner_has(planner, tmp_path):
+    create_engine_deployment(planner)
+    recorded = 0
+    for run in range(2):  # the engine restarts: new processes, the same deployment
+        out = tmp_path / f"run{run}"
+        out.mkdir()
+        results = finish(start_ranks(out, planner, steps=100))
+        assert all(code == 0 for code, _ in results), results
+        recorded = recorded + sum(
+            np.array(json.loads((out / f"total{r}.json").read_text())["total"])
+            for r in range(RANKS))
+    load = client(planner).get_load("engine")
+    assert load["first_step"] == 1 and load["last_step"] == 200  # steps 1 … 100, then 101 … 200
+    np.testing.assert_allclose(planner_total(planner), recorded, rtol=1e-9)
