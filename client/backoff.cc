@@ -40,13 +40,21 @@ void WaitBeforeRetry(grpc::Channel* channel, absl::Duration delay, absl::Mutex* 
     mu->AwaitWithTimeout(absl::Condition(&stopping), delay);
     return;
   }
-  const absl::Time until = absl::Now() + delay;
-  for (absl::Time now = absl::Now(); now < until; now = absl::Now()) {
+  const absl::Time start = absl::Now();
+  const absl::Time until = start + delay;
+  // Even when the channel connects at once (a server that accepts and then fails every call),
+  // at least this much of the delay is waited: no retry loop without a pause.
+  const absl::Time earliest = start + std::min(delay, absl::Milliseconds(100));
+  for (absl::Time now = start; now < until; now = absl::Now()) {
     {
       absl::MutexLock lock(mu);
       if (*stop) return;
     }
-    if (channel->WaitForConnected(absl::ToChronoTime(std::min(until, now + absl::Milliseconds(50))))) {
+    const absl::Time slice = std::min(until, now + absl::Milliseconds(50));
+    if (channel->WaitForConnected(absl::ToChronoTime(slice))) {
+      if (absl::Now() >= earliest) return;
+      absl::MutexLock lock(mu);
+      mu->AwaitWithTimeout(absl::Condition(&stopping), earliest - absl::Now());
       return;
     }
   }

@@ -53,8 +53,9 @@ class Backoff {
 // Waits `delay` before retrying an RPC on `channel` that failed, or less: it returns once `*stop` is
 // true (read under `mu`; checked every 50 ms), and, when the channel was not connected (the planner
 // away or restarting), as soon as it connects again, so that the retry goes within the channel's
-// reconnect delay of the planner serving again instead of at the end of a backoff step. A channel
-// that is connected (the attempt failed for another reason) waits the whole delay.
+// reconnect delay of the planner serving again instead of at the end of a backoff step (yet never
+// before min(delay, 100 ms)). A channel that is connected (the attempt failed for another reason)
+// waits the whole delay.
 // REQUIRES: `mu` not held.
 void WaitBeforeRetry(grpc::Channel* channel, absl::Duration delay, absl::Mutex* mu,
                      const bool* stop);

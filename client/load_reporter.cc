@@ -1,6 +1,7 @@
 #include "client/load_reporter.h"
 
 #include <algorithm>
+#include <iterator>
 #include <cmath>
 #include <random>
 #include <utility>
@@ -312,10 +313,15 @@ void LoadReporter::AcceptedLocked(v1::LoadReport report, uint64_t instance) {
     stats_.reports_pending = static_cast<int64_t>(pending_.size());
   }
   if (instance != 0) planner_instance_ = instance;
-  const size_t keep = static_cast<size_t>(options_.resend_after_restart) *
-                      static_cast<size_t>(reports_per_batch_);
+  // The newest by sequence number (reports sent again after a restart are accepted after newer
+  // ones), at most 1024 of them: the planner remembers that many per rank.
+  const size_t keep = std::min<size_t>(static_cast<size_t>(options_.resend_after_restart) *
+                                           static_cast<size_t>(reports_per_batch_),
+                                       1024);
   if (keep == 0) return;
-  accepted_.push_back(std::move(report));
+  auto at = accepted_.end();
+  while (at != accepted_.begin() && std::prev(at)->sequence() > report.sequence()) --at;
+  accepted_.insert(at, std::move(report));
   while (accepted_.size() > keep) accepted_.pop_front();
 }
 

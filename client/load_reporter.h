@@ -58,7 +58,8 @@ struct LoadReporterOptions {
   // Largest report message, 4 KiB … 1 GiB: a batch larger than this is sent as several reports
   // over layer ranges. The default is within every planner's --max-request-bytes.
   int64_t max_report_bytes = kDefaultMaxReportBytes;
-  // Accepted batches kept to be sent again after a planner restart (see above); 0 … 1024.
+  // Accepted batches kept to be sent again after a planner restart (see above); 0 … 1024 (at most
+  // 1024 reports, as many as the planner remembers).
   int32_t resend_after_restart = 16;
   absl::Duration initial_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(10);
@@ -133,7 +134,7 @@ class LoadReporter {
   int64_t last_step_ ABSL_GUARDED_BY(mu_) = -1;
   int64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   std::deque<Pending> pending_ ABSL_GUARDED_BY(mu_);
-  std::deque<v1::LoadReport> accepted_ ABSL_GUARDED_BY(mu_);  // the newest accepted, in order
+  std::deque<v1::LoadReport> accepted_ ABSL_GUARDED_BY(mu_);  // the newest accepted, by sequence
   uint64_t planner_instance_ ABSL_GUARDED_BY(mu_) = 0;        // of the last summary
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   Stats stats_ ABSL_GUARDED_BY(mu_);

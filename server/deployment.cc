@@ -218,6 +218,14 @@ absl::StatusOr<std::shared_ptr<Deployment>> Deployment::Restore(
         out.recent.emplace_back(in.recent_sequences(i), in.recent_hashes(i));
       }
       out.reported_through = in.reported_through();
+      out.forgotten_through = in.forgotten_through();
+      if (out.forgotten_through == 0 && out.recent.size() >= kRecentSequences) {
+        // A checkpoint from before forgotten_through was kept: anything below the oldest
+        // remembered may have been forgotten.
+        int64_t oldest = out.last_sequence;
+        for (const auto& [sequence, hash] : out.recent) oldest = std::min(oldest, sequence);
+        out.forgotten_through = oldest - 1;
+      }
     }
     d->last_evaluated_step_ = checkpoint->last_evaluated_step();
   }
@@ -356,20 +364,16 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
                              absl::StrCat("sequence ", report.sequence(), " of rank ", rank,
                                           " was already accepted with different counts"));
     }
-    // Not among the remembered ones. While fewer than kRecentSequences were accepted, every
-    // sequence counted is remembered (checkpoints keep them): this one never was, e.g. a report
-    // the planner lost when it was killed, sent again. Beyond, one older than every remembered
-    // sequence may have been counted and forgotten: refused.
-    if (state.recent.size() >= kRecentSequences) {
-      int64_t oldest = state.last_sequence;
-      for (const auto& [sequence, seen_hash] : state.recent) oldest = std::min(oldest, sequence);
-      if (report.sequence() < oldest) {
-        return ErrorWithDetail(
-            absl::StatusCode::kFailedPrecondition, v1::SEQUENCE_OUT_OF_ORDER, "sequence",
-            absl::StrCat("sequence ", report.sequence(), " of rank ", rank,
-                         " is older than the last ", kRecentSequences,
-                         " accepted (the oldest remembered is ", oldest, ")"));
-      }
+    // Not among the remembered ones. A sequence above every one dropped from them was never
+    // counted (checkpoints keep both), e.g. a report the planner lost when it was killed, sent
+    // again: counted now. One at or below may have been counted and forgotten: refused.
+    if (report.sequence() <= state.forgotten_through) {
+      return ErrorWithDetail(
+          absl::StatusCode::kFailedPrecondition, v1::SEQUENCE_OUT_OF_ORDER, "sequence",
+          absl::StrCat("sequence ", report.sequence(), " of rank ", rank,
+                       " is not among the last ", kRecentSequences,
+                       " accepted, and sequences up to ", state.forgotten_through,
+                       " are forgotten"));
     }
   }
 
@@ -426,10 +430,14 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
   if (!same_session) {
     state.session = report.session();
     state.recent.clear();
+    state.forgotten_through = 0;
   }
   state.last_sequence = std::max(same_session ? state.last_sequence : 0, report.sequence());
   state.recent.emplace_back(report.sequence(), hash);
-  if (state.recent.size() > kRecentSequences) state.recent.pop_front();
+  if (state.recent.size() > kRecentSequences) {
+    state.forgotten_through = std::max(state.forgotten_through, state.recent.front().first);
+    state.recent.pop_front();
+  }
   // A step range counts as reported by the rank once its report reaches the last layer: the
   // parts of a split report arrive in layer order, and a rebalance waits for the whole.
   if (first_layer + num_layers == shape_.num_layers) {
@@ -807,6 +815,7 @@ std::optional<state::v1::LoadCheckpoint> Deployment::TakeCheckpoint(absl::Time n
       out.add_recent_hashes(hash);
     }
     out.set_reported_through(rank.reported_through);
+    out.set_forgotten_through(rank.forgotten_through);
   }
   checkpoint.set_last_evaluated_step(last_evaluated_step_);
   load_dirty_ = false;

@@ -229,6 +229,9 @@ class Deployment {
     uint64_t session = 0;
     int64_t last_sequence = 0;                        // 0: nothing accepted in this session
     std::deque<std::pair<int64_t, uint64_t>> recent;  // (sequence, hash), oldest first
+    // The largest sequence dropped from `recent` (0: none). Sequences may be accepted out of
+    // order, so this is not the oldest remembered one.
+    int64_t forgotten_through = 0;
     int64_t reported_through = -1;
   };
 

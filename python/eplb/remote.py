@@ -411,9 +411,11 @@ class RemoteBalancer:
         self._step = 0
 
         try:
+            # Start-up's collectives wait for rank 0's calls: those end well within the group's
+            # timeout, so that every rank gets rank 0's error rather than a collective's.
             self.client = PlannerClient(config.planner, token=config.token,
                                         tls_ca_file=config.tls_ca_file,
-                                        timeout=config.rpc_timeout)
+                                        timeout=min(config.rpc_timeout, config.agree_timeout / 3))
             deployment = self._start(initial_map)
         except BaseException:
             if self._own_group:
@@ -451,7 +453,7 @@ class RemoteBalancer:
                     self.client.create_deployment(config.deployment, **self.shape,
                                                   policy=config.policy, commit="immediate",
                                                   initial_map=initial_map)
-            except (PlannerError, ValueError) as error:
+            except Exception as error:  # noqa: BLE001 (every rank raises it, none hangs)
                 outcome = _describe(error)
         created = self._everyone(outcome)[0]
         if created is not None:
@@ -471,7 +473,7 @@ class RemoteBalancer:
                                  "themselves and need commit: immediate")
             last_step = self.client.get_load(config.deployment)["last_step"]
             outcome = (None, last_step)
-        except (PlannerError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 (every rank raises it, none hangs)
             outcome = (_describe(error), 0)
         results = self._everyone(outcome)
         for rank, (error, _) in enumerate(results):
@@ -650,9 +652,12 @@ class RemoteBalancer:
 
 
     def _version_for_reports(self):
-        # The plan in use, or (on the engine's own map) the committed one at start-up: reports
-        # must name a plan the planner retains.
-        return self.version or self._report_version
+        # The plan in use, or (on the engine's own map) the committed one at start-up. Reports
+        # must name a plan the planner retains: when the plan in use is older than every plan the
+        # watcher holds (the agreement stopped, or is behind), the oldest held.
+        version = self.version or self._report_version
+        held = self.watcher.held()
+        return held[0] if held and version < held[0] else version
 
     # -- at the rebalance point --
 
@@ -662,8 +667,9 @@ class RemoteBalancer:
         takes at most agree_timeout (then None now and at every later call)."""
         if self._broken is not None:
             return None
-        held = self.watcher.held()[-8:]
-        mine = held + [0] * (8 - len(held))
+        # The maps are taken now: a plan arriving during the collective may evict one.
+        maps = {v: m for v in self.watcher.held()[-8:] if (m := self.watcher.map(v)) is not None}
+        mine = sorted(maps) + [0] * (8 - len(maps))
         try:
             everyone = self._everyone(mine)
         except Exception as error:  # noqa: BLE001 (gloo's timeout or a peer's death)
@@ -682,7 +688,14 @@ class RemoteBalancer:
         # engine switches (an engine may update its map tensor in place).
         self._close_batch()
         self._slot_map_dirty = True
-        return agreed, self.watcher.map(agreed)
+        return agreed, maps[agreed]
+
+    def flush_batch(self):
+        """Closes the open sum now: for an engine whose map changes step by step (vLLM's
+        asynchronous rearrangement moves one layer per step), so that each step's counts are
+        turned into logical counts through the map they were routed with."""
+        self._close_batch()
+        self._slot_map_dirty = True
 
     def applied(self, version):
         """The engine serves with plan `version` from now on: acknowledges ACTIVE."""
@@ -707,13 +720,15 @@ class RemoteBalancer:
         if self._closed:
             return None
         self._closed = True
-        self._close_batch()
-        self._flush_copy()
-        self.reporter.flush(timeout)
-        stats = self.reporter.stats()
-        self.watcher.close()
-        self.reporter.close()
-        return stats
+        try:
+            self._close_batch()
+            self._flush_copy()
+            self.reporter.flush(timeout)
+            self._report_later_error()
+            return self.reporter.stats()
+        finally:
+            self.watcher.close()
+            self.reporter.close()
 
 
 _FOLD_EVERY = 1024
@@ -733,12 +748,14 @@ def _to_logical(counts, phy2log, num_experts):
         index = torch.as_tensor(phy2log, device=counts.device)
         if index.dtype != torch.int64:
             index = index.long()
+        empty = index < 0  # slots of ranks added by an elastic scale-up: counted nowhere
         out = torch.zeros(counts.shape[0], num_experts, dtype=counts.dtype, device=counts.device)
-        return out.scatter_add_(1, index, counts)
+        return out.scatter_add_(1, index.clamp(min=0), counts.masked_fill(empty, 0))
     phy2log = np.asarray(as_numpy(phy2log)[0], dtype=np.int64)
     layers = counts.shape[0]
-    flat = (phy2log + np.arange(layers)[:, None] * num_experts).ravel()
-    return np.bincount(flat, weights=counts.ravel(),
+    used = phy2log >= 0
+    flat = (phy2log + np.arange(layers)[:, None] * num_experts)[used]
+    return np.bincount(flat, weights=counts[used],
                        minlength=layers * num_experts).reshape(layers, num_experts)
 
 
@@ -746,11 +763,14 @@ def _describe(error):
     """A picklable description of an error, to raise the same on every rank."""
     if isinstance(error, PlannerError):
         return ("PlannerError", error.message, error.code, error.reason, error.field)
-    return ("ValueError", str(error))
+    if isinstance(error, ValueError):
+        return ("ValueError", str(error))
+    return ("RuntimeError", f"{type(error).__name__}: {error}")
 
 
 def _raise(description, prefix):
     if description[0] == "PlannerError":
         _, message, code, reason, field = description
         raise PlannerError(prefix + message, code, reason, field)
-    raise ValueError(prefix + description[1])
+    raise (ValueError if description[0] == "ValueError" else RuntimeError)(
+        prefix + description[1])

@@ -328,6 +328,10 @@ def install_remote(module, config):
             remote.balancer.record_physical(model_state.expert_load_pass, remote.current)
         if self.expert_rearrangement_step + 1 >= self.expert_rearrangement_step_interval:
             remote.rebalance_point(self)
+        if remote.applying is not None:
+            # vLLM is switching maps, maybe one layer per step (async EPLB): each step's counts
+            # go through the map they were routed with.
+            remote.balancer.flush_batch()
         result = original(self, *args, **kwargs)
         if remote.applying is not None:
             remote.after_step(self)

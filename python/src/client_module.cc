@@ -249,36 +249,34 @@ class Reporter {
   // The reporter once everything handed over is added. REQUIRES: the GIL held (released here
   // while waiting).
   client::LoadReporter& get() {
-    if (!reporter_) throw py::value_error("the LoadReporter is closed");
-    py::gil_scoped_release release;
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](Reporter* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) { return r->idle_(); }, this));
-    return *reporter_;
+    {
+      py::gil_scoped_release release;
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](Reporter* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) { return r->idle_(); }, this));
+      if (!stopping_) return *reporter_;
+    }
+    throw py::value_error("the LoadReporter is closed");
   }
 
   // Queues `counts` over steps first … last for the thread to add.
   void AddLater(int64_t first, int64_t last, int64_t version, std::vector<double> counts) {
-    if (!reporter_) throw py::value_error("the LoadReporter is closed");
-    absl::MutexLock lock(&mu_);
-    queue_.push_back(Sum{first, last, version, std::move(counts)});
+    Queue(Sum{first, last, version, std::move(counts)});
   }
 
   // The map that sums given per slot with AddSlotsLater(…, epoch, …) were routed through: phy2log
-  // (L × P, each in [0, num_experts)), kept until a newer epoch is set.
+  // (L × P, each in [−1, num_experts); −1: an empty slot, counted nowhere), kept until a sum of a
+  // newer epoch has been added.
   void SetSlotMap(int64_t epoch, std::vector<int32_t> phy2log, int32_t num_experts) {
     absl::MutexLock lock(&mu_);
     slot_maps_[epoch] = SlotMap{std::move(phy2log), num_experts};
-    while (slot_maps_.size() > 4) slot_maps_.erase(slot_maps_.begin());
   }
 
   // Queues counts per slot (L × P, of the map set for `epoch`) over steps first … last; the
   // thread sums them per logical expert and adds them.
   void AddSlotsLater(int64_t first, int64_t last, int64_t version, int64_t epoch,
                      std::vector<double> slots) {
-    if (!reporter_) throw py::value_error("the LoadReporter is closed");
-    absl::MutexLock lock(&mu_);
-    queue_.push_back(Sum{first, last, version, std::move(slots), epoch});
+    Queue(Sum{first, last, version, std::move(slots), epoch});
   }
 
   // The first error of a sum the thread added (then cleared): "" when there was none.
@@ -316,7 +314,15 @@ class Reporter {
     int32_t num_experts = 0;
   };
 
-  bool idle_() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && !busy_; }
+  bool idle_() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || (queue_.empty() && !busy_);
+  }
+
+  void Queue(Sum sum) {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) throw py::value_error("the LoadReporter is closed");
+    queue_.push_back(std::move(sum));
+  }
 
   void Run() {
     for (;;) {
@@ -333,6 +339,8 @@ class Reporter {
         queue_.pop_front();
         busy_ = true;
         if (sum.epoch >= 0) {
+          // Sums come in epoch order: older maps are needed no more.
+          slot_maps_.erase(slot_maps_.begin(), slot_maps_.lower_bound(sum.epoch));
           const auto map = slot_maps_.find(sum.epoch);
           if (map == slot_maps_.end() || map->second.phy2log.size() != sum.counts.size()) {
             sum.counts.clear();  // AddSteps refuses it, naming the size
@@ -343,8 +351,9 @@ class Reporter {
             const size_t experts = static_cast<size_t>(map->second.num_experts);
             std::vector<double> logical(layers * experts, 0.0);
             for (size_t i = 0; i < slots; ++i) {
-              logical[(i / per_layer) * experts + static_cast<size_t>(map->second.phy2log[i])] +=
-                  sum.counts[i];
+              const int32_t expert = map->second.phy2log[i];
+              if (expert < 0) continue;  // an empty slot
+              logical[(i / per_layer) * experts + static_cast<size_t>(expert)] += sum.counts[i];
             }
             sum.counts = std::move(logical);
           }
@@ -665,9 +674,9 @@ PYBIND11_MODULE(_client, m) {
               int32_t num_experts) {
              const int32_t* data = phy2log.data();
              for (py::ssize_t i = 0; i < phy2log.size(); ++i) {
-               if (data[i] < 0 || data[i] >= num_experts) {
+               if (data[i] < -1 || data[i] >= num_experts) {
                  throw py::value_error(absl::StrCat("phy2log has ", data[i], " at ", i,
-                                                    ", out of range [0, ", num_experts, ")"));
+                                                    ", out of range [-1, ", num_experts, ")"));
                }
              }
              r.SetSlotMap(epoch, std::vector<int32_t>(data, data + phy2log.size()), num_experts);

@@ -150,8 +150,13 @@ def main():
         step += 1
         logical = rng.poisson(200 * np.roll(weights, step // 97 % experts)[None, :]
                               * np.ones((layers, 1)))
-        phy2log = torch.from_numpy(current.phy2log)
-        counts = torch.from_numpy(physical_counts(logical, current.phy2log, current.logcnt))
+        # As an engine: one counter tensor and one map tensor, written in place.
+        if step == 0:
+            phy2log = torch.from_numpy(current.phy2log.copy())
+            counts = torch.zeros(phy2log.shape, dtype=torch.int32)
+        elif not np.array_equal(phy2log.numpy(), current.phy2log):
+            phy2log.copy_(torch.from_numpy(current.phy2log))
+        counts.copy_(torch.from_numpy(physical_counts(logical, current.phy2log, current.logcnt)))
         started = time.monotonic()
         if engine is not None:
             current = engine.step(counts)

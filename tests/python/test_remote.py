@@ -497,6 +497,44 @@ print(b.close(timeout=5)["steps_added"])
         "0"]
 
 
+@pytest.mark.parametrize("device_kind", ["tensor", "numpy"])
+def test_empty_slots_count_nowhere_and_an_in_place_map_change_is_followed(planner, device_kind):
+    # Slots holding -1 (ranks added by an elastic scale-up) are counted nowhere; a map tensor the
+    # engine rewrites in place after a switch converts the counts routed after it.
+    code = f"""
+import datetime, socket, numpy as np, torch, torch.distributed as dist
+from eplb.remote import PlannerClient, RemoteBalancer, RemoteConfig
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{{port}}", rank=0, world_size=1)
+PlannerClient("{planner.address}").create_deployment(
+    "slots", num_layers=1, num_logical_experts=3, num_physical_experts=4, num_ranks=1,
+    policy="deepseek", commit="immediate", smoothing={{"window_steps": 1000}},
+    trigger={{"interval_steps": 0}})
+b = RemoteBalancer(RemoteConfig(planner="{planner.address}", deployment="slots",
+                                report_every=4), rank=0, num_ranks=1, num_layers=1,
+                   num_logical_experts=3, num_physical_experts=4)
+phy2log = torch.tensor([[0, 1, 2, -1]])
+counts = torch.tensor([[1, 10, 100, 1000]], dtype=torch.int32)
+convert = (lambda t: t) if "{device_kind}" == "tensor" else (lambda t: t.numpy())
+for step in range(6):
+    b.record_physical(convert(counts), convert(phy2log))
+b.flush_batch()                      # the engine switches its map in place
+phy2log.copy_(torch.tensor([[2, 2, 1, 0]]))
+for step in range(2):
+    b.record_physical(convert(counts), convert(phy2log))
+b.close(timeout=10)
+load = PlannerClient("{planner.address}").get_load("slots")
+steps = load["last_step"] - load["first_step"] + 1
+print(steps, [round(x * steps) for x in load["smoothed_load"][0]])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=clean_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # 6 steps of [1, 10, 100] (slot 3 empty), then 2 steps with expert 0 in slot 3 (1000), expert
+    # 1 in slot 2 (100), expert 2 in slots 0 and 1 (11).
+    assert proc.stdout.split("\n")[-2] == "8 [2006, 260, 622]"
+
+
 def test_ranks_started_again_continue_after_the_steps_the_planner_has(planner, tmp_path):
     create_engine_deployment(planner)
     recorded = 0

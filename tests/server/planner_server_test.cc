@@ -818,18 +818,28 @@ TEST(PlannerReportTest, OutOfOrderSequencesAreCountedOnceUntilTheyAreOlderThanTh
   EXPECT_THAT(Smoothed(env.stub(), "d"),
               Pointwise(DoubleNear(1e-12), std::vector<double>{1.0 / 3, 1.0 / 3, 0, 0}));
 
-  // 1024 more: sequences 3 and 5 are forgotten, the oldest remembered is 6.
+  // 1023 more: sequence 5, accepted first, is forgotten; 3, accepted after it, is still
+  // remembered (so "older than the oldest remembered" would let 5 in again).
   std::vector<v1::LoadReport> many;
-  for (int64_t sequence = 6; sequence < 6 + 1024; ++sequence) {
+  for (int64_t sequence = 6; sequence < 6 + 1023; ++sequence) {
     many.push_back(Report("d", 0, sequence, 10 + sequence, 10 + sequence, {{0, 0, 1, 0}}));
   }
   ASSERT_TRUE(SendReports(env.stub(), many).ok());
   const auto before = Smoothed(env.stub(), "d");
-  auto forgotten = SendReports(env.stub(), {Report("d", 0, 4, 4, 4, {{0, 0, 0, 1}})});
+  auto forgotten = SendReports(env.stub(), {Report("d", 0, 5, 5, 5, {{1, 0, 0, 0}})});
   EXPECT_EQ(Reason(forgotten.status()), v1::SEQUENCE_OUT_OF_ORDER) << forgotten.status();
   EXPECT_EQ(forgotten.status().message(),
-            "sequence 4 of rank 0 is older than the last 1024 accepted (the oldest remembered is "
-            "6)");
+            "sequence 5 of rank 0 is not among the last 1024 accepted, and sequences up to 5 are "
+            "forgotten");
+  auto never = SendReports(env.stub(), {Report("d", 0, 4, 4, 4, {{0, 0, 0, 1}})});
+  EXPECT_EQ(Reason(never.status()), v1::SEQUENCE_OUT_OF_ORDER) << never.status();
+  auto remembered = SendReports(env.stub(), {Report("d", 0, 3, 3, 3, {{0, 1, 0, 0}})});
+  ASSERT_TRUE(remembered.ok()) << remembered.status();
+  EXPECT_EQ(remembered->duplicates(), 1);
+  // A restart keeps what was forgotten (the checkpoint holds it).
+  env.Restart();
+  auto restarted = SendReports(env.stub(), {Report("d", 0, 5, 5, 5, {{1, 0, 0, 0}})});
+  EXPECT_EQ(Reason(restarted.status()), v1::SEQUENCE_OUT_OF_ORDER) << restarted.status();
   EXPECT_EQ(Smoothed(env.stub(), "d"), before);
 }
 
