@@ -700,6 +700,18 @@ absl::StatusOr<std::unique_ptr<PlacementAgent>> PlacementAgent::Create(
     }
   }
 
+  // Sends read the slots: backends whose receivers read the sender's memory (CUDA IPC) export
+  // them here, once.
+  std::vector<transfer::MemoryRange> send_ranges;
+  for (const auto& layer : options.weights) {
+    for (const SlotWeights& slot : layer) {
+      for (const WeightBuffer& buffer : slot) {
+        if (buffer.bytes > 0) send_ranges.push_back({buffer.data, buffer.bytes});
+      }
+    }
+  }
+  RETURN_IF_ERROR(communicator->RegisterSendBuffers(send_ranges));
+
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
   impl->comm = communicator;

@@ -90,10 +90,11 @@ struct PlacementAgentOptions {
 class PlacementAgent {
  public:
   // `communicator` and `device` must outlive the agent; the agent is their only user while it
-  // lives. INVALID_ARGUMENT naming the option: rank ≠ communicator rank, a group size different
-  // from the map's ranks, weights not L × S, a null buffer, slots of a layer with different
-  // buffer lists, a sync_every_steps or layers_per_chunk < 1. The error of Allocate when the
-  // staging memory cannot be had.
+  // lives. Every slot buffer is given to communicator->RegisterSendBuffers. INVALID_ARGUMENT
+  // naming the option: rank ≠ communicator rank, a group size different from the map's ranks,
+  // weights not L × S, a null buffer, slots of a layer with different buffer lists, a
+  // sync_every_steps or layers_per_chunk < 1. The error of RegisterSendBuffers; the error of
+  // Allocate when the staging memory cannot be had.
   static absl::StatusOr<std::unique_ptr<PlacementAgent>> Create(
       PlacementAgentOptions options, transfer::Communicator* communicator,
       transfer::DeviceContext* device);

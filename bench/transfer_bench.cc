@@ -1,9 +1,12 @@
-// transfer_bench: the worker side's weight shuffle on real GPUs, one process per GPU.
+// transfer_bench: the worker side's weight shuffle on real GPUs.
 //
-// In one run, on every rank:
-//   1. raw: one exchange of --raw-mib MiB with the next rank (ncclSend + ncclRecv in a group) on a
-//      default-configured NCCL communicator; the best of --repeats, as GB/s per direction.
-//   2. shuffle: a PlacementAgent (NCCL communicator with --max-ctas) applies a plan from a random
+// --backend nccl (one process per GPU) or ipc (CUDA IPC copy engines; processes share the GPUs
+// round-robin, so all ranks may sit on one GPU). In one run, on every rank:
+//   1. raw: nccl: one exchange of --raw-mib MiB with the next rank (ncclSend + ncclRecv in a group)
+//      on a default-configured NCCL communicator; the best of --repeats, as GB/s per direction.
+//      ipc: rank 0 alone, a --raw-mib MiB cudaMemcpyAsync device to device; the best of --repeats.
+//   2. shuffle: a PlacementAgent (its communicator: NCCL with --max-ctas, or CUDA IPC) applies a
+//      plan from a random
 //      old placement to a random new one (or to the map in --plan-file), --layers layers of
 //      --experts experts, --slots slots per rank, --expert-mib MiB per expert, no serving work:
 //      bytes received from other ranks / time spent staging, next to the raw figure.
@@ -12,7 +15,11 @@
 //      then a host sync, as a sampler does) first alone, then while a plan stages; the mean step
 //      time of both and the slowdown.
 //
-//   transfer_bench [--ranks 2] [--layers 8] [--experts 64] [--slots 36] [--expert-mib 16]
+//   Rank 0 also prints the whole group's shuffle: bytes moved by all ranks over the longest
+//   staging time.
+//
+//   transfer_bench [--backend nccl|ipc] [--ranks 2] [--layers 8] [--experts 64] [--slots 36]
+//   [--expert-mib 16]
 //                  [--raw-mib 1024] [--repeats 5] [--max-ctas 8] [--step-mib 4096]
 //                  [--sync-every 16]
 //                  [--plan-file map.json]
@@ -35,6 +42,7 @@
 #include "core/map_format.h"
 #include "core/testing/random_inputs.h"
 #include "transfer/cuda_device.h"
+#include "transfer/cuda_ipc_communicator.h"
 #include "transfer/local_ranks.h"
 #include "transfer/nccl_communicator.h"
 #include "transfer/testing/cuda_check.h"
@@ -69,6 +77,7 @@ struct Args {
   int ranks = 2, layers = 8, experts = 64, slots = 36, expert_mib = 16, raw_mib = 1024;
   int repeats = 5, max_ctas = 8, step_mib = 4096, sync_every = 16;
   std::string plan_file;
+  std::string backend = "nccl";
 };
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
@@ -101,23 +110,79 @@ int RawExchange(const Args& args, int rank, int size, ncclComm_t comm, double* g
   return 0;
 }
 
-int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniqueIdBytes& id) {
+// Device-to-device cudaMemcpyAsync of --raw-mib MiB on one GPU, best of --repeats, in GB/s.
+int RawCopy(const Args& args, double* gbps) {
+  const size_t bytes = static_cast<size_t>(args.raw_mib) << 20;
+  void *a = nullptr, *b = nullptr;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&b, bytes));
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreate(&stream));
+  double best = 1e30;
+  for (int i = 0; i < args.repeats + 1; ++i) {
+    const auto start = Clock::now();
+    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    if (i > 0) best = std::min(best, Seconds(start, Clock::now()));
+  }
+  *gbps = bytes / best / 1e9;
+  cudaFree(a);
+  cudaFree(b);
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
+std::vector<double> GatherDoubles(eplb::transfer::Communicator& comm, std::vector<double> mine,
+                                  int* status) {
+  std::vector<uint8_t> bytes(mine.size() * sizeof(double));
+  std::memcpy(bytes.data(), mine.data(), bytes.size());
+  auto all = comm.AllGather(bytes);
+  std::vector<double> out;
+  if (!all.ok()) {
+    std::fprintf(stderr, "AllGather: %s\n", all.status().ToString().c_str());
+    *status = 1;
+    return out;
+  }
+  for (const auto& contribution : *all) {
+    const size_t at = out.size();
+    out.resize(at + mine.size());
+    std::memcpy(out.data() + at, contribution.data(), contribution.size());
+  }
+  return out;
+}
+
+int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniqueIdBytes& id,
+            const std::string& ipc_id) {
   int devices = 0;
   CHECK_CUDA(cudaGetDeviceCount(&devices));
   const int device = rank % devices;
   CHECK_CUDA(cudaSetDevice(device));
 
-  ncclUniqueId nid;
-  std::memcpy(nid.internal, id.data(), id.size());
-  ncclComm_t parent;
-  CHECK_NCCL(ncclCommInitRank(&parent, size, nid, rank));
   double raw_gbps = 0;
-  if (RawExchange(args, rank, size, parent, &raw_gbps) != 0) return 1;
-
-  // The agent's communicator: split off the default one (as a serving engine would split its EP
-  // communicator), with the CTA budget.
-  auto comm = eplb::transfer::NcclCommunicator::Split(parent, {.max_ctas = args.max_ctas});
-  CHECK_OK(comm.status());
+  ncclComm_t parent = nullptr;
+  std::unique_ptr<eplb::transfer::Communicator> comm;
+  cudaStream_t staging_stream = nullptr;
+  if (args.backend == "nccl") {
+    ncclUniqueId nid;
+    std::memcpy(nid.internal, id.data(), id.size());
+    CHECK_NCCL(ncclCommInitRank(&parent, size, nid, rank));
+    if (RawExchange(args, rank, size, parent, &raw_gbps) != 0) return 1;
+    // The agent's communicator: split off the default one (as a serving engine would split its
+    // EP communicator), with the CTA budget.
+    auto nccl = eplb::transfer::NcclCommunicator::Split(parent, {.max_ctas = args.max_ctas});
+    CHECK_OK(nccl.status());
+    staging_stream = (*nccl)->stream();
+    comm = *std::move(nccl);
+  } else {
+    auto ipc = eplb::transfer::CudaIpcCommunicator::Create(ipc_id, rank, size, device);
+    CHECK_OK(ipc.status());
+    staging_stream = (*ipc)->stream();
+    comm = *std::move(ipc);
+    if (rank == 0 && RawCopy(args, &raw_gbps) != 0) return 1;
+    int status = 0;
+    raw_gbps = GatherDoubles(*comm, {raw_gbps}, &status)[0];  // also a barrier
+    if (status != 0) return 1;
+  }
 
   const int L = args.layers, E = args.experts, P = args.slots * size;
   std::mt19937 rng(7);  // the same maps on every rank
@@ -154,10 +219,9 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
   }
   cudaStream_t serving;
   CHECK_CUDA(cudaStreamCreateWithFlags(&serving, cudaStreamNonBlocking));
-  auto device_context =
-      eplb::transfer::CudaDeviceContext::Create(device, serving, (*comm)->stream());
+  auto device_context = eplb::transfer::CudaDeviceContext::Create(device, serving, staging_stream);
   CHECK_OK(device_context.status());
-  auto agent = PlacementAgent::Create(options, comm->get(), device_context->get());
+  auto agent = PlacementAgent::Create(options, comm.get(), device_context->get());
   CHECK_OK(agent.status());
 
   // 2. The shuffle alone: steps with no serving work until the plan is active.
@@ -217,19 +281,37 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
   if (apply(3, maps[2], serve, &staged_steps) != 0) return 1;
   const double staged_step = Seconds(staged_start, Clock::now()) / staged_steps;
 
+  int gather_status = 0;
+  const std::vector<double> all =
+      GatherDoubles(*comm, {received + copied, staging}, &gather_status);
+  if (gather_status != 0) return 1;
   std::printf(
-      "rank %d (GPU %d): raw send/recv %.1f GB/s per direction (%d MiB, best of %d) | shuffle: "
+      "rank %d (GPU %d, %s): raw %s %.1f GB/s (%d MiB, best of %d) | shuffle: "
       "%.2f GiB received + %.2f GiB copied locally, staging %.1f ms -> %.1f GB/s = %.0f%% of raw; "
       "plan active after %d steps, %.1f ms | decode step %.3f ms alone, %.3f ms while staging "
       "(%+.1f%%, %d steps)\n",
-      rank, device, raw_gbps, args.raw_mib, args.repeats, received / (1 << 30), copied / (1 << 30),
-      staging * 1e3, received / staging / 1e9, 100.0 * received / staging / 1e9 / raw_gbps, steps,
+      rank, device, args.backend.c_str(),
+      args.backend == "nccl" ? "send/recv per direction" : "device-to-device copy", raw_gbps,
+      args.raw_mib, args.repeats, received / (1 << 30), copied / (1 << 30), staging * 1e3,
+      received / staging / 1e9, 100.0 * received / staging / 1e9 / raw_gbps, steps,
       shuffle_wall * 1e3, alone_step * 1e3, staged_step * 1e3,
       100.0 * (staged_step - alone_step) / alone_step, staged_steps);
+  if (rank == 0) {
+    double bytes = 0, longest = 0;
+    for (int r = 0; r < size; ++r) {
+      bytes += all[2 * r];
+      longest = std::max(longest, all[2 * r + 1]);
+    }
+    std::printf(
+        "group: %.2f GiB moved by %d ranks (received + local) in %.1f ms of staging (longest "
+        "rank) -> %.1f GB/s = %.0f%% of raw\n",
+        bytes / (1 << 30), size, longest * 1e3, bytes / longest / 1e9,
+        100.0 * bytes / longest / 1e9 / raw_gbps);
+  }
   agent->reset();
   device_context->reset();
-  comm->reset();
-  ncclCommDestroy(parent);
+  comm.reset();
+  if (parent != nullptr) ncclCommDestroy(parent);
   return 0;
 }
 
@@ -253,6 +335,8 @@ int main(int argc, char** argv) {
                                            : nullptr;
     if (flag == "--plan-file") {
       args.plan_file = value;
+    } else if (flag == "--backend") {
+      args.backend = value;
     } else if (target != nullptr) {
       *target = std::atoi(value.c_str());
     } else {
@@ -262,18 +346,33 @@ int main(int argc, char** argv) {
   }
   if (args.ranks < 1 || args.layers < 1 || args.experts < 1 ||
       args.slots * args.ranks < args.experts || args.expert_mib < 1 || args.sync_every < 1 ||
-      args.raw_mib < 1 || args.repeats < 1 || args.step_mib < 2) {
-    std::fprintf(stderr, "flags out of range (need slots × ranks ≥ experts, all ≥ 1)\n");
+      args.raw_mib < 1 || args.repeats < 1 || args.step_mib < 2 ||
+      (args.backend != "nccl" && args.backend != "ipc")) {
+    std::fprintf(
+        stderr, "flags out of range (need slots × ranks ≥ experts, all ≥ 1, --backend nccl|ipc)\n");
     return 2;
   }
   std::printf(
-      "transfer_bench: %d ranks, %d layers, %d experts, %d slots/rank, %d MiB/expert, "
+      "transfer_bench: %s, %d ranks, %d layers, %d experts, %d slots/rank, %d MiB/expert, "
       "max_ctas %d, sync every %d steps, decode step = %d MiB device copy\n",
-      args.ranks, args.layers, args.experts, args.slots, args.expert_mib, args.max_ctas,
-      args.sync_every, args.step_mib);
+      args.backend.c_str(), args.ranks, args.layers, args.experts, args.slots, args.expert_mib,
+      args.max_ctas, args.sync_every, args.step_mib);
   std::fflush(stdout);
-  return eplb::transfer::RunLocalRanks(
-      args.ranks, [&](int rank, int size, const eplb::transfer::NcclUniqueIdBytes& id) {
-        return RunRank(args, rank, size, id);
-      });
+  if (args.backend == "nccl") {
+    return eplb::transfer::RunLocalRanks(
+        args.ranks, [&](int rank, int size, const eplb::transfer::NcclUniqueIdBytes& id) {
+          return RunRank(args, rank, size, id, "");
+        });
+  }
+  auto id = eplb::transfer::CudaIpcCommunicator::NewGroupId(args.ranks);
+  if (!id.ok()) {
+    std::fprintf(stderr, "%s\n", id.status().ToString().c_str());
+    return 1;
+  }
+  const std::vector<int> codes = eplb::transfer::RunLocalProcesses(
+      args.ranks, [&](int rank) { return RunRank(args, rank, args.ranks, {}, *id); });
+  for (int code : codes) {
+    if (code != 0) return code;
+  }
+  return 0;
 }

@@ -4,6 +4,11 @@
 //     memory; for CPU tests and the demo.
 //   - NcclCommunicator (nccl_communicator.h, built with CUDA): a dedicated NCCL communicator on its
 //     own stream; buffers in device memory.
+//   - CudaIpcCommunicator (cuda_ipc_communicator.h, built with CUDA): the ranks of one node; the
+//     receiver of each transfer pulls the bytes out of the sender's memory with the GPU's copy
+//     engines (CUDA IPC), no kernel.
+//   - HierarchicalCommunicator (hierarchical_communicator.h): one communicator for the ranks of a
+//     node and one for all ranks; each transfer goes through the node's when both ends share it.
 //
 // Calls are collective: every rank of the group makes the same sequence of calls (sends and
 // receives matched pairwise inside one SendRecvGroup). A Communicator object belongs to one rank
@@ -29,6 +34,12 @@ struct PeerTransfer {
   size_t bytes = 0;
 };
 
+// Memory a rank's sends read from.
+struct MemoryRange {
+  const void* data = nullptr;
+  size_t bytes = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -41,6 +52,13 @@ class Communicator {
   // and leave the receive buffers' contents unspecified.
   virtual absl::Status SendRecvGroup(std::span<const PeerTransfer> sends,
                                      std::span<const PeerTransfer> receives) = 0;
+
+  // Declares memory that this rank's later sends read from. Backends whose receivers read the
+  // sender's memory directly (CUDA IPC) refuse a send outside every declared range and export the
+  // ranges to their peers here; the others accept any send and ignore this. Not collective; call
+  // it before the first SendRecvGroup that sends from the ranges, which must stay allocated while
+  // the communicator lives. INVALID_ARGUMENT naming the range for a null or empty one.
+  virtual absl::Status RegisterSendBuffers(std::span<const MemoryRange> ranges);
 
   // Every rank contributes `value`; returns the minimum over the ranks.
   virtual absl::StatusOr<int64_t> AllReduceMin(int64_t value) = 0;
@@ -57,6 +75,10 @@ class Communicator {
 // receive 1 has null data for 16 bytes".
 absl::Status CheckPeerTransfers(int32_t rank, int32_t size, std::span<const PeerTransfer> sends,
                                 std::span<const PeerTransfer> receives);
+
+// The check every RegisterSendBuffers makes first: INVALID_ARGUMENT "RegisterSendBuffers: range 2
+// (0 bytes at 7f00…) is null or empty".
+absl::Status CheckMemoryRanges(std::span<const MemoryRange> ranges);
 
 }  // namespace eplb::transfer
 

@@ -1,8 +1,11 @@
-// RunLocalRanks: runs `size` ranks of one NCCL group as child processes of this process, one per
-// GPU of this host, for GPU tests, benchmarks and demos. Rank 0 makes the NCCL unique id and hands
-// it to the others through pipes; the parent touches neither CUDA nor NCCL (fork before any CUDA
-// initialization). Returns 0 when every rank returned 0, else the first failing rank's status (or
-// 128 + signal).
+// RunLocalProcesses / RunLocalRanks: run `size` ranks as child processes of this process, for GPU
+// tests, benchmarks and demos. The parent must not have initialized CUDA (fork before any CUDA
+// call).
+//   - RunLocalProcesses(size, body): body(rank) in each child; returns every child's exit status
+//     (128 + signal for a killed one), in rank order, once all ended.
+//   - RunLocalRanks(size, body): one NCCL group. Rank 0 makes the NCCL unique id and hands it to
+//     the others through pipes. Returns 0 when every rank returned 0, else the first failing
+//     rank's status.
 #ifndef EPLB_TRANSFER_LOCAL_RANKS_H_
 #define EPLB_TRANSFER_LOCAL_RANKS_H_
 
@@ -17,10 +20,37 @@
 
 namespace eplb::transfer {
 
+inline std::vector<int> RunLocalProcesses(int size, const std::function<int(int rank)>& body) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::vector<pid_t> children;
+  for (int rank = 0; rank < size; ++rank) {
+    const pid_t pid = fork();
+    if (pid < 0) {
+      std::perror("fork");
+      break;
+    }
+    if (pid == 0) {
+      const int status = body(rank);
+      std::fflush(stdout);
+      std::fflush(stderr);
+      _exit(status);
+    }
+    children.push_back(pid);
+  }
+  std::vector<int> codes;
+  for (pid_t pid : children) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+  }
+  codes.resize(size, 1);  // ranks that could not be started
+  return codes;
+}
+
 // `body(rank, size, id)` runs in the child of each rank and returns its exit status.
-inline int RunLocalRanks(int size,
-                         const std::function<int(int rank, int size, const NcclUniqueIdBytes& id)>&
-                             body) {
+inline int RunLocalRanks(
+    int size, const std::function<int(int rank, int size, const NcclUniqueIdBytes& id)>& body) {
   std::vector<int> write_ends, read_ends;
   for (int r = 1; r < size; ++r) {
     int fds[2];

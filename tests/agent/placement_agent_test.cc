@@ -239,8 +239,8 @@ TEST_P(AgentGroupTest, EverySlotHoldsItsExpertAfterEverySwitch) {
   auto v3 = RandomExpertMap(options.L, options.E, options.P, R, rng);
   auto v4 = RandomExpertMap(options.L, options.E, options.P, R, rng);
   std::vector<Delivery> deliveries = {
-      {0, -1, Plan(2, PlanStatus::kPending, v2)},   {3, -1, Plan(2, PlanStatus::kCommitted, v2)},
-      {30, -1, Plan(3, PlanStatus::kPending, v3)},  {31, -1, Plan(3, PlanStatus::kCommitted, v3)},
+      {0, -1, Plan(2, PlanStatus::kPending, v2)},    {3, -1, Plan(2, PlanStatus::kCommitted, v2)},
+      {30, -1, Plan(3, PlanStatus::kPending, v3)},   {31, -1, Plan(3, PlanStatus::kCommitted, v3)},
       {60, -1, Plan(4, PlanStatus::kCommitted, v4)},
   };
   const auto results = RunGroup(options, deliveries);
@@ -534,14 +534,60 @@ TEST_F(AgentCreateTest, BadOptionsAreRefusedByName) {
   expect_error([](auto& o) { o.layers_per_chunk = 0; }, "layers_per_chunk = 0 must be ≥ 1");
   expect_error([](auto& o) { o.weights.pop_back(); }, "weights has 1 layers, the map has 2");
   expect_error([](auto& o) { o.weights[1].pop_back(); }, "weights[1] has 2 slots, rank 0 has 3");
-  expect_error([](auto& o) { o.weights[0][2].push_back({nullptr, 0}); },
-               "weights[0][2] has 2 buffers, weights[0][0] has 1");
+  expect_error(
+      [](auto& o) {
+        o.weights[0][2].push_back({nullptr, 0});
+      },
+      "weights[0][2] has 2 buffers, weights[0][0] has 1");
   expect_error([](auto& o) { o.weights[1][1][0].data = nullptr; }, "weights[1][1][0].data is null");
   expect_error([](auto& o) { o.weights[0][1][0].bytes = 8; },
                "weights[0][1][0] has 8 bytes, weights[0][0][0] has 16");
   std::mt19937 rng(37);
   expect_error([&](auto& o) { o.initial_map = RandomExpertMap(2, 4, 6, 3, rng); },
                "the communicator has 2 ranks, the initial map has 3");
+}
+
+// A communicator that records what it was asked to register, and refuses it on request.
+class RegisteringCommunicator final : public transfer::Communicator {
+ public:
+  explicit RegisteringCommunicator(std::unique_ptr<transfer::Communicator> inner)
+      : inner_(std::move(inner)) {}
+  int32_t rank() const override { return inner_->rank(); }
+  int32_t size() const override { return inner_->size(); }
+  absl::Status RegisterSendBuffers(std::span<const transfer::MemoryRange> ranges) override {
+    registered.insert(registered.end(), ranges.begin(), ranges.end());
+    return refusal;
+  }
+  absl::Status SendRecvGroup(std::span<const transfer::PeerTransfer> sends,
+                             std::span<const transfer::PeerTransfer> receives) override {
+    return inner_->SendRecvGroup(sends, receives);
+  }
+  absl::StatusOr<int64_t> AllReduceMin(int64_t value) override {
+    return inner_->AllReduceMin(value);
+  }
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> AllGather(
+      std::span<const uint8_t> bytes) override {
+    return inner_->AllGather(bytes);
+  }
+  std::vector<transfer::MemoryRange> registered;
+  absl::Status refusal;
+
+ private:
+  std::unique_ptr<transfer::Communicator> inner_;
+};
+
+TEST_F(AgentCreateTest, EverySlotBufferIsRegisteredForSendsAndARefusalFailsCreate) {
+  RegisteringCommunicator comm(std::move(comm_));
+  auto agent = PlacementAgent::Create(options_, &comm, &device_);
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  ASSERT_EQ(comm.registered.size(), storage_.size());
+  for (size_t i = 0; i < storage_.size(); ++i) {
+    EXPECT_EQ(comm.registered[i].data, storage_[i].data());
+    EXPECT_EQ(comm.registered[i].bytes, 16u);
+  }
+  agent->reset();
+  comm.refusal = absl::InvalidArgumentError("range 3 is not device memory");
+  EXPECT_EQ(PlacementAgent::Create(options_, &comm, &device_).status(), comm.refusal);
 }
 
 }  // namespace

@@ -41,6 +41,28 @@ __global__ void Spin(uint64_t nanoseconds) {
   }
 }
 
+__device__ inline uint64_t GlobalTimer() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__global__ void AllResident(unsigned int* arrived, unsigned int target, uint64_t timeout_ns,
+                            unsigned int* timeouts) {
+  extern __shared__ unsigned char shared[];
+  if (threadIdx.x == 0) {
+    shared[0] = 1;
+    atomicAdd(arrived, 1u);
+    const uint64_t start = GlobalTimer();
+    while (*reinterpret_cast<volatile unsigned int*>(arrived) < target) {
+      if (GlobalTimer() - start > timeout_ns) {
+        atomicAdd(timeouts, 1u);
+        break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 uint32_t HostPattern(int layer, int expert, int buffer, uint64_t word) {
@@ -62,6 +84,19 @@ cudaError_t LaunchCheck(const SlotPtrs* slots, const int32_t* phy2log, int layer
 
 cudaError_t LaunchSpin(uint64_t nanoseconds, int blocks, cudaStream_t stream) {
   Spin<<<blocks, 32, 0, stream>>>(nanoseconds);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchAllResident(unsigned int* arrived, unsigned int generation, int blocks,
+                              int shared_bytes, uint64_t timeout_ns, unsigned int* timeouts,
+                              cudaStream_t stream) {
+  if (cudaError_t e = cudaFuncSetAttribute(AllResident, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           shared_bytes);
+      e != cudaSuccess) {
+    return e;
+  }
+  AllResident<<<blocks, 32, shared_bytes, stream>>>(
+      arrived, generation * static_cast<unsigned int>(blocks), timeout_ns, timeouts);
   return cudaGetLastError();
 }
 

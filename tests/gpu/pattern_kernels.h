@@ -31,6 +31,15 @@ cudaError_t LaunchCheck(const SlotPtrs* slots, const int32_t* phy2log, int layer
 // decode step's kernels).
 cudaError_t LaunchSpin(uint64_t nanoseconds, int blocks, cudaStream_t stream);
 
+// A stand-in for a cooperative kernel (DeepEP-style low-latency dispatch): `blocks` blocks (one per
+// SM), each taking `shared_bytes` of shared memory so that no other kernel's block fits beside it,
+// and each waiting until every block of the launch is resident. Launch g (g = 1, 2, …) waits until
+// *arrived (zero before launch 1) reaches g × blocks. A block that waited `timeout_ns` gives up
+// and adds 1 to *timeouts, so a launch that could not get every SM ends instead of hanging.
+cudaError_t LaunchAllResident(unsigned int* arrived, unsigned int generation, int blocks,
+                              int shared_bytes, uint64_t timeout_ns, unsigned int* timeouts,
+                              cudaStream_t stream);
+
 }  // namespace eplb::gpu_test
 
 #endif  // EPLB_TESTS_GPU_PATTERN_KERNELS_H_
