@@ -72,6 +72,35 @@ std::optional<PlanDecision> AckDecision(const v1::Plan& plan) {
   return std::nullopt;
 }
 
+int AckStateIndex(v1::AckState state) {
+  switch (state) {
+    case v1::STAGED:
+      return 1;
+    case v1::ACTIVE:
+      return 2;
+    case v1::FAILED:
+      return 3;
+    default:
+      return 0;
+  }
+}
+
+// +1 / −1 of one rank's ack in a tally.
+void CountAck(const v1::RankAck& ack, int delta, Deployment::AckTally& tally) {
+  tally.by_state[AckStateIndex(ack.state())] += delta;
+  if (ack.state() == v1::FAILED || ack.hash_mismatch()) {
+    tally.bad += delta;
+  } else if (ack.state() == v1::STAGED || ack.state() == v1::ACTIVE) {
+    tally.good += delta;
+  }
+}
+
+Deployment::AckTally TallyAcks(const v1::Plan& plan) {
+  Deployment::AckTally tally;
+  for (const v1::RankAck& ack : plan.ranks()) CountAck(ack, +1, tally);
+  return tally;
+}
+
 // The nonce of a plan update: "<uid, 16 hex digits>.<version>".
 std::string PlanNonce(uint64_t uid, int64_t version) {
   return absl::StrCat(Hex(uid), ".", version);
@@ -114,6 +143,7 @@ Deployment::Deployment(ValidatedSpec validated, SmoothedLoad load, absl::Time cr
       footprint_(DeploymentFootprint(shape_, validated.smoothing, spec_.plan_history())),
       load_(std::move(load)),
       ranks_(static_cast<size_t>(shape_.num_ranks)),
+      reported_through_counts_{{-1, shape_.num_ranks}},
       scratch_(static_cast<size_t>(shape_.num_layers) * shape_.num_logical_experts) {}
 
 std::shared_ptr<Deployment> Deployment::Create(ValidatedSpec validated, uint64_t uid,
@@ -131,6 +161,7 @@ std::shared_ptr<Deployment> Deployment::Create(ValidatedSpec validated, uint64_t
   PlanEntry& entry =
       d->plans_.emplace(1, PlanEntry{std::move(first_plan), std::move(first_map), create_time})
           .first->second;
+  entry.tally = TallyAcks(entry.plan);
   d->RefreshUpdate(entry);
   d->last_version_ = 1;
   d->committed_version_ = 1;
@@ -189,7 +220,18 @@ absl::StatusOr<std::shared_ptr<Deployment>> Deployment::Restore(
       }
     }
     if (plan.state() == v1::COMMITTED) d->committed_version_ = version;
-    d->plans_.emplace(version, PlanEntry{std::move(plan), std::move(map), now});
+    // Acks are kept by rank: ranks(r) is rank r's.
+    bool by_rank = plan.ranks_size() == shape.num_ranks;
+    for (int32_t r = 0; by_rank && r < shape.num_ranks; ++r) by_rank = plan.ranks(r).rank() == r;
+    if (!by_rank) {
+      return absl::DataLossError(absl::StrCat("plan ", version, " has ", plan.ranks_size(),
+                                              " rank acks, not one per rank 0 … ",
+                                              shape.num_ranks - 1, " in order"));
+    }
+    const AckTally tally = TallyAcks(plan);
+    PlanEntry& entry =
+        d->plans_.emplace(version, PlanEntry{std::move(plan), std::move(map), now}).first->second;
+    entry.tally = tally;
   }
   if (d->committed_version_ == 0) return absl::DataLossError("no committed plan");
   EPLB_CHECK(recorded == 0 || d->committed_version_ == recorded,
@@ -217,7 +259,7 @@ absl::StatusOr<std::shared_ptr<Deployment>> Deployment::Restore(
       for (int i = 0; i < in.recent_sequences_size() && i < in.recent_hashes_size(); ++i) {
         out.recent.emplace_back(in.recent_sequences(i), in.recent_hashes(i));
       }
-      out.reported_through = in.reported_through();
+      d->SetReportedThrough(r, in.reported_through());
       out.forgotten_through = in.forgotten_through();
       if (out.forgotten_through == 0 && out.recent.size() >= kRecentSequences) {
         // A checkpoint from before forgotten_through was kept: anything below the oldest
@@ -320,11 +362,10 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
                            "layers has no entries, expected at least 1");
   }
   if (num_layers > shape_.num_layers - first_layer) {
-    return ErrorWithDetail(
-        absl::StatusCode::kInvalidArgument, v1::MALFORMED_COUNTS, "layers",
-        absl::StrCat("layers has ", num_layers, " entries, more than the ",
-                     shape_.num_layers - first_layer, " from first_layer ", first_layer,
-                     " to num_layers ", shape_.num_layers));
+    return ErrorWithDetail(absl::StatusCode::kInvalidArgument, v1::MALFORMED_COUNTS, "layers",
+                           absl::StrCat("layers has ", num_layers, " entries, more than the ",
+                                        shape_.num_layers - first_layer, " from first_layer ",
+                                        first_layer, " to num_layers ", shape_.num_layers));
   }
   const int32_t width = local_slots ? layout_.SlotsOnRank(rank) : shape_.num_logical_experts;
   for (int32_t l = 0; l < num_layers; ++l) {
@@ -370,9 +411,8 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
     if (report.sequence() <= state.forgotten_through) {
       return ErrorWithDetail(
           absl::StatusCode::kFailedPrecondition, v1::SEQUENCE_OUT_OF_ORDER, "sequence",
-          absl::StrCat("sequence ", report.sequence(), " of rank ", rank,
-                       " is not among the last ", kRecentSequences,
-                       " accepted, and sequences up to ", state.forgotten_through,
+          absl::StrCat("sequence ", report.sequence(), " of rank ", rank, " is not among the last ",
+                       kRecentSequences, " accepted, and sequences up to ", state.forgotten_through,
                        " are forgotten"));
     }
   }
@@ -420,8 +460,7 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
   } else {
     for (int32_t i = 0; i < num_layers; ++i) {
       const auto& counts = report.layers(i).counts();
-      std::memcpy(rows + static_cast<size_t>(i) * experts, counts.data(),
-                  sizeof(double) * experts);
+      std::memcpy(rows + static_cast<size_t>(i) * experts, counts.data(), sizeof(double) * experts);
     }
   }
   if (load_.empty() || report.last_step() > load_.last_step()) newest_step_time_ = now;
@@ -441,17 +480,25 @@ absl::StatusOr<ReportOutcome> Deployment::CountReport(const v1::LoadReport& repo
   // A step range counts as reported by the rank once its report reaches the last layer: the
   // parts of a split report arrive in layer order, and a rebalance waits for the whole.
   if (first_layer + num_layers == shape_.num_layers) {
-    state.reported_through = std::max(state.reported_through, report.last_step());
+    if (report.last_step() > state.reported_through) {
+      SetReportedThrough(report.rank(), report.last_step());
+    }
   }
   load_dirty_ = true;
   return ReportOutcome{
       .duplicate = false, .last_sequence = state.last_sequence, .evaluate = TriggerDue()};
 }
 
-int64_t Deployment::Frontier() const {
-  int64_t frontier = INT64_MAX;
-  for (const RankReportState& rank : ranks_) frontier = std::min(frontier, rank.reported_through);
-  return frontier;
+int64_t Deployment::Frontier() const { return reported_through_counts_.begin()->first; }
+
+void Deployment::SetReportedThrough(int32_t rank, int64_t step) {
+  RankReportState& state = ranks_[rank];
+  const auto old = reported_through_counts_.find(state.reported_through);
+  EPLB_CHECK(old != reported_through_counts_.end(), "rank ", rank, "'s reported_through ",
+             state.reported_through, " is not counted");
+  if (--old->second == 0) reported_through_counts_.erase(old);
+  state.reported_through = step;
+  reported_through_counts_[step]++;
 }
 
 int64_t Deployment::StepsSeen() const {
@@ -525,6 +572,7 @@ absl::StatusOr<std::vector<int64_t>> Deployment::AddPlan(const v1::Plan& plan, E
   const bool immediate = plan.state() == v1::COMMITTED;
   EPLB_CHECK(immediate || pending_version_ == 0, "version ", pending_version_, " is still pending");
   PlanEntry& entry = plans_.emplace(version, PlanEntry{plan, std::move(map), now}).first->second;
+  entry.tally = TallyAcks(entry.plan);
   if (immediate) {
     committed_version_ = version;
     if (metrics_) {
@@ -598,11 +646,13 @@ absl::StatusOr<std::optional<PlanDecision>> Deployment::RecordAck(
   PlanEntry& entry = it->second;
   v1::RankAck& state = *entry.plan.mutable_ranks(rank);
   const bool mismatch = ack.state() != v1::FAILED && ack.map_hash() != entry.plan.map_hash();
+  CountAck(state, -1, entry.tally);
   state.set_state(ack.state());
   state.set_map_hash(ack.map_hash());
   state.set_hash_mismatch(mismatch);
   state.set_error_detail(ack.error_detail());
   TimeToProto(now, state.mutable_update_time());
+  CountAck(state, +1, entry.tally);
   if (metrics_) metrics_->SetHashMismatch(rank, mismatch);
   if (mismatch) {
     spdlog::warn(
@@ -611,9 +661,12 @@ absl::StatusOr<std::optional<PlanDecision>> Deployment::RecordAck(
         name(), rank, ack.version(), v1::AckState_Name(ack.state()), Hex(ack.map_hash()),
         Hex(entry.plan.map_hash()));
   }
-  UpdateRankMetrics();
+  if (it == std::prev(plans_.end())) UpdateRankMetrics();
 
   if (ack.version() != pending_version_ || entry.finishing) return std::nullopt;
+  // Nothing decided until a rank failed or every rank staged; then one scan names the rank, once
+  // per plan (finishing is set).
+  if (entry.tally.bad == 0 && entry.tally.good < shape_.num_ranks) return std::nullopt;
   std::optional<PlanDecision> decision = AckDecision(entry.plan);
   if (decision.has_value()) entry.finishing = true;
   return decision;
@@ -713,7 +766,7 @@ absl::Status Deployment::Subscribe(const v1::WatchPlansRequest::Subscribe& subsc
                      " is newer than the latest version of deployment \"", name(), "\" (",
                      last_version_, "); was it deleted and created again?"));
   }
-  watchers_.push_back(sink);
+  watchers_.insert(sink);
   if (metrics_) metrics_->AddWatchers(1);
   if (committed_version_ > subscribe.known_version()) {
     sink->Send(plans_.at(committed_version_).update);
@@ -724,9 +777,7 @@ absl::Status Deployment::Subscribe(const v1::WatchPlansRequest::Subscribe& subsc
 
 void Deployment::Unsubscribe(WatchSink* sink) {
   absl::MutexLock lock(&mu_);
-  const auto it = std::find(watchers_.begin(), watchers_.end(), sink);
-  if (it == watchers_.end()) return;  // already closed by a delete or shutdown
-  watchers_.erase(it);
+  if (watchers_.erase(sink) == 0) return;  // already closed by a delete or shutdown
   if (metrics_) metrics_->AddWatchers(-1);
 }
 
@@ -755,8 +806,11 @@ void Deployment::Broadcast(const PlanEntry& entry) {
 void Deployment::RefreshUpdate(PlanEntry& entry) const {
   v1::WatchPlansResponse response;
   v1::Plan& plan = *response.mutable_plan();
+  // Watchers get the plan without its R rank acks; move them aside instead of copying them.
+  google::protobuf::RepeatedPtrField<v1::RankAck> acks;
+  acks.Swap(entry.plan.mutable_ranks());
   plan = entry.plan;
-  plan.clear_ranks();
+  acks.Swap(entry.plan.mutable_ranks());
   response.set_nonce(PlanNonce(uid_, entry.plan.version()));
   auto update = std::make_shared<WatchUpdate>();
   update->version = entry.plan.version();
@@ -776,23 +830,7 @@ void Deployment::UpdateVersionMetrics() {
 
 void Deployment::UpdateRankMetrics() {
   if (!metrics_ || plans_.empty()) return;
-  int64_t counts[4] = {0, 0, 0, 0};
-  for (const v1::RankAck& ack : plans_.rbegin()->second.plan.ranks()) {
-    switch (ack.state()) {
-      case v1::STAGED:
-        ++counts[1];
-        break;
-      case v1::ACTIVE:
-        ++counts[2];
-        break;
-      case v1::FAILED:
-        ++counts[3];
-        break;
-      default:
-        ++counts[0];
-        break;
-    }
-  }
+  const int32_t* counts = plans_.rbegin()->second.tally.by_state;
   metrics_->SetRankStates(counts[0], counts[1], counts[2], counts[3]);
 }
 

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -94,6 +95,13 @@ enum class PlanReason { kTrigger, kOnDemand };
 
 class Deployment {
  public:
+  // How a plan's rank acks stand, kept up to date ack by ack so that an ack costs O(1) in the
+  // number of ranks.
+  struct AckTally {
+    int32_t by_state[4] = {0, 0, 0, 0};  // unacknowledged, STAGED, ACTIVE, FAILED
+    int32_t good = 0;                    // STAGED or ACTIVE with the plan's hash
+    int32_t bad = 0;                     // FAILED, or holding another map
+  };
   // A new deployment: `first_plan` (made by FirstPlan and persisted by the caller) is version 1,
   // committed, with `first_map`.
   static std::shared_ptr<Deployment> Create(ValidatedSpec validated, uint64_t uid,
@@ -219,11 +227,12 @@ class Deployment {
 
  private:
   struct PlanEntry {
-    v1::Plan plan;  // with its map and R rank acks
+    v1::Plan plan;  // with its map and R rank acks, ranks(r).rank() == r
     ExpertMap map;
     absl::Time publish_time;
     bool finishing = false;  // a decision was handed out and not yet applied
     std::shared_ptr<const WatchUpdate> update;
+    AckTally tally;  // of plan.ranks()
   };
   struct RankReportState {
     uint64_t session = 0;
@@ -239,8 +248,10 @@ class Deployment {
              std::shared_ptr<DeploymentMetrics> metrics);
 
   absl::StatusOr<ReportOutcome> CountReport(const v1::LoadReport& report, absl::Time now);
-  // The newest step every rank has reported; −1 until each rank reported once.
+  // The newest step every rank has reported; −1 until each rank reported once. O(1).
   int64_t Frontier() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves rank `rank`'s reported_through to `step`, keeping reported_through_counts_.
+  void SetReportedThrough(int32_t rank, int64_t step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t StepsSeen() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Marks an evaluation queued and returns true when the automatic trigger is due.
   bool TriggerDue() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -264,6 +275,8 @@ class Deployment {
   mutable absl::Mutex mu_;
   SmoothedLoad load_ ABSL_GUARDED_BY(mu_);
   std::vector<RankReportState> ranks_ ABSL_GUARDED_BY(mu_);
+  // How many ranks have each reported_through value: the frontier is the first key.
+  std::map<int64_t, int32_t> reported_through_counts_ ABSL_GUARDED_BY(mu_);
   std::vector<double> scratch_ ABSL_GUARDED_BY(mu_);  // L × E, one report converted to experts
   int64_t last_evaluated_step_ ABSL_GUARDED_BY(mu_) = -1;  // the frontier at the last evaluation
   bool evaluation_queued_ ABSL_GUARDED_BY(mu_) = false;
@@ -271,7 +284,7 @@ class Deployment {
   int64_t last_version_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t committed_version_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t pending_version_ ABSL_GUARDED_BY(mu_) = 0;  // 0: none in flight
-  std::vector<WatchSink*> watchers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<WatchSink*> watchers_ ABSL_GUARDED_BY(mu_);
   bool deleted_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;  // shutting down: no new watchers
   std::map<std::string, std::string> rendezvous_ ABSL_GUARDED_BY(mu_);

@@ -29,6 +29,11 @@ absl::StatusOr<std::unique_ptr<HierarchicalCommunicator>> HierarchicalCommunicat
       new HierarchicalCommunicator(std::move(node), std::move(global), ranks_per_node));
 }
 
+HierarchicalCommunicator::~HierarchicalCommunicator() {
+  node_.reset();
+  global_.reset();
+}
+
 absl::Status HierarchicalCommunicator::RegisterSendBuffers(std::span<const MemoryRange> ranges) {
   if (absl::Status s = node_->RegisterSendBuffers(ranges); !s.ok()) return s;
   return global_->RegisterSendBuffers(ranges);

@@ -36,6 +36,9 @@ class HierarchicalCommunicator final : public Communicator {
       std::unique_ptr<Communicator> node, std::unique_ptr<Communicator> global,
       int32_t ranks_per_node);
 
+  // Destroys the node communicator first: it may copy on the global one's stream.
+  ~HierarchicalCommunicator() override;
+
   int32_t rank() const override { return global_->rank(); }
   int32_t size() const override { return global_->size(); }
 

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/testing/random_inputs.h"
+#include "transfer/hierarchical_communicator.h"
 #include "transfer/host_communicator.h"
 
 namespace eplb::agent {
@@ -99,6 +100,9 @@ struct GroupOptions {
   std::map<int32_t, std::shared_ptr<const ExpertMap>> initial_per_rank;  // overrides
   transfer::HostGroupOptions comm;
   bool slow_switch = false;  // SlowSwitchDevice instead of HostDeviceContext
+  // > 0: nodes of this many ranks, each rank's communicator a HierarchicalCommunicator over its
+  // node's host group and the global one (and the agent's ranks_per_node).
+  int32_t ranks_per_node = 0;
   // Set to the group once created, for fault hooks that need it.
   std::function<void(HostCommunicatorGroup*)> on_group;
 };
@@ -116,6 +120,10 @@ std::vector<RankResult> RunGroup(GroupOptions options, const std::vector<Deliver
   auto group = HostCommunicatorGroup::Create(options.R, options.comm);
   EXPECT_TRUE(group.ok()) << group.status();
   if (options.on_group) options.on_group(&*group);
+  std::vector<HostCommunicatorGroup> nodes;
+  for (int32_t n = 0; options.ranks_per_node > 0 && n < options.R / options.ranks_per_node; ++n) {
+    nodes.push_back(*HostCommunicatorGroup::Create(options.ranks_per_node));
+  }
   std::vector<RankResult> results(options.R);
   std::vector<std::thread> threads;
   for (int32_t rank = 0; rank < options.R; ++rank) {
@@ -134,6 +142,7 @@ std::vector<RankResult> RunGroup(GroupOptions options, const std::vector<Deliver
       agent_options.initial_version = 1;
       agent_options.sync_every_steps = options.sync_every_steps;
       agent_options.layers_per_chunk = options.layers_per_chunk;
+      agent_options.ranks_per_node = options.ranks_per_node;
       absl::Mutex acks_mu;
       agent_options.on_ack = [&](const AgentAck& ack) {
         absl::MutexLock lock(&acks_mu);
@@ -155,6 +164,13 @@ std::vector<RankResult> RunGroup(GroupOptions options, const std::vector<Deliver
         }
       }
       std::unique_ptr<transfer::Communicator> comm = group->ForRank(rank);
+      if (options.ranks_per_node > 0) {
+        const int32_t k = options.ranks_per_node;
+        auto hierarchical = transfer::HierarchicalCommunicator::Create(
+            nodes[rank / k].ForRank(rank % k), std::move(comm), k);
+        ASSERT_TRUE(hierarchical.ok()) << hierarchical.status();
+        comm = *std::move(hierarchical);
+      }
       HostDeviceContext host_device;
       SlowSwitchDevice slow_device;
       transfer::DeviceContext* device =
@@ -267,6 +283,33 @@ TEST_P(AgentGroupTest, EverySlotHoldsItsExpertAfterEverySwitch) {
 
 INSTANTIATE_TEST_SUITE_P(Ranks, AgentGroupTest, ::testing::Values(2, 3, 4, 8, 16),
                          [](const auto& info) { return absl::StrCat("R", info.param); });
+
+// Nodes of 2 and of 4 ranks behind HierarchicalCommunicator: the plans apply as with one
+// communicator, and transfers within a node go through the node's.
+TEST(AgentTest, HierarchicalCommunicatorsApplyEveryPlan) {
+  for (const int32_t k : {2, 4}) {
+    SCOPED_TRACE(absl::StrCat(k, " ranks per node"));
+    std::mt19937 rng(77 + k);
+    GroupOptions options;
+    options.R = 8;
+    options.ranks_per_node = k;
+    options.L = 4;
+    options.E = 16;
+    options.P = 24;
+    options.steps = 90;
+    options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+    auto v2 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+    auto v3 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
+    const auto results = RunGroup(options, {{0, -1, Plan(2, PlanStatus::kCommitted, v2)},
+                                            {40, -1, Plan(3, PlanStatus::kCommitted, v3)}});
+    ExpectConsistent(results);
+    for (const RankResult& result : results) {
+      EXPECT_EQ(result.final_phy2log, v3->phy2log_table());
+      EXPECT_EQ(result.status.plans_applied, 2);
+      EXPECT_EQ(result.status.plans_failed, 0);
+    }
+  }
+}
 
 // The switch of a layer happens at the same step on every rank: the step at which each rank's map
 // changed is the same, and no layer changes outside a sync step.

@@ -390,6 +390,7 @@ int RunRank(const Args& args, int rank, int size, const Ids& ids) {
                    : "");
   if (!status.last_error.empty())
     std::printf("rank %d: last error: %s\n", rank, status.last_error.c_str());
+  std::fflush(stdout);  // a crash in the teardown below must not swallow the result
   agent->reset();
   bool ok = host_errors == 0 && (args.backend == "nccl" || resident_host[1] == 0);
   if (args.kill_rank >= 0) {

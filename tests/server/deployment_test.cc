@@ -639,6 +639,33 @@ TEST(DeploymentTest, RestoreKeepsTheNewestPendingPlanInFlightAndAbortsTheOthers)
   EXPECT_EQ(lost.message(), "no committed plan");
 }
 
+TEST(DeploymentTest, RestoreRefusesAPlanWhoseRankAcksAreNotOnePerRankInOrder) {
+  auto d = NewDeployment();
+  LoadedDeployment stored;
+  *stored.record.mutable_spec() = Validated(Spec()).spec;
+  TimeToProto(kT0, stored.record.mutable_create_time());
+  stored.last_version = 1;
+  const v1::Plan good = *d->GetPlan(1);
+  const int32_t ranks = good.ranks_size();
+  ASSERT_GE(ranks, 2);
+  const auto refused = [&](v1::Plan plan) {
+    LoadedDeployment copy = stored;
+    copy.plans.push_back(std::move(plan));
+    return Deployment::Restore(Validated(Spec()), std::move(copy), kT0, nullptr).status();
+  };
+  const std::string message = absl::StrCat(
+      "plan 1 has ", ranks - 1, " rank acks, not one per rank 0 … ", ranks - 1, " in order");
+  v1::Plan short_list = good;
+  short_list.mutable_ranks()->RemoveLast();
+  EXPECT_EQ(refused(short_list), absl::DataLossError(message));
+  v1::Plan swapped = good;
+  swapped.mutable_ranks()->SwapElements(0, 1);
+  EXPECT_EQ(refused(swapped), absl::DataLossError(absl::StrCat("plan 1 has ", ranks,
+                                                               " rank acks, not one per rank 0 … ",
+                                                               ranks - 1, " in order")));
+  EXPECT_TRUE(refused(good).ok());
+}
+
 TEST(DeploymentTest, RendezvousValuesAreBoundedAndGoneWithTheDeployment) {
   auto d = NewDeployment();
   EXPECT_EQ(d->PublishRendezvous("", "v").message(), "key is required");
