@@ -110,22 +110,43 @@ int RawExchange(const Args& args, int rank, int size, ncclComm_t comm, double* g
   return 0;
 }
 
-// Device-to-device cudaMemcpyAsync of --raw-mib MiB on one GPU, best of --repeats, in GB/s.
-int RawCopy(const Args& args, double* gbps) {
+// Device-to-device copies of --raw-mib MiB on one GPU, best of --repeats, in GB/s: one
+// cudaMemcpyAsync (the runtime may copy with SMs), and the same bytes as one batch of 16 copies
+// with cudaMemcpyBatchAsync preferring the copy engines, as the IPC communicator copies.
+int RawCopy(const Args& args, double* gbps, double* engine_gbps) {
   const size_t bytes = static_cast<size_t>(args.raw_mib) << 20;
   void *a = nullptr, *b = nullptr;
   CHECK_CUDA(cudaMalloc(&a, bytes));
   CHECK_CUDA(cudaMalloc(&b, bytes));
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
-  double best = 1e30;
-  for (int i = 0; i < args.repeats + 1; ++i) {
-    const auto start = Clock::now();
-    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
-    CHECK_CUDA(cudaStreamSynchronize(stream));
-    if (i > 0) best = std::min(best, Seconds(start, Clock::now()));
+  constexpr int kPieces = 16;
+  std::vector<void*> dsts;
+  std::vector<const void*> srcs;
+  std::vector<size_t> sizes(kPieces, bytes / kPieces);
+  for (int i = 0; i < kPieces; ++i) {
+    dsts.push_back(static_cast<char*>(b) + i * (bytes / kPieces));
+    srcs.push_back(static_cast<const char*>(a) + i * (bytes / kPieces));
   }
-  *gbps = bytes / best / 1e9;
+  for (const bool engines : {false, true}) {
+    double best = 1e30;
+    for (int i = 0; i < args.repeats + 1; ++i) {
+      const auto start = Clock::now();
+      if (!engines) {
+        CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
+      } else {
+        cudaMemcpyAttributes attributes{};
+        attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+        attributes.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+        size_t index = 0;
+        CHECK_CUDA(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), kPieces,
+                                        &attributes, &index, 1, stream));
+      }
+      CHECK_CUDA(cudaStreamSynchronize(stream));
+      if (i > 0) best = std::min(best, Seconds(start, Clock::now()));
+    }
+    (engines ? *engine_gbps : *gbps) = bytes / best / 1e9;
+  }
   cudaFree(a);
   cudaFree(b);
   cudaStreamDestroy(stream);
@@ -178,10 +199,46 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
     CHECK_OK(ipc.status());
     staging_stream = (*ipc)->stream();
     comm = *std::move(ipc);
-    if (rank == 0 && RawCopy(args, &raw_gbps) != 0) return 1;
+    double engine_gbps = 0;
+    if (rank == 0 && RawCopy(args, &raw_gbps, &engine_gbps) != 0) return 1;
     int status = 0;
-    raw_gbps = GatherDoubles(*comm, {raw_gbps}, &status)[0];  // also a barrier
+    const std::vector<double> raw = GatherDoubles(*comm, {raw_gbps, engine_gbps}, &status);
     if (status != 0) return 1;
+    raw_gbps = raw[0];
+    // The communicator alone: every rank sends --raw-mib MiB to the next rank as 16 transfers in
+    // one SendRecvGroup (all ranks at once), best of --repeats; the group's bytes over the
+    // longest rank's time.
+    const size_t bytes = static_cast<size_t>(args.raw_mib) << 20;
+    void *send = nullptr, *recv = nullptr;
+    CHECK_CUDA(cudaMalloc(&send, bytes));
+    CHECK_CUDA(cudaMalloc(&recv, bytes));
+    const eplb::transfer::MemoryRange range{send, bytes};
+    CHECK_OK(comm->RegisterSendBuffers({&range, 1}));
+    std::vector<eplb::transfer::PeerTransfer> sends, receives;
+    for (int i = 0; i < 16; ++i) {
+      sends.push_back({(rank + 1) % size, static_cast<char*>(send) + i * (bytes / 16), bytes / 16});
+      receives.push_back(
+          {(rank + size - 1) % size, static_cast<char*>(recv) + i * (bytes / 16), bytes / 16});
+    }
+    double best = 1e30;
+    for (int i = 0; i < args.repeats + 1; ++i) {
+      GatherDoubles(*comm, {0.0}, &status);  // start together
+      const auto start = Clock::now();
+      CHECK_OK(comm->SendRecvGroup(sends, receives));
+      const std::vector<double> times =
+          GatherDoubles(*comm, {Seconds(start, Clock::now())}, &status);
+      if (status != 0) return 1;
+      if (i > 0) best = std::min(best, *std::max_element(times.begin(), times.end()));
+    }
+    if (rank == 0) {
+      const double group = size * static_cast<double>(bytes) / best / 1e9;
+      std::printf(
+          "raw (rank 0 alone): cudaMemcpyAsync %.1f GB/s, cudaMemcpyBatchAsync on the copy engines "
+          "%.1f GB/s | IPC exchange, every rank %d MiB to the next: %.1f GB/s for the group = "
+          "%.0f%% of the copy engines' raw, %.0f%% of cudaMemcpyAsync's\n",
+          raw[0], raw[1], args.raw_mib, group, 100 * group / raw[1], 100 * group / raw[0]);
+      std::fflush(stdout);
+    }
   }
 
   const int L = args.layers, E = args.experts, P = args.slots * size;
