@@ -13,9 +13,9 @@
 //
 // Lifetime: Create makes the segment (name "/eplb-<pid>-<random>") and returns its name, to be
 // handed to every rank (through the planner's rendezvous, a pipe, …). Join maps it, registers the
-// rank and waits until all ranks joined; the last joiner's wait ends with the name unlinked, so
-// nothing stays behind in /dev/shm once every rank joined, whatever happens later. A segment whose
-// ranks never all joined stays until its creator calls Remove.
+// rank and waits until all ranks joined; every join that got that far unlinks the name as it ends
+// (all joined, or the wait failed), so nothing stays behind in /dev/shm once every rank joined,
+// whatever happens later. A segment no rank got to join stays until its creator calls Remove.
 //
 // Failure is group-wide: the first rank that fails (a timeout, a dead peer, a mismatch, its own
 // error) records the status in the segment, and every later wait on every rank returns that status
@@ -82,7 +82,7 @@ class ShmGroup {
   // Creates the segment for `layout` and returns its name. INVALID_ARGUMENT naming the field out
   // of range ("ring_entries = 0 is out of range [1, 65536]"); INTERNAL naming the system call.
   static absl::StatusOr<std::string> Create(const ShmGroupLayout& layout);
-  // Unlinks a segment by name (for a creator whose ranks never all joined). NOT_FOUND if absent.
+  // Unlinks a segment by name (for a creator whose ranks never joined). NOT_FOUND if absent.
   static absl::Status Remove(const std::string& name);
 
   // Joins `name` as `rank` of `size`, publishes `blob` (≤ kBlobBytes) and waits until every rank
