@@ -52,6 +52,14 @@ absl::Status CheckOptions(const CudaIpcOptions& options) {
   return absl::OkStatus();
 }
 
+// Whether `event` completed; INTERNAL naming `what` for an error.
+absl::StatusOr<bool> EventDone(cudaEvent_t event, absl::string_view what) {
+  const cudaError_t e = cudaEventQuery(event);
+  if (e == cudaSuccess) return true;
+  if (e == cudaErrorNotReady) return false;
+  return CudaError(absl::StrCat("cudaEventQuery(", what, ")"), e);
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> CudaIpcCommunicator::NewGroupId(int32_t size,
@@ -170,6 +178,16 @@ absl::Status CudaIpcCommunicator::Fail(absl::Status status) {
   return failed_;
 }
 
+const CudaIpcCommunicator::Region* CudaIpcCommunicator::FindRegion(uintptr_t begin,
+                                                                   size_t bytes) const {
+  const auto it = std::upper_bound(regions_.begin(), regions_.end(), begin,
+                                   [](uintptr_t p, const Region& r) { return p < r.base; });
+  if (it == regions_.begin() || begin + bytes > std::prev(it)->base + std::prev(it)->bytes) {
+    return nullptr;
+  }
+  return &*std::prev(it);
+}
+
 absl::Status CudaIpcCommunicator::RegisterSendBuffers(std::span<const MemoryRange> ranges) {
   if (absl::Status s = CheckMemoryRanges(ranges); !s.ok()) return s;
   if (!failed_.ok()) return failed_;
@@ -177,12 +195,7 @@ absl::Status CudaIpcCommunicator::RegisterSendBuffers(std::span<const MemoryRang
   cudaSetDevice(device_);
   for (size_t i = 0; i < ranges.size(); ++i) {
     const auto begin = reinterpret_cast<uintptr_t>(ranges[i].data);
-    const auto it = std::upper_bound(regions_.begin(), regions_.end(), begin,
-                                     [](uintptr_t p, const Region& r) { return p < r.base; });
-    if (it != regions_.begin() &&
-        begin + ranges[i].bytes <= std::prev(it)->base + std::prev(it)->bytes) {
-      continue;  // inside an allocation exported before
-    }
+    if (FindRegion(begin, ranges[i].bytes) != nullptr) continue;  // exported before
     const auto refuse = [&](const std::string& why) {
       return absl::InvalidArgumentError(absl::StrCat("RegisterSendBuffers on rank ", rank(),
                                                      ": range ", i, " (", ranges[i].bytes,
@@ -268,10 +281,7 @@ absl::StatusOr<bool> CudaIpcCommunicator::PeerReady(int32_t peer) {
     }
     event = state.ready;
   }
-  const cudaError_t e = cudaEventQuery(event);
-  if (e == cudaSuccess) return true;
-  if (e == cudaErrorNotReady) return false;
-  return CudaError(absl::StrCat("cudaEventQuery(ready event of rank ", peer, ")"), e);
+  return EventDone(event, absl::StrCat("ready event of rank ", peer));
 }
 
 absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> sends,
@@ -298,15 +308,14 @@ absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> se
     uint64_t offset = 0;
     if (!relay && t.bytes > 0) {
       const auto p = reinterpret_cast<uintptr_t>(t.data);
-      const auto it = std::upper_bound(regions_.begin(), regions_.end(), p,
-                                       [](uintptr_t x, const Region& r) { return x < r.base; });
-      if (it == regions_.begin() || p + t.bytes > std::prev(it)->base + std::prev(it)->bytes) {
+      const Region* found = FindRegion(p, t.bytes);
+      if (found == nullptr) {
         return absl::InvalidArgumentError(absl::StrCat(
             "SendRecvGroup on rank ", rank(), ": send ", i, " reads ", t.bytes, " bytes at ",
             absl::Hex(p), ", outside every range given to RegisterSendBuffers"));
       }
-      region = std::prev(it)->index;
-      offset = p - std::prev(it)->base;
+      region = found->index;
+      offset = p - found->base;
     }
     uint64_t done = 0;
     do {
@@ -363,29 +372,30 @@ absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> se
     std::vector<std::pair<int32_t, uint64_t>> completes;  // (peer, consumed count)
   };
   std::deque<Batch> batches;
-  const auto take_event = [&]() -> absl::StatusOr<cudaEvent_t> {
-    if (!event_pool_.empty()) {
-      cudaEvent_t e = event_pool_.back();
-      event_pool_.pop_back();
-      return e;
-    }
+  // An event from the pool (or a new one), recorded on the stream now.
+  const auto record_event = [&]() -> absl::StatusOr<cudaEvent_t> {
     cudaEvent_t e = nullptr;
-    if (const cudaError_t r = cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
-        r != cudaSuccess) {
+    if (!event_pool_.empty()) {
+      e = event_pool_.back();
+      event_pool_.pop_back();
+    } else if (const cudaError_t r = cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+               r != cudaSuccess) {
       return CudaError("cudaEventCreate", r);
     }
+    if (const cudaError_t r = cudaEventRecord(e, stream_); r != cudaSuccess) {
+      event_pool_.push_back(e);
+      return CudaError("cudaEventRecord", r);
+    }
     return e;
-  };
-  const auto query = [](cudaEvent_t e) -> absl::StatusOr<bool> {
-    const cudaError_t r = cudaEventQuery(e);
-    if (r == cudaSuccess) return true;
-    if (r == cudaErrorNotReady) return false;
-    return CudaError("cudaEventQuery", r);
   };
   std::vector<void*> dsts;
   std::vector<const void*> srcs;
   std::vector<size_t> sizes;
 
+  // Whether anything with `p` is still to do: pieces to post or take, sends not completed.
+  const auto pending = [&](int32_t p) {
+    return !outgoing[p].empty() || !incoming[p].empty() || group_->completed_by(p) < send_target[p];
+  };
   absl::Status error;
   const auto progress = [&]() -> bool {
     const auto fail = [&](absl::Status s) {
@@ -410,11 +420,8 @@ absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> se
               return fail(CudaError("cudaMemcpyAsync(to the relay)", e));
             }
           }
-          absl::StatusOr<cudaEvent_t> event = take_event();
+          absl::StatusOr<cudaEvent_t> event = record_event();
           if (!event.ok()) return fail(event.status());
-          if (const cudaError_t e = cudaEventRecord(*event, stream_); e != cudaSuccess) {
-            return fail(CudaError("cudaEventRecord", e));
-          }
           staged.push_back({p, out.d, *event});
           staged_count[p]++;
         }
@@ -422,7 +429,7 @@ absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> se
       }
     }
     while (!staged.empty()) {
-      absl::StatusOr<bool> done = query(staged.front().event);
+      absl::StatusOr<bool> done = EventDone(staged.front().event, "a relay copy");
       if (!done.ok()) return fail(done.status());
       if (!*done) break;
       // The ring has room: at most relay_pieces ≤ ring_entries pieces are unconsumed.
@@ -503,16 +510,13 @@ absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> se
         }
 #endif
       }
-      absl::StatusOr<cudaEvent_t> event = take_event();
+      absl::StatusOr<cudaEvent_t> event = record_event();
       if (!event.ok()) return fail(event.status());
-      if (const cudaError_t e = cudaEventRecord(*event, stream_); e != cudaSuccess) {
-        return fail(CudaError("cudaEventRecord", e));
-      }
       batch.event = *event;
       batches.push_back(std::move(batch));
     }
     while (!batches.empty()) {
-      absl::StatusOr<bool> done = query(batches.front().event);
+      absl::StatusOr<bool> done = EventDone(batches.front().event, "received copies");
       if (!done.ok()) return fail(done.status());
       if (!*done) break;
       for (const auto& [p, count] : batches.front().completes) {
@@ -525,18 +529,14 @@ absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> se
     // 3. Done when every piece went out and came back completed, and every receive is copied.
     if (!staged.empty() || !batches.empty()) return false;
     for (int32_t p = 0; p < n; ++p) {
-      if (!outgoing[p].empty() || !incoming[p].empty()) return false;
-      if (group_->completed_by(p) < send_target[p]) return false;
+      if (pending(p)) return false;
     }
     return true;
   };
   const auto waiting_for = [&] {
     std::vector<int32_t> out;
     for (int32_t p = 0; p < n; ++p) {
-      if (!outgoing[p].empty() || !incoming[p].empty() ||
-          group_->completed_by(p) < send_target[p]) {
-        out.push_back(p);
-      }
+      if (pending(p)) out.push_back(p);
     }
     return out;
   };

@@ -120,6 +120,8 @@ class CudaIpcCommunicator final : public Communicator {
     absl::flat_hash_map<uint32_t, OpenedRegion> opened;  // region index -> mapping
   };
   CudaIpcCommunicator(std::unique_ptr<ShmGroup> group, int device, CudaIpcOptions options);
+  // The exported allocation holding [begin, begin + bytes), or null.
+  const Region* FindRegion(uintptr_t begin, size_t bytes) const;
   absl::Status Setup();
   absl::Status Fail(absl::Status status);
   // The mapped address of `peer`'s region `index` (opened on first use), checked to hold
