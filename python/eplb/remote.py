@@ -686,8 +686,7 @@ class RemoteBalancer:
             return None
         # Counts so far were routed under the map in use: report them against it before the
         # engine switches (an engine may update its map tensor in place).
-        self._close_batch()
-        self._slot_map_dirty = True
+        self.flush_batch()
         return agreed, maps[agreed]
 
     def flush_batch(self):
@@ -699,8 +698,7 @@ class RemoteBalancer:
 
     def applied(self, version):
         """The engine serves with plan `version` from now on: acknowledges ACTIVE."""
-        self._close_batch()
-        self._slot_map_dirty = True
+        self.flush_batch()
         self.version = version
         expert_map = self.watcher.map(version)
         self.watcher.ack(version, "active", expert_map.hash if expert_map is not None else 0)
