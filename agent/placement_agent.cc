@@ -104,6 +104,7 @@ struct PlacementAgent::Impl {
     int area = 0;
     std::vector<int32_t> layers;
     std::vector<CopyOp> copies;  // staging → slots, then pinned tables → device tables
+    int64_t weight_bytes = 0;    // of the staging → slots copies
     bool last = false;  // the plan's last switch: layers it leaves unchanged take its version too
   };
   // The plan the group applies (agent thread only).
@@ -304,6 +305,7 @@ struct PlacementAgent::Impl {
     absl::MutexLock lock(&mu);
     if (!due.empty()) {
       stats.chunks_switched += static_cast<int64_t>(due.size());
+      for (const Switch& sw : due) stats.bytes_switched += sw.weight_bytes;
       stats.active_version = ActiveVersion();
     }
     sync_requests.push_back(step);
@@ -558,14 +560,28 @@ struct PlacementAgent::Impl {
         }
       }
     }
-    const absl::Time start = absl::Now();
+    // Waiting for the switch that still reads the area is the switch's cost, not staging's.
+    const absl::Time wait_start = absl::Now();
     absl::Status status = device->WaitForArea(area);
-    if (status.ok()) status = device->StageCopies(local);
-    if (status.ok()) status = comm->SendRecvGroup(sends, receives);
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    const absl::Time start = absl::Now();
+    if (status.ok()) {
+      status = device->StageCopies(local);
+      // Local copies and transfers run together; the copies are waited for even when the
+      // transfers failed, so that nothing writes the area afterwards.
+      if (status.ok()) status = comm->SendRecvGroup(sends, receives);
+      if (absl::Status finished = device->FinishStaging(); status.ok()) status = finished;
+    }
+    const absl::Time end = absl::Now();
+    const double seconds = absl::ToDoubleSeconds(end - start);
+    spdlog::debug(
+        "rank {}: chunk {} of plan {}: waited {:.3f} ms for the area, staged {} local copies "
+        "({} bytes) and {} sends + {} receives ({} bytes) in {:.3f} ms",
+        options.rank, c, a.version, absl::ToDoubleMilliseconds(start - wait_start), local.size(),
+        copied, sends.size(), receives.size(), received, seconds * 1e3);
     a.stage_status = status;
     absl::MutexLock lock(&mu);
     stats.staging_seconds += seconds;
+    stats.area_wait_seconds += absl::ToDoubleSeconds(start - wait_start);
     if (!status.ok()) return;
     a.chunks_staged++;
     a.switch_copies.push_back(std::move(switch_copies));
@@ -611,6 +627,7 @@ struct PlacementAgent::Impl {
       sw->layers = a.chunks[c];
       sw->copies = std::move(a.switch_copies.front());
       a.switch_copies.erase(a.switch_copies.begin());
+      for (const CopyOp& copy : sw->copies) sw->weight_bytes += static_cast<int64_t>(copy.bytes);
       for (const int32_t l : a.chunks[c]) {
         const auto upload = [&](size_t offset, size_t count) {
           sw->copies.push_back(
@@ -739,6 +756,7 @@ absl::StatusOr<std::unique_ptr<PlacementAgent>> PlacementAgent::Create(
   impl->host_tables.assign(impl->pinned_tables, impl->pinned_tables + impl->layout.total());
   const CopyOp upload{impl->device_tables, impl->pinned_tables, table_bytes};
   if (absl::Status status = device->StageCopies({&upload, 1}); !status.ok()) return status;
+  if (absl::Status status = device->FinishStaging(); !status.ok()) return status;
   impl->layer_versions.assign(L, impl->options.initial_version);
   impl->SetGroupMap(impl->options.initial_map, impl->options.initial_version);
   {

@@ -16,7 +16,8 @@
 //      starts applying it: the layers whose map changes anywhere are cut into chunks of
 //      `layers_per_chunk` layers; chunk by chunk, each rank stages the experts its new slots need
 //      into a staging area (local copies, and receives from one rank that holds the expert; see
-//      transfer_schedule.h), off the serving stream, on the agent's thread.
+//      transfer_schedule.h), off the serving stream, on the agent's thread. The local copies and
+//      the transfers run at the same time; the chunk counts as staged once both completed.
 //   4. At each following sync step the group all-reduces the minimum number of chunks staged (or
 //      −1 for a failure). Once a chunk is staged on every rank, every rank switches it at the next
 //      sync step: the staged weights are copied into the slots after every step already queued on
@@ -143,8 +144,10 @@ class PlacementAgent {
     int64_t syncs = 0;
     int64_t bytes_received = 0;  // from other ranks
     int64_t bytes_copied_locally = 0;
+    int64_t bytes_switched = 0;  // copied from staging areas into slots at switches
     double stall_seconds = 0;               // serving thread waiting in OnStepBoundary
     double staging_seconds = 0;             // agent thread staging chunks (copies and transfers)
+    double area_wait_seconds = 0;  // agent thread waiting for a switch to free a staging area
     bool broken = false;                    // the communicator failed; no more plans are applied
     std::string last_error;                 // of the last failed plan or check
     std::vector<int32_t> mismatched_ranks;  // ranks whose map hash differed at the last check

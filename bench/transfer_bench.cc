@@ -4,25 +4,30 @@
 // round-robin, so all ranks may sit on one GPU). In one run, on every rank:
 //   1. raw: nccl: one exchange of --raw-mib MiB with the next rank (ncclSend + ncclRecv in a group)
 //      on a default-configured NCCL communicator; the best of --repeats, as GB/s per direction.
-//      ipc: rank 0 alone, a --raw-mib MiB cudaMemcpyAsync device to device; the best of --repeats.
+//      ipc: rank 0 alone, a --raw-mib MiB cudaMemcpyAsync device to device, and the same bytes as
+//      one cudaMemcpyBatchAsync on the copy engines; the best of --repeats. Then the communicator
+//      alone: every rank sends --raw-mib MiB to the next in one SendRecvGroup; and at a staging
+//      chunk's grain (--slots / 2 pieces of --expert-mib MiB per rank) pieces received, the same
+//      copied locally with no communicator (the control), and both at once.
 //   2. shuffle: a PlacementAgent (its communicator: NCCL with --max-ctas, or CUDA IPC) applies a
-//      plan from a random
-//      old placement to a random new one (or to the map in --plan-file), --layers layers of
-//      --experts experts, --slots slots per rank, --expert-mib MiB per expert, no serving work:
-//      bytes received from other ranks / time spent staging, next to the raw figure.
-//   (The agent syncs every --sync-every steps and switches one layer per sync.)
+//      plan from a random old placement to a random new one (or to the map in --plan-file),
+//      --layers layers of --experts experts, --slots slots per rank, --expert-mib MiB per expert,
+//      no serving work: bytes staged (received from other ranks, copied locally) per second of
+//      staging, next to the raw figure. The agent syncs every --sync-every steps and switches one
+//      chunk of --layers-per-chunk layers per sync.
 //   3. decode: a decode-like loop (each step a --step-mib MiB device copy on the serving stream,
 //      then a host sync, as a sampler does) first alone, then while a plan stages; the mean step
 //      time of both and the slowdown.
 //
-//   Rank 0 also prints the whole group's shuffle: bytes moved by all ranks over the longest
-//   staging time.
+//   Rank 0 also prints the whole group's shuffle: bytes staged by all ranks over the longest
+//   staging time, and staged plus switched bytes over the longest time from the offer to the plan
+//   active.
 //
 //   transfer_bench [--backend nccl|ipc] [--ranks 2] [--layers 8] [--experts 64] [--slots 36]
-//   [--expert-mib 16]
-//                  [--raw-mib 1024] [--repeats 5] [--max-ctas 8] [--step-mib 4096]
-//                  [--sync-every 16]
+//                  [--expert-mib 16] [--raw-mib 1024] [--repeats 5] [--max-ctas 8]
+//                  [--step-mib 4096] [--sync-every 16] [--layers-per-chunk 1]
 //                  [--plan-file map.json]
+//   SPDLOG_LEVEL=debug prints each chunk's staging (area wait, local copies, transfers) per rank.
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
@@ -38,6 +43,7 @@
 #include <vector>
 
 #include "agent/placement_agent.h"
+#include "spdlog/cfg/env.h"
 #include "core/file_io.h"
 #include "core/map_format.h"
 #include "core/testing/random_inputs.h"
@@ -75,7 +81,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Args {
   int ranks = 2, layers = 8, experts = 64, slots = 36, expert_mib = 16, raw_mib = 1024;
-  int repeats = 5, max_ctas = 8, step_mib = 4096, sync_every = 16;
+  int repeats = 5, max_ctas = 8, step_mib = 4096, sync_every = 16, layers_per_chunk = 1;
   std::string plan_file;
   std::string backend = "nccl";
 };
@@ -172,6 +178,60 @@ std::vector<double> GatherDoubles(eplb::transfer::Communicator& comm, std::vecto
   return out;
 }
 
+// Every rank at once, best of --repeats: `pieces` pieces of `piece_bytes` sent to the next rank
+// and received from the previous one in one SendRecvGroup (`exchange`), and/or copied locally
+// on a stream of its own (`local`); the group's bytes (received + copied) over the longest rank's
+// time, in GB/s.
+int GroupCopyRate(const Args& args, eplb::transfer::Communicator& comm, size_t piece_bytes,
+                  int pieces, bool exchange, bool local, double* gbps) {
+  const int rank = comm.rank(), size = comm.size();
+  const size_t bytes = piece_bytes * pieces;
+  void *send = nullptr, *recv = nullptr, *copy = nullptr;
+  CHECK_CUDA(cudaMalloc(&send, bytes));
+  CHECK_CUDA(cudaMalloc(&recv, bytes));
+  CHECK_CUDA(cudaMalloc(&copy, bytes));
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const eplb::transfer::MemoryRange range{send, bytes};
+  CHECK_OK(comm.RegisterSendBuffers({&range, 1}));
+  std::vector<eplb::transfer::PeerTransfer> sends, receives;
+  std::vector<void*> dsts;
+  std::vector<const void*> srcs;
+  std::vector<size_t> sizes(pieces, piece_bytes);
+  for (int i = 0; i < pieces; ++i) {
+    sends.push_back({(rank + 1) % size, static_cast<char*>(send) + i * piece_bytes, piece_bytes});
+    receives.push_back(
+        {(rank + size - 1) % size, static_cast<char*>(recv) + i * piece_bytes, piece_bytes});
+    dsts.push_back(static_cast<char*>(copy) + i * piece_bytes);
+    srcs.push_back(static_cast<const char*>(send) + i * piece_bytes);
+  }
+  double best = 1e30;
+  int status = 0;
+  for (int i = 0; i < args.repeats + 1; ++i) {
+    GatherDoubles(comm, {0.0}, &status);  // start together
+    const auto start = Clock::now();
+    if (local) {
+      cudaMemcpyAttributes attributes{};
+      attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+      attributes.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+      size_t index = 0;
+      CHECK_CUDA(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), pieces, &attributes,
+                                      &index, 1, stream));
+    }
+    if (exchange) CHECK_OK(comm.SendRecvGroup(sends, receives));
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    const std::vector<double> times = GatherDoubles(comm, {Seconds(start, Clock::now())}, &status);
+    if (status != 0) return 1;
+    if (i > 0) best = std::min(best, *std::max_element(times.begin(), times.end()));
+  }
+  *gbps = size * static_cast<double>(bytes) * ((exchange ? 1 : 0) + (local ? 1 : 0)) / best / 1e9;
+  // `send` stays allocated: registered memory must outlive the communicator.
+  cudaFree(recv);
+  cudaFree(copy);
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
 int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniqueIdBytes& id,
             const std::string& ipc_id) {
   int devices = 0;
@@ -207,36 +267,28 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
     raw_gbps = raw[0];
     // The communicator alone: every rank sends --raw-mib MiB to the next rank as 16 transfers in
     // one SendRecvGroup (all ranks at once), best of --repeats; the group's bytes over the
-    // longest rank's time.
-    const size_t bytes = static_cast<size_t>(args.raw_mib) << 20;
-    void *send = nullptr, *recv = nullptr;
-    CHECK_CUDA(cudaMalloc(&send, bytes));
-    CHECK_CUDA(cudaMalloc(&recv, bytes));
-    const eplb::transfer::MemoryRange range{send, bytes};
-    CHECK_OK(comm->RegisterSendBuffers({&range, 1}));
-    std::vector<eplb::transfer::PeerTransfer> sends, receives;
-    for (int i = 0; i < 16; ++i) {
-      sends.push_back({(rank + 1) % size, static_cast<char*>(send) + i * (bytes / 16), bytes / 16});
-      receives.push_back(
-          {(rank + size - 1) % size, static_cast<char*>(recv) + i * (bytes / 16), bytes / 16});
-    }
-    double best = 1e30;
-    for (int i = 0; i < args.repeats + 1; ++i) {
-      GatherDoubles(*comm, {0.0}, &status);  // start together
-      const auto start = Clock::now();
-      CHECK_OK(comm->SendRecvGroup(sends, receives));
-      const std::vector<double> times =
-          GatherDoubles(*comm, {Seconds(start, Clock::now())}, &status);
-      if (status != 0) return 1;
-      if (i > 0) best = std::min(best, *std::max_element(times.begin(), times.end()));
+    // longest rank's time. Then at a chunk's grain: --slots / 2 pieces of --expert-mib MiB
+    // received, copied locally on a stream of its own, and both at once.
+    const size_t raw_bytes = static_cast<size_t>(args.raw_mib) << 20;
+    const size_t expert_bytes = static_cast<size_t>(args.expert_mib) << 20;
+    const int chunk_pieces = std::max(1, args.slots / 2);
+    double exchange = 0, chunk_exchange = 0, chunk_local = 0, chunk_both = 0;
+    if (GroupCopyRate(args, *comm, raw_bytes / 16, 16, true, false, &exchange) != 0 ||
+        GroupCopyRate(args, *comm, expert_bytes, chunk_pieces, true, false, &chunk_exchange) != 0 ||
+        GroupCopyRate(args, *comm, expert_bytes, chunk_pieces, false, true, &chunk_local) != 0 ||
+        GroupCopyRate(args, *comm, expert_bytes, chunk_pieces, true, true, &chunk_both) != 0) {
+      return 1;
     }
     if (rank == 0) {
-      const double group = size * static_cast<double>(bytes) / best / 1e9;
       std::printf(
           "raw (rank 0 alone): cudaMemcpyAsync %.1f GB/s, cudaMemcpyBatchAsync on the copy engines "
           "%.1f GB/s | IPC exchange, every rank %d MiB to the next: %.1f GB/s for the group = "
-          "%.0f%% of the copy engines' raw, %.0f%% of cudaMemcpyAsync's\n",
-          raw[0], raw[1], args.raw_mib, group, 100 * group / raw[1], 100 * group / raw[0]);
+          "%.0f%% of the copy engines' raw, %.0f%% of cudaMemcpyAsync's\n"
+          "chunk grain (%d × %d MiB per rank), group GB/s (%% of cudaMemcpyAsync): received %.1f "
+          "(%.0f%%), copied locally %.1f (%.0f%%), both at once %.1f (%.0f%%)\n",
+          raw[0], raw[1], args.raw_mib, exchange, 100 * exchange / raw[1], 100 * exchange / raw[0],
+          chunk_pieces, args.expert_mib, chunk_exchange, 100 * chunk_exchange / raw[0],
+          chunk_local, 100 * chunk_local / raw[0], chunk_both, 100 * chunk_both / raw[0]);
       std::fflush(stdout);
     }
   }
@@ -266,6 +318,7 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
   options.initial_map = maps[0];
   options.initial_version = 1;
   options.sync_every_steps = args.sync_every;
+  options.layers_per_chunk = args.layers_per_chunk;
   options.weights.resize(L);
   for (int l = 0; l < L; ++l) {
     for (int s = 0; s < S; ++s) {
@@ -311,6 +364,8 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
   const double copied =
       static_cast<double>(after.bytes_copied_locally - before.bytes_copied_locally);
   const double staging = after.staging_seconds - before.staging_seconds;
+  const double area_wait = after.area_wait_seconds - before.area_wait_seconds;
+  const double switched = static_cast<double>(after.bytes_switched - before.bytes_switched);
 
   // 3. Decode-like loop, alone and while plans stage.
   const size_t step_bytes = static_cast<size_t>(args.step_mib) << 20;
@@ -340,30 +395,37 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
 
   int gather_status = 0;
   const std::vector<double> all =
-      GatherDoubles(*comm, {received + copied, staging}, &gather_status);
+      GatherDoubles(*comm, {received + copied, staging, switched, shuffle_wall}, &gather_status);
   if (gather_status != 0) return 1;
   std::printf(
       "rank %d (GPU %d, %s): raw %s %.1f GB/s (%d MiB, best of %d) | shuffle: "
-      "%.2f GiB received + %.2f GiB copied locally, staging %.1f ms -> %.1f GB/s = %.0f%% of raw; "
+      "%.2f GiB received + %.2f GiB copied locally, staging %.1f ms (and %.1f ms waiting for "
+      "switches to free an area) -> %.1f GB/s received = %.0f%% of raw; "
       "plan active after %d steps, %.1f ms | decode step %.3f ms alone, %.3f ms while staging "
       "(%+.1f%%, %d steps)\n",
       rank, device, args.backend.c_str(),
       args.backend == "nccl" ? "send/recv per direction" : "device-to-device copy", raw_gbps,
       args.raw_mib, args.repeats, received / (1 << 30), copied / (1 << 30), staging * 1e3,
-      received / staging / 1e9, 100.0 * received / staging / 1e9 / raw_gbps, steps,
+      area_wait * 1e3, received / staging / 1e9, 100.0 * received / staging / 1e9 / raw_gbps, steps,
       shuffle_wall * 1e3, alone_step * 1e3, staged_step * 1e3,
       100.0 * (staged_step - alone_step) / alone_step, staged_steps);
   if (rank == 0) {
-    double bytes = 0, longest = 0;
+    double bytes = 0, longest = 0, switched_all = 0, wall = 0;
     for (int r = 0; r < size; ++r) {
-      bytes += all[2 * r];
-      longest = std::max(longest, all[2 * r + 1]);
+      bytes += all[4 * r];
+      longest = std::max(longest, all[4 * r + 1]);
+      switched_all += all[4 * r + 2];
+      wall = std::max(wall, all[4 * r + 3]);
     }
     std::printf(
         "group: %.2f GiB moved by %d ranks (received + local) in %.1f ms of staging (longest "
-        "rank) -> %.1f GB/s = %.0f%% of raw\n",
+        "rank) -> %.1f GB/s = %.0f%% of raw | whole shuffle on the GPU: %.2f GiB staged + %.2f "
+        "GiB switched in %.1f ms from the offer to the plan active (longest rank) -> %.1f GB/s = "
+        "%.0f%% of raw\n",
         bytes / (1 << 30), size, longest * 1e3, bytes / longest / 1e9,
-        100.0 * bytes / longest / 1e9 / raw_gbps);
+        100.0 * bytes / longest / 1e9 / raw_gbps, bytes / (1 << 30), switched_all / (1 << 30),
+        wall * 1e3, (bytes + switched_all) / wall / 1e9,
+        100.0 * (bytes + switched_all) / wall / 1e9 / raw_gbps);
   }
   agent->reset();
   device_context->reset();
@@ -375,6 +437,7 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
 }  // namespace
 
 int main(int argc, char** argv) {
+  spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug: the agent's per-chunk staging times
   Args args;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
@@ -389,6 +452,7 @@ int main(int argc, char** argv) {
                   : flag == "--max-ctas"   ? &args.max_ctas
                   : flag == "--step-mib"   ? &args.step_mib
                   : flag == "--sync-every" ? &args.sync_every
+                  : flag == "--layers-per-chunk" ? &args.layers_per_chunk
                                            : nullptr;
     if (flag == "--plan-file") {
       args.plan_file = value;
@@ -402,7 +466,7 @@ int main(int argc, char** argv) {
     }
   }
   if (args.ranks < 1 || args.layers < 1 || args.experts < 1 ||
-      args.slots * args.ranks < args.experts || args.expert_mib < 1 || args.sync_every < 1 ||
+      args.slots * args.ranks < args.experts || args.expert_mib < 1 || args.sync_every < 1 || args.layers_per_chunk < 1 ||
       args.raw_mib < 1 || args.repeats < 1 || args.step_mib < 2 ||
       (args.backend != "nccl" && args.backend != "ipc")) {
     std::fprintf(
@@ -411,9 +475,9 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "transfer_bench: %s, %d ranks, %d layers, %d experts, %d slots/rank, %d MiB/expert, "
-      "max_ctas %d, sync every %d steps, decode step = %d MiB device copy\n",
+      "max_ctas %d, sync every %d steps, %d layers per chunk, decode step = %d MiB device copy\n",
       args.backend.c_str(), args.ranks, args.layers, args.experts, args.slots, args.expert_mib,
-      args.max_ctas, args.sync_every, args.step_mib);
+      args.max_ctas, args.sync_every, args.layers_per_chunk, args.step_mib);
   std::fflush(stdout);
   if (args.backend == "nccl") {
     return eplb::transfer::RunLocalRanks(

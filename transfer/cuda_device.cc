@@ -1,6 +1,7 @@
 #include "transfer/cuda_device.h"
 
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "transfer/cuda_status.h"
@@ -14,6 +15,44 @@ namespace eplb::transfer {
     }                                                          \
   } while (false)
 
+namespace {
+
+// Queues `ops` on `stream`, as one batch preferring the copy engines where the runtime has the call.
+cudaError_t QueueCopies(std::span<const CopyOp> ops, cudaStream_t stream) {
+#if CUDART_VERSION >= 13000
+  std::vector<void*> dsts;
+  std::vector<const void*> srcs;
+  std::vector<size_t> sizes;
+  dsts.reserve(ops.size());
+  srcs.reserve(ops.size());
+  sizes.reserve(ops.size());
+  for (const CopyOp& op : ops) {
+    if (op.bytes == 0) continue;
+    dsts.push_back(op.dst);
+    srcs.push_back(op.src);
+    sizes.push_back(op.bytes);
+  }
+  if (sizes.empty()) return cudaSuccess;
+  cudaMemcpyAttributes attributes{};
+  attributes.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  attributes.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+  size_t attribute_index = 0;
+  return cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), sizes.size(), &attributes,
+                              &attribute_index, 1, stream);
+#else
+  for (const CopyOp& op : ops) {
+    if (op.bytes == 0) continue;
+    if (const cudaError_t e = cudaMemcpyAsync(op.dst, op.src, op.bytes, cudaMemcpyDefault, stream);
+        e != cudaSuccess) {
+      return e;
+    }
+  }
+  return cudaSuccess;
+#endif
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<CudaDeviceContext>> CudaDeviceContext::Create(
     int device, cudaStream_t serving_stream, cudaStream_t staging_stream) {
   EPLB_CUDA_RETURN(absl::StrCat("cudaSetDevice(", device, ")"), cudaSetDevice(device));
@@ -21,6 +60,8 @@ absl::StatusOr<std::unique_ptr<CudaDeviceContext>> CudaDeviceContext::Create(
       new CudaDeviceContext(device, serving_stream, staging_stream));
   EPLB_CUDA_RETURN("cudaStreamCreate",
                    cudaStreamCreateWithFlags(&context->switch_stream_, cudaStreamNonBlocking));
+  EPLB_CUDA_RETURN("cudaStreamCreate",
+                   cudaStreamCreateWithFlags(&context->local_stream_, cudaStreamNonBlocking));
   EPLB_CUDA_RETURN("cudaEventCreate",
                    cudaEventCreateWithFlags(&context->boundary_, cudaEventDisableTiming));
   for (cudaEvent_t& event : context->area_free_) {
@@ -34,9 +75,11 @@ absl::StatusOr<std::unique_ptr<CudaDeviceContext>> CudaDeviceContext::Create(
 
 CudaDeviceContext::~CudaDeviceContext() {
   cudaSetDevice(device_);
-  if (switch_stream_ != nullptr) {
-    cudaStreamSynchronize(switch_stream_);
-    cudaStreamDestroy(switch_stream_);
+  for (cudaStream_t stream : {switch_stream_, local_stream_}) {
+    if (stream != nullptr) {
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
   }
   if (boundary_ != nullptr) cudaEventDestroy(boundary_);
   for (cudaEvent_t event : area_free_) {
@@ -83,17 +126,21 @@ absl::Status CudaDeviceContext::WaitForArea(int area) {
     return absl::InvalidArgumentError(absl::StrCat("staging area = ", area, " is out of range"));
   }
   cudaSetDevice(device_);
-  absl::MutexLock lock(&mu_);
-  EPLB_CUDA_RETURN("cudaStreamWaitEvent", cudaStreamWaitEvent(staging_, area_free_[area], 0));
+  // Not under mu_: the serving thread records area events while this thread blocks. The area's
+  // own event is not re-recorded before the chunk staged now is switched.
+  EPLB_CUDA_RETURN("cudaEventSynchronize (area)", cudaEventSynchronize(area_free_[area]));
   return absl::OkStatus();
 }
 
 absl::Status CudaDeviceContext::StageCopies(std::span<const CopyOp> ops) {
   cudaSetDevice(device_);
-  for (const CopyOp& op : ops) {
-    EPLB_CUDA_RETURN("cudaMemcpyAsync (staging)",
-                     cudaMemcpyAsync(op.dst, op.src, op.bytes, cudaMemcpyDefault, staging_));
-  }
+  EPLB_CUDA_RETURN("cudaMemcpyBatchAsync (staging)", QueueCopies(ops, local_stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaDeviceContext::FinishStaging() {
+  cudaSetDevice(device_);
+  EPLB_CUDA_RETURN("cudaStreamSynchronize (staging)", cudaStreamSynchronize(local_stream_));
   EPLB_CUDA_RETURN("cudaStreamSynchronize (staging)", cudaStreamSynchronize(staging_));
   return absl::OkStatus();
 }
@@ -114,10 +161,7 @@ absl::Status CudaDeviceContext::SwitchCopies(std::span<const CopyOp> ops, int ar
   EPLB_CUDA_RETURN("cudaEventRecord (boundary)", cudaEventRecord(boundary_, serving_));
   EPLB_CUDA_RETURN("cudaStreamWaitEvent (boundary)",
                    cudaStreamWaitEvent(switch_stream_, boundary_, 0));
-  for (const CopyOp& op : ops) {
-    EPLB_CUDA_RETURN("cudaMemcpyAsync (switch)",
-                     cudaMemcpyAsync(op.dst, op.src, op.bytes, cudaMemcpyDefault, switch_stream_));
-  }
+  EPLB_CUDA_RETURN("cudaMemcpyBatchAsync (switch)", QueueCopies(ops, switch_stream_));
   absl::MutexLock lock(&mu_);
   EPLB_CUDA_RETURN("cudaEventRecord (area)", cudaEventRecord(area_free_[area], switch_stream_));
   EPLB_CUDA_RETURN("cudaEventRecord (switch)", cudaEventRecord(switched_, switch_stream_));

@@ -1,11 +1,15 @@
 // CudaDeviceContext: the DeviceContext of one GPU (see device.h).
-//   - Staging copies run on the staging stream (the NcclCommunicator's, so that they are ordered
-//     with its transfers).
+//   - Copies prefer the GPU's copy engines (cudaMemcpyBatchAsync with
+//     cudaMemcpyFlagPreferOverlapWithCompute from CUDA 13; cudaMemcpyAsync before), so that they
+//     take no SM from the serving kernels where the driver can avoid it.
+//   - StageCopies runs on a local stream of its own, beside the communicator's transfers on the
+//     staging stream (the communicator's), so that local copies and transfers overlap;
+//     FinishStaging waits for both streams.
 //   - SwitchCopies records an event on the serving stream, makes a switch stream of its own wait
 //     for it, copies there, records the staging area's "free" event, and makes the serving stream
 //     wait for the copies: the step after the boundary sees the new weights and tables, the steps
 //     before it ran on the old ones, and the serving thread does not block.
-//   - WaitForArea makes the staging stream wait for the area's "free" event.
+//   - WaitForArea blocks on the area's "free" event, which orders every later staging stream.
 #ifndef EPLB_TRANSFER_CUDA_DEVICE_H_
 #define EPLB_TRANSFER_CUDA_DEVICE_H_
 
@@ -32,6 +36,7 @@ class CudaDeviceContext final : public DeviceContext {
   void Free(void* ptr, MemoryKind kind) override;
   absl::Status WaitForArea(int area) override;
   absl::Status StageCopies(std::span<const CopyOp> ops) override;
+  absl::Status FinishStaging() override;
   absl::Status WaitForSwitches() override;
   absl::Status SwitchCopies(std::span<const CopyOp> ops, int area) override;
 
@@ -42,6 +47,7 @@ class CudaDeviceContext final : public DeviceContext {
   const int device_;
   const cudaStream_t serving_;
   const cudaStream_t staging_;
+  cudaStream_t local_stream_ = nullptr;  // StageCopies
   cudaStream_t switch_stream_ = nullptr;
   cudaEvent_t boundary_ = nullptr;  // serving thread only
   cudaEvent_t area_free_[kNumAreas] = {nullptr, nullptr};

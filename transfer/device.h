@@ -7,7 +7,7 @@
 //     stream with CUDA events, and the serving stream waits for them.
 //
 // Two sides use a context, each from one thread:
-//   - the staging side (the agent's thread): Allocate, WaitForArea, StageCopies;
+//   - the staging side (the agent's thread): Allocate, WaitForArea, StageCopies, FinishStaging;
 //   - the switch side (the serving thread, at a step boundary): SwitchCopies.
 // A staging *area* is one of the agent's staging buffers; the context tracks, per area, the switch
 // that last read it, so staging into an area never overwrites bytes a switch still has to copy.
@@ -47,11 +47,15 @@ class DeviceContext {
   virtual void Free(void* ptr, MemoryKind kind) = 0;
 
   // ---- Staging side ----
-  // Later staging work (StageCopies and the communicator's transfers) starts only after the last
-  // SwitchCopies on `area` (0 ≤ area < kNumAreas) has finished reading it.
+  // Blocks the calling thread until the last SwitchCopies on `area` (0 ≤ area < kNumAreas) has
+  // finished reading it, so that any staging work queued afterwards may write it.
   virtual absl::Status WaitForArea(int area) = 0;
-  // Runs `ops` in order with the communicator's transfers and returns once they are done.
+  // Starts `ops`; they may run concurrently with the communicator's transfers queued after them
+  // (the two must write disjoint bytes) and are done once FinishStaging returned OK.
   virtual absl::Status StageCopies(std::span<const CopyOp> ops) = 0;
+  // Returns once every StageCopies so far has completed. Call it also when the transfers between
+  // failed, so that nothing is still writing the area.
+  virtual absl::Status FinishStaging() = 0;
   // Blocks the calling thread until every SwitchCopies so far has completed (e.g. before reusing
   // the pinned memory they read).
   virtual absl::Status WaitForSwitches() = 0;
@@ -70,6 +74,7 @@ class HostDeviceContext final : public DeviceContext {
   void Free(void* ptr, MemoryKind kind) override;
   absl::Status WaitForArea(int area) override;
   absl::Status StageCopies(std::span<const CopyOp> ops) override;
+  absl::Status FinishStaging() override { return absl::OkStatus(); }
   absl::Status WaitForSwitches() override { return absl::OkStatus(); }
   absl::Status SwitchCopies(std::span<const CopyOp> ops, int area) override;
 };

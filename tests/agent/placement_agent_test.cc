@@ -44,7 +44,8 @@ AgentPlan Plan(int64_t version, PlanStatus status, std::shared_ptr<const ExpertM
 }
 
 // Host memory, but every switch takes a while, and a staging area is checked not to be staged into
-// while a switch still reads it (the agent must order the two).
+// while a switch still reads it (the agent must order the two). It also counts staging left
+// unfinished: StageCopies not followed by FinishStaging before the next chunk or the end.
 class SlowSwitchDevice final : public transfer::DeviceContext {
  public:
   absl::StatusOr<void*> Allocate(size_t bytes, transfer::MemoryKind kind) override {
@@ -53,11 +54,19 @@ class SlowSwitchDevice final : public transfer::DeviceContext {
   void Free(void* ptr, transfer::MemoryKind kind) override { host_.Free(ptr, kind); }
   absl::Status WaitForArea(int area) override {
     if (reading_[area].load()) overlaps_++;
+    if (staging_open_) unfinished_++;
     return host_.WaitForArea(area);
   }
   absl::Status StageCopies(std::span<const transfer::CopyOp> ops) override {
+    staging_open_ = true;
     return host_.StageCopies(ops);
   }
+  absl::Status FinishStaging() override {
+    staging_open_ = false;
+    return host_.FinishStaging();
+  }
+  // Staging calls never finished (counting one still open now).
+  int unfinished() const { return unfinished_.load() + (staging_open_.load() ? 1 : 0); }
   absl::Status WaitForSwitches() override { return absl::OkStatus(); }
   absl::Status SwitchCopies(std::span<const transfer::CopyOp> ops, int area) override {
     reading_[area] = true;
@@ -72,6 +81,8 @@ class SlowSwitchDevice final : public transfer::DeviceContext {
   HostDeviceContext host_;
   std::atomic<bool> reading_[kNumAreas] = {false, false};
   std::atomic<int> overlaps_ = 0;
+  std::atomic<bool> staging_open_ = false;
+  std::atomic<int> unfinished_ = 0;
 };
 
 struct Delivery {
@@ -83,7 +94,8 @@ struct Delivery {
 struct RankResult {
   std::vector<uint64_t> map_per_step;  // hash of phy2log of every layer, per step
   int64_t content_errors = 0;
-  int area_overlaps = 0;  // with slow_switch
+  int area_overlaps = 0;     // with slow_switch
+  int unfinished_staging = 0;  // with slow_switch
   std::string first_content_error;
   std::vector<AgentAck> acks;
   PlacementAgent::Status status;
@@ -210,6 +222,7 @@ std::vector<RankResult> RunGroup(GroupOptions options, const std::vector<Deliver
       out.status = (*agent)->status();
       agent->reset();
       out.area_overlaps = slow_device.overlaps();
+      out.unfinished_staging = slow_device.unfinished();
     });
   }
   for (auto& t : threads) t.join();
@@ -274,6 +287,21 @@ TEST_P(AgentGroupTest, EverySlotHoldsItsExpertAfterEverySwitch) {
       EXPECT_EQ(ack.map_hash, map->Hash()) << "version " << ack.version;
     }
     EXPECT_TRUE(results[r].status.mismatched_ranks.empty());
+    // Switches copied exactly the rank's slots whose expert changed, plan after plan.
+    const SlotLayout layout = options.initial->layout();
+    int64_t changed_slots = 0;
+    const ExpertMap* before = options.initial.get();
+    for (const ExpertMap* after : {v2.get(), v3.get(), v4.get()}) {
+      for (int32_t l = 0; l < options.L; ++l) {
+        for (int32_t s = 0; s < layout.SlotsOnRank(r); ++s) {
+          const int32_t slot = layout.FirstSlotOfRank(r) + s;
+          if (before->phy2log(l)[slot] != after->phy2log(l)[slot]) changed_slots++;
+        }
+      }
+      before = after;
+    }
+    EXPECT_EQ(results[r].status.bytes_switched,
+              changed_slots * static_cast<int64_t>(kBufferBytes[0] + kBufferBytes[1]));
   }
   // Something moved over the network, and not everything was copied locally.
   int64_t received = 0;
@@ -351,6 +379,7 @@ TEST(AgentTest, AStagingAreaIsReusedOnlyAfterItsSwitchRead) {
   ExpectConsistent(results);
   for (const auto& result : results) {
     EXPECT_EQ(result.area_overlaps, 0);
+    EXPECT_EQ(result.unfinished_staging, 0);
     EXPECT_EQ(result.final_phy2log, v2->phy2log_table());
   }
 }
@@ -444,6 +473,7 @@ TEST(AgentTest, ARankFailingMidStageAbortsThePlanOnEveryRank) {
     options.steps = 60;
     // A rank waiting on a transfer the failed rank's peers withdrew gives up after this.
     options.comm.timeout = absl::Seconds(2);
+    options.slow_switch = true;  // counts local copies never waited for
     options.initial = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
     auto v2 = RandomExpertMap(options.L, options.E, options.P, options.R, rng);
     std::atomic<HostCommunicatorGroup*> group = nullptr;
@@ -463,6 +493,8 @@ TEST(AgentTest, ARankFailingMidStageAbortsThePlanOnEveryRank) {
       EXPECT_EQ(result.status.plans_failed, 1);
       EXPECT_EQ(result.status.plans_applied, 0);
       EXPECT_TRUE(result.status.broken);
+      // The local copies of the chunk whose transfers failed were waited for all the same.
+      EXPECT_EQ(result.unfinished_staging, 0);
       EXPECT_THAT(AckVersions(result, AckKind::kFailed), ElementsAre(2));
       EXPECT_TRUE(AckVersions(result, AckKind::kActive).empty());
       // Layers up to the failed one switched (on every rank alike), the rest are old.
