@@ -154,14 +154,16 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
                            after.mean_max_over_bound);
     if (s.num_nodes > 1) {
       const RoutingModel model;
-      const auto share = [&](const ExpertMap& m) {
-        return MeanCrossNodeTrafficShare(m, *load, s.num_groups, s.num_nodes, model);
-      };
+      const TrafficShareEstimate before_share =
+          EstimateMeanCrossNodeTrafficShare(baseline, *load, s.num_groups, s.num_nodes, model);
+      const TrafficShareEstimate after_share =
+          EstimateMeanCrossNodeTrafficShare(map, *load, s.num_groups, s.num_nodes, model);
       err << absl::StrFormat(
           "cross-node share of token traffic (%d experts in %d groups per token): %s %.3f, "
-          "planned %.3f\n",
+          "planned %.3f (each ±%.3f)\n",
           model.experts_per_token, std::min(model.groups_per_token, s.num_groups), baseline_name,
-          share(baseline), share(map));
+          before_share.share, after_share.share,
+          std::max(before_share.error_bound, after_share.error_bound));
     }
   }
   if (baseline_is_previous) {

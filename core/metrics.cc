@@ -1,6 +1,7 @@
 #include "core/metrics.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <queue>
 
@@ -189,62 +190,233 @@ class SampleStream {
 
 }  // namespace
 
+namespace {
+
+// Hoeffding's bound at 95% confidence for the mean of `n` independent samples, each within a range
+// of width `range`.
+double HoeffdingBound95(double range, double n) {
+  return n > 0 ? range * std::sqrt(std::log(2.0 / 0.05) / (2.0 * n)) : range;
+}
+
+// One layer's sampler: tokens drawn under the routing model, each scored by its expected
+// cross-node copies given its experts (origin node and replicas averaged exactly).
+class LayerTrafficSampler {
+ public:
+  LayerTrafficSampler(const ExpertMap& map, int32_t layer, std::span<const double> load,
+                      int32_t num_groups, int32_t num_nodes, const RoutingModel& model)
+      : load_(load),
+        num_groups_(num_groups),
+        num_nodes_(num_nodes),
+        per_group_(map.num_logical_experts() / num_groups),
+        groups_per_token_(std::min(model.groups_per_token, num_groups)),
+        experts_per_token_(std::min(model.experts_per_token, groups_per_token_ * per_group_)),
+        group_load_(num_groups, 0.0),
+        stream_(model.seed ^ (static_cast<uint64_t>(layer) << 32)) {
+    const int32_t E = map.num_logical_experts();
+    const int32_t rpn = map.num_ranks() / num_nodes;
+    for (int32_t e = 0; e < E; ++e) group_load_[e / per_group_] += std::max(0.0, load[e]);
+    for (const double g : group_load_) layer_total_ += g;
+    // Each expert's share of replicas per node: a token sent to it reaches node n with that share.
+    node_share_begin_.reserve(E + 1);
+    std::vector<int32_t> count(num_nodes, 0);
+    for (int32_t e = 0; e < E; ++e) {
+      node_share_begin_.push_back(static_cast<int32_t>(node_shares_.size()));
+      const auto replicas = map.replicas(layer, e);
+      for (const int32_t slot : replicas) count[map.layout().RankOfSlot(slot) / rpn]++;
+      for (int32_t n = 0; n < num_nodes; ++n) {
+        if (count[n] == 0) continue;
+        node_shares_.push_back({n, static_cast<double>(count[n]) / replicas.size()});
+        count[n] = 0;
+      }
+    }
+    node_share_begin_.push_back(static_cast<int32_t>(node_shares_.size()));
+    BuildAliasTables();
+    miss_.resize(num_nodes);
+  }
+
+  // The per-token score's range: between 1 and min(nodes, experts per token) nodes reached.
+  double range() const {
+    return Scale() * (std::min(num_nodes_, experts_per_token_) - 1);
+  }
+
+  // The sum of `tokens` tokens' scores.
+  double Sample(int32_t tokens) {
+    double sum = 0;
+    for (int32_t t = 0; t < tokens; ++t) sum += SampleToken();
+    return sum;
+  }
+
+ private:
+  // Copies per token per dispatch: a node reached is remote for a token from any other node.
+  double Scale() const {
+    return static_cast<double>(num_nodes_ - 1) / (static_cast<double>(num_nodes_) * experts_per_token_);
+  }
+
+  // Walker's alias tables, one per group, over its experts' loads (uniform for an idle group).
+  void BuildAliasTables() {
+    alias_probability_.assign(load_.size(), 1.0);
+    alias_.resize(load_.size());
+    std::vector<int32_t> small, large;
+    std::vector<double> scaled(per_group_);
+    for (int32_t g = 0; g < num_groups_; ++g) {
+      const int32_t first = g * per_group_;
+      small.clear();
+      large.clear();
+      for (int32_t i = 0; i < per_group_; ++i) {
+        alias_[first + i] = first + i;
+        scaled[i] = group_load_[g] > 0
+                        ? std::max(0.0, load_[first + i]) * per_group_ / group_load_[g]
+                        : 1.0;
+        (scaled[i] < 1.0 ? small : large).push_back(i);
+      }
+      while (!small.empty() && !large.empty()) {
+        const int32_t s = small.back(), l = large.back();
+        small.pop_back();
+        alias_probability_[first + s] = scaled[s];
+        alias_[first + s] = first + l;
+        scaled[l] -= 1.0 - scaled[s];
+        if (scaled[l] < 1.0) {
+          large.pop_back();
+          small.push_back(l);
+        }
+      }
+      // What remains is 1 up to rounding.
+      for (const int32_t i : small) alias_probability_[first + i] = 1.0;
+      for (const int32_t i : large) alias_probability_[first + i] = 1.0;
+    }
+  }
+
+  // An expert of group g in proportion to load (uniformly when the group is idle).
+  int32_t DrawFromGroup(int32_t g) {
+    const double u = stream_.Next() * per_group_;
+    const auto i = std::min(per_group_ - 1, static_cast<int32_t>(u));
+    const int32_t e = g * per_group_ + i;
+    return u - i < alias_probability_[e] ? e : alias_[e];
+  }
+
+  double SampleToken() {
+    // Groups, without replacement in proportion to their load.
+    weights_.assign(group_load_.begin(), group_load_.end());
+    ids_.resize(num_groups_);
+    std::iota(ids_.begin(), ids_.end(), 0);
+    chosen_groups_.clear();
+    double total = layer_total_;
+    for (int32_t k = 0; k < groups_per_token_; ++k) {
+      chosen_groups_.push_back(stream_.Take(weights_, ids_, total));
+    }
+    double chosen_total = 0;
+    for (const int32_t g : chosen_groups_) chosen_total += group_load_[g];
+    // Experts of those groups, without replacement in proportion to load: draw with replacement
+    // and reject an expert already chosen (the same distribution); after a run of rejections
+    // (a few experts hold nearly all the load) take the rest from the remaining experts directly.
+    chosen_experts_.clear();
+    int32_t rejected = 0;
+    while (static_cast<int32_t>(chosen_experts_.size()) < experts_per_token_ && rejected < 8) {
+      int32_t g = chosen_groups_.back();
+      if (chosen_total > 0) {
+        double u = stream_.Next() * chosen_total;
+        for (const int32_t c : chosen_groups_) {
+          if (u < group_load_[c]) {
+            g = c;
+            break;
+          }
+          u -= group_load_[c];
+        }
+      } else {
+        g = chosen_groups_[std::min(groups_per_token_ - 1,
+                                    static_cast<int32_t>(stream_.Next() * groups_per_token_))];
+      }
+      const int32_t e = DrawFromGroup(g);
+      if (std::find(chosen_experts_.begin(), chosen_experts_.end(), e) != chosen_experts_.end() ||
+          (chosen_total > 0 && load_[e] <= 0)) {
+        ++rejected;
+        continue;
+      }
+      rejected = 0;
+      chosen_experts_.push_back(e);
+    }
+    if (static_cast<int32_t>(chosen_experts_.size()) < experts_per_token_) {
+      weights_.clear();
+      ids_.clear();
+      total = 0;
+      for (const int32_t g : chosen_groups_) {
+        for (int32_t e = g * per_group_; e < (g + 1) * per_group_; ++e) {
+          if (std::find(chosen_experts_.begin(), chosen_experts_.end(), e) != chosen_experts_.end()) {
+            continue;
+          }
+          weights_.push_back(std::max(0.0, load_[e]));
+          ids_.push_back(e);
+          total += weights_.back();
+        }
+      }
+      while (static_cast<int32_t>(chosen_experts_.size()) < experts_per_token_) {
+        chosen_experts_.push_back(stream_.Take(weights_, ids_, total));
+      }
+    }
+    // Node n is reached unless every chosen expert's replica lies elsewhere.
+    std::fill(miss_.begin(), miss_.end(), 1.0);
+    for (const int32_t e : chosen_experts_) {
+      for (int32_t i = node_share_begin_[e]; i < node_share_begin_[e + 1]; ++i) {
+        miss_[node_shares_[i].node] *= 1.0 - node_shares_[i].share;
+      }
+    }
+    double reached = 0;
+    for (const double m : miss_) reached += 1.0 - m;
+    return Scale() * reached;
+  }
+
+  struct NodeShare {
+    int32_t node;
+    double share;
+  };
+  std::span<const double> load_;
+  const int32_t num_groups_, num_nodes_, per_group_, groups_per_token_, experts_per_token_;
+  std::vector<double> group_load_;
+  double layer_total_ = 0;
+  std::vector<int32_t> node_share_begin_;
+  std::vector<NodeShare> node_shares_;
+  std::vector<double> alias_probability_;
+  std::vector<int32_t> alias_;
+  SampleStream stream_;
+  std::vector<double> weights_, miss_;
+  std::vector<int32_t> ids_, chosen_groups_, chosen_experts_;
+};
+
+}  // namespace
+
+TrafficShareEstimate EstimateCrossNodeTrafficShare(const ExpertMap& map, int32_t layer,
+                                                   std::span<const double> load,
+                                                   int32_t num_groups, int32_t num_nodes,
+                                                   const RoutingModel& model) {
+  if (num_nodes <= 1) return {};
+  LayerTrafficSampler sampler(map, layer, load, num_groups, num_nodes, model);
+  return {sampler.Sample(model.tokens) / model.tokens,
+          HoeffdingBound95(sampler.range(), model.tokens)};
+}
+
+TrafficShareEstimate EstimateMeanCrossNodeTrafficShare(const ExpertMap& map,
+                                                       const LoadMatrix& load, int32_t num_groups,
+                                                       int32_t num_nodes,
+                                                       const RoutingModel& model) {
+  if (num_nodes <= 1) return {};
+  double sum = 0, range = 0;
+  for (int32_t l = 0; l < map.num_layers(); ++l) {
+    LayerTrafficSampler sampler(map, l, load.row(l), num_groups, num_nodes, model);
+    sum += sampler.Sample(model.tokens);
+    range = std::max(range, sampler.range());
+  }
+  const double n = static_cast<double>(map.num_layers()) * model.tokens;
+  return {sum / n, HoeffdingBound95(range, n)};
+}
+
 double CrossNodeTrafficShare(const ExpertMap& map, int32_t layer, std::span<const double> load,
                              int32_t num_groups, int32_t num_nodes, const RoutingModel& model) {
-  if (num_nodes <= 1) return 0.0;
-  const int32_t rpn = map.num_ranks() / num_nodes;
-  const int32_t per_group = map.num_logical_experts() / num_groups;
-  std::vector<double> group_load(num_groups, 0.0);
-  for (int32_t e = 0; e < map.num_logical_experts(); ++e) group_load[e / per_group] += load[e];
-  double layer_total = 0;
-  for (const double g : group_load) layer_total += g;
-  const int32_t groups_per_token = std::min(model.groups_per_token, num_groups);
-  const int32_t experts_per_token = std::min(model.experts_per_token, groups_per_token * per_group);
-  SampleStream stream(model.seed ^ (static_cast<uint64_t>(layer) << 32));
-  std::vector<double> weights;
-  std::vector<int32_t> ids;
-  std::vector<int32_t> chosen_groups;
-  std::vector<bool> reached(num_nodes);
-  int64_t remote = 0;
-  for (int32_t t = 0; t < model.tokens; ++t) {
-    const auto origin = std::min(num_nodes - 1, static_cast<int32_t>(stream.Next() * num_nodes));
-    weights.assign(group_load.begin(), group_load.end());
-    ids.resize(num_groups);
-    std::iota(ids.begin(), ids.end(), 0);
-    chosen_groups.clear();
-    double total = layer_total;
-    for (int32_t k = 0; k < groups_per_token; ++k) {
-      chosen_groups.push_back(stream.Take(weights, ids, total));
-    }
-    weights.clear();
-    ids.clear();
-    total = 0;
-    for (const int32_t g : chosen_groups) {
-      for (int32_t e = g * per_group; e < (g + 1) * per_group; ++e) {
-        weights.push_back(load[e]);
-        ids.push_back(e);
-      }
-      total += group_load[g];
-    }
-    std::fill(reached.begin(), reached.end(), false);
-    for (int32_t k = 0; k < experts_per_token; ++k) {
-      const auto replicas = map.replicas(layer, stream.Take(weights, ids, total));
-      const auto which =
-          std::min(replicas.size() - 1, static_cast<size_t>(stream.Next() * replicas.size()));
-      reached[map.layout().RankOfSlot(replicas[which]) / rpn] = true;
-    }
-    for (int32_t n = 0; n < num_nodes; ++n) remote += (reached[n] && n != origin) ? 1 : 0;
-  }
-  return static_cast<double>(remote) / (static_cast<double>(model.tokens) * experts_per_token);
+  return EstimateCrossNodeTrafficShare(map, layer, load, num_groups, num_nodes, model).share;
 }
 
 double MeanCrossNodeTrafficShare(const ExpertMap& map, const LoadMatrix& load, int32_t num_groups,
                                  int32_t num_nodes, const RoutingModel& model) {
-  double sum = 0;
-  for (int32_t l = 0; l < map.num_layers(); ++l) {
-    sum += CrossNodeTrafficShare(map, l, load.row(l), num_groups, num_nodes, model);
-  }
-  return sum / map.num_layers();
+  return EstimateMeanCrossNodeTrafficShare(map, load, num_groups, num_nodes, model).share;
 }
 
 }  // namespace eplb

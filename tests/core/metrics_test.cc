@@ -3,6 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
 namespace eplb {
 namespace {
 
@@ -114,6 +118,117 @@ TEST(CrossNodeTrafficShareTest, FollowsTheRoutingModel) {
   // Idle experts are picked uniformly rather than never.
   EXPECT_NEAR(CrossNodeTrafficShare(*grouped, 0, std::vector<double>(4, 0.0), 2, 2, model), 0.25,
               0.02);
+}
+
+// The routing model's exact value by enumeration: every order of groups and of experts drawn
+// without replacement (in proportion to load, uniformly among what is left once the remaining
+// load is 0), every choice of replicas and every origin node, each with its probability.
+double ExactCrossNodeShare(const ExpertMap& map, const std::vector<double>& load, int32_t groups,
+                           int32_t nodes, int32_t groups_per_token, int32_t experts_per_token) {
+  const int32_t per_group = map.num_logical_experts() / groups;
+  const int32_t rpn = map.num_ranks() / nodes;
+  // Calls `visit(chosen, probability)` for every ordered draw of `k` of `ids`.
+  const auto draws = [](const std::vector<int32_t>& ids, const std::vector<double>& weights,
+                        int32_t k, const auto& visit) {
+    std::vector<int32_t> chosen;
+    const auto recurse = [&](const auto& self, double p) -> void {
+      if (static_cast<int32_t>(chosen.size()) == k) {
+        visit(chosen, p);
+        return;
+      }
+      double total = 0;
+      int32_t left = 0;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        if (std::find(chosen.begin(), chosen.end(), ids[i]) != chosen.end()) continue;
+        total += weights[i];
+        ++left;
+      }
+      for (size_t i = 0; i < ids.size(); ++i) {
+        if (std::find(chosen.begin(), chosen.end(), ids[i]) != chosen.end()) continue;
+        const double q = total > 0 ? weights[i] / total : 1.0 / left;
+        if (q == 0) continue;
+        chosen.push_back(ids[i]);
+        self(self, p * q);
+        chosen.pop_back();
+      }
+    };
+    recurse(recurse, 1.0);
+  };
+  std::vector<int32_t> group_ids(groups);
+  std::vector<double> group_load(groups, 0.0);
+  for (int32_t g = 0; g < groups; ++g) group_ids[g] = g;
+  for (int32_t e = 0; e < map.num_logical_experts(); ++e) group_load[e / per_group] += load[e];
+  double expected_remote = 0;
+  draws(group_ids, group_load, groups_per_token, [&](const std::vector<int32_t>& gs, double pg) {
+    std::vector<int32_t> expert_ids;
+    std::vector<double> weights;
+    for (const int32_t g : gs) {
+      for (int32_t e = g * per_group; e < (g + 1) * per_group; ++e) {
+        expert_ids.push_back(e);
+        weights.push_back(load[e]);
+      }
+    }
+    draws(expert_ids, weights, experts_per_token, [&](const std::vector<int32_t>& es, double pe) {
+      // Every combination of one replica per expert, then every origin.
+      std::vector<size_t> pick(es.size(), 0);
+      for (;;) {
+        double p = pg * pe;
+        std::vector<bool> reached(nodes, false);
+        for (size_t i = 0; i < es.size(); ++i) {
+          const auto replicas = map.replicas(0, es[i]);
+          p /= replicas.size();
+          reached[map.layout().RankOfSlot(replicas[pick[i]]) / rpn] = true;
+        }
+        for (int32_t origin = 0; origin < nodes; ++origin) {
+          for (int32_t n = 0; n < nodes; ++n) {
+            if (reached[n] && n != origin) expected_remote += p / nodes;
+          }
+        }
+        size_t i = 0;
+        while (i < es.size() && ++pick[i] == map.replicas(0, es[i]).size()) pick[i++] = 0;
+        if (i == es.size()) break;
+      }
+    });
+  });
+  return expected_remote / experts_per_token;
+}
+
+// 6 experts in 3 groups on 6 ranks of 3 nodes (9 slots: experts 0 and 3 have replicas on two
+// nodes, expert 4 two on one node). Loads: spread, concentrated on one expert, with idle experts,
+// and all idle.
+TEST(CrossNodeTrafficShareTest, EstimateIsWithinItsBoundOfTheExactValue) {
+  const ExpertMap map = Map(1, 6, 9, 6, {0, 1, 2, 3, 0, 4, 5, 4, 3});
+  const std::vector<std::vector<double>> loads = {
+      {30, 10, 5, 15, 20, 8}, {1000, 0.5, 0.5, 0.5, 0.5, 0.5}, {0, 10, 0, 5, 0, 1}, {0, 0, 0, 0, 0, 0}};
+  for (const auto& load : loads) {
+    SCOPED_TRACE(::testing::PrintToString(load));
+    const double exact = ExactCrossNodeShare(map, load, 3, 3, 2, 3);
+    int32_t within = 0;
+    for (uint64_t seed = 1; seed <= 40; ++seed) {
+      const RoutingModel model{
+          .experts_per_token = 3, .groups_per_token = 2, .tokens = 200, .seed = seed};
+      const TrafficShareEstimate estimate = EstimateCrossNodeTrafficShare(map, 0, load, 3, 3, model);
+      // The score of a token lies within [1, 3] nodes × (2/3) / 3 experts: a range of 4/9.
+      EXPECT_DOUBLE_EQ(estimate.error_bound, 4.0 / 9 * std::sqrt(std::log(40.0) / 400));
+      if (std::abs(estimate.share - exact) <= estimate.error_bound) ++within;
+    }
+    EXPECT_GE(within, 38);  // at least 95% of the time; Hoeffding's bound is loose, so all are
+    const RoutingModel many{.experts_per_token = 3, .groups_per_token = 2, .tokens = 200000};
+    EXPECT_NEAR(CrossNodeTrafficShare(map, 0, load, 3, 3, many), exact, 0.002);
+  }
+}
+
+// The mean over layers, with its bound over every layer's tokens.
+TEST(CrossNodeTrafficShareTest, MeanOverLayersPoolsTheTokens) {
+  auto map = ExpertMap::FromPhy2Log(2, 4, SlotLayout(4, 4), {0, 1, 2, 3, 0, 2, 1, 3});
+  ASSERT_TRUE(map.ok());
+  const LoadMatrix load{.num_layers = 2, .num_experts = 4, .values = {1, 2, 3, 4, 4, 3, 2, 1}};
+  const RoutingModel model{.experts_per_token = 2, .groups_per_token = 1, .tokens = 100};
+  const TrafficShareEstimate mean = EstimateMeanCrossNodeTrafficShare(*map, load, 2, 2, model);
+  // Layer 0 keeps each group on a node (0.25), layer 1 splits both (0.5): exact whatever is drawn.
+  EXPECT_DOUBLE_EQ(mean.share, 0.375);
+  EXPECT_DOUBLE_EQ(mean.error_bound, 0.25 * std::sqrt(std::log(40.0) / 400));
+  EXPECT_EQ(EstimateMeanCrossNodeTrafficShare(*map, load, 2, 1, model).share, 0.0);
 }
 
 }  // namespace
