@@ -42,7 +42,8 @@ COPY deploy/scripts/install-deps.sh deploy/scripts/install-cuda.sh /tmp/eplb/
 RUN /tmp/eplb/install-deps.sh --runtime && /tmp/eplb/install-cuda.sh --runtime \
  && rm -rf /var/lib/apt/lists/* /tmp/eplb
 COPY --from=worker-build /opt/eplb /opt/eplb
-COPY --from=worker-build /src/build-worker/bin/eplb-worker-example /src/build-worker/bin/eplbctl /usr/local/bin/
+COPY --from=worker-build /src/build-worker/bin/eplb-worker-example /src/build-worker/bin/eplbctl \
+     /src/build-worker/bin/eplbctl-rpc /usr/local/bin/
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin eplb
 USER 10001
 ENV EPLB_PLANNER=eplb-planner:50051
@@ -54,7 +55,8 @@ COPY deploy/scripts/install-deps.sh /tmp/eplb/
 RUN /tmp/eplb/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/eplb
 RUN useradd --system --uid 10001 --home-dir /var/lib/eplb --shell /usr/sbin/nologin eplb \
  && mkdir -p /var/lib/eplb /etc/eplb && chown 10001:10001 /var/lib/eplb
-COPY --from=build /src/build-image/bin/eplb-planner /src/build-image/bin/eplbctl /usr/local/bin/
+COPY --from=build /src/build-image/bin/eplb-planner /src/build-image/bin/eplbctl \
+     /src/build-image/bin/eplbctl-rpc /usr/local/bin/
 COPY deploy/config/planner.flags /etc/eplb/planner.flags
 USER 10001
 WORKDIR /var/lib/eplb

@@ -137,8 +137,10 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
       s.num_ranks, s.num_nodes, plan_ms);
   const char* baseline_name = baseline_is_previous ? "previous" : "contiguous";
   if (load != nullptr) {
-    const MapQuality before = EvaluateMap(baseline, *load);
-    const MapQuality after = EvaluateMap(map, *load);
+    const ExpertMap* evaluated[] = {&baseline, &map};
+    const std::vector<MapQuality> qualities = EvaluateMaps(evaluated, *load);
+    const MapQuality& before = qualities[0];
+    const MapQuality& after = qualities[1];
     if (o.per_layer) {
       err << absl::StrFormat("%5s  %-12s %-12s %s\n", "layer", baseline_name, "planned",
                              "max/bound");
@@ -154,10 +156,11 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
                            after.mean_max_over_bound);
     if (s.num_nodes > 1) {
       const RoutingModel model;
-      const TrafficShareEstimate before_share =
-          EstimateMeanCrossNodeTrafficShare(baseline, *load, s.num_groups, s.num_nodes, model);
-      const TrafficShareEstimate after_share =
-          EstimateMeanCrossNodeTrafficShare(map, *load, s.num_groups, s.num_nodes, model);
+      const ExpertMap* maps[] = {&baseline, &map};
+      const std::vector<TrafficShareEstimate> shares =
+          EstimateMeanCrossNodeTrafficShares(maps, *load, s.num_groups, s.num_nodes, model);
+      const TrafficShareEstimate& before_share = shares[0];
+      const TrafficShareEstimate& after_share = shares[1];
       err << absl::StrFormat(
           "cross-node share of token traffic (%d experts in %d groups per token): %s %.3f, "
           "planned %.3f (each ±%.3f)\n",

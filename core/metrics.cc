@@ -56,28 +56,47 @@ double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, in
   return std::max(total / num_ranks, heap.top().first);
 }
 
-MapQuality EvaluateMap(const ExpertMap& map, const LoadMatrix& load) {
-  EPLB_CHECK(load.num_layers == map.num_layers() && load.num_experts == map.num_logical_experts(),
-             load.num_layers, "x", load.num_experts);
-  MapQuality quality;
-  quality.layers.resize(map.num_layers());
-  double sum_balancedness = 0.0, sum_over_bound = 0.0;
-  for (int32_t l = 0; l < map.num_layers(); ++l) {
-    const std::vector<double> rank_loads = RankLoads(map, l, load.row(l));
-    const double max = *std::max_element(rank_loads.begin(), rank_loads.end());
-    const double bound =
-        MaxRankLoadLowerBound(load.row(l), map.num_physical_experts(), map.num_ranks());
-    LayerQuality& q = quality.layers[l];
-    q.balancedness = Balancedness(rank_loads);
-    q.max_over_bound = bound > 0.0 ? max / bound : 1.0;
-    sum_balancedness += q.balancedness;
-    sum_over_bound += q.max_over_bound;
-    quality.min_balancedness =
-        l == 0 ? q.balancedness : std::min(quality.min_balancedness, q.balancedness);
+std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
+                                     const LoadMatrix& load) {
+  std::vector<MapQuality> out(maps.size());
+  if (maps.empty()) return out;
+  const ExpertMap& first = *maps.front();
+  for (const ExpertMap* map : maps) {
+    EPLB_CHECK(load.num_layers == map->num_layers() &&
+                   load.num_experts == map->num_logical_experts() &&
+                   map->num_physical_experts() == first.num_physical_experts() &&
+                   map->num_ranks() == first.num_ranks(),
+               load.num_layers, "x", load.num_experts);
   }
-  quality.mean_balancedness = sum_balancedness / map.num_layers();
-  quality.mean_max_over_bound = sum_over_bound / map.num_layers();
-  return quality;
+  std::vector<double> sum_balancedness(maps.size(), 0.0), sum_over_bound(maps.size(), 0.0);
+  for (MapQuality& quality : out) quality.layers.resize(first.num_layers());
+  for (int32_t l = 0; l < first.num_layers(); ++l) {
+    // The bound depends on the load and the shape only: once for every map.
+    const double bound =
+        MaxRankLoadLowerBound(load.row(l), first.num_physical_experts(), first.num_ranks());
+    for (size_t m = 0; m < maps.size(); ++m) {
+      const std::vector<double> rank_loads = RankLoads(*maps[m], l, load.row(l));
+      const double max = *std::max_element(rank_loads.begin(), rank_loads.end());
+      MapQuality& quality = out[m];
+      LayerQuality& q = quality.layers[l];
+      q.balancedness = Balancedness(rank_loads);
+      q.max_over_bound = bound > 0.0 ? max / bound : 1.0;
+      sum_balancedness[m] += q.balancedness;
+      sum_over_bound[m] += q.max_over_bound;
+      quality.min_balancedness =
+          l == 0 ? q.balancedness : std::min(quality.min_balancedness, q.balancedness);
+    }
+  }
+  for (size_t m = 0; m < maps.size(); ++m) {
+    out[m].mean_balancedness = sum_balancedness[m] / first.num_layers();
+    out[m].mean_max_over_bound = sum_over_bound[m] / first.num_layers();
+  }
+  return out;
+}
+
+MapQuality EvaluateMap(const ExpertMap& map, const LoadMatrix& load) {
+  const ExpertMap* maps[] = {&map};
+  return std::move(EvaluateMaps(maps, load).front());
 }
 
 Migration ComputeMigration(const ExpertMap& before, const ExpertMap& after,
@@ -202,36 +221,51 @@ double HoeffdingBound95(double range, double n) {
 // cross-node copies given its experts (origin node and replicas averaged exactly).
 class LayerTrafficSampler {
  public:
-  LayerTrafficSampler(const ExpertMap& map, int32_t layer, std::span<const double> load,
-                      int32_t num_groups, int32_t num_nodes, const RoutingModel& model)
-      : load_(load),
+  // Tokens are drawn from the layer's load alone, so one draw scores every map in `maps` (all of
+  // one shape): their estimates share their sample, and differ by the maps alone. Reused layer
+  // after layer (SetLayer), so that its buffers are allocated once.
+  LayerTrafficSampler(std::span<const ExpertMap* const> maps, int32_t num_groups,
+                      int32_t num_nodes, const RoutingModel& model)
+      : maps_(maps),
         num_groups_(num_groups),
         num_nodes_(num_nodes),
-        per_group_(map.num_logical_experts() / num_groups),
+        per_group_(maps.front()->num_logical_experts() / num_groups),
         groups_per_token_(std::min(model.groups_per_token, num_groups)),
         experts_per_token_(std::min(model.experts_per_token, groups_per_token_ * per_group_)),
+        seed_(model.seed),
         group_load_(num_groups, 0.0),
-        stream_(model.seed ^ (static_cast<uint64_t>(layer) << 32)) {
-    const int32_t E = map.num_logical_experts();
-    const int32_t rpn = map.num_ranks() / num_nodes;
+        node_shares_(maps.size()),
+        count_(num_nodes, 0),
+        miss_(num_nodes) {}
+
+  void SetLayer(int32_t layer, std::span<const double> load) {
+    load_ = load;
+    stream_ = SampleStream(seed_ ^ (static_cast<uint64_t>(layer) << 32));
+    const int32_t E = maps_.front()->num_logical_experts();
+    std::fill(group_load_.begin(), group_load_.end(), 0.0);
     for (int32_t e = 0; e < E; ++e) group_load_[e / per_group_] += std::max(0.0, load[e]);
+    layer_total_ = 0;
     for (const double g : group_load_) layer_total_ += g;
     // Each expert's share of replicas per node: a token sent to it reaches node n with that share.
-    node_share_begin_.reserve(E + 1);
-    std::vector<int32_t> count(num_nodes, 0);
-    for (int32_t e = 0; e < E; ++e) {
-      node_share_begin_.push_back(static_cast<int32_t>(node_shares_.size()));
-      const auto replicas = map.replicas(layer, e);
-      for (const int32_t slot : replicas) count[map.layout().RankOfSlot(slot) / rpn]++;
-      for (int32_t n = 0; n < num_nodes; ++n) {
-        if (count[n] == 0) continue;
-        node_shares_.push_back({n, static_cast<double>(count[n]) / replicas.size()});
-        count[n] = 0;
+    for (size_t m = 0; m < maps_.size(); ++m) {
+      const ExpertMap& map = *maps_[m];
+      const int32_t rpn = map.num_ranks() / num_nodes_;
+      NodeShares& shares = node_shares_[m];
+      shares.begin.clear();
+      shares.shares.clear();
+      for (int32_t e = 0; e < E; ++e) {
+        shares.begin.push_back(static_cast<int32_t>(shares.shares.size()));
+        const auto replicas = map.replicas(layer, e);
+        for (const int32_t slot : replicas) count_[map.layout().RankOfSlot(slot) / rpn]++;
+        for (int32_t n = 0; n < num_nodes_; ++n) {
+          if (count_[n] == 0) continue;
+          shares.shares.push_back({n, static_cast<double>(count_[n]) / replicas.size()});
+          count_[n] = 0;
+        }
       }
+      shares.begin.push_back(static_cast<int32_t>(shares.shares.size()));
     }
-    node_share_begin_.push_back(static_cast<int32_t>(node_shares_.size()));
     BuildAliasTables();
-    miss_.resize(num_nodes);
   }
 
   // The per-token score's range: between 1 and min(nodes, experts per token) nodes reached.
@@ -239,70 +273,118 @@ class LayerTrafficSampler {
     return Scale() * (std::min(num_nodes_, experts_per_token_) - 1);
   }
 
-  // The sum of `tokens` tokens' scores.
-  double Sample(int32_t tokens) {
-    double sum = 0;
-    for (int32_t t = 0; t < tokens; ++t) sum += SampleToken();
-    return sum;
+  // Adds the scores of `tokens` tokens to sums[m] for each map m.
+  void Sample(int32_t tokens, std::span<double> sums) {
+    for (int32_t t = 0; t < tokens; ++t) {
+      DrawExperts();
+      for (size_t m = 0; m < node_shares_.size(); ++m) sums[m] += Score(node_shares_[m]);
+    }
   }
 
  private:
+  struct NodeShare {
+    int32_t node;
+    double share;
+  };
+  struct NodeShares {  // of one map: expert e's are shares[begin[e], begin[e + 1])
+    std::vector<int32_t> begin;
+    std::vector<NodeShare> shares;
+  };
+
   // Copies per token per dispatch: a node reached is remote for a token from any other node.
   double Scale() const {
     return static_cast<double>(num_nodes_ - 1) / (static_cast<double>(num_nodes_) * experts_per_token_);
   }
 
-  // Walker's alias tables, one per group, over its experts' loads (uniform for an idle group).
+  // Walker's alias table of `n` items from `first`, in proportion to `weight(i)` (uniform when
+  // they are all 0), into probability[first, first + n) and alias[first, first + n).
+  template <typename Weight>
+  void BuildAlias(int32_t first, int32_t n, const Weight& weight, std::vector<double>& probability,
+                  std::vector<int32_t>& alias) {
+    double total = 0;
+    for (int32_t i = 0; i < n; ++i) total += weight(i);
+    std::vector<double>& scaled = scaled_;
+    std::vector<int32_t>& small = small_;
+    std::vector<int32_t>& large = large_;
+    scaled.resize(n);
+    small.clear();
+    large.clear();
+    for (int32_t i = 0; i < n; ++i) {
+      alias[first + i] = first + i;
+      probability[first + i] = 1.0;
+      scaled[i] = total > 0 ? weight(i) * n / total : 1.0;
+      (scaled[i] < 1.0 ? small : large).push_back(i);
+    }
+    while (!small.empty() && !large.empty()) {
+      const int32_t s = small.back(), l = large.back();
+      small.pop_back();
+      probability[first + s] = scaled[s];
+      alias[first + s] = first + l;
+      scaled[l] -= 1.0 - scaled[s];
+      if (scaled[l] < 1.0) {
+        large.pop_back();
+        small.push_back(l);
+      }
+    }
+    // What remains has probability 1 up to rounding (already set).
+  }
+
   void BuildAliasTables() {
-    alias_probability_.assign(load_.size(), 1.0);
+    group_alias_probability_.resize(num_groups_);
+    group_alias_.resize(num_groups_);
+    BuildAlias(0, num_groups_, [&](int32_t g) { return group_load_[g]; },
+               group_alias_probability_, group_alias_);
+    alias_probability_.resize(load_.size());
     alias_.resize(load_.size());
-    std::vector<int32_t> small, large;
-    std::vector<double> scaled(per_group_);
     for (int32_t g = 0; g < num_groups_; ++g) {
       const int32_t first = g * per_group_;
-      small.clear();
-      large.clear();
-      for (int32_t i = 0; i < per_group_; ++i) {
-        alias_[first + i] = first + i;
-        scaled[i] = group_load_[g] > 0
-                        ? std::max(0.0, load_[first + i]) * per_group_ / group_load_[g]
-                        : 1.0;
-        (scaled[i] < 1.0 ? small : large).push_back(i);
-      }
-      while (!small.empty() && !large.empty()) {
-        const int32_t s = small.back(), l = large.back();
-        small.pop_back();
-        alias_probability_[first + s] = scaled[s];
-        alias_[first + s] = first + l;
-        scaled[l] -= 1.0 - scaled[s];
-        if (scaled[l] < 1.0) {
-          large.pop_back();
-          small.push_back(l);
-        }
-      }
-      // What remains is 1 up to rounding.
-      for (const int32_t i : small) alias_probability_[first + i] = 1.0;
-      for (const int32_t i : large) alias_probability_[first + i] = 1.0;
+      BuildAlias(first, per_group_, [&](int32_t i) { return std::max(0.0, load_[first + i]); },
+                 alias_probability_, alias_);
     }
   }
 
-  // An expert of group g in proportion to load (uniformly when the group is idle).
-  int32_t DrawFromGroup(int32_t g) {
-    const double u = stream_.Next() * per_group_;
-    const auto i = std::min(per_group_ - 1, static_cast<int32_t>(u));
-    const int32_t e = g * per_group_ + i;
-    return u - i < alias_probability_[e] ? e : alias_[e];
+  // One of the `n` items from `first` of an alias table.
+  int32_t DrawAlias(int32_t first, int32_t n, const std::vector<double>& probability,
+                    const std::vector<int32_t>& alias) {
+    const double u = stream_.Next() * n;
+    const int32_t i = first + std::min(n - 1, static_cast<int32_t>(u));
+    return u - static_cast<double>(i - first) < probability[i] ? i : alias[i];
   }
 
-  double SampleToken() {
-    // Groups, without replacement in proportion to their load.
-    weights_.assign(group_load_.begin(), group_load_.end());
-    ids_.resize(num_groups_);
-    std::iota(ids_.begin(), ids_.end(), 0);
+  static bool Contains(const std::vector<int32_t>& v, int32_t x) {
+    return std::find(v.begin(), v.end(), x) != v.end();
+  }
+
+  // Draws a token's experts into chosen_experts_.
+  void DrawExperts() {
+    // Groups, without replacement in proportion to their load: drawn with replacement from the
+    // groups' alias table, an already chosen (or idle, while load is left) group rejected; that is
+    // the same distribution. After a run of rejections (a few groups hold nearly all the load) the
+    // rest come from the remaining groups directly.
     chosen_groups_.clear();
-    double total = layer_total_;
-    for (int32_t k = 0; k < groups_per_token_; ++k) {
-      chosen_groups_.push_back(stream_.Take(weights_, ids_, total));
+    int32_t rejected = 0;
+    while (static_cast<int32_t>(chosen_groups_.size()) < groups_per_token_ && rejected < 8) {
+      const int32_t g = DrawAlias(0, num_groups_, group_alias_probability_, group_alias_);
+      if (Contains(chosen_groups_, g) || (layer_total_ > 0 && group_load_[g] <= 0)) {
+        ++rejected;
+        continue;
+      }
+      rejected = 0;
+      chosen_groups_.push_back(g);
+    }
+    if (static_cast<int32_t>(chosen_groups_.size()) < groups_per_token_) {
+      weights_.clear();
+      ids_.clear();
+      double total = 0;
+      for (int32_t g = 0; g < num_groups_; ++g) {
+        if (Contains(chosen_groups_, g)) continue;
+        weights_.push_back(group_load_[g]);
+        ids_.push_back(g);
+        total += group_load_[g];
+      }
+      while (static_cast<int32_t>(chosen_groups_.size()) < groups_per_token_) {
+        chosen_groups_.push_back(stream_.Take(weights_, ids_, total));
+      }
     }
     double chosen_total = 0;
     for (const int32_t g : chosen_groups_) chosen_total += group_load_[g];
@@ -310,7 +392,7 @@ class LayerTrafficSampler {
     // and reject an expert already chosen (the same distribution); after a run of rejections
     // (a few experts hold nearly all the load) take the rest from the remaining experts directly.
     chosen_experts_.clear();
-    int32_t rejected = 0;
+    rejected = 0;
     while (static_cast<int32_t>(chosen_experts_.size()) < experts_per_token_ && rejected < 8) {
       int32_t g = chosen_groups_.back();
       if (chosen_total > 0) {
@@ -326,9 +408,8 @@ class LayerTrafficSampler {
         g = chosen_groups_[std::min(groups_per_token_ - 1,
                                     static_cast<int32_t>(stream_.Next() * groups_per_token_))];
       }
-      const int32_t e = DrawFromGroup(g);
-      if (std::find(chosen_experts_.begin(), chosen_experts_.end(), e) != chosen_experts_.end() ||
-          (chosen_total > 0 && load_[e] <= 0)) {
+      const int32_t e = DrawAlias(g * per_group_, per_group_, alias_probability_, alias_);
+      if (Contains(chosen_experts_, e) || (chosen_total > 0 && load_[e] <= 0)) {
         ++rejected;
         continue;
       }
@@ -338,12 +419,10 @@ class LayerTrafficSampler {
     if (static_cast<int32_t>(chosen_experts_.size()) < experts_per_token_) {
       weights_.clear();
       ids_.clear();
-      total = 0;
+      double total = 0;
       for (const int32_t g : chosen_groups_) {
         for (int32_t e = g * per_group_; e < (g + 1) * per_group_; ++e) {
-          if (std::find(chosen_experts_.begin(), chosen_experts_.end(), e) != chosen_experts_.end()) {
-            continue;
-          }
+          if (Contains(chosen_experts_, e)) continue;
           weights_.push_back(std::max(0.0, load_[e]));
           ids_.push_back(e);
           total += weights_.back();
@@ -353,11 +432,15 @@ class LayerTrafficSampler {
         chosen_experts_.push_back(stream_.Take(weights_, ids_, total));
       }
     }
-    // Node n is reached unless every chosen expert's replica lies elsewhere.
+  }
+
+  // A token's expected copies to other nodes per dispatch, given its experts, under one map's
+  // replicas: node n is reached unless every chosen expert's replica lies elsewhere.
+  double Score(const NodeShares& map) {
     std::fill(miss_.begin(), miss_.end(), 1.0);
     for (const int32_t e : chosen_experts_) {
-      for (int32_t i = node_share_begin_[e]; i < node_share_begin_[e + 1]; ++i) {
-        miss_[node_shares_[i].node] *= 1.0 - node_shares_[i].share;
+      for (int32_t i = map.begin[e]; i < map.begin[e + 1]; ++i) {
+        miss_[map.shares[i].node] *= 1.0 - map.shares[i].share;
       }
     }
     double reached = 0;
@@ -365,21 +448,19 @@ class LayerTrafficSampler {
     return Scale() * reached;
   }
 
-  struct NodeShare {
-    int32_t node;
-    double share;
-  };
+  std::span<const ExpertMap* const> maps_;
   std::span<const double> load_;
   const int32_t num_groups_, num_nodes_, per_group_, groups_per_token_, experts_per_token_;
+  const uint64_t seed_;
   std::vector<double> group_load_;
   double layer_total_ = 0;
-  std::vector<int32_t> node_share_begin_;
-  std::vector<NodeShare> node_shares_;
-  std::vector<double> alias_probability_;
-  std::vector<int32_t> alias_;
-  SampleStream stream_;
-  std::vector<double> weights_, miss_;
-  std::vector<int32_t> ids_, chosen_groups_, chosen_experts_;
+  std::vector<NodeShares> node_shares_;  // per map
+  std::vector<double> alias_probability_, group_alias_probability_;
+  std::vector<int32_t> alias_, group_alias_;
+  SampleStream stream_{0};
+  std::vector<int32_t> count_;
+  std::vector<double> weights_, miss_, scaled_;
+  std::vector<int32_t> ids_, chosen_groups_, chosen_experts_, small_, large_;
 };
 
 }  // namespace
@@ -389,24 +470,38 @@ TrafficShareEstimate EstimateCrossNodeTrafficShare(const ExpertMap& map, int32_t
                                                    int32_t num_groups, int32_t num_nodes,
                                                    const RoutingModel& model) {
   if (num_nodes <= 1) return {};
-  LayerTrafficSampler sampler(map, layer, load, num_groups, num_nodes, model);
-  return {sampler.Sample(model.tokens) / model.tokens,
-          HoeffdingBound95(sampler.range(), model.tokens)};
+  const ExpertMap* maps[] = {&map};
+  LayerTrafficSampler sampler(maps, num_groups, num_nodes, model);
+  sampler.SetLayer(layer, load);
+  double sum = 0;
+  sampler.Sample(model.tokens, {&sum, 1});
+  return {sum / model.tokens, HoeffdingBound95(sampler.range(), model.tokens)};
+}
+
+std::vector<TrafficShareEstimate> EstimateMeanCrossNodeTrafficShares(
+    std::span<const ExpertMap* const> maps, const LoadMatrix& load, int32_t num_groups,
+    int32_t num_nodes, const RoutingModel& model) {
+  std::vector<TrafficShareEstimate> out(maps.size());
+  if (num_nodes <= 1 || maps.empty()) return out;
+  std::vector<double> sums(maps.size(), 0.0);
+  double range = 0;
+  LayerTrafficSampler sampler(maps, num_groups, num_nodes, model);
+  for (int32_t l = 0; l < maps.front()->num_layers(); ++l) {
+    sampler.SetLayer(l, load.row(l));
+    sampler.Sample(model.tokens, sums);
+    range = std::max(range, sampler.range());
+  }
+  const double n = static_cast<double>(maps.front()->num_layers()) * model.tokens;
+  for (size_t m = 0; m < maps.size(); ++m) out[m] = {sums[m] / n, HoeffdingBound95(range, n)};
+  return out;
 }
 
 TrafficShareEstimate EstimateMeanCrossNodeTrafficShare(const ExpertMap& map,
                                                        const LoadMatrix& load, int32_t num_groups,
                                                        int32_t num_nodes,
                                                        const RoutingModel& model) {
-  if (num_nodes <= 1) return {};
-  double sum = 0, range = 0;
-  for (int32_t l = 0; l < map.num_layers(); ++l) {
-    LayerTrafficSampler sampler(map, l, load.row(l), num_groups, num_nodes, model);
-    sum += sampler.Sample(model.tokens);
-    range = std::max(range, sampler.range());
-  }
-  const double n = static_cast<double>(map.num_layers()) * model.tokens;
-  return {sum / n, HoeffdingBound95(range, n)};
+  const ExpertMap* maps[] = {&map};
+  return EstimateMeanCrossNodeTrafficShares(maps, load, num_groups, num_nodes, model).front();
 }
 
 double CrossNodeTrafficShare(const ExpertMap& map, int32_t layer, std::span<const double> load,

@@ -427,8 +427,10 @@ absl::StatusOr<v1::Plan> Planner::PlanOnWorker(const std::shared_ptr<Deployment>
   const absl::Time start = absl::Now();
   auto candidate = d->policy().Plan({d->shape(), &input.load, &input.current});
   if (!candidate.ok()) return Tagged(candidate.status(), v1::POLICY_CANNOT_SERVE, "spec.policy");
-  const MapQuality before = EvaluateMap(input.current, input.load);
-  const MapQuality after = EvaluateMap(*candidate, input.load);
+  const ExpertMap* evaluated[] = {&input.current, &*candidate};
+  const std::vector<MapQuality> qualities = EvaluateMaps(evaluated, input.load);
+  const MapQuality& before = qualities[0];
+  const MapQuality& after = qualities[1];
   const Migration migration = ComputeMigration(input.current, *candidate, spec.bytes_per_expert());
   if (DeploymentMetrics* metrics = d->metrics()) {
     metrics->ObserveRebalanceSeconds(absl::ToDoubleSeconds(absl::Now() - start));

@@ -22,9 +22,9 @@ targets=()
 while (($#)); do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
-    --image) tests=OFF; bench=OFF; cuda=OFF; python=OFF; targets+=(eplb-planner eplbctl); shift ;;
+    --image) tests=OFF; bench=OFF; cuda=OFF; python=OFF; targets+=(eplb-planner eplbctl eplbctl-rpc); shift ;;
     --worker) tests=OFF; bench=OFF; cuda=ON; python=OFF
-              targets+=(eplb_client eplb_agent eplb_transfer_cuda eplb-worker-example eplbctl); shift ;;
+              targets+=(eplb_client eplb_agent eplb_transfer_cuda eplb-worker-example eplbctl eplbctl-rpc); shift ;;
     -*) echo "build.sh: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac

@@ -59,7 +59,8 @@ echo "check-deploy: the checkers reject broken copies"
 
 echo "-- the planner image's build step"
 deploy/scripts/build.sh --image --dir build-image
-python3 deploy/scripts/check_runtime_libs.py build-image/bin/eplb-planner build-image/bin/eplbctl
+python3 deploy/scripts/check_runtime_libs.py build-image/bin/eplb-planner build-image/bin/eplbctl \
+  build-image/bin/eplbctl-rpc
 deploy/scripts/stage-sdk.sh build-image "$tmp/sdk"
 
 echo "-- flag files"

@@ -189,6 +189,28 @@ INSTANTIATE_TEST_SUITE_P(
                   "--timeout-ms = 0 is out of range [1, 86400000]"}),
     [](const auto& info) { return std::string(info.param.name); });
 
+// `eplbctl` runs `plan` itself and the other commands through eplbctl-rpc beside it: a copy of
+// eplbctl alone still plans, and names the missing program for the rest.
+TEST_F(EplbctlServerTest, TheServiceVerbsNeedEplbctlRpcBesideEplbctl) {
+  const std::filesystem::path alone = dir_ / "alone";
+  std::filesystem::create_directories(alone);
+  std::filesystem::copy_file(EPLBCTL_PATH, alone / "eplbctl");
+  const testing::ProcessResult list =
+      testing::RunProcess({(alone / "eplbctl").string(), "list"}, dir_ / "list");
+  EXPECT_EQ(list.exit_code, 2);
+  EXPECT_EQ(list.err, "eplbctl: list is run by " + (alone / "eplbctl-rpc").string() +
+                          ", which cannot be started: No such file or directory (install "
+                          "eplbctl-rpc beside eplbctl)\n");
+  const testing::ProcessResult plan = testing::RunProcess(
+      {(alone / "eplbctl").string(), "plan", "--policy", "contiguous", "--num-layers", "1",
+       "--num-logical-experts", "2", "--num-physical-experts", "2", "--num-ranks", "1"},
+      dir_ / "plan");
+  EXPECT_EQ(plan.exit_code, 0) << plan.err;
+  EXPECT_THAT(plan.out, HasSubstr("\"phy2log\""));
+  // Beside it, the same verb reaches eplbctl-rpc (here: refused for want of a planner).
+  EXPECT_EQ(Run({"list", "--server", kNoServer}).exit_code, 1);
+}
+
 TEST_F(EplbctlServerTest, EmptyServerIsAUsageError) {
   const testing::ProcessResult r = Run({"list", "--server="});
   EXPECT_EQ(r.exit_code, 2);

@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <vector>
+
+#include "core/testing/random_inputs.h"
 
 namespace eplb {
 namespace {
@@ -229,6 +232,26 @@ TEST(CrossNodeTrafficShareTest, MeanOverLayersPoolsTheTokens) {
   EXPECT_DOUBLE_EQ(mean.share, 0.375);
   EXPECT_DOUBLE_EQ(mean.error_bound, 0.25 * std::sqrt(std::log(40.0) / 400));
   EXPECT_EQ(EstimateMeanCrossNodeTrafficShare(*map, load, 2, 1, model).share, 0.0);
+}
+
+// Several maps scored on one sample: each estimate is the one-map call's.
+TEST(CrossNodeTrafficShareTest, SeveralMapsShareTheirTokens) {
+  std::mt19937 rng(5);
+  LoadMatrix load{.num_layers = 3, .num_experts = 16, .values = {}};
+  for (int i = 0; i < 3 * 16; ++i) load.values.push_back(1 + rng() % 100);
+  const auto a = testing::RandomExpertMap(3, 16, 24, 8, rng);
+  const auto b = testing::RandomExpertMap(3, 16, 24, 8, rng);
+  const ExpertMap* maps[] = {a.get(), b.get()};
+  const RoutingModel model{.experts_per_token = 4, .groups_per_token = 2, .tokens = 50};
+  const auto both = EstimateMeanCrossNodeTrafficShares(maps, load, 4, 2, model);
+  ASSERT_EQ(both.size(), 2u);
+  for (int m = 0; m < 2; ++m) {
+    const TrafficShareEstimate alone =
+        EstimateMeanCrossNodeTrafficShare(*maps[m], load, 4, 2, model);
+    EXPECT_EQ(both[m].share, alone.share) << "map " << m;
+    EXPECT_EQ(both[m].error_bound, alone.error_bound) << "map " << m;
+  }
+  EXPECT_NE(both[0].share, both[1].share);
 }
 
 }  // namespace
