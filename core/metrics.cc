@@ -357,80 +357,80 @@ class LayerTrafficSampler {
 
   // Draws a token's experts into chosen_experts_.
   void DrawExperts() {
-    // Groups, without replacement in proportion to their load: drawn with replacement from the
-    // groups' alias table, an already chosen (or idle, while load is left) group rejected; that is
-    // the same distribution. After a run of rejections (a few groups hold nearly all the load) the
-    // rest come from the remaining groups directly.
+    // Groups, then experts of those groups, each without replacement in proportion to load.
     chosen_groups_.clear();
-    int32_t rejected = 0;
-    while (static_cast<int32_t>(chosen_groups_.size()) < groups_per_token_ && rejected < 8) {
-      const int32_t g = DrawAlias(0, num_groups_, group_alias_probability_, group_alias_);
-      if (Contains(chosen_groups_, g) || (layer_total_ > 0 && group_load_[g] <= 0)) {
-        ++rejected;
-        continue;
-      }
-      rejected = 0;
-      chosen_groups_.push_back(g);
-    }
-    if (static_cast<int32_t>(chosen_groups_.size()) < groups_per_token_) {
-      weights_.clear();
-      ids_.clear();
-      double total = 0;
-      for (int32_t g = 0; g < num_groups_; ++g) {
-        if (Contains(chosen_groups_, g)) continue;
-        weights_.push_back(group_load_[g]);
-        ids_.push_back(g);
-        total += group_load_[g];
-      }
-      while (static_cast<int32_t>(chosen_groups_.size()) < groups_per_token_) {
-        chosen_groups_.push_back(stream_.Take(weights_, ids_, total));
-      }
-    }
+    TakeWithoutReplacement(
+        groups_per_token_, layer_total_ > 0,
+        [&] { return DrawAlias(0, num_groups_, group_alias_probability_, group_alias_); },
+        [&](int32_t g) { return group_load_[g]; },
+        [&](const auto& visit) {
+          for (int32_t g = 0; g < num_groups_; ++g) visit(g);
+        },
+        chosen_groups_);
     double chosen_total = 0;
     for (const int32_t g : chosen_groups_) chosen_total += group_load_[g];
-    // Experts of those groups, without replacement in proportion to load: draw with replacement
-    // and reject an expert already chosen (the same distribution); after a run of rejections
-    // (a few experts hold nearly all the load) take the rest from the remaining experts directly.
     chosen_experts_.clear();
-    rejected = 0;
-    while (static_cast<int32_t>(chosen_experts_.size()) < experts_per_token_ && rejected < 8) {
-      int32_t g = chosen_groups_.back();
-      if (chosen_total > 0) {
-        double u = stream_.Next() * chosen_total;
-        for (const int32_t c : chosen_groups_) {
-          if (u < group_load_[c]) {
-            g = c;
-            break;
+    TakeWithoutReplacement(
+        experts_per_token_, chosen_total > 0,
+        [&] {
+          // A chosen group in proportion to its load, then one of its experts.
+          int32_t g = chosen_groups_.back();
+          if (chosen_total > 0) {
+            double u = stream_.Next() * chosen_total;
+            for (const int32_t c : chosen_groups_) {
+              if (u < group_load_[c]) {
+                g = c;
+                break;
+              }
+              u -= group_load_[c];
+            }
+          } else {
+            g = chosen_groups_[std::min(groups_per_token_ - 1,
+                                        static_cast<int32_t>(stream_.Next() * groups_per_token_))];
           }
-          u -= group_load_[c];
-        }
-      } else {
-        g = chosen_groups_[std::min(groups_per_token_ - 1,
-                                    static_cast<int32_t>(stream_.Next() * groups_per_token_))];
-      }
-      const int32_t e = DrawAlias(g * per_group_, per_group_, alias_probability_, alias_);
-      if (Contains(chosen_experts_, e) || (chosen_total > 0 && load_[e] <= 0)) {
+          return DrawAlias(g * per_group_, per_group_, alias_probability_, alias_);
+        },
+        [&](int32_t e) { return std::max(0.0, load_[e]); },
+        [&](const auto& visit) {
+          for (const int32_t g : chosen_groups_) {
+            for (int32_t e = g * per_group_; e < (g + 1) * per_group_; ++e) visit(e);
+          }
+        },
+        chosen_experts_);
+  }
+
+  // Appends to `chosen` until it holds `k` ids, drawn without replacement in proportion to
+  // `weight(id)` (uniformly once the candidates left weigh nothing). `draw()` draws with
+  // replacement in proportion to weight (uniformly when `weighted` is false); an id already chosen,
+  // or weightless while weight is left, is rejected, which gives the same distribution. After 8
+  // rejections in a row (a few ids hold nearly all the weight) the rest are taken from the
+  // candidates left (`for_each_candidate(visit)` visits every candidate id) directly.
+  template <typename Draw, typename Weight, typename ForEachCandidate>
+  void TakeWithoutReplacement(int32_t k, bool weighted, const Draw& draw, const Weight& weight,
+                              const ForEachCandidate& for_each_candidate,
+                              std::vector<int32_t>& chosen) {
+    int32_t rejected = 0;
+    while (static_cast<int32_t>(chosen.size()) < k && rejected < 8) {
+      const int32_t id = draw();
+      if (Contains(chosen, id) || (weighted && weight(id) <= 0)) {
         ++rejected;
         continue;
       }
       rejected = 0;
-      chosen_experts_.push_back(e);
+      chosen.push_back(id);
     }
-    if (static_cast<int32_t>(chosen_experts_.size()) < experts_per_token_) {
-      weights_.clear();
-      ids_.clear();
-      double total = 0;
-      for (const int32_t g : chosen_groups_) {
-        for (int32_t e = g * per_group_; e < (g + 1) * per_group_; ++e) {
-          if (Contains(chosen_experts_, e)) continue;
-          weights_.push_back(std::max(0.0, load_[e]));
-          ids_.push_back(e);
-          total += weights_.back();
-        }
-      }
-      while (static_cast<int32_t>(chosen_experts_.size()) < experts_per_token_) {
-        chosen_experts_.push_back(stream_.Take(weights_, ids_, total));
-      }
+    if (static_cast<int32_t>(chosen.size()) == k) return;
+    weights_.clear();
+    ids_.clear();
+    double total = 0;
+    for_each_candidate([&](int32_t id) {
+      if (Contains(chosen, id)) return;
+      weights_.push_back(weight(id));
+      ids_.push_back(id);
+      total += weights_.back();
+    });
+    while (static_cast<int32_t>(chosen.size()) < k) {
+      chosen.push_back(stream_.Take(weights_, ids_, total));
     }
   }
 
