@@ -5,6 +5,9 @@
 // --plans plans with Rebalance (commit: immediate) and records, per watcher and plan, the time from
 // the Rebalance call to the plan's arrival. Prints p50/p99/max over all deliveries, and the
 // Rebalance round trip alone (planning + persistence) as the baseline measured in the same run.
+// Watchers read raw bytes and decode only the version (--parse: the whole message, as a rank does
+// in a process of its own), so that what is measured is mostly the planner's fan-out. Also prints
+// the resident memory per watcher (both ends of the stream: an upper bound for the planner's).
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <malloc.h>
@@ -25,6 +28,9 @@
 #include "absl/time/clock.h"
 #include "core/clock.h"
 #include "eplb/v1/planner.grpc.pb.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "server/planner_server.h"
 
 ABSL_FLAG(int, watchers, 1000, "WatchPlans streams");
@@ -34,18 +40,58 @@ ABSL_FLAG(int, layers, 58, "Layers of the deployment");
 ABSL_FLAG(int, experts, 256, "Logical experts");
 ABSL_FLAG(int, slots, 288, "Physical experts");
 ABSL_FLAG(int, ranks, 32, "Ranks");
+ABSL_FLAG(bool, parse, false,
+          "Watchers parse every message whole (as a rank does in its own process); by default they "
+          "read the raw bytes and decode only the plan's version, so that the clients sharing this "
+          "process cost little next to the planner");
 
 namespace {
 
 using eplb::v1::WatchPlansRequest;
 using eplb::v1::WatchPlansResponse;
 
-class Watcher final : public grpc::ClientBidiReactor<WatchPlansRequest, WatchPlansResponse> {
+// The plan version of a serialized WatchPlansResponse, from its first bytes (plan = 1 holds
+// version = 2 right after the deployment's name); -1 if it is not there.
+int64_t VersionOf(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return -1;
+  std::string head;
+  for (const grpc::Slice& slice : slices) {
+    head.append(reinterpret_cast<const char*>(slice.begin()),
+                std::min<size_t>(slice.size(), 512 - head.size()));
+    if (head.size() >= 512) break;
+  }
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(head.data()),
+                                            static_cast<int>(head.size()));
+  for (uint32_t tag = in.ReadTag(); tag != 0; tag = in.ReadTag()) {
+    if (tag == ((1 << 3) | 2)) {  // plan
+      uint32_t length = 0;
+      if (!in.ReadVarint32(&length)) return -1;
+      for (uint32_t inner = in.ReadTag(); inner != 0; inner = in.ReadTag()) {
+        if (inner == (2 << 3)) {  // version
+          uint64_t version = 0;
+          return in.ReadVarint64(&version) ? static_cast<int64_t>(version) : -1;
+        }
+        if (!google::protobuf::internal::WireFormatLite::SkipField(&in, inner)) return -1;
+      }
+      return -1;
+    }
+    if (!google::protobuf::internal::WireFormatLite::SkipField(&in, tag)) return -1;
+  }
+  return -1;
+}
+
+// A WatchPlans stream whose responses arrive as raw bytes: parsed whole (--parse) or only for
+// the version.
+class Watcher final : public grpc::ClientBidiReactor<WatchPlansRequest, grpc::ByteBuffer> {
  public:
-  Watcher(eplb::v1::Planner::Stub* stub, const std::string& deployment) {
+  Watcher(grpc::TemplatedGenericStub<WatchPlansRequest, grpc::ByteBuffer>* stub,
+          const std::string& deployment, bool parse)
+      : parse_(parse) {
     request_.mutable_subscribe()->set_deployment(deployment);
     request_.mutable_subscribe()->set_rank(-1);
-    stub->async()->WatchPlans(&context_, this);
+    stub->PrepareBidiStreamingCall(&context_, "/eplb.v1.Planner/WatchPlans", grpc::StubOptions(),
+                                   this);
     StartWrite(&request_);
     StartRead(&response_);
     StartCall();
@@ -53,10 +99,20 @@ class Watcher final : public grpc::ClientBidiReactor<WatchPlansRequest, WatchPla
   void OnWriteDone(bool) override {}
   void OnReadDone(bool ok) override {
     if (!ok) return;
+    int64_t version = -1;
+    if (parse_) {
+      WatchPlansResponse parsed;
+      if (grpc::SerializationTraits<WatchPlansResponse>::Deserialize(&response_, &parsed).ok()) {
+        version = parsed.plan().version();
+      }
+    } else {
+      version = VersionOf(response_);
+    }
     {
       absl::MutexLock lock(&mu_);
-      arrivals_.emplace_back(response_.plan().version(), absl::Now());
+      arrivals_.emplace_back(version, absl::Now());
     }
+    response_.Clear();
     StartRead(&response_);
   }
   void OnDone(const grpc::Status&) override {
@@ -86,13 +142,27 @@ class Watcher final : public grpc::ClientBidiReactor<WatchPlansRequest, WatchPla
   }
 
  private:
+  const bool parse_;
   grpc::ClientContext context_;
   WatchPlansRequest request_;
-  WatchPlansResponse response_;
+  grpc::ByteBuffer response_;
   absl::Mutex mu_;
   std::vector<std::pair<int64_t, absl::Time>> arrivals_ ABSL_GUARDED_BY(mu_);
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+// This process's resident memory, in bytes (0 if /proc is not there).
+int64_t ResidentBytes() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  int64_t kb = 0;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::sscanf(line, "VmRSS: %ld kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
 
 double Percentile(std::vector<double> values, double p) {
   std::sort(values.begin(), values.end());
@@ -122,12 +192,16 @@ int main(int argc, char** argv) {
   }
   const std::string target = absl::StrCat("127.0.0.1:", (*server)->port());
   std::vector<std::unique_ptr<eplb::v1::Planner::Stub>> stubs;
+  std::vector<std::unique_ptr<grpc::TemplatedGenericStub<WatchPlansRequest, grpc::ByteBuffer>>>
+      raw_stubs;
   for (int i = 0; i < absl::GetFlag(FLAGS_channels); ++i) {
     grpc::ChannelArguments args;
     args.SetInt("eplb.bench.channel", i);
     args.SetMaxReceiveMessageSize(256 << 20);
-    stubs.push_back(eplb::v1::Planner::NewStub(
-        grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+    auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    stubs.push_back(eplb::v1::Planner::NewStub(channel));
+    raw_stubs.push_back(
+        std::make_unique<grpc::TemplatedGenericStub<WatchPlansRequest, grpc::ByteBuffer>>(channel));
   }
   eplb::v1::Planner::Stub& stub = *stubs[0];
   {
@@ -173,13 +247,16 @@ int main(int argc, char** argv) {
     rebalance_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
   }
 
+  const int64_t rss_before = ResidentBytes();
   const int watcher_count = absl::GetFlag(FLAGS_watchers);
   std::vector<std::unique_ptr<Watcher>> watchers;
   for (int i = 0; i < watcher_count; ++i) {
-    watchers.push_back(std::make_unique<Watcher>(stubs[i % stubs.size()].get(), "bench"));
+    watchers.push_back(std::make_unique<Watcher>(raw_stubs[i % raw_stubs.size()].get(), "bench",
+                                                 absl::GetFlag(FLAGS_parse)));
   }
   // All subscribed and holding the current version.
   for (auto& watcher : watchers) watcher->WaitFor(plan.version());
+  const int64_t rss_watching = ResidentBytes();
 
   std::vector<double> delivery_ms;
   for (int p = 0; p < absl::GetFlag(FLAGS_plans); ++p) {
@@ -203,6 +280,10 @@ int main(int argc, char** argv) {
       "  delivery, Rebalance call to arrival on every watcher: p50 %.2f ms  p99 %.2f ms  max %.2f "
       "ms\n",
       Percentile(delivery_ms, 0.5), Percentile(delivery_ms, 0.99), Percentile(delivery_ms, 1.0));
+  std::printf(
+      "  memory: %.1f KiB resident per watcher (this process's RSS with every stream open and "
+      "holding the current plan, less before; both ends of each stream)\n",
+      static_cast<double>(rss_watching - rss_before) / watcher_count / 1024);
   for (auto& watcher : watchers) watcher->Cancel();
   for (auto& watcher : watchers) watcher->WaitDone();
   watchers.clear();
