@@ -40,6 +40,10 @@ ABSL_FLAG(int, layers, 58, "Layers of the deployment");
 ABSL_FLAG(int, experts, 256, "Logical experts");
 ABSL_FLAG(int, slots, 288, "Physical experts");
 ABSL_FLAG(int, ranks, 32, "Ranks");
+ABSL_FLAG(int, deployments, 1,
+          "Deployments of the same shape, the watchers spread over them; each round rebalances "
+          "every one of them, one after the other, and each delivery counts from its own "
+          "deployment's Rebalance call");
 ABSL_FLAG(bool, parse, false,
           "Watchers parse every message whole (as a rank does in its own process); by default they "
           "read the raw bytes and decode only the plan's version, so that the clients sharing this "
@@ -204,17 +208,19 @@ int main(int argc, char** argv) {
         std::make_unique<grpc::TemplatedGenericStub<WatchPlansRequest, grpc::ByteBuffer>>(channel));
   }
   eplb::v1::Planner::Stub& stub = *stubs[0];
-  {
+  const int deployment_count = std::max(1, absl::GetFlag(FLAGS_deployments));
+  const auto name_of = [](int d) { return absl::StrCat("bench-", d); };
+  const int64_t rss_empty = ResidentBytes();
+  for (int d = 0; d < deployment_count; ++d) {
     grpc::ClientContext context;
     eplb::v1::CreateDeploymentRequest request;
     eplb::v1::DeploymentSpec& spec = *request.mutable_spec();
-    spec.set_name("bench");
+    spec.set_name(name_of(d));
     spec.mutable_shape()->set_num_layers(absl::GetFlag(FLAGS_layers));
     spec.mutable_shape()->set_num_logical_experts(absl::GetFlag(FLAGS_experts));
     spec.mutable_shape()->set_num_physical_experts(absl::GetFlag(FLAGS_slots));
     spec.mutable_shape()->set_num_ranks(absl::GetFlag(FLAGS_ranks));
     spec.set_commit_mode(eplb::v1::COMMIT_MODE_IMMEDIATE);
-    spec.set_plan_history(1000);
     spec.mutable_trigger()->set_interval_steps(0);
     eplb::v1::Deployment deployment;
     const grpc::Status status = stub.CreateDeployment(&context, request, &deployment);
@@ -223,11 +229,12 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  const int64_t rss_deployments = ResidentBytes();
   // One Rebalance (plan, persist with fsync, publish); returns the plan and the call's start.
-  const auto rebalance = [&stub](eplb::v1::Plan* plan) -> absl::Time {
+  const auto rebalance = [&stub, &name_of](int d, eplb::v1::Plan* plan) -> absl::Time {
     grpc::ClientContext context;
     eplb::v1::RebalanceRequest request;
-    request.set_deployment("bench");
+    request.set_deployment(name_of(d));
     eplb::v1::RebalanceResponse response;
     const absl::Time start = absl::Now();
     const grpc::Status status = stub.Rebalance(&context, request, &response);
@@ -241,35 +248,51 @@ int main(int argc, char** argv) {
 
   // Baseline, same run: the Rebalance round trip with nobody watching.
   std::vector<double> rebalance_ms;
-  eplb::v1::Plan plan;
+  std::vector<eplb::v1::Plan> plans(deployment_count);
   for (int p = 0; p < absl::GetFlag(FLAGS_plans); ++p) {
-    const absl::Time start = rebalance(&plan);
+    const absl::Time start = rebalance(0, &plans[0]);
     rebalance_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
   }
+  for (int d = 1; d < deployment_count; ++d) rebalance(d, &plans[d]);
 
   const int64_t rss_before = ResidentBytes();
   const int watcher_count = absl::GetFlag(FLAGS_watchers);
   std::vector<std::unique_ptr<Watcher>> watchers;
   for (int i = 0; i < watcher_count; ++i) {
-    watchers.push_back(std::make_unique<Watcher>(raw_stubs[i % raw_stubs.size()].get(), "bench",
+    watchers.push_back(std::make_unique<Watcher>(raw_stubs[i % raw_stubs.size()].get(),
+                                                 name_of(i % deployment_count),
                                                  absl::GetFlag(FLAGS_parse)));
   }
   // All subscribed and holding the current version.
-  for (auto& watcher : watchers) watcher->WaitFor(plan.version());
+  for (int i = 0; i < watcher_count; ++i) {
+    if (watchers[i]->WaitFor(plans[i % deployment_count].version()) == absl::InfinitePast()) {
+      std::fprintf(stderr, "watch_bench: watcher %d ended before its first plan\n", i);
+      return 1;
+    }
+  }
   const int64_t rss_watching = ResidentBytes();
 
   std::vector<double> delivery_ms;
+  std::vector<absl::Time> starts(deployment_count);
   for (int p = 0; p < absl::GetFlag(FLAGS_plans); ++p) {
-    const absl::Time start = rebalance(&plan);
-    for (auto& watcher : watchers) {
-      delivery_ms.push_back(absl::ToDoubleMilliseconds(watcher->WaitFor(plan.version()) - start));
+    for (int d = 0; d < deployment_count; ++d) starts[d] = rebalance(d, &plans[d]);
+    for (int i = 0; i < watcher_count; ++i) {
+      const int d = i % deployment_count;
+      const absl::Time arrival = watchers[i]->WaitFor(plans[d].version());
+      if (arrival == absl::InfinitePast()) {
+        std::fprintf(stderr, "watch_bench: watcher %d ended\n", i);
+        return 1;
+      }
+      delivery_ms.push_back(absl::ToDoubleMilliseconds(arrival - starts[d]));
     }
   }
+  const eplb::v1::Plan& plan = plans[0];
   const size_t map_bytes = plan.ByteSizeLong();
   std::printf(
-      "watch_bench: %d watchers over %d connections, %d plans of %zu bytes "
-      "(L=%d E=%d P=%d R=%d)\n",
-      watcher_count, absl::GetFlag(FLAGS_channels), absl::GetFlag(FLAGS_plans), map_bytes,
+      "watch_bench: %d watchers of %d deployments over %d connections, %d rounds of plans of %zu "
+      "bytes (L=%d E=%d P=%d R=%d)\n",
+      watcher_count, deployment_count, absl::GetFlag(FLAGS_channels), absl::GetFlag(FLAGS_plans),
+      map_bytes,
       absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_experts), absl::GetFlag(FLAGS_slots),
       absl::GetFlag(FLAGS_ranks));
   std::printf(
@@ -284,6 +307,10 @@ int main(int argc, char** argv) {
       "  memory: %.1f KiB resident per watcher (this process's RSS with every stream open and "
       "holding the current plan, less before; both ends of each stream)\n",
       static_cast<double>(rss_watching - rss_before) / watcher_count / 1024);
+  std::printf(
+      "  memory: %.1f KiB resident per deployment (created, holding its initial plan; default "
+      "spec: EMA, 16 plans of history)\n",
+      static_cast<double>(rss_deployments - rss_empty) / deployment_count / 1024);
   for (auto& watcher : watchers) watcher->Cancel();
   for (auto& watcher : watchers) watcher->WaitDone();
   watchers.clear();
