@@ -46,7 +46,7 @@ Run Spawn(const std::vector<std::string>& argv, const std::string& err_path) {
                                    0600);
   const auto start = std::chrono::steady_clock::now();
   pid_t pid = 0;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
+  if (posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
     std::fprintf(stderr, "plan_process_bench: cannot spawn %s\n", args[0]);
     std::exit(1);
   }
@@ -133,6 +133,10 @@ int main(int argc, char** argv) {
       argv.insert(argv.end(), shape.begin(), shape.end());
       if (to_file) argv.insert(argv.end(), {"--output", out_path});
       const auto [wall, plan] = measure(argv);
+      if (plan <= 0) {
+        std::fprintf(stderr, "plan_process_bench: eplbctl printed no plan time\n");
+        return 1;
+      }
       std::printf(
           "  %-8s map to %-6s: whole process %6.2f ms, plan %5.2f ms -> %.2f × plan; target 3 × "
           "plan + 10 ms = %.2f ms: %s\n",

@@ -483,6 +483,12 @@ std::vector<TrafficShareEstimate> EstimateMeanCrossNodeTrafficShares(
     int32_t num_nodes, const RoutingModel& model) {
   std::vector<TrafficShareEstimate> out(maps.size());
   if (num_nodes <= 1 || maps.empty()) return out;
+  for (const ExpertMap* map : maps) {
+    EPLB_CHECK(map->num_layers() == load.num_layers &&
+                   map->num_logical_experts() == load.num_experts &&
+                   map->num_ranks() == maps.front()->num_ranks(),
+               "maps of different shapes, or a load of another shape");
+  }
   std::vector<double> sums(maps.size(), 0.0);
   double range = 0;
   LayerTrafficSampler sampler(maps, num_groups, num_nodes, model);

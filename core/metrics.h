@@ -65,6 +65,7 @@ struct TrafficShareEstimate {
 // node and the replicas, both picked uniformly, are averaged exactly rather than sampled), so the
 // score varies only with the experts drawn. Cost: O(E + P) per layer plus about
 // experts_per_token draws per token.
+// A negative load counts as 0 (loads are checked non-negative where they enter eplb).
 // REQUIRES: as NodesPerGroup; model.tokens ≥ 1, experts_per_token ≥ 1, groups_per_token ≥ 1.
 TrafficShareEstimate EstimateCrossNodeTrafficShare(const ExpertMap& map, int32_t layer,
                                                    std::span<const double> load,
@@ -78,7 +79,7 @@ TrafficShareEstimate EstimateMeanCrossNodeTrafficShare(const ExpertMap& map,
                                                        const LoadMatrix& load, int32_t num_groups,
                                                        int32_t num_nodes,
                                                        const RoutingModel& model = {});
-// The same for several maps of one shape, sampling once: tokens depend on the load alone, so every
+// The same for several maps of one shape (REQUIRES: of the load's shape), sampling once: tokens depend on the load alone, so every
 // map is scored on the same tokens. Each estimate equals the one-map call's; two maps' estimates
 // err alike, so their difference is steadier than either.
 std::vector<TrafficShareEstimate> EstimateMeanCrossNodeTrafficShares(

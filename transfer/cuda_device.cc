@@ -64,8 +64,10 @@ absl::StatusOr<std::unique_ptr<CudaDeviceContext>> CudaDeviceContext::Create(
                    cudaStreamCreateWithFlags(&context->local_stream_, cudaStreamNonBlocking));
   EPLB_CUDA_RETURN("cudaEventCreate",
                    cudaEventCreateWithFlags(&context->boundary_, cudaEventDisableTiming));
+  // WaitForArea blocks on these: the thread sleeps until the GPU signals rather than spinning.
   for (cudaEvent_t& event : context->area_free_) {
-    EPLB_CUDA_RETURN("cudaEventCreate", cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    EPLB_CUDA_RETURN("cudaEventCreate",
+                     cudaEventCreateWithFlags(&event, cudaEventDisableTiming | cudaEventBlockingSync));
   }
   absl::MutexLock lock(&context->mu_);
   EPLB_CUDA_RETURN("cudaEventCreate",
@@ -140,8 +142,9 @@ absl::Status CudaDeviceContext::StageCopies(std::span<const CopyOp> ops) {
 
 absl::Status CudaDeviceContext::FinishStaging() {
   cudaSetDevice(device_);
+  // The communicator's transfers are complete when SendRecvGroup returns; after a failed one its
+  // stream is the communicator's to abort, not to wait for here.
   EPLB_CUDA_RETURN("cudaStreamSynchronize (staging)", cudaStreamSynchronize(local_stream_));
-  EPLB_CUDA_RETURN("cudaStreamSynchronize (staging)", cudaStreamSynchronize(staging_));
   return absl::OkStatus();
 }
 

@@ -4,12 +4,14 @@
 //     take no SM from the serving kernels where the driver can avoid it.
 //   - StageCopies runs on a local stream of its own, beside the communicator's transfers on the
 //     staging stream (the communicator's), so that local copies and transfers overlap;
-//     FinishStaging waits for both streams.
+//     FinishStaging waits for the local stream (the transfers are complete when SendRecvGroup
+//     returns).
 //   - SwitchCopies records an event on the serving stream, makes a switch stream of its own wait
 //     for it, copies there, records the staging area's "free" event, and makes the serving stream
 //     wait for the copies: the step after the boundary sees the new weights and tables, the steps
 //     before it ran on the old ones, and the serving thread does not block.
-//   - WaitForArea blocks on the area's "free" event, which orders every later staging stream.
+//   - WaitForArea blocks (sleeping, not spinning) on the area's "free" event, which orders every
+//     later staging stream.
 #ifndef EPLB_TRANSFER_CUDA_DEVICE_H_
 #define EPLB_TRANSFER_CUDA_DEVICE_H_
 

@@ -2,9 +2,10 @@
 // interface with two implementations:
 //   - HostDeviceContext (below): host memory, every operation synchronous; for CPU tests and the
 //     demo, together with the host communicator.
-//   - CudaDeviceContext (cuda_device.h, built with CUDA): one GPU. Staging work runs on the
-//     communicator's stream; switch copies run on a stream of their own, ordered after the serving
-//     stream with CUDA events, and the serving stream waits for them.
+//   - CudaDeviceContext (cuda_device.h, built with CUDA): one GPU. Local staging copies run on a
+//     stream of their own beside the communicator's transfers; switch copies run on a stream of
+//     their own, ordered after the serving stream with CUDA events, and the serving stream waits
+//     for them.
 //
 // Two sides use a context, each from one thread:
 //   - the staging side (the agent's thread): Allocate, WaitForArea, StageCopies, FinishStaging;
@@ -53,8 +54,9 @@ class DeviceContext {
   // Starts `ops`; they may run concurrently with the communicator's transfers queued after them
   // (the two must write disjoint bytes) and are done once FinishStaging returned OK.
   virtual absl::Status StageCopies(std::span<const CopyOp> ops) = 0;
-  // Returns once every StageCopies so far has completed. Call it also when the transfers between
-  // failed, so that nothing is still writing the area.
+  // Returns once every StageCopies so far has completed (the communicator's transfers are complete
+  // when SendRecvGroup returns). Call it also when the transfers between failed, so that no local
+  // copy is still writing the area.
   virtual absl::Status FinishStaging() = 0;
   // Blocks the calling thread until every SwitchCopies so far has completed (e.g. before reusing
   // the pinned memory they read).

@@ -22,5 +22,10 @@ for dir in core client agent transfer proto; do
   find "$dir" -name '*.h' -exec cp --parents {} "$prefix/include/" \;
 done
 (cd "$build/proto" && find . -name '*.pb.h' -exec cp --parents {} "$prefix/include/" \;)
-cp "$build"/lib/*.a "$prefix/lib/"
+for lib in "$build"/lib/*.a; do
+  case "$(basename "$lib")" in
+    libeplbctl_plan.a) ;;  # eplbctl's own code, not part of the SDK
+    *) cp "$lib" "$prefix/lib/" ;;
+  esac
+done
 echo "stage-sdk: $(find "$prefix/include" -name '*.h' | wc -l) headers, $(ls "$prefix/lib" | wc -l) libraries in $prefix"

@@ -18,6 +18,7 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::EndsWith;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 // Nothing listens there: connections are refused at once.
@@ -209,6 +210,23 @@ TEST_F(EplbctlServerTest, TheServiceVerbsNeedEplbctlRpcBesideEplbctl) {
   EXPECT_THAT(plan.out, HasSubstr("\"phy2log\""));
   // Beside it, the same verb reaches eplbctl-rpc (here: refused for want of a planner).
   EXPECT_EQ(Run({"list", "--server", kNoServer}).exit_code, 1);
+}
+
+// The process `eplbctl plan` runs in needs no gRPC (README: a plan costs little more than its own
+// time); eplbctl-rpc does.
+TEST_F(EplbctlServerTest, EplbctlLinksNoGrpc) {
+  const std::filesystem::path rpc =
+      std::filesystem::path(EPLBCTL_PATH).parent_path() / "eplbctl-rpc";
+  const testing::ProcessResult plan_side =
+      testing::RunProcess({"/usr/bin/readelf", "-d", EPLBCTL_PATH}, dir_ / "readelf-eplbctl");
+  ASSERT_EQ(plan_side.exit_code, 0) << plan_side.err;
+  EXPECT_THAT(plan_side.out, HasSubstr("(NEEDED)"));
+  EXPECT_THAT(plan_side.out, Not(HasSubstr("libgrpc")));
+  EXPECT_THAT(plan_side.out, Not(HasSubstr("libprotobuf")));
+  const testing::ProcessResult rpc_side =
+      testing::RunProcess({"/usr/bin/readelf", "-d", rpc.string()}, dir_ / "readelf-rpc");
+  ASSERT_EQ(rpc_side.exit_code, 0) << rpc_side.err;
+  EXPECT_THAT(rpc_side.out, HasSubstr("libgrpc"));
 }
 
 TEST_F(EplbctlServerTest, EmptyServerIsAUsageError) {
