@@ -144,12 +144,12 @@ class PlacementAgent {
     int64_t syncs = 0;
     int64_t bytes_received = 0;  // from other ranks
     int64_t bytes_copied_locally = 0;
-    int64_t bytes_switched = 0;  // copied from staging areas into slots at switches
-    double stall_seconds = 0;               // serving thread waiting in OnStepBoundary
-    double staging_seconds = 0;             // agent thread staging chunks (copies and transfers)
+    int64_t bytes_switched = 0;    // copied from staging areas into slots at switches
+    double stall_seconds = 0;      // serving thread waiting in OnStepBoundary
+    double staging_seconds = 0;    // agent thread staging chunks (copies and transfers)
     double area_wait_seconds = 0;  // agent thread waiting for a switch to free a staging area
-    bool broken = false;                    // the communicator failed; no more plans are applied
-    std::string last_error;                 // of the last failed plan or check
+    bool broken = false;           // the communicator failed; no more plans are applied
+    std::string last_error;        // of the last failed plan or check
     std::vector<int32_t> mismatched_ranks;  // ranks whose map hash differed at the last check
   };
   Status status() const;

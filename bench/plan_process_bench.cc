@@ -8,7 +8,8 @@
 // --help` (start-up alone).
 //
 //   plan_process_bench [--eplbctl PATH] [--load PATH] [--runs 30]
-// PATH defaults: eplbctl beside this program; the repository's deploy/examples/load-deepseek-v3.json.
+// PATH defaults: eplbctl beside this program; the repository's
+// deploy/examples/load-deepseek-v3.json.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -124,8 +125,8 @@ int main(int argc, char** argv) {
   std::printf("plan_process_bench: %s, %d runs per case, medians\n", eplbctl.c_str(), runs);
   std::printf("  spawn /bin/true: %.2f ms; eplbctl plan --help: %.2f ms\n",
               measure({"/bin/true"}).first, measure({eplbctl, "plan", "--help"}).first);
-  const std::vector<std::string> shape = {"--load", load, "--num-physical-experts", "288",
-                                          "--num-ranks", "32", "--num-groups", "8",
+  const std::vector<std::string> shape = {"--load",      load, "--num-physical-experts", "288",
+                                          "--num-ranks", "32", "--num-groups",           "8",
                                           "--num-nodes", "4"};
   for (const char* policy : {"deepseek", "balanced"}) {
     for (const bool to_file : {false, true}) {

@@ -43,10 +43,10 @@
 #include <vector>
 
 #include "agent/placement_agent.h"
-#include "spdlog/cfg/env.h"
 #include "core/file_io.h"
 #include "core/map_format.h"
 #include "core/testing/random_inputs.h"
+#include "spdlog/cfg/env.h"
 #include "transfer/cuda_device.h"
 #include "transfer/cuda_ipc_communicator.h"
 #include "transfer/local_ranks.h"
@@ -287,8 +287,8 @@ int RunRank(const Args& args, int rank, int size, const eplb::transfer::NcclUniq
           "chunk grain (%d × %d MiB per rank), group GB/s (%% of cudaMemcpyAsync): received %.1f "
           "(%.0f%%), copied locally %.1f (%.0f%%), both at once %.1f (%.0f%%)\n",
           raw[0], raw[1], args.raw_mib, exchange, 100 * exchange / raw[1], 100 * exchange / raw[0],
-          chunk_pieces, args.expert_mib, chunk_exchange, 100 * chunk_exchange / raw[0],
-          chunk_local, 100 * chunk_local / raw[0], chunk_both, 100 * chunk_both / raw[0]);
+          chunk_pieces, args.expert_mib, chunk_exchange, 100 * chunk_exchange / raw[0], chunk_local,
+          100 * chunk_local / raw[0], chunk_both, 100 * chunk_both / raw[0]);
       std::fflush(stdout);
     }
   }
@@ -442,18 +442,18 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     const std::string value = argv[i + 1];
-    int* target = flag == "--ranks"        ? &args.ranks
-                  : flag == "--layers"     ? &args.layers
-                  : flag == "--experts"    ? &args.experts
-                  : flag == "--slots"      ? &args.slots
-                  : flag == "--expert-mib" ? &args.expert_mib
-                  : flag == "--raw-mib"    ? &args.raw_mib
-                  : flag == "--repeats"    ? &args.repeats
-                  : flag == "--max-ctas"   ? &args.max_ctas
-                  : flag == "--step-mib"   ? &args.step_mib
-                  : flag == "--sync-every" ? &args.sync_every
+    int* target = flag == "--ranks"              ? &args.ranks
+                  : flag == "--layers"           ? &args.layers
+                  : flag == "--experts"          ? &args.experts
+                  : flag == "--slots"            ? &args.slots
+                  : flag == "--expert-mib"       ? &args.expert_mib
+                  : flag == "--raw-mib"          ? &args.raw_mib
+                  : flag == "--repeats"          ? &args.repeats
+                  : flag == "--max-ctas"         ? &args.max_ctas
+                  : flag == "--step-mib"         ? &args.step_mib
+                  : flag == "--sync-every"       ? &args.sync_every
                   : flag == "--layers-per-chunk" ? &args.layers_per_chunk
-                                           : nullptr;
+                                                 : nullptr;
     if (flag == "--plan-file") {
       args.plan_file = value;
     } else if (flag == "--backend") {
@@ -466,8 +466,8 @@ int main(int argc, char** argv) {
     }
   }
   if (args.ranks < 1 || args.layers < 1 || args.experts < 1 ||
-      args.slots * args.ranks < args.experts || args.expert_mib < 1 || args.sync_every < 1 || args.layers_per_chunk < 1 ||
-      args.raw_mib < 1 || args.repeats < 1 || args.step_mib < 2 ||
+      args.slots * args.ranks < args.experts || args.expert_mib < 1 || args.sync_every < 1 ||
+      args.layers_per_chunk < 1 || args.raw_mib < 1 || args.repeats < 1 || args.step_mib < 2 ||
       (args.backend != "nccl" && args.backend != "ipc")) {
     std::fprintf(
         stderr, "flags out of range (need slots × ranks ≥ experts, all ≥ 1, --backend nccl|ipc)\n");

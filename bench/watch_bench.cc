@@ -292,9 +292,8 @@ int main(int argc, char** argv) {
       "watch_bench: %d watchers of %d deployments over %d connections, %d rounds of plans of %zu "
       "bytes (L=%d E=%d P=%d R=%d)\n",
       watcher_count, deployment_count, absl::GetFlag(FLAGS_channels), absl::GetFlag(FLAGS_plans),
-      map_bytes,
-      absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_experts), absl::GetFlag(FLAGS_slots),
-      absl::GetFlag(FLAGS_ranks));
+      map_bytes, absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_experts),
+      absl::GetFlag(FLAGS_slots), absl::GetFlag(FLAGS_ranks));
   std::printf(
       "  baseline, Rebalance round trip without watchers (plan, fsync, publish): p50 %.2f ms  p99 "
       "%.2f ms\n",

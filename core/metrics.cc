@@ -224,8 +224,8 @@ class LayerTrafficSampler {
   // Tokens are drawn from the layer's load alone, so one draw scores every map in `maps` (all of
   // one shape): their estimates share their sample, and differ by the maps alone. Reused layer
   // after layer (SetLayer), so that its buffers are allocated once.
-  LayerTrafficSampler(std::span<const ExpertMap* const> maps, int32_t num_groups,
-                      int32_t num_nodes, const RoutingModel& model)
+  LayerTrafficSampler(std::span<const ExpertMap* const> maps, int32_t num_groups, int32_t num_nodes,
+                      const RoutingModel& model)
       : maps_(maps),
         num_groups_(num_groups),
         num_nodes_(num_nodes),
@@ -269,9 +269,7 @@ class LayerTrafficSampler {
   }
 
   // The per-token score's range: between 1 and min(nodes, experts per token) nodes reached.
-  double range() const {
-    return Scale() * (std::min(num_nodes_, experts_per_token_) - 1);
-  }
+  double range() const { return Scale() * (std::min(num_nodes_, experts_per_token_) - 1); }
 
   // Adds the scores of `tokens` tokens to sums[m] for each map m.
   void Sample(int32_t tokens, std::span<double> sums) {
@@ -293,7 +291,8 @@ class LayerTrafficSampler {
 
   // Copies per token per dispatch: a node reached is remote for a token from any other node.
   double Scale() const {
-    return static_cast<double>(num_nodes_ - 1) / (static_cast<double>(num_nodes_) * experts_per_token_);
+    return static_cast<double>(num_nodes_ - 1) /
+           (static_cast<double>(num_nodes_) * experts_per_token_);
   }
 
   // Walker's alias table of `n` items from `first`, in proportion to `weight(i)` (uniform when
@@ -332,14 +331,16 @@ class LayerTrafficSampler {
   void BuildAliasTables() {
     group_alias_probability_.resize(num_groups_);
     group_alias_.resize(num_groups_);
-    BuildAlias(0, num_groups_, [&](int32_t g) { return group_load_[g]; },
-               group_alias_probability_, group_alias_);
+    BuildAlias(
+        0, num_groups_, [&](int32_t g) { return group_load_[g]; }, group_alias_probability_,
+        group_alias_);
     alias_probability_.resize(load_.size());
     alias_.resize(load_.size());
     for (int32_t g = 0; g < num_groups_; ++g) {
       const int32_t first = g * per_group_;
-      BuildAlias(first, per_group_, [&](int32_t i) { return std::max(0.0, load_[first + i]); },
-                 alias_probability_, alias_);
+      BuildAlias(
+          first, per_group_, [&](int32_t i) { return std::max(0.0, load_[first + i]); },
+          alias_probability_, alias_);
     }
   }
 
@@ -466,9 +467,8 @@ class LayerTrafficSampler {
 }  // namespace
 
 TrafficShareEstimate EstimateCrossNodeTrafficShare(const ExpertMap& map, int32_t layer,
-                                                   std::span<const double> load,
-                                                   int32_t num_groups, int32_t num_nodes,
-                                                   const RoutingModel& model) {
+                                                   std::span<const double> load, int32_t num_groups,
+                                                   int32_t num_nodes, const RoutingModel& model) {
   if (num_nodes <= 1) return {};
   const ExpertMap* maps[] = {&map};
   LayerTrafficSampler sampler(maps, num_groups, num_nodes, model);
@@ -502,9 +502,8 @@ std::vector<TrafficShareEstimate> EstimateMeanCrossNodeTrafficShares(
   return out;
 }
 
-TrafficShareEstimate EstimateMeanCrossNodeTrafficShare(const ExpertMap& map,
-                                                       const LoadMatrix& load, int32_t num_groups,
-                                                       int32_t num_nodes,
+TrafficShareEstimate EstimateMeanCrossNodeTrafficShare(const ExpertMap& map, const LoadMatrix& load,
+                                                       int32_t num_groups, int32_t num_nodes,
                                                        const RoutingModel& model) {
   const ExpertMap* maps[] = {&map};
   return EstimateMeanCrossNodeTrafficShares(maps, load, num_groups, num_nodes, model).front();

@@ -68,20 +68,19 @@ struct TrafficShareEstimate {
 // A negative load counts as 0 (loads are checked non-negative where they enter eplb).
 // REQUIRES: as NodesPerGroup; model.tokens ≥ 1, experts_per_token ≥ 1, groups_per_token ≥ 1.
 TrafficShareEstimate EstimateCrossNodeTrafficShare(const ExpertMap& map, int32_t layer,
-                                                   std::span<const double> load,
-                                                   int32_t num_groups, int32_t num_nodes,
+                                                   std::span<const double> load, int32_t num_groups,
+                                                   int32_t num_nodes,
                                                    const RoutingModel& model = {});
 
 // The mean over the map's layers (`load` has one row per layer), its bound over all layers'
 // tokens together: on the DeepSeek-V3 shape (58 layers, 4 nodes) with the default 128 tokens per
 // layer, ±0.0044.
-TrafficShareEstimate EstimateMeanCrossNodeTrafficShare(const ExpertMap& map,
-                                                       const LoadMatrix& load, int32_t num_groups,
-                                                       int32_t num_nodes,
+TrafficShareEstimate EstimateMeanCrossNodeTrafficShare(const ExpertMap& map, const LoadMatrix& load,
+                                                       int32_t num_groups, int32_t num_nodes,
                                                        const RoutingModel& model = {});
-// The same for several maps of one shape (REQUIRES: of the load's shape), sampling once: tokens depend on the load alone, so every
-// map is scored on the same tokens. Each estimate equals the one-map call's; two maps' estimates
-// err alike, so their difference is steadier than either.
+// The same for several maps of one shape (REQUIRES: of the load's shape), sampling once: tokens
+// depend on the load alone, so every map is scored on the same tokens. Each estimate equals the
+// one-map call's; two maps' estimates err alike, so their difference is steadier than either.
 std::vector<TrafficShareEstimate> EstimateMeanCrossNodeTrafficShares(
     std::span<const ExpertMap* const> maps, const LoadMatrix& load, int32_t num_groups,
     int32_t num_nodes, const RoutingModel& model = {});

@@ -17,7 +17,7 @@ namespace eplb::transfer {
 
 namespace {
 
-// Queues `ops` on `stream`, as one batch preferring the copy engines where the runtime has the call.
+// Queues `ops` on `stream` as one batch, on the copy engines where the runtime has the call.
 cudaError_t QueueCopies(std::span<const CopyOp> ops, cudaStream_t stream) {
 #if CUDART_VERSION >= 13000
   std::vector<void*> dsts;
@@ -66,8 +66,9 @@ absl::StatusOr<std::unique_ptr<CudaDeviceContext>> CudaDeviceContext::Create(
                    cudaEventCreateWithFlags(&context->boundary_, cudaEventDisableTiming));
   // WaitForArea blocks on these: the thread sleeps until the GPU signals rather than spinning.
   for (cudaEvent_t& event : context->area_free_) {
-    EPLB_CUDA_RETURN("cudaEventCreate",
-                     cudaEventCreateWithFlags(&event, cudaEventDisableTiming | cudaEventBlockingSync));
+    EPLB_CUDA_RETURN(
+        "cudaEventCreate",
+        cudaEventCreateWithFlags(&event, cudaEventDisableTiming | cudaEventBlockingSync));
   }
   absl::MutexLock lock(&context->mu_);
   EPLB_CUDA_RETURN("cudaEventCreate",

@@ -94,7 +94,7 @@ struct Delivery {
 struct RankResult {
   std::vector<uint64_t> map_per_step;  // hash of phy2log of every layer, per step
   int64_t content_errors = 0;
-  int area_overlaps = 0;     // with slow_switch
+  int area_overlaps = 0;       // with slow_switch
   int unfinished_staging = 0;  // with slow_switch
   std::string first_content_error;
   std::vector<AgentAck> acks;

@@ -201,8 +201,10 @@ double ExactCrossNodeShare(const ExpertMap& map, const std::vector<double>& load
 // and all idle.
 TEST(CrossNodeTrafficShareTest, EstimateIsWithinItsBoundOfTheExactValue) {
   const ExpertMap map = Map(1, 6, 9, 6, {0, 1, 2, 3, 0, 4, 5, 4, 3});
-  const std::vector<std::vector<double>> loads = {
-      {30, 10, 5, 15, 20, 8}, {1000, 0.5, 0.5, 0.5, 0.5, 0.5}, {0, 10, 0, 5, 0, 1}, {0, 0, 0, 0, 0, 0}};
+  const std::vector<std::vector<double>> loads = {{30, 10, 5, 15, 20, 8},
+                                                  {1000, 0.5, 0.5, 0.5, 0.5, 0.5},
+                                                  {0, 10, 0, 5, 0, 1},
+                                                  {0, 0, 0, 0, 0, 0}};
   for (const auto& load : loads) {
     SCOPED_TRACE(::testing::PrintToString(load));
     const double exact = ExactCrossNodeShare(map, load, 3, 3, 2, 3);
@@ -210,7 +212,8 @@ TEST(CrossNodeTrafficShareTest, EstimateIsWithinItsBoundOfTheExactValue) {
     for (uint64_t seed = 1; seed <= 40; ++seed) {
       const RoutingModel model{
           .experts_per_token = 3, .groups_per_token = 2, .tokens = 200, .seed = seed};
-      const TrafficShareEstimate estimate = EstimateCrossNodeTrafficShare(map, 0, load, 3, 3, model);
+      const TrafficShareEstimate estimate =
+          EstimateCrossNodeTrafficShare(map, 0, load, 3, 3, model);
       // The score of a token lies within [1, 3] nodes × (2/3) / 3 experts: a range of 4/9.
       EXPECT_DOUBLE_EQ(estimate.error_bound, 4.0 / 9 * std::sqrt(std::log(40.0) / 400));
       if (std::abs(estimate.share - exact) <= estimate.error_bound) ++within;
