@@ -336,7 +336,6 @@ absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> se
     uint64_t transfer_number = 0;  // over the pair's life, for messages
   };
   std::vector<std::deque<In>> incoming(n);
-  std::vector<int32_t> involved;
   {
     std::vector<uint64_t> numbers = received_transfers_;
     for (const PeerTransfer& t : receives) {
@@ -348,9 +347,6 @@ absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> se
         done += bytes;
       } while (done < t.bytes);
       numbers[t.peer]++;
-    }
-    for (int32_t p = 0; p < n; ++p) {
-      if (p != rank() && (!outgoing[p].empty() || !incoming[p].empty())) involved.push_back(p);
     }
   }
   for (const PeerTransfer& t : receives) received_transfers_[t.peer]++;
@@ -540,7 +536,7 @@ absl::Status CudaIpcCommunicator::SendRecvGroup(std::span<const PeerTransfer> se
     }
     return out;
   };
-  absl::Status status = group_->WaitUntil("SendRecvGroup", progress, involved, waiting_for);
+  absl::Status status = group_->WaitUntil("SendRecvGroup", progress, waiting_for);
   if (status.ok()) status = error;
   if (!status.ok()) {
     for (const Staged& s : staged) event_pool_.push_back(s.event);

@@ -282,7 +282,7 @@ absl::StatusOr<std::unique_ptr<ShmGroup>> ShmGroup::Join(const std::string& name
   };
   const std::string op = absl::StrCat("join of ", name);
   absl::Status status = group->WaitUntil(
-      op.c_str(), [&] { return missing().empty(); }, all, missing);
+      op.c_str(), [&] { return missing().empty(); }, missing);
   shm_unlink(name.c_str());  // every rank joined or the group failed: the name is not needed
   if (!status.ok()) return status;
   return group;
@@ -365,12 +365,15 @@ absl::Status ShmGroup::CheckPeers(const char* op, std::span<const int32_t> peers
 }
 
 absl::Status ShmGroup::WaitUntil(const char* op, const std::function<bool()>& done,
-                                 std::span<const int32_t> peers,
                                  const std::function<std::vector<int32_t>()>& waiting_for) {
   const absl::Time deadline = absl::Now() + timeout_;
   for (uint64_t spin = 0;; ++spin) {
     if (done()) return absl::OkStatus();
-    if (absl::Status s = CheckPeers(op, peers); !s.ok()) return s;
+    if (absl::Status f = failure(); !f.ok()) return f;
+    if (absl::Now() - last_peer_check_ >= absl::Milliseconds(1)) {
+      // Only the ranks still waited for: one that did its part and then left is no failure.
+      if (absl::Status s = CheckPeers(op, waiting_for(), /*force=*/true); !s.ok()) return s;
+    }
     if (absl::Now() > deadline) {
       if (done()) return absl::OkStatus();
       return Fail(absl::DeadlineExceededError(
@@ -414,7 +417,7 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> ShmGroup::AllGather(
     return out;
   };
   if (absl::Status s = WaitUntil(
-          "AllGather", [&] { return behind().empty(); }, others, behind);
+          "AllGather", [&] { return behind().empty(); }, behind);
       !s.ok()) {
     return s;
   }

@@ -119,11 +119,11 @@ class ShmGroup {
 
   // Waits until `done()` returns true. Returns the group's failure as soon as there is one, and
   // fails the group (UNAVAILABLE "<op> on rank 0: rank 2 (pid 4711) exited", or "… rank 2 left the
-  // group") when a rank of `peers` is gone, or (DEADLINE_EXCEEDED "<op> on rank 0 timed out after
-  // 60s waiting for ranks 1, 3") after the timeout, naming `waiting_for()`'s ranks. `done` is
-  // polled without sleeping; the thread yields between polls.
+  // group") when a rank of `waiting_for()` is gone (a rank that already did its part may leave),
+  // or (DEADLINE_EXCEEDED "<op> on rank 0 timed out after 60s waiting for ranks 1, 3") after the
+  // timeout, naming `waiting_for()`'s ranks. `done` is polled without sleeping; the thread yields
+  // between polls; the ranks are checked at most every millisecond.
   absl::Status WaitUntil(const char* op, const std::function<bool()>& done,
-                         std::span<const int32_t> peers,
                          const std::function<std::vector<int32_t>()>& waiting_for);
   // Fails the group if a rank of `peers` is gone (checked at most every millisecond unless
   // `force`). OK otherwise, or the group's failure.
