@@ -8,6 +8,11 @@
 // Watchers read raw bytes and decode only the version (--parse: the whole message, as a rank does
 // in a process of its own), so that what is measured is mostly the planner's fan-out. Also prints
 // the resident memory per watcher (both ends of the stream: an upper bound for the planner's).
+//
+// Before each plan every rank reports load in which --changed_layers layers (all by default) move
+// and the others stay, so that each plan differs from the one before in those layers. Watchers
+// subscribe with accept_map_delta (--delta=false: the whole map every time, as older clients) and
+// the bytes per delivered message are printed.
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <malloc.h>
@@ -31,6 +36,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "proto/convert.h"
 #include "server/planner_server.h"
 
 ABSL_FLAG(int, watchers, 1000, "WatchPlans streams");
@@ -48,6 +54,11 @@ ABSL_FLAG(bool, parse, false,
           "Watchers parse every message whole (as a rank does in its own process); by default they "
           "read the raw bytes and decode only the plan's version, so that the clients sharing this "
           "process cost little next to the planner");
+ABSL_FLAG(bool, delta, true,
+          "Watchers accept map deltas (the layers that changed since a map they hold)");
+ABSL_FLAG(int, changed_layers, -1,
+          "Layers whose load moves before each plan (-1: every layer); the others report the same "
+          "load every time");
 
 namespace {
 
@@ -94,6 +105,7 @@ class Watcher final : public grpc::ClientBidiReactor<WatchPlansRequest, grpc::By
       : parse_(parse) {
     request_.mutable_subscribe()->set_deployment(deployment);
     request_.mutable_subscribe()->set_rank(-1);
+    request_.mutable_subscribe()->set_accept_map_delta(absl::GetFlag(FLAGS_delta));
     stub->PrepareBidiStreamingCall(&context_, "/eplb.v1.Planner/WatchPlans", grpc::StubOptions(),
                                    this);
     StartWrite(&request_);
@@ -115,6 +127,7 @@ class Watcher final : public grpc::ClientBidiReactor<WatchPlansRequest, grpc::By
     {
       absl::MutexLock lock(&mu_);
       arrivals_.emplace_back(version, absl::Now());
+      bytes_.push_back(response_.Length());
     }
     response_.Clear();
     StartRead(&response_);
@@ -139,6 +152,14 @@ class Watcher final : public grpc::ClientBidiReactor<WatchPlansRequest, grpc::By
     mu_.Await(absl::Condition(&arrived));
     return when;
   }
+  // The size of the message that brought `version`; 0 if it did not arrive.
+  size_t BytesOf(int64_t version) {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < arrivals_.size(); ++i) {
+      if (arrivals_[i].first == version) return bytes_[i];
+    }
+    return 0;
+  }
   void Cancel() { context_.TryCancel(); }
   void WaitDone() {
     absl::MutexLock lock(&mu_);
@@ -152,6 +173,7 @@ class Watcher final : public grpc::ClientBidiReactor<WatchPlansRequest, grpc::By
   grpc::ByteBuffer response_;
   absl::Mutex mu_;
   std::vector<std::pair<int64_t, absl::Time>> arrivals_ ABSL_GUARDED_BY(mu_);
+  std::vector<size_t> bytes_ ABSL_GUARDED_BY(mu_);
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -230,6 +252,44 @@ int main(int argc, char** argv) {
     }
   }
   const int64_t rss_deployments = ResidentBytes();
+  // Every rank reports one interval of load for deployment d before plan `round`: the first
+  // --changed_layers layers get a skew that turns with the round, the others a fixed one.
+  const int layers = absl::GetFlag(FLAGS_layers);
+  const int experts = absl::GetFlag(FLAGS_experts);
+  const int changed = absl::GetFlag(FLAGS_changed_layers) < 0
+                          ? layers
+                          : std::min(layers, absl::GetFlag(FLAGS_changed_layers));
+  std::vector<int64_t> running(deployment_count, 1);  // the version ranks report against
+  const auto report = [&](int d, int round) {
+    grpc::ClientContext context;
+    eplb::v1::ReportSummary summary;
+    auto writer = stub.ReportLoad(&context, &summary);
+    eplb::v1::LoadReport load;
+    load.set_deployment(name_of(d));
+    load.set_session(1);
+    load.set_sequence(round + 1);
+    load.set_first_step(int64_t{round} * 10);
+    load.set_last_step(int64_t{round} * 10 + 9);
+    load.set_plan_version(running[d]);
+    for (int l = 0; l < layers; ++l) {
+      auto* counts = load.add_layers()->mutable_counts();
+      const int turn = l < changed ? round * 37 + l : l;
+      for (int e = 0; e < experts; ++e) {
+        const int k = (e + turn) % experts;
+        counts->Add(1000.0 / (1 + k % 61) + k % 7);
+      }
+    }
+    for (int r = 0; r < absl::GetFlag(FLAGS_ranks); ++r) {
+      load.set_rank(r);
+      writer->Write(load);
+    }
+    writer->WritesDone();
+    const grpc::Status status = writer->Finish();
+    if (!status.ok()) {
+      std::fprintf(stderr, "watch_bench: report: %s\n", status.error_message().c_str());
+      std::exit(1);
+    }
+  };
   // One Rebalance (plan, persist with fsync, publish); returns the plan and the call's start.
   const auto rebalance = [&stub, &name_of](int d, eplb::v1::Plan* plan) -> absl::Time {
     grpc::ClientContext context;
@@ -245,15 +305,23 @@ int main(int argc, char** argv) {
     *plan = response.plan();
     return start;
   };
+  int round = 0;
 
   // Baseline, same run: the Rebalance round trip with nobody watching.
   std::vector<double> rebalance_ms;
   std::vector<eplb::v1::Plan> plans(deployment_count);
-  for (int p = 0; p < absl::GetFlag(FLAGS_plans); ++p) {
+  for (int p = 0; p < absl::GetFlag(FLAGS_plans); ++p, ++round) {
+    report(0, round);
     const absl::Time start = rebalance(0, &plans[0]);
     rebalance_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
+    running[0] = plans[0].version();
   }
-  for (int d = 1; d < deployment_count; ++d) rebalance(d, &plans[d]);
+  for (int d = 1; d < deployment_count; ++d) {
+    report(d, round);
+    rebalance(d, &plans[d]);
+    running[d] = plans[d].version();
+  }
+  ++round;
 
   const int64_t rss_before = ResidentBytes();
   const int watcher_count = absl::GetFlag(FLAGS_watchers);
@@ -274,8 +342,14 @@ int main(int argc, char** argv) {
 
   std::vector<double> delivery_ms;
   std::vector<absl::Time> starts(deployment_count);
-  for (int p = 0; p < absl::GetFlag(FLAGS_plans); ++p) {
-    for (int d = 0; d < deployment_count; ++d) starts[d] = rebalance(d, &plans[d]);
+  std::vector<double> message_bytes;
+  std::vector<double> from_publish_ms;
+  for (int p = 0; p < absl::GetFlag(FLAGS_plans); ++p, ++round) {
+    for (int d = 0; d < deployment_count; ++d) report(d, round);
+    for (int d = 0; d < deployment_count; ++d) {
+      starts[d] = rebalance(d, &plans[d]);
+      running[d] = plans[d].version();
+    }
     for (int i = 0; i < watcher_count; ++i) {
       const int d = i % deployment_count;
       const absl::Time arrival = watchers[i]->WaitFor(plans[d].version());
@@ -284,6 +358,9 @@ int main(int argc, char** argv) {
         return 1;
       }
       delivery_ms.push_back(absl::ToDoubleMilliseconds(arrival - starts[d]));
+      from_publish_ms.push_back(
+          absl::ToDoubleMilliseconds(arrival - eplb::TimeFromProto(plans[d].publish_time())));
+      message_bytes.push_back(static_cast<double>(watchers[i]->BytesOf(plans[d].version())));
     }
   }
   const eplb::v1::Plan& plan = plans[0];
@@ -302,6 +379,18 @@ int main(int argc, char** argv) {
       "  delivery, Rebalance call to arrival on every watcher: p50 %.2f ms  p99 %.2f ms  max %.2f "
       "ms\n",
       Percentile(delivery_ms, 0.5), Percentile(delivery_ms, 0.99), Percentile(delivery_ms, 1.0));
+  std::printf(
+      "  delivery, publish (plan persisted, sent to the watchers) to arrival on every watcher: "
+      "p50 %.2f ms  p99 %.2f ms  max %.2f ms\n",
+      Percentile(from_publish_ms, 0.5), Percentile(from_publish_ms, 0.99),
+      Percentile(from_publish_ms, 1.0));
+  double bytes_sum = 0;
+  for (const double b : message_bytes) bytes_sum += b;
+  std::printf(
+      "  messages: %.0f bytes per delivery on average (%s; %d of %d layers move before each "
+      "plan)\n",
+      bytes_sum / std::max<size_t>(1, message_bytes.size()),
+      absl::GetFlag(FLAGS_delta) ? "map deltas accepted" : "whole maps", changed, layers);
   std::printf(
       "  memory: %.1f KiB resident per watcher (this process's RSS with every stream open and "
       "holding the current plan, less before; both ends of each stream)\n",

@@ -119,6 +119,8 @@ void PlanWatcher::FlushAcksLocked() {
 void PlanWatcher::Run() {
   Backoff backoff({options_.initial_backoff, options_.max_backoff});
   int64_t known_version = 0;
+  // The watch before this one: a new one starts holding its maps, so that plans arrive as deltas.
+  std::shared_ptr<PlannerClient::Watch> previous;
   for (bool first = true;; first = false) {
     {
       absl::MutexLock lock(&mu_);
@@ -129,10 +131,12 @@ void PlanWatcher::Run() {
     subscribe.set_deployment(options_.deployment);
     subscribe.set_rank(options_.rank);
     subscribe.set_known_version(known_version);
-    absl::StatusOr<std::unique_ptr<PlannerClient::Watch>> watch = client_->StartWatch(subscribe);
+    absl::StatusOr<std::unique_ptr<PlannerClient::Watch>> watch =
+        client_->StartWatch(subscribe, previous.get());
     absl::Status ended;
     if (watch.ok()) {
       std::shared_ptr<PlannerClient::Watch> shared = *std::move(watch);
+      previous = shared;
       {
         absl::MutexLock lock(&mu_);
         if (stopping_) return;
@@ -200,6 +204,7 @@ void PlanWatcher::Run() {
           "the start",
           options_.rank, options_.deployment, known_version);
       known_version = 0;
+      previous.reset();  // its maps belong to the earlier deployment
       // Acks of the earlier deployment mean nothing to the new one (the planner would ignore them).
       absl::MutexLock lock(&mu_);
       unsent_acks_.clear();

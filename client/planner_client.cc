@@ -15,6 +15,7 @@
 #include "core/file_io.h"
 #include "core/status_macros.h"
 #include "proto/convert.h"
+#include "spdlog/spdlog.h"
 
 namespace eplb::client {
 namespace {
@@ -286,12 +287,18 @@ absl::StatusOr<v1::GetLoadResponse> PlannerClient::GetLoad(absl::string_view dep
 }
 
 absl::StatusOr<std::unique_ptr<PlannerClient::Watch>> PlannerClient::StartWatch(
-    const v1::WatchPlansRequest::Subscribe& subscribe) {
-  auto watch = std::unique_ptr<Watch>(new Watch());
+    const v1::WatchPlansRequest::Subscribe& subscribe, const Watch* resume) {
+  auto watch = std::unique_ptr<Watch>(new Watch(this, subscribe.deployment()));
+  if (resume != nullptr && resume->deployment_ == subscribe.deployment()) {
+    absl::MutexLock from(&resume->maps_mu_);
+    absl::MutexLock to(&watch->maps_mu_);
+    watch->held_ = resume->held_;
+  }
   PrepareContext(&watch->context_, /*with_deadline=*/false);
   watch->stream_ = stub_->WatchPlans(&watch->context_);
   v1::WatchPlansRequest request;
   *request.mutable_subscribe() = subscribe;
+  request.mutable_subscribe()->set_accept_map_delta(true);
   if (!watch->stream_->Write(request)) {
     absl::MutexLock lock(&watch->read_mu_);
     watch->FinishLocked();
@@ -326,9 +333,108 @@ absl::StatusOr<v1::WatchPlansResponse> PlannerClient::Watch::Next() {
   absl::MutexLock lock(&read_mu_);
   if (finished_) return final_status_;
   v1::WatchPlansResponse response;
-  if (stream_->Read(&response)) return response;
+  if (stream_->Read(&response)) {
+    if (absl::Status rebuilt = RebuildMap(response); !rebuilt.ok()) {
+      // The stream goes on without this plan's map: end it, so that the caller resubscribes.
+      context_.TryCancel();
+      while (stream_->Read(&response)) {
+      }
+      FinishLocked();
+      final_status_ = rebuilt;
+      return final_status_;
+    }
+    return response;
+  }
   FinishLocked();
   return final_status_;
+}
+
+absl::Status PlannerClient::Watch::RebuildMap(v1::WatchPlansResponse& response) {
+  v1::Plan& plan = *response.mutable_plan();
+  const int64_t version = plan.version();
+  if (!response.has_map_delta()) {
+    auto map = std::make_shared<v1::ExpertMap>(plan.map());
+    absl::MutexLock lock(&maps_mu_);
+    arrivals_.whole++;
+    Hold(version, plan.map_hash(), std::move(map));
+    return absl::OkStatus();
+  }
+  const v1::MapDelta& delta = response.map_delta();
+  const bool whole = delta.base_version() == 0;
+  std::shared_ptr<const v1::ExpertMap> base;
+  if (!whole) {
+    absl::MutexLock lock(&maps_mu_);
+    const auto held = held_.find(delta.base_version());
+    if (held != held_.end() && held->second.hash == delta.base_map_hash()) base = held->second.map;
+  }
+  std::shared_ptr<const v1::ExpertMap> map;
+  if (whole || base != nullptr) {
+    absl::StatusOr<v1::ExpertMap> applied = ApplyMapDelta(base.get(), plan.map(), delta);
+    absl::Status usable = applied.status();
+    if (applied.ok()) {
+      const absl::StatusOr<ExpertMap> parsed = ExpertMapFromProto(*applied, "plan.map");
+      usable = parsed.status();
+      if (parsed.ok() && parsed->Hash() != plan.map_hash()) {
+        usable = absl::DataLossError("the rebuilt map does not match the plan's map_hash");
+      }
+    }
+    if (usable.ok()) {
+      map = std::make_shared<const v1::ExpertMap>(*std::move(applied));
+    } else {
+      spdlog::warn("watch of {}: plan version {}: cannot use its map delta ({}); fetching the map",
+                   deployment_, version, usable.ToString());
+    }
+  }
+  bool fetched = false;
+  if (map == nullptr) {
+    ASSIGN_OR_RETURN(map, FetchMap(plan));
+    fetched = true;
+  }
+  {
+    absl::MutexLock lock(&maps_mu_);
+    if (fetched) {
+      arrivals_.fetched++;
+    } else if (whole) {
+      arrivals_.whole++;
+    } else if (delta.base_version() == version) {
+      arrivals_.held++;
+    } else {
+      arrivals_.delta++;
+    }
+    Hold(version, plan.map_hash(), map);
+  }
+  *plan.mutable_map() = *map;
+  response.clear_map_delta();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const v1::ExpertMap>> PlannerClient::Watch::FetchMap(
+    const v1::Plan& plan) {
+  absl::StatusOr<v1::Plan> whole = client_->GetPlan(deployment_, plan.version());
+  if (!whole.ok()) {
+    return absl::Status(
+        whole.status().code(),
+        absl::StrCat("cannot fetch the map of plan version ", plan.version(),
+                     " (its delta has no usable base here): ", whole.status().message()));
+  }
+  const absl::StatusOr<ExpertMap> parsed = ExpertMapFromProto(whole->map(), "plan.map");
+  if (!parsed.ok() || whole->map_hash() != plan.map_hash() || parsed->Hash() != plan.map_hash()) {
+    return absl::DataLossError(absl::StrCat("the map GetPlan returned for version ", plan.version(),
+                                            " does not match the watched plan's "
+                                            "map_hash"));
+  }
+  return std::make_shared<const v1::ExpertMap>(std::move(*whole->mutable_map()));
+}
+
+void PlannerClient::Watch::Hold(int64_t version, uint64_t hash,
+                                std::shared_ptr<const v1::ExpertMap> map) {
+  held_[version] = HeldMap{hash, std::move(map)};
+  while (held_.size() > kHeldMaps) held_.erase(held_.begin());
+}
+
+PlannerClient::Watch::MapArrivals PlannerClient::Watch::map_arrivals() const {
+  absl::MutexLock lock(&maps_mu_);
+  return arrivals_;
 }
 
 absl::Status PlannerClient::Watch::Ack(const v1::WatchPlansRequest::Ack& ack) {

@@ -15,6 +15,7 @@
 #include <grpcpp/support/sync_stream.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -105,11 +106,14 @@ class PlannerClient {
                                               absl::Duration timeout);
 
   // ---- Watch ----
-  // Opens a WatchPlans stream and sends `subscribe` on it. The error of the stream (e.g.
-  // UNAVAILABLE) if it cannot be opened; errors about the subscription itself (an unknown
-  // deployment, a rank out of range) come from the first Watch::Next().
+  // Opens a WatchPlans stream and sends `subscribe` on it, with accept_map_delta set (Watch
+  // rebuilds every map). `resume`, an earlier watch of the same deployment, lends the maps it
+  // received, so that plans built on them arrive as deltas (a map that does not match its hash is
+  // never used). The error of the stream (e.g. UNAVAILABLE) if it cannot be opened; errors about
+  // the subscription itself (an unknown deployment, a rank out of range) come from the first
+  // Watch::Next(). The client must outlive the watch.
   absl::StatusOr<std::unique_ptr<Watch>> StartWatch(
-      const v1::WatchPlansRequest::Subscribe& subscribe);
+      const v1::WatchPlansRequest::Subscribe& subscribe, const Watch* resume = nullptr);
 
   // The channel, e.g. to wait for it to connect or to call the health service. Owned by the
   // client.
@@ -128,6 +132,12 @@ class PlannerClient {
 
 // One WatchPlans stream, subscribed. The planner sends the current plan at once, then every plan
 // published and every change of a plan's state; the rank acknowledges with Ack().
+//
+// Maps travel as deltas where they can: a plan as the layers that differ from a map this watch
+// already holds, a change of state without the map. Next() always returns the whole map: the
+// delta applied to the held map whose hash the planner named, checked against the plan's
+// map_hash; when the base is not held or anything does not match, the map is fetched whole with
+// GetPlan (and checked the same way).
 //
 // Thread-safety: Next() and Ack() may run at the same time on different threads (one reader, one
 // writer); calls of one of them are serialized. Cancel() may be called from any thread at any
@@ -151,11 +161,37 @@ class PlannerClient::Watch {
   // Ends the stream: a blocked Next() returns CANCELLED, later Acks fail. Idempotent.
   void Cancel();
 
+  // How the maps of the responses returned so far arrived.
+  struct MapArrivals {
+    int64_t whole = 0;    // in the response
+    int64_t delta = 0;    // as changed layers, applied to a held map
+    int64_t held = 0;     // a change of state only: the map was already held
+    int64_t fetched = 0;  // with GetPlan (no usable base, or a mismatch)
+  };
+  MapArrivals map_arrivals() const;
+
+  // Maps kept by version to apply deltas to (the planner assumes at most 4).
+  static constexpr size_t kHeldMaps = 8;
+
  private:
   friend class PlannerClient;
-  Watch() = default;
+  struct HeldMap {
+    uint64_t hash = 0;
+    std::shared_ptr<const v1::ExpertMap> map;
+  };
+  Watch(PlannerClient* client, std::string deployment)
+      : client_(client), deployment_(std::move(deployment)) {}
   // Reads the final status once Read() returned false. REQUIRES: read_mu_ held.
   void FinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_);
+  // Gives `response` its whole map (see the class comment) and holds it.
+  absl::Status RebuildMap(v1::WatchPlansResponse& response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_);
+  // The map of the response's version fetched with GetPlan, checked against its hash.
+  absl::StatusOr<std::shared_ptr<const v1::ExpertMap>> FetchMap(const v1::Plan& plan);
+  void Hold(int64_t version, uint64_t hash, std::shared_ptr<const v1::ExpertMap> map)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(maps_mu_);
+
+  PlannerClient* const client_;
+  const std::string deployment_;
 
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::WatchPlansRequest, v1::WatchPlansResponse>> stream_;
@@ -164,6 +200,12 @@ class PlannerClient::Watch {
   // Set when the stream ended and Finish() was called; then `final_status_` holds why.
   bool finished_ ABSL_GUARDED_BY(read_mu_) = false;
   absl::Status final_status_ ABSL_GUARDED_BY(read_mu_);
+
+  // Taken briefly (never across a read), so that another watch may resume from this one and
+  // map_arrivals() never waits for a message.
+  mutable absl::Mutex maps_mu_ ABSL_ACQUIRED_AFTER(read_mu_);
+  std::map<int64_t, HeldMap> held_ ABSL_GUARDED_BY(maps_mu_);
+  MapArrivals arrivals_ ABSL_GUARDED_BY(maps_mu_);
 
   // Serializes writes, and writes with Finish() (gRPC allows neither to overlap).
   absl::Mutex write_mu_ ABSL_ACQUIRED_AFTER(read_mu_);

@@ -1,10 +1,13 @@
 #include "proto/convert.h"
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
+#include "absl/numeric/int128.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "core/check.h"
 
 namespace eplb {
 namespace {
@@ -88,6 +91,120 @@ absl::StatusOr<ExpertMap> ExpertMapFromProto(const v1::ExpertMap& map, absl::str
   }
   if (!result.ok()) return prefixed(result.status());
   return result;
+}
+
+// ---- Map deltas ---------------------------------------------------------------------------------
+
+namespace {
+
+// Bytes per phy2log entry in MapDelta.phy2log.
+int Phy2LogWidth(int32_t num_logical_experts) { return num_logical_experts <= 256 ? 1 : 2; }
+
+}  // namespace
+
+void AppendMapRows(const v1::ExpertMap& map, std::span<const int32_t> layers, v1::MapDelta* delta) {
+  const int32_t slots = map.num_physical_experts();
+  const int width = Phy2LogWidth(map.num_logical_experts());
+  std::string& packed = *delta->mutable_phy2log();
+  const size_t offset = packed.size();
+  packed.resize(offset + layers.size() * static_cast<size_t>(slots) * width);
+  char* out = packed.data() + offset;
+  bool slot_order = true;
+  std::vector<int32_t> seen(map.num_logical_experts());
+  for (const int32_t layer : layers) {
+    delta->add_layers(layer);
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int32_t p = layer * slots; p < (layer + 1) * slots; ++p) {
+      const auto expert = static_cast<uint32_t>(map.phy2log(p));
+      *out++ = static_cast<char>(expert & 0xff);
+      if (width == 2) *out++ = static_cast<char>(expert >> 8);
+      if (slot_order && map.replica_rank(p) != seen[expert]++) slot_order = false;
+    }
+  }
+  // Rows already in the delta without replica ranks are in slot order; mixing is not expressible.
+  if (slot_order && delta->replica_rank_size() == 0) return;
+  EPLB_CHECK(delta->replica_rank_size() == static_cast<int>(offset / width),
+             "AppendMapRows: earlier rows of this delta left replica_rank out");
+  for (const int32_t layer : layers) {
+    delta->mutable_replica_rank()->Add(map.replica_rank().begin() + layer * slots,
+                                       map.replica_rank().begin() + (layer + 1) * slots);
+  }
+}
+
+absl::StatusOr<v1::ExpertMap> ApplyMapDelta(const v1::ExpertMap* base, const v1::ExpertMap& shape,
+                                            const v1::MapDelta& delta) {
+  const int32_t layers = shape.num_layers();
+  const int32_t slots = shape.num_physical_experts();
+  const int32_t experts = shape.num_logical_experts();
+  if (layers < 1 || slots < 1 || experts < 1 || shape.num_ranks() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("map_delta: the plan's map shape (L ", layers,
+                                                   ", P ", slots, ", E ", experts, ", R ",
+                                                   shape.num_ranks(), ") is not a map's"));
+  }
+  // Sizes first: nothing is allocated for a shape the message's own rows do not back.
+  const int width = Phy2LogWidth(experts);
+  const int64_t rows = delta.layers_size();
+  if (absl::uint128(delta.phy2log().size()) != absl::uint128(rows) * slots * width) {
+    return absl::InvalidArgumentError(absl::StrCat("map_delta.phy2log has ", delta.phy2log().size(),
+                                                   " bytes, expected ", rows, " layers × ", slots,
+                                                   " slots × ", width));
+  }
+  if (delta.replica_rank_size() != 0 && delta.replica_rank_size() != rows * slots) {
+    return absl::InvalidArgumentError(absl::StrCat("map_delta.replica_rank has ",
+                                                   delta.replica_rank_size(),
+                                                   " entries, expected 0 or ", rows * slots));
+  }
+  if (base == nullptr && rows != layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("map_delta: without a base it must list all ", layers, " layers, not ", rows));
+  }
+  const int64_t cells = int64_t{layers} * slots;
+  v1::ExpertMap map;
+  map.set_num_layers(layers);
+  map.set_num_logical_experts(experts);
+  map.set_num_physical_experts(slots);
+  map.set_num_ranks(shape.num_ranks());
+  if (base != nullptr) {
+    if (base->num_layers() != layers || base->num_logical_experts() != experts ||
+        base->num_physical_experts() != slots || base->num_ranks() != shape.num_ranks() ||
+        base->phy2log_size() != cells || base->replica_rank_size() != cells) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("map_delta: the base map (version ", delta.base_version(),
+                       ") does not have the plan's shape with every row"));
+    }
+    *map.mutable_phy2log() = base->phy2log();
+    *map.mutable_replica_rank() = base->replica_rank();
+  } else {
+    map.mutable_phy2log()->Resize(static_cast<int>(cells), 0);
+    map.mutable_replica_rank()->Resize(static_cast<int>(cells), 0);
+  }
+  const auto* in = reinterpret_cast<const uint8_t*>(delta.phy2log().data());
+  std::vector<int32_t> seen(experts);
+  int32_t previous = -1;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t layer = delta.layers(static_cast<int>(i));
+    if (layer <= previous || layer >= layers) {
+      return absl::InvalidArgumentError(absl::StrCat("map_delta.layers[", i, "] = ", layer,
+                                                     " is out of order or out of range [0, ",
+                                                     layers, ")"));
+    }
+    previous = layer;
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int32_t p = 0; p < slots; ++p) {
+      int32_t expert = *in++;
+      if (width == 2) expert |= int32_t{*in++} << 8;
+      const int64_t cell = int64_t{layer} * slots + p;
+      map.set_phy2log(static_cast<int>(cell), expert);
+      int32_t rank = 0;
+      if (delta.replica_rank_size() != 0) {
+        rank = delta.replica_rank(static_cast<int>(i * slots + p));
+      } else if (expert < experts) {
+        rank = seen[expert]++;
+      }
+      map.set_replica_rank(static_cast<int>(cell), rank);
+    }
+  }
+  return map;
 }
 
 void TimeToProto(absl::Time time, google::protobuf::Timestamp* out) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "absl/status/status.h"
@@ -33,6 +34,20 @@ void ExpertMapToProto(const ExpertMap& map, v1::ExpertMap* out);
 // with `field`, e.g. "plan.map.phy2log[3]: ...").
 absl::StatusOr<ExpertMap> ExpertMapFromProto(const v1::ExpertMap& map,
                                              absl::string_view field = "map");
+
+// ---- Map deltas (v1::MapDelta, on WatchPlans streams) ------------------------------------------
+
+// Appends `layers` (ascending, after any already there) and their rows in `map` to `delta`:
+// phy2log packed, replica_rank left out while every row ranks its replicas in slot order. REQUIRES:
+// `map` lists every slot (phy2log and replica_rank both L × P) and the layers are in range.
+void AppendMapRows(const v1::ExpertMap& map, std::span<const int32_t> layers, v1::MapDelta* delta);
+// The map that `delta` describes: `base` (nullptr for base_version 0) with the delta's layers
+// replaced, in the shape of `shape` (its four counts; its rows are ignored). INVALID_ARGUMENT
+// naming what does not fit: a base of another shape or without every row, layers out of order or
+// out of range, rows of the wrong size, base_version 0 without every layer. Neither the rows nor
+// the hash are validated here (ExpertMapFromProto and ExpertMap::Hash do that).
+absl::StatusOr<v1::ExpertMap> ApplyMapDelta(const v1::ExpertMap* base, const v1::ExpertMap& shape,
+                                            const v1::MapDelta& delta);
 
 // ---- Time ---------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <utility>
 
@@ -815,10 +816,66 @@ void Deployment::RefreshUpdate(PlanEntry& entry) const {
   auto update = std::make_shared<WatchUpdate>();
   update->version = entry.plan.version();
   update->state = entry.plan.state();
-  bool own_buffer = false;
-  const grpc::Status status = grpc::SerializationTraits<v1::WatchPlansResponse>::Serialize(
-      response, &update->bytes, &own_buffer);
-  EPLB_CHECK(status.ok(), "cannot serialize a plan: ", status.error_message());
+  const auto serialize = [&response](grpc::ByteBuffer* out) {
+    bool own_buffer = false;
+    const grpc::Status status =
+        grpc::SerializationTraits<v1::WatchPlansResponse>::Serialize(response, out, &own_buffer);
+    EPLB_CHECK(status.ok(), "cannot serialize a plan: ", status.error_message());
+  };
+  serialize(&update->bytes);
+
+  // The delta forms carry the map's shape without its rows. Rows are only taken from maps that list
+  // every slot's replica rank (maps from older state files may leave replica_rank out; they go
+  // whole, in the first form, to every stream).
+  const auto complete = [](const v1::ExpertMap& m) {
+    const int64_t cells = int64_t{m.num_layers()} * m.num_physical_experts();
+    return m.phy2log_size() == cells && m.replica_rank_size() == cells;
+  };
+  if (!complete(entry.plan.map())) {
+    update->compact_bytes = update->bytes;
+    update->state_bytes = update->bytes;
+    entry.update = std::move(update);
+    return;
+  }
+  v1::ExpertMap& map = *plan.mutable_map();
+  map.clear_phy2log();
+  map.clear_replica_rank();
+  v1::MapDelta& delta = *response.mutable_map_delta();
+  const v1::ExpertMap& next = entry.plan.map();
+  std::vector<int32_t> layers(next.num_layers());
+  std::iota(layers.begin(), layers.end(), 0);
+  AppendMapRows(next, layers, &delta);
+  serialize(&update->compact_bytes);
+
+  delta.Clear();
+  delta.set_base_version(entry.plan.version());
+  delta.set_base_map_hash(entry.plan.map_hash());
+  serialize(&update->state_bytes);
+
+  const auto parent = plans_.find(entry.plan.parent_version());
+  if (parent != plans_.end() && parent->first != entry.plan.version() &&
+      complete(parent->second.plan.map()) &&
+      parent->second.plan.map().num_layers() == next.num_layers() &&
+      parent->second.plan.map().num_physical_experts() == next.num_physical_experts()) {
+    const v1::ExpertMap& base = parent->second.plan.map();
+    const int32_t slots = next.num_physical_experts();
+    layers.clear();
+    for (int32_t layer = 0; layer < next.num_layers(); ++layer) {
+      const int begin = layer * slots;
+      const bool same =
+          std::equal(next.phy2log().begin() + begin, next.phy2log().begin() + begin + slots,
+                     base.phy2log().begin() + begin) &&
+          std::equal(next.replica_rank().begin() + begin,
+                     next.replica_rank().begin() + begin + slots,
+                     base.replica_rank().begin() + begin);
+      if (!same) layers.push_back(layer);
+    }
+    delta.set_base_version(parent->first);
+    delta.set_base_map_hash(parent->second.plan.map_hash());
+    AppendMapRows(next, layers, &delta);
+    update->delta_base = parent->first;
+    serialize(&update->delta_bytes);
+  }
   entry.update = std::move(update);
 }
 

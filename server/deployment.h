@@ -52,11 +52,22 @@
 
 namespace eplb::server {
 
-// One message for watchers, serialized once and shared by every stream that sends it.
+// One plan update for watchers in each form a stream may send, serialized once and shared by every
+// stream that sends it (each a serialized v1::WatchPlansResponse).
 struct WatchUpdate {
   int64_t version = 0;
   v1::PlanState state = v1::PLAN_STATE_UNSPECIFIED;
-  grpc::ByteBuffer bytes;  // a serialized v1::WatchPlansResponse
+  grpc::ByteBuffer bytes;  // with the whole map
+  // For streams subscribed with accept_map_delta:
+  // every layer, compact (a MapDelta without a base);
+  grpc::ByteBuffer compact_bytes;
+  // the map as the layers that differ from version `delta_base`'s (the plan's parent); 0 when
+  // that map is no longer held and there is no such form;
+  int64_t delta_base = 0;
+  grpc::ByteBuffer delta_bytes;
+  // Without the map's rows (a delta against the plan's own version), for a stream that has
+  // already carried this version's map.
+  grpc::ByteBuffer state_bytes;
 };
 
 // The receiving end of a watch (the gRPC stream). Both methods are called with the deployment's

@@ -497,7 +497,9 @@ absl::StatusOr<v1::Plan> Planner::Publish(const std::shared_ptr<Deployment>& d, 
       return io_error(status);
     }
   }
-  ASSIGN_OR_RETURN(std::vector<int64_t> pruned, d->AddPlan(plan, std::move(map), clock_->Now()));
+  const absl::Time publish_time = clock_->Now();
+  TimeToProto(publish_time, plan.mutable_publish_time());
+  ASSIGN_OR_RETURN(std::vector<int64_t> pruned, d->AddPlan(plan, std::move(map), publish_time));
   for (const int64_t old : pruned) {
     if (absl::Status status = store_.RemovePlan(d->name(), old); !status.ok()) {
       spdlog::warn("deployment {}: cannot remove pruned plan {}: {}", d->name(), old,

@@ -353,6 +353,11 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       } else {
         deployment_ = request.subscribe().deployment();
         rank_ = request.subscribe().rank();
+        if (request.subscribe().accept_map_delta()) {
+          absl::MutexLock lock(&mu_);
+          accept_delta_ = true;
+          if (request.subscribe().known_version() > 0) Carried(request.subscribe().known_version());
+        }
         auto subscription = planner_->Subscribe(request.subscribe(), this);
         if (subscription.ok()) {
           subscription_ = *std::move(subscription);
@@ -387,10 +392,15 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       }
       return;
     }
-    // A queued (not yet writing) update of the same version is superseded by the newer one.
+    // A queued (not yet writing) update of the same version is superseded by the newer one, in
+    // the same form: if the queued one carried the map, so does its replacement.
     for (size_t i = writing_ ? 1 : 0; i < queue_.size(); ++i) {
-      if (queue_[i]->version == update->version) {
-        queue_[i] = std::move(update);
+      if (queue_[i].update->version == update->version) {
+        Queued& queued = queue_[i];
+        if (queued.form == Form::kDelta && update->delta_base != queued.update->delta_base) {
+          queued.form = Form::kCompact;
+        }
+        queued.update = std::move(update);
         return;
       }
     }
@@ -405,10 +415,20 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
                        " plan updates (--max-watch-queue=", max_queue_, "); resubscribe")));
       return;
     }
-    queue_.push_back(std::move(update));
+    Form form = Form::kWhole;
+    if (accept_delta_) {
+      form = Form::kCompact;
+      if (HasCarried(update->version)) {
+        form = Form::kState;
+      } else if (update->delta_base != 0 && HasCarried(update->delta_base)) {
+        form = Form::kDelta;
+      }
+      if (form != Form::kState) Carried(update->version);
+    }
+    queue_.push_back(Queued{std::move(update), form});
     if (!writing_) {
       writing_ = true;
-      StartWrite(&queue_.front()->bytes);
+      StartWrite(queue_.front().bytes());
     }
   }
 
@@ -421,7 +441,7 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     absl::MutexLock lock(&mu_);
     queue_.pop_front();
     if (ok && !finished_ && !queue_.empty()) {
-      StartWrite(&queue_.front()->bytes);
+      StartWrite(queue_.front().bytes());
     } else {
       writing_ = false;
     }
@@ -439,6 +459,40 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   }
 
  private:
+  // How a queued update goes out: with the whole map (kWhole in the map's own fields, kCompact as a
+  // delta without a base), as the layers that differ from its parent's map (which this stream
+  // carried), or without the map (this stream carried the version's map).
+  enum class Form { kWhole, kCompact, kDelta, kState };
+  struct Queued {
+    std::shared_ptr<const WatchUpdate> update;
+    Form form = Form::kWhole;
+    const grpc::ByteBuffer* bytes() const {
+      switch (form) {
+        case Form::kCompact:
+          return &update->compact_bytes;
+        case Form::kDelta:
+          return &update->delta_bytes;
+        case Form::kState:
+          return &update->state_bytes;
+        case Form::kWhole:
+          break;
+      }
+      return &update->bytes;
+    }
+  };
+  // The versions whose maps this stream carried (or the client said it holds), newest last. The
+  // client keeps at least this many maps (PlannerClient::Watch keeps 8); a delta whose base it
+  // no longer holds still costs only a GetPlan.
+  static constexpr size_t kCarriedVersions = 4;
+  void Carried(int64_t version) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (HasCarried(version)) return;
+    if (carried_.size() == kCarriedVersions) carried_.erase(carried_.begin());
+    carried_.push_back(version);
+  }
+  bool HasCarried(int64_t version) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return std::find(carried_.begin(), carried_.end(), version) != carried_.end();
+  }
+
   void FinishLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_) return;
     finished_ = true;
@@ -458,7 +512,9 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   int32_t rank_ = -1;
 
   absl::Mutex mu_;
-  std::deque<std::shared_ptr<const WatchUpdate>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
+  bool accept_delta_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<int64_t> carried_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;  // queue_.front() is being written
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool fell_behind_ ABSL_GUARDED_BY(mu_) = false;  // finished for a full queue

@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -43,6 +44,121 @@ std::vector<std::vector<double>> SkewedCounts(int layers, int experts) {
     for (int e = 0; e < experts; ++e) counts[l][e] = (e + 1) * (e + 1) + l;
   }
   return counts;
+}
+
+// ---- Map deltas (proto/convert.h, what a watch rebuilds maps with)
+// -------------------------------
+
+// A map of `layers` layers, E experts, P slots on 2 ranks: slot p holds expert p % E, and
+// replicas are ranked in slot order unless `reversed` (then the last slot's replica is 0).
+v1::ExpertMap TestMap(int layers, int experts, int slots, bool reversed = false) {
+  v1::ExpertMap map;
+  map.set_num_layers(layers);
+  map.set_num_logical_experts(experts);
+  map.set_num_physical_experts(slots);
+  map.set_num_ranks(2);
+  for (int l = 0; l < layers; ++l) {
+    std::vector<int> count(experts);
+    for (int p = 0; p < slots; ++p) map.add_phy2log((p + l) % experts);
+    for (int p = 0; p < slots; ++p) {
+      const int e = (p + l) % experts;
+      const int replicas =
+          slots / experts + (((e - l) % experts + experts) % experts < slots % experts ? 1 : 0);
+      const int k = count[e]++;
+      map.add_replica_rank(reversed ? replicas - 1 - k : k);
+    }
+  }
+  return map;
+}
+
+v1::ExpertMap ShapeOf(const v1::ExpertMap& map) {
+  v1::ExpertMap shape = map;
+  shape.clear_phy2log();
+  shape.clear_replica_rank();
+  return shape;
+}
+
+TEST(MapDeltaTest, RowsRoundTripInEveryWidthAndReplicaOrder) {
+  for (const auto& [experts, slots, reversed] : std::vector<std::tuple<int, int, bool>>{
+           {8, 12, false}, {8, 12, true}, {300, 320, false}, {300, 640, true}}) {
+    const v1::ExpertMap base = TestMap(3, experts, slots);
+    const v1::ExpertMap next = TestMap(3, experts, slots, reversed);
+    ASSERT_TRUE(ExpertMapFromProto(next).ok()) << ExpertMapFromProto(next).status();
+    v1::MapDelta all;
+    const int32_t every[] = {0, 1, 2};
+    AppendMapRows(next, every, &all);
+    EXPECT_EQ(all.phy2log().size(), 3u * slots * (experts <= 256 ? 1 : 2));
+    EXPECT_EQ(all.replica_rank_size(), reversed ? 3 * slots : 0);
+    auto rebuilt = ApplyMapDelta(nullptr, ShapeOf(next), all);
+    ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
+    EXPECT_EQ(rebuilt->SerializeAsString(), next.SerializeAsString()) << experts << reversed;
+
+    // One layer over a base whose other layers already match.
+    v1::ExpertMap mixed = next;
+    for (int p = slots; p < 2 * slots; ++p) {
+      mixed.set_phy2log(p, base.phy2log(p));
+      mixed.set_replica_rank(p, base.replica_rank(p));
+    }
+    v1::MapDelta one;
+    one.set_base_version(4);
+    const int32_t middle[] = {1};
+    AppendMapRows(mixed, middle, &one);
+    auto applied = ApplyMapDelta(&next, ShapeOf(next), one);
+    ASSERT_TRUE(applied.ok()) << applied.status();
+    EXPECT_EQ(applied->SerializeAsString(), mixed.SerializeAsString());
+  }
+}
+
+TEST(MapDeltaTest, DeltasThatDoNotFitAreRefusedNamingWhy) {
+  const v1::ExpertMap base = TestMap(3, 8, 12);
+  const v1::ExpertMap shape = ShapeOf(base);
+  v1::MapDelta good;
+  good.set_base_version(2);
+  const int32_t layers[] = {0, 2};
+  AppendMapRows(base, layers, &good);
+  ASSERT_TRUE(ApplyMapDelta(&base, shape, good).ok());
+  const auto error = [&](const v1::ExpertMap* b, const v1::ExpertMap& s, const v1::MapDelta& d) {
+    return ApplyMapDelta(b, s, d).status();
+  };
+  v1::MapDelta unordered = good;
+  unordered.set_layers(1, 0);
+  EXPECT_EQ(
+      error(&base, shape, unordered),
+      absl::InvalidArgumentError("map_delta.layers[1] = 0 is out of order or out of range [0, 3)"));
+  v1::MapDelta beyond = good;
+  beyond.set_layers(1, 3);
+  EXPECT_EQ(
+      error(&base, shape, beyond),
+      absl::InvalidArgumentError("map_delta.layers[1] = 3 is out of order or out of range [0, 3)"));
+  v1::MapDelta short_rows = good;
+  short_rows.mutable_phy2log()->pop_back();
+  EXPECT_EQ(error(&base, shape, short_rows),
+            absl::InvalidArgumentError(
+                "map_delta.phy2log has 23 bytes, expected 2 layers × 12 slots × 1"));
+  v1::MapDelta ranks = good;
+  ranks.add_replica_rank(0);
+  EXPECT_EQ(error(&base, shape, ranks),
+            absl::InvalidArgumentError("map_delta.replica_rank has 1 entries, expected 0 or 24"));
+  EXPECT_EQ(
+      error(nullptr, shape, good),
+      absl::InvalidArgumentError("map_delta: without a base it must list all 3 layers, not 2"));
+  v1::ExpertMap other = shape;
+  other.set_num_ranks(4);
+  EXPECT_EQ(error(&base, other, good),
+            absl::InvalidArgumentError(
+                "map_delta: the base map (version 2) does not have the plan's shape with every "
+                "row"));
+  v1::ExpertMap huge = shape;  // a shape no message backs: refused before anything is allocated
+  huge.set_num_layers(1 << 30);
+  huge.set_num_physical_experts(1 << 30);
+  EXPECT_EQ(error(nullptr, huge, good),
+            absl::InvalidArgumentError(
+                "map_delta.phy2log has 24 bytes, expected 2 layers × 1073741824 slots × 1"));
+  v1::ExpertMap empty = shape;
+  empty.set_num_ranks(0);
+  EXPECT_EQ(error(&base, empty, good),
+            absl::InvalidArgumentError(
+                "map_delta: the plan's map shape (L 3, P 12, E 8, R 0) is not a map's"));
 }
 
 // ---- Options ------------------------------------------------------------------------------------
@@ -507,6 +623,161 @@ TEST(PlannerClientWatchTest, RanksAcknowledgeAndThePlanCommits) {
     EXPECT_EQ(committed->plan().state(), v1::COMMITTED);
   }
   EXPECT_EQ(client->GetDeployment("d1")->committed_version(), 2);
+}
+
+// Publishes a plan of deployment `d` (4 layers, 8 experts, `ranks` ranks) from load that every
+// rank reports, skewed by `seed`; returns it.
+v1::Plan PublishSkewed(PlannerClient& client, const std::string& d, int seed, int ranks = 2) {
+  std::vector<std::vector<double>> counts = SkewedCounts(4, 8);
+  for (auto& layer : counts) std::rotate(layer.begin(), layer.begin() + seed % 8, layer.end());
+  std::vector<v1::LoadReport> reports;
+  for (int rank = 0; rank < ranks; ++rank) {
+    reports.push_back(testing::Report(d, rank, seed + 1, seed * 10, seed * 10 + 9, counts));
+  }
+  EXPECT_TRUE(client.ReportLoad(reports).ok());
+  auto plan = client.Rebalance(d);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  return plan.ok() ? *plan : v1::Plan();
+}
+
+// The response's map is the planner's map of that version, whole, and hashes to map_hash.
+void ExpectWholeMap(PlannerClient& client, const v1::WatchPlansResponse& response) {
+  EXPECT_FALSE(response.has_map_delta());
+  auto stored = client.GetPlan("d1", response.plan().version());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(response.plan().map().SerializeAsString(), stored->map().SerializeAsString());
+  auto map = ExpertMapFromProto(response.plan().map(), "map");
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(map->Hash(), response.plan().map_hash());
+}
+
+v1::DeploymentSpec ImmediateSpec() {
+  v1::DeploymentSpec spec = testing::Spec("d1", 4, 8, 12, 2);
+  spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
+  return spec;
+}
+
+TEST(PlannerClientWatchTest, PlansArriveAsDeltasAndAreRebuiltWhole) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_TRUE(client->CreateDeployment(ImmediateSpec()).ok());
+  auto watch = client->StartWatch(Subscription("d1", -1));
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  auto first = (*watch)->Next();
+  ASSERT_TRUE(first.ok()) << first.status();
+  ExpectWholeMap(*client, *first);
+  for (int seed = 1; seed <= 3; ++seed) {
+    const v1::Plan published = PublishSkewed(*client, "d1", seed);
+    auto next = (*watch)->Next();
+    ASSERT_TRUE(next.ok()) << next.status();
+    EXPECT_EQ(next->plan().version(), published.version());
+    ExpectWholeMap(*client, *next);
+  }
+  const PlannerClient::Watch::MapArrivals arrivals = (*watch)->map_arrivals();
+  EXPECT_EQ(arrivals.whole, 1);
+  EXPECT_EQ(arrivals.delta, 3);
+  EXPECT_EQ(arrivals.fetched, 0);
+}
+
+TEST(PlannerClientWatchTest, AResumedWatchGetsDeltasAgainstTheMapsOfTheOneBefore) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_TRUE(client->CreateDeployment(ImmediateSpec()).ok());
+  PublishSkewed(*client, "d1", 1);  // version 2
+  auto before = client->StartWatch(Subscription("d1", -1));
+  ASSERT_TRUE(before.ok());
+  ASSERT_EQ((*before)->Next()->plan().version(), 2);
+  (*before)->Cancel();
+  EXPECT_EQ((*before)->Next().status().code(), absl::StatusCode::kCancelled);
+
+  PublishSkewed(*client, "d1", 2);  // version 3, missed while away
+  v1::WatchPlansRequest::Subscribe subscribe = Subscription("d1", -1);
+  subscribe.set_known_version(2);
+  auto resumed = client->StartWatch(subscribe, before->get());
+  ASSERT_TRUE(resumed.ok());
+  auto next = (*resumed)->Next();
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->plan().version(), 3);
+  ExpectWholeMap(*client, *next);
+  EXPECT_EQ((*resumed)->map_arrivals().delta, 1);
+  EXPECT_EQ((*resumed)->map_arrivals().fetched, 0);
+
+  // Without the earlier watch's maps, the same subscription fetches the map whole.
+  auto bare = client->StartWatch(subscribe);
+  ASSERT_TRUE(bare.ok());
+  auto fetched = (*bare)->Next();
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  ExpectWholeMap(*client, *fetched);
+  EXPECT_EQ((*bare)->map_arrivals().delta, 0);
+  EXPECT_EQ((*bare)->map_arrivals().fetched, 1);
+}
+
+TEST(PlannerClientWatchTest, AHeldMapOfAnEarlierDeploymentOfTheSameNameIsNeverUsed) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_TRUE(client->CreateDeployment(ImmediateSpec()).ok());
+  PublishSkewed(*client, "d1", 1);  // version 2
+  auto old = client->StartWatch(Subscription("d1", -1));
+  ASSERT_TRUE(old.ok());
+  auto held = (*old)->Next();
+  ASSERT_TRUE(held.ok());
+  ASSERT_EQ(held->plan().version(), 2);
+  ASSERT_TRUE(client->DeleteDeployment("d1").ok());
+  EXPECT_EQ((*old)->Next().status().code(), absl::StatusCode::kNotFound);
+
+  // Created again: its version 2 has another map, and version 3 is built on that one.
+  ASSERT_TRUE(client->CreateDeployment(ImmediateSpec()).ok());
+  const v1::Plan v2 = PublishSkewed(*client, "d1", 5);
+  ASSERT_EQ(v2.version(), 2);
+  ASSERT_NE(v2.map_hash(), held->plan().map_hash());
+  PublishSkewed(*client, "d1", 6);  // version 3
+  v1::WatchPlansRequest::Subscribe subscribe = Subscription("d1", -1);
+  subscribe.set_known_version(2);
+  auto watch = client->StartWatch(subscribe, old->get());
+  ASSERT_TRUE(watch.ok());
+  auto next = (*watch)->Next();
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->plan().version(), 3);
+  ExpectWholeMap(*client, *next);
+  EXPECT_EQ((*watch)->map_arrivals().delta, 0);
+  EXPECT_EQ((*watch)->map_arrivals().fetched, 1);
+}
+
+TEST(PlannerClientWatchTest, ACommitArrivesWithoutTheMapAndComesBackWhole) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_TRUE(client->CreateDeployment(testing::Spec("d1", 4, 8, 12, 2)).ok());  // acked
+  std::vector<std::unique_ptr<PlannerClient::Watch>> ranks;
+  for (int rank = 0; rank < 2; ++rank) {
+    auto watch = client->StartWatch(Subscription("d1", rank));
+    ASSERT_TRUE(watch.ok());
+    ASSERT_TRUE((*watch)->Next().ok());
+    ranks.push_back(*std::move(watch));
+  }
+  PublishSkewed(*client, "d1", 1);
+  for (auto& watch : ranks) {
+    auto pending = watch->Next();
+    ASSERT_TRUE(pending.ok()) << pending.status();
+    ASSERT_EQ(pending->plan().state(), v1::PENDING);
+    ExpectWholeMap(*client, *pending);
+    v1::WatchPlansRequest::Ack ack;
+    ack.set_version(2);
+    ack.set_nonce(pending->nonce());
+    ack.set_state(v1::STAGED);
+    ack.set_map_hash(pending->plan().map_hash());
+    ASSERT_TRUE(watch->Ack(ack).ok());
+  }
+  for (auto& watch : ranks) {
+    auto committed = watch->Next();
+    ASSERT_TRUE(committed.ok()) << committed.status();
+    ASSERT_EQ(committed->plan().state(), v1::COMMITTED);
+    ExpectWholeMap(*client, *committed);
+    const PlannerClient::Watch::MapArrivals arrivals = watch->map_arrivals();
+    EXPECT_EQ(arrivals.whole, 1);
+    EXPECT_EQ(arrivals.delta, 1);
+    EXPECT_EQ(arrivals.held, 1);
+    EXPECT_EQ(arrivals.fetched, 0);
+  }
 }
 
 TEST(PlannerClientTest, SharedByThreads) {

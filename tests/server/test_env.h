@@ -253,12 +253,13 @@ inline v1::ErrorReason Reason(const absl::Status& status) {
 class WatchClient {
  public:
   WatchClient(v1::Planner::Stub& stub, const std::string& deployment, int rank,
-              int64_t known_version = 0)
+              int64_t known_version = 0, bool accept_map_delta = false)
       : stream_(stub.WatchPlans(&context_)) {
     v1::WatchPlansRequest request;
     request.mutable_subscribe()->set_deployment(deployment);
     request.mutable_subscribe()->set_rank(rank);
     request.mutable_subscribe()->set_known_version(known_version);
+    request.mutable_subscribe()->set_accept_map_delta(accept_map_delta);
     stream_->Write(request);
     reader_ = std::thread([this] {
       v1::WatchPlansResponse response;

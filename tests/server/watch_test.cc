@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <numeric>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -196,6 +197,151 @@ TEST(PlannerWatchTest, AWatchThatFallsBehindIsEndedAndOneThatNeverReadsIsCancell
   auto current = again.Get(0);
   ASSERT_TRUE(current.has_value());
   EXPECT_EQ(current->plan().version(), 5);
+}
+
+// The layers whose rows differ between two maps of one shape.
+std::vector<int32_t> ChangedLayers(const v1::ExpertMap& a, const v1::ExpertMap& b) {
+  std::vector<int32_t> layers;
+  const int slots = a.num_physical_experts();
+  for (int layer = 0; layer < a.num_layers(); ++layer) {
+    for (int p = layer * slots; p < (layer + 1) * slots; ++p) {
+      if (a.phy2log(p) != b.phy2log(p) || a.replica_rank(p) != b.replica_rank(p)) {
+        layers.push_back(layer);
+        break;
+      }
+    }
+  }
+  return layers;
+}
+
+// Checks that `response` carries `plan`'s map as a delta against `base` (a plan of the same
+// deployment, or nullptr: every layer, compact): exactly the layers that differ, rows that rebuild
+// the map, replica ranks left out (the planner's maps rank replicas in slot order), and the shape
+// without rows.
+void ExpectDelta(const v1::WatchPlansResponse& response, const v1::Plan* base,
+                 const v1::Plan& plan) {
+  ASSERT_TRUE(response.has_map_delta());
+  const v1::MapDelta& delta = response.map_delta();
+  EXPECT_EQ(delta.base_version(), base != nullptr ? base->version() : 0);
+  EXPECT_EQ(delta.base_map_hash(), base != nullptr ? base->map_hash() : 0);
+  std::vector<int32_t> changed(plan.map().num_layers());
+  std::iota(changed.begin(), changed.end(), 0);
+  if (base != nullptr) changed = ChangedLayers(base->map(), plan.map());
+  EXPECT_THAT(delta.layers(), ::testing::ElementsAreArray(changed));
+  EXPECT_EQ(delta.replica_rank_size(), 0);
+  const int slots = plan.map().num_physical_experts();
+  const int width = plan.map().num_logical_experts() <= 256 ? 1 : 2;
+  EXPECT_EQ(delta.phy2log().size(), changed.size() * slots * width);
+  const v1::ExpertMap& shape = response.plan().map();
+  EXPECT_EQ(shape.num_layers(), plan.map().num_layers());
+  EXPECT_EQ(shape.num_logical_experts(), plan.map().num_logical_experts());
+  EXPECT_EQ(shape.num_physical_experts(), slots);
+  EXPECT_EQ(shape.num_ranks(), plan.map().num_ranks());
+  EXPECT_EQ(shape.phy2log_size(), 0);
+  EXPECT_EQ(shape.replica_rank_size(), 0);
+  EXPECT_EQ(response.plan().map_hash(), plan.map_hash());
+  auto rebuilt = ApplyMapDelta(base != nullptr ? &base->map() : nullptr, shape, delta);
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
+  EXPECT_TRUE(MessageDifferencer::Equals(*rebuilt, plan.map()));
+}
+
+TEST(PlannerWatchTest, ADeltaStreamGetsOnlyTheChangedLayersAndOthersTheWholeMap) {
+  PlannerEnv env;
+  v1::DeploymentSpec spec = Spec("d", 3, 8, 8, 2);
+  spec.set_policy("deepseek");
+  spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
+  spec.mutable_trigger()->set_interval_steps(0);
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+  WatchClient delta(env.stub(), "d", -1, 0, /*accept_map_delta=*/true);
+  WatchClient whole(env.stub(), "d", -1);
+  // The first plan goes whole to both, compact to the delta stream (it holds no map yet).
+  auto first = delta.Get(0);
+  ASSERT_TRUE(first.has_value());
+  auto first_whole = whole.Get(0);
+  ASSERT_TRUE(first_whole.has_value());
+  EXPECT_FALSE(first_whole->has_map_delta());
+  EXPECT_EQ(first_whole->plan().map().phy2log_size(), 24);
+  ExpectDelta(*first, nullptr, first_whole->plan());
+
+  // Version 2 from skewed load, version 3 from load that differs in layer 1 only (the other
+  // layers keep version 2's rows), version 4 from the same load (the same map again).
+  std::vector<std::vector<double>> load = {
+      {9, 8, 7, 6, 1, 1, 1, 1}, {1, 1, 1, 1, 9, 9, 9, 9}, {9, 1, 9, 1, 9, 1, 9, 1}};
+  ASSERT_TRUE(
+      SendReports(env.stub(), {Report("d", 0, 1, 0, 9, load), Report("d", 1, 1, 0, 9, load)}).ok());
+  ASSERT_TRUE(Rebalance(env.stub(), "d").ok());
+  load[1] = {40, 1, 1, 1, 1, 1, 1, 1};
+  ASSERT_TRUE(
+      SendReports(env.stub(), {Report("d", 0, 2, 10, 19, load), Report("d", 1, 2, 10, 19, load)})
+          .ok());
+  ASSERT_TRUE(Rebalance(env.stub(), "d").ok());
+  ASSERT_TRUE(Rebalance(env.stub(), "d").ok());
+  std::vector<v1::Plan> plans(5);
+  for (int v = 1; v <= 4; ++v) {
+    auto plan = GetPlan(env.stub(), "d", v);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    plans[v] = *plan;
+  }
+  ASSERT_EQ(ChangedLayers(plans[2].map(), plans[3].map()), std::vector<int32_t>{1});
+
+  auto second = delta.WaitFor(2, v1::COMMITTED);
+  ASSERT_TRUE(second.has_value());
+  ExpectDelta(*second, &plans[1], plans[2]);
+  // Sent once persisted: after it was planned.
+  ASSERT_TRUE(second->plan().has_publish_time());
+  EXPECT_GE(TimeFromProto(second->plan().publish_time()),
+            TimeFromProto(second->plan().create_time()));
+  EXPECT_TRUE(MessageDifferencer::Equals(second->plan().publish_time(), plans[2].publish_time()));
+  auto third = delta.WaitFor(3, v1::COMMITTED);
+  ASSERT_TRUE(third.has_value());
+  ExpectDelta(*third, &plans[2], plans[3]);
+  EXPECT_THAT(third->map_delta().layers(), ::testing::ElementsAre(1));
+  auto fourth = delta.WaitFor(4, v1::COMMITTED);
+  ASSERT_TRUE(fourth.has_value());
+  ExpectDelta(*fourth, &plans[3], plans[4]);
+  EXPECT_TRUE(fourth->map_delta().layers().empty());
+
+  // A stream without accept_map_delta gets every map whole, as before.
+  for (int v = 2; v <= 4; ++v) {
+    auto got = whole.WaitFor(v, v1::COMMITTED);
+    ASSERT_TRUE(got.has_value());
+    EXPECT_FALSE(got->has_map_delta());
+    EXPECT_TRUE(MessageDifferencer::Equals(got->plan().map(), plans[v].map())) << v;
+  }
+  // A delta stream that says it holds version 3 gets version 4 against it; one that holds
+  // nothing gets it whole.
+  WatchClient known(env.stub(), "d", -1, /*known_version=*/3, /*accept_map_delta=*/true);
+  auto resumed = known.Get(0);
+  ASSERT_TRUE(resumed.has_value());
+  ExpectDelta(*resumed, &plans[3], plans[4]);
+  WatchClient fresh(env.stub(), "d", -1, 0, /*accept_map_delta=*/true);
+  auto current = fresh.Get(0);
+  ASSERT_TRUE(current.has_value());
+  ExpectDelta(*current, nullptr, plans[4]);
+}
+
+TEST(PlannerWatchTest, AStateChangeOfAPlanTheStreamCarriedComesWithoutTheMap) {
+  PlannerEnv env;
+  ASSERT_TRUE(Create(env.stub(), AckedSpec("d")).ok());
+  WatchClient rank0(env.stub(), "d", 0, 0, /*accept_map_delta=*/true);
+  WatchClient rank1(env.stub(), "d", 1, 0, /*accept_map_delta=*/true);
+  ASSERT_TRUE(rank0.Get(0).has_value());
+  ASSERT_TRUE(rank1.Get(0).has_value());
+  ReportSkew(env, "d");
+  ASSERT_TRUE(Rebalance(env.stub(), "d").ok());
+  auto pending = rank0.WaitFor(2, v1::PENDING);
+  ASSERT_TRUE(pending.has_value());
+  auto v1_plan = GetPlan(env.stub(), "d", 1);
+  auto v2_plan = GetPlan(env.stub(), "d", 2);
+  ASSERT_TRUE(v1_plan.ok() && v2_plan.ok());
+  ExpectDelta(*pending, &*v1_plan, *v2_plan);
+  ASSERT_TRUE(rank0.Ack(2, v1::STAGED, v2_plan->map_hash()));
+  ASSERT_TRUE(rank1.Ack(2, v1::STAGED, v2_plan->map_hash()));
+  auto committed = rank0.WaitFor(2, v1::COMMITTED);
+  ASSERT_TRUE(committed.has_value());
+  ExpectDelta(*committed, &*v2_plan, *v2_plan);  // against itself: no layers, no rows
+  EXPECT_TRUE(committed->map_delta().layers().empty());
+  EXPECT_EQ(committed->nonce(), pending->nonce());
 }
 
 // ---- Acknowledgements ---------------------------------------------------------------------------
