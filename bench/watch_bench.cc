@@ -56,6 +56,9 @@ ABSL_FLAG(bool, parse, false,
           "process cost little next to the planner");
 ABSL_FLAG(bool, delta, true,
           "Watchers accept map deltas (the layers that changed since a map they hold)");
+ABSL_FLAG(int64_t, window_steps, 0,
+          "Deployments smooth load over a window of this many steps (0: the default EMA)");
+ABSL_FLAG(int, steps_per_report, 10, "Steps each round's reports cover");
 ABSL_FLAG(int, changed_layers, -1,
           "Layers whose load moves before each plan (-1: every layer); the others report the same "
           "load every time");
@@ -204,6 +207,9 @@ int main(int argc, char** argv) {
   // after every message (page faults are the dominant cost otherwise).
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  // The Abseil build may track the order of every Mutex acquisition to detect deadlocks (a global
+  // graph behind a spin lock, on every Lock); the tests keep it, the server does not pay for it.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const std::string state_dir =
       (std::filesystem::temp_directory_path() / absl::StrCat("eplb-watch-bench-", getpid()))
           .string();
@@ -243,6 +249,9 @@ int main(int argc, char** argv) {
     spec.mutable_shape()->set_num_physical_experts(absl::GetFlag(FLAGS_slots));
     spec.mutable_shape()->set_num_ranks(absl::GetFlag(FLAGS_ranks));
     spec.set_commit_mode(eplb::v1::COMMIT_MODE_IMMEDIATE);
+    if (absl::GetFlag(FLAGS_window_steps) > 0) {
+      spec.mutable_smoothing()->set_window_steps(absl::GetFlag(FLAGS_window_steps));
+    }
     spec.mutable_trigger()->set_interval_steps(0);
     eplb::v1::Deployment deployment;
     const grpc::Status status = stub.CreateDeployment(&context, request, &deployment);
@@ -268,8 +277,9 @@ int main(int argc, char** argv) {
     load.set_deployment(name_of(d));
     load.set_session(1);
     load.set_sequence(round + 1);
-    load.set_first_step(int64_t{round} * 10);
-    load.set_last_step(int64_t{round} * 10 + 9);
+    const int64_t steps = absl::GetFlag(FLAGS_steps_per_report);
+    load.set_first_step(round * steps);
+    load.set_last_step(round * steps + steps - 1);
     load.set_plan_version(running[d]);
     for (int l = 0; l < layers; ++l) {
       auto* counts = load.add_layers()->mutable_counts();
@@ -363,6 +373,7 @@ int main(int argc, char** argv) {
       message_bytes.push_back(static_cast<double>(watchers[i]->BytesOf(plans[d].version())));
     }
   }
+  const int64_t rss_after = ResidentBytes();
   const eplb::v1::Plan& plan = plans[0];
   const size_t map_bytes = plan.ByteSizeLong();
   std::printf(
@@ -375,6 +386,7 @@ int main(int argc, char** argv) {
       "  baseline, Rebalance round trip without watchers (plan, fsync, publish): p50 %.2f ms  p99 "
       "%.2f ms\n",
       Percentile(rebalance_ms, 0.5), Percentile(rebalance_ms, 0.99));
+  if (watcher_count == 0) delivery_ms = from_publish_ms = message_bytes = {0};
   std::printf(
       "  delivery, Rebalance call to arrival on every watcher: p50 %.2f ms  p99 %.2f ms  max %.2f "
       "ms\n",
@@ -394,11 +406,23 @@ int main(int argc, char** argv) {
   std::printf(
       "  memory: %.1f KiB resident per watcher (this process's RSS with every stream open and "
       "holding the current plan, less before; both ends of each stream)\n",
-      static_cast<double>(rss_watching - rss_before) / watcher_count / 1024);
+      static_cast<double>(rss_watching - rss_before) / std::max(1, watcher_count) / 1024);
+  const std::string smoothing =
+      absl::GetFlag(FLAGS_window_steps) > 0
+          ? absl::StrCat("window of ", absl::GetFlag(FLAGS_window_steps), " steps")
+          : "EMA";
   std::printf(
-      "  memory: %.1f KiB resident per deployment (created, holding its initial plan; default "
-      "spec: EMA, 16 plans of history)\n",
-      static_cast<double>(rss_deployments - rss_empty) / deployment_count / 1024);
+      "  memory: %.1f KiB resident per deployment (created, holding its initial plan; %s, 16 "
+      "plans of history)\n",
+      static_cast<double>(rss_deployments - rss_empty) / deployment_count / 1024,
+      smoothing.c_str());
+  std::printf(
+      "  memory: %.1f KiB resident per deployment after %d rounds of reports (%d steps each) and "
+      "plans (the process's growth since before the deployments, less the watchers'; freed heap "
+      "the allocator keeps included)\n",
+      static_cast<double>(rss_after - rss_empty - (rss_watching - rss_before)) /
+          deployment_count / 1024,
+      round, absl::GetFlag(FLAGS_steps_per_report));
   for (auto& watcher : watchers) watcher->Cancel();
   for (auto& watcher : watchers) watcher->WaitDone();
   watchers.clear();

@@ -121,6 +121,13 @@ void PlanWatcher::Run() {
   int64_t known_version = 0;
   // The watch before this one: a new one starts holding its maps, so that plans arrive as deltas.
   std::shared_ptr<PlannerClient::Watch> previous;
+  PlannerClient::Watch::MapArrivals ended_streams;  // of the streams before this one
+  // Counts the arrivals of `previous` into ended_streams and lets it go.
+  const auto retire_previous = [&] {
+    if (previous == nullptr) return;
+    ended_streams += previous->map_arrivals();
+    previous.reset();
+  };
   for (bool first = true;; first = false) {
     {
       absl::MutexLock lock(&mu_);
@@ -136,6 +143,7 @@ void PlanWatcher::Run() {
     absl::Status ended;
     if (watch.ok()) {
       std::shared_ptr<PlannerClient::Watch> shared = *std::move(watch);
+      retire_previous();
       previous = shared;
       {
         absl::MutexLock lock(&mu_);
@@ -172,6 +180,12 @@ void PlanWatcher::Run() {
           backoff.Reset();
           stats_.connected = true;
           stats_.plans_received++;
+          PlannerClient::Watch::MapArrivals arrivals = ended_streams;
+          arrivals += shared->map_arrivals();
+          stats_.maps_whole = arrivals.whole;
+          stats_.maps_delta = arrivals.delta;
+          stats_.maps_held = arrivals.held;
+          stats_.maps_fetched = arrivals.fetched;
           nonces_[plan.version()] = response->nonce();
           KeepNewest(nonces_);
         }
@@ -204,7 +218,7 @@ void PlanWatcher::Run() {
           "the start",
           options_.rank, options_.deployment, known_version);
       known_version = 0;
-      previous.reset();  // its maps belong to the earlier deployment
+      retire_previous();  // its maps belong to the earlier deployment
       // Acks of the earlier deployment mean nothing to the new one (the planner would ignore them).
       absl::MutexLock lock(&mu_);
       unsent_acks_.clear();

@@ -74,6 +74,11 @@ class PlanWatcher {
     int64_t plans_received = 0;
     int64_t acks_sent = 0;
     int64_t reconnects = 0;
+    // How the plans' maps arrived, over every stream so far (PlannerClient::Watch::MapArrivals).
+    int64_t maps_whole = 0;
+    int64_t maps_delta = 0;    // as the changed layers, applied to a held map
+    int64_t maps_held = 0;     // a state change of a plan whose map was held
+    int64_t maps_fetched = 0;  // with GetPlan
     bool connected = false;
     std::string last_error;
     absl::Status stopped_by;  // the error that stopped the watcher; OK while it runs

@@ -167,6 +167,13 @@ class PlannerClient::Watch {
     int64_t delta = 0;    // as changed layers, applied to a held map
     int64_t held = 0;     // a change of state only: the map was already held
     int64_t fetched = 0;  // with GetPlan (no usable base, or a mismatch)
+    MapArrivals& operator+=(const MapArrivals& other) {
+      whole += other.whole;
+      delta += other.delta;
+      held += other.held;
+      fetched += other.fetched;
+      return *this;
+    }
   };
   MapArrivals map_arrivals() const;
 

@@ -192,6 +192,48 @@ TEST(PlanWatcherTest, ADeploymentCreatedAgainWhileAwayIsWatchedFromItsFirstVersi
   EXPECT_GE(stats.reconnects, 1);
 }
 
+TEST(PlanWatcherTest, AfterAPlannerRestartPlansStillArriveAsDeltas) {
+  PlannerEnv env;
+  CreateDeployment(env);
+  auto client = Client(env);
+  Recorder recorder;
+  auto watcher = StartWatcher(client.get(), recorder);
+  // Version 2 from skewed load, committed by this (only) rank's STAGED ack.
+  ASSERT_TRUE(SendReports(env.stub(), {Report("w", 0, 1, 0, 9, {{1, 1, 1, 100}})}).ok());
+  auto v2 = Rebalance(env.stub(), "w");
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  ASSERT_TRUE(recorder.WaitFor([](const std::vector<AgentPlan>& plans) {
+    return HasVersion(plans, 2, PlanStatus::kPending);
+  }));
+  watcher->Ack({.version = 2, .kind = AckKind::kStaged, .map_hash = v2->map_hash()});
+  ASSERT_TRUE(recorder.WaitFor([](const std::vector<AgentPlan>& plans) {
+    return HasVersion(plans, 2, PlanStatus::kCommitted);
+  }));
+
+  // The planner restarts; the watcher comes back knowing version 2, and version 3 arrives as the
+  // layers that changed since, applied to the map the stream before held.
+  env.Stop();
+  env.Start();
+  ASSERT_TRUE(SendReports(env.stub(), {Report("w", 0, 2, 10, 19, {{400, 1, 1, 1}}, 2)}).ok());
+  auto v3 = Rebalance(env.stub(), "w");
+  ASSERT_TRUE(v3.ok()) << v3.status();
+  ASSERT_EQ(v3->version(), 3);
+  ASSERT_TRUE(recorder.WaitFor([&](const std::vector<AgentPlan>& plans) {
+    for (const AgentPlan& plan : plans) {
+      if (plan.version == 3 && plan.status == PlanStatus::kPending) {
+        return plan.map != nullptr && plan.map->Hash() == v3->map_hash();
+      }
+    }
+    return false;
+  }));
+  const PlanWatcher::Stats stats = watcher->stats();
+  EXPECT_GE(stats.reconnects, 1);
+  EXPECT_EQ(stats.maps_whole, 1);  // version 1, on the first subscribe
+  EXPECT_EQ(stats.maps_delta, 2);  // versions 2 and 3
+  EXPECT_EQ(stats.maps_held, 1);   // version 2's commit
+  EXPECT_EQ(stats.maps_fetched, 0);
+}
+
 TEST(PlanWatcherTest, AWatcherWithoutTheTokenStops) {
   server::PlannerServerOptions options;
   options.service.bearer_token = "s3cret-0123456789abcdef";

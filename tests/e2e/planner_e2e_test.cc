@@ -610,12 +610,12 @@ TEST_F(PlannerE2eTest, TheMemoryBudgetHoldsInResidentMemory) {
     GTEST_SKIP() << "under AddressSanitizer resident memory is mostly the sanitizer's";
   }
   ASSERT_NO_FATAL_FAILURE(StartPlanner("--max-memory=512Mi\n"));
-  // 64 layers × 8192 experts on 8256 slots, 6 plans retained: about 90 MiB each by the planner's
+  // 64 layers × 8192 experts on 8256 slots, 5 plans retained: about 87 MiB each by the planner's
   // count; 384 MiB of the 512 are for deployments.
   const auto create = [&](const std::string& name) {
     return Ctl({"create-deployment", "--name", name, "--num-layers", "64", "--num-logical-experts",
                 "8192", "--num-physical-experts", "8256", "--num-ranks", "64", "--policy",
-                "contiguous", "--commit", "immediate", "--plan-history", "4"});
+                "contiguous", "--commit", "immediate", "--plan-history", "3"});
   };
   int admitted = 0;
   ProcessResult refused;
