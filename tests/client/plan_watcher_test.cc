@@ -148,6 +148,23 @@ TEST(PlanWatcherTest, ADeletedDeploymentStopsItsWatchersAndReportersCarryOn) {
   EXPECT_TRUE(second->stats().stopped_by.ok());
 }
 
+// Version 2: skewed load (two reports), a rebalance, and this (only) rank's STAGED ack commits it.
+void CommitVersion2(PlannerEnv& env, PlanWatcher& watcher, Recorder& recorder) {
+  std::vector<v1::LoadReport> reports = {Report("w", 0, 1, 0, 9, {{1, 1, 1, 100}}),
+                                         Report("w", 0, 2, 10, 19, {{1, 1, 1, 100}})};
+  ASSERT_TRUE(SendReports(env.stub(), reports).ok());
+  auto v2 = Rebalance(env.stub(), "w");
+  ASSERT_TRUE(v2.ok()) << v2.status();
+  ASSERT_EQ(v2->version(), 2);
+  ASSERT_TRUE(recorder.WaitFor([](const std::vector<AgentPlan>& plans) {
+    return HasVersion(plans, 2, PlanStatus::kPending);
+  }));
+  watcher.Ack({.version = 2, .kind = AckKind::kStaged, .map_hash = v2->map_hash()});
+  ASSERT_TRUE(recorder.WaitFor([](const std::vector<AgentPlan>& plans) {
+    return HasVersion(plans, 2, PlanStatus::kCommitted);
+  }));
+}
+
 TEST(PlanWatcherTest, ADeploymentCreatedAgainWhileAwayIsWatchedFromItsFirstVersion) {
   PlannerEnv env;
   CreateDeployment(env);
@@ -159,20 +176,7 @@ TEST(PlanWatcherTest, ADeploymentCreatedAgainWhileAwayIsWatchedFromItsFirstVersi
   auto client = Client(env);
   Recorder recorder;
   auto watcher = StartWatcher(client.get(), recorder);
-  // Version 2: skewed load, a rebalance, and this (only) rank's STAGED ack commits it.
-  std::vector<v1::LoadReport> reports = {Report("w", 0, 1, 0, 9, {{1, 1, 1, 100}}),
-                                         Report("w", 0, 2, 10, 19, {{1, 1, 1, 100}})};
-  ASSERT_TRUE(SendReports(env.stub(), reports).ok());
-  auto v2 = Rebalance(env.stub(), "w");
-  ASSERT_TRUE(v2.ok()) << v2.status();
-  ASSERT_EQ(v2->version(), 2);
-  ASSERT_TRUE(recorder.WaitFor([](const std::vector<AgentPlan>& plans) {
-    return HasVersion(plans, 2, PlanStatus::kPending);
-  }));
-  watcher->Ack({.version = 2, .kind = AckKind::kStaged, .map_hash = v2->map_hash()});
-  ASSERT_TRUE(recorder.WaitFor([](const std::vector<AgentPlan>& plans) {
-    return HasVersion(plans, 2, PlanStatus::kCommitted);
-  }));
+  ASSERT_NO_FATAL_FAILURE(CommitVersion2(env, *watcher, recorder));
 
   // While the planner is down, its deployment is replaced by the fresh one (deleted and created
   // again): the watcher comes back knowing version 2, which the new deployment never had.
@@ -198,23 +202,13 @@ TEST(PlanWatcherTest, AfterAPlannerRestartPlansStillArriveAsDeltas) {
   auto client = Client(env);
   Recorder recorder;
   auto watcher = StartWatcher(client.get(), recorder);
-  // Version 2 from skewed load, committed by this (only) rank's STAGED ack.
-  ASSERT_TRUE(SendReports(env.stub(), {Report("w", 0, 1, 0, 9, {{1, 1, 1, 100}})}).ok());
-  auto v2 = Rebalance(env.stub(), "w");
-  ASSERT_TRUE(v2.ok()) << v2.status();
-  ASSERT_TRUE(recorder.WaitFor([](const std::vector<AgentPlan>& plans) {
-    return HasVersion(plans, 2, PlanStatus::kPending);
-  }));
-  watcher->Ack({.version = 2, .kind = AckKind::kStaged, .map_hash = v2->map_hash()});
-  ASSERT_TRUE(recorder.WaitFor([](const std::vector<AgentPlan>& plans) {
-    return HasVersion(plans, 2, PlanStatus::kCommitted);
-  }));
+  ASSERT_NO_FATAL_FAILURE(CommitVersion2(env, *watcher, recorder));
 
   // The planner restarts; the watcher comes back knowing version 2, and version 3 arrives as the
   // layers that changed since, applied to the map the stream before held.
   env.Stop();
   env.Start();
-  ASSERT_TRUE(SendReports(env.stub(), {Report("w", 0, 2, 10, 19, {{400, 1, 1, 1}}, 2)}).ok());
+  ASSERT_TRUE(SendReports(env.stub(), {Report("w", 0, 3, 20, 29, {{400, 1, 1, 1}}, 2)}).ok());
   auto v3 = Rebalance(env.stub(), "w");
   ASSERT_TRUE(v3.ok()) << v3.status();
   ASSERT_EQ(v3->version(), 3);

@@ -651,6 +651,18 @@ void ExpectWholeMap(PlannerClient& client, const v1::WatchPlansResponse& respons
   EXPECT_EQ(map->Hash(), response.plan().map_hash());
 }
 
+// The watch's next response is plan `version` with its whole, exact map, and so far `delta` maps
+// arrived as deltas and `fetched` were fetched.
+void ExpectNext(PlannerClient& client, PlannerClient::Watch& watch, int64_t version,
+                int64_t delta, int64_t fetched) {
+  auto next = watch.Next();
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->plan().version(), version);
+  ExpectWholeMap(client, *next);
+  EXPECT_EQ(watch.map_arrivals().delta, delta);
+  EXPECT_EQ(watch.map_arrivals().fetched, fetched);
+}
+
 v1::DeploymentSpec ImmediateSpec() {
   v1::DeploymentSpec spec = testing::Spec("d1", 4, 8, 12, 2);
   spec.set_commit_mode(v1::COMMIT_MODE_IMMEDIATE);
@@ -695,21 +707,12 @@ TEST(PlannerClientWatchTest, AResumedWatchGetsDeltasAgainstTheMapsOfTheOneBefore
   subscribe.set_known_version(2);
   auto resumed = client->StartWatch(subscribe, before->get());
   ASSERT_TRUE(resumed.ok());
-  auto next = (*resumed)->Next();
-  ASSERT_TRUE(next.ok()) << next.status();
-  EXPECT_EQ(next->plan().version(), 3);
-  ExpectWholeMap(*client, *next);
-  EXPECT_EQ((*resumed)->map_arrivals().delta, 1);
-  EXPECT_EQ((*resumed)->map_arrivals().fetched, 0);
+  ExpectNext(*client, **resumed, 3, /*delta=*/1, /*fetched=*/0);
 
   // Without the earlier watch's maps, the same subscription fetches the map whole.
   auto bare = client->StartWatch(subscribe);
   ASSERT_TRUE(bare.ok());
-  auto fetched = (*bare)->Next();
-  ASSERT_TRUE(fetched.ok()) << fetched.status();
-  ExpectWholeMap(*client, *fetched);
-  EXPECT_EQ((*bare)->map_arrivals().delta, 0);
-  EXPECT_EQ((*bare)->map_arrivals().fetched, 1);
+  ExpectNext(*client, **bare, 3, /*delta=*/0, /*fetched=*/1);
 }
 
 TEST(PlannerClientWatchTest, AHeldMapOfAnEarlierDeploymentOfTheSameNameIsNeverUsed) {
@@ -735,12 +738,7 @@ TEST(PlannerClientWatchTest, AHeldMapOfAnEarlierDeploymentOfTheSameNameIsNeverUs
   subscribe.set_known_version(2);
   auto watch = client->StartWatch(subscribe, old->get());
   ASSERT_TRUE(watch.ok());
-  auto next = (*watch)->Next();
-  ASSERT_TRUE(next.ok()) << next.status();
-  EXPECT_EQ(next->plan().version(), 3);
-  ExpectWholeMap(*client, *next);
-  EXPECT_EQ((*watch)->map_arrivals().delta, 0);
-  EXPECT_EQ((*watch)->map_arrivals().fetched, 1);
+  ExpectNext(*client, **watch, 3, /*delta=*/0, /*fetched=*/1);
 }
 
 TEST(PlannerClientWatchTest, ACommitArrivesWithoutTheMapAndComesBackWhole) {
