@@ -653,8 +653,8 @@ void ExpectWholeMap(PlannerClient& client, const v1::WatchPlansResponse& respons
 
 // The watch's next response is plan `version` with its whole, exact map, and so far `delta` maps
 // arrived as deltas and `fetched` were fetched.
-void ExpectNext(PlannerClient& client, PlannerClient::Watch& watch, int64_t version,
-                int64_t delta, int64_t fetched) {
+void ExpectNext(PlannerClient& client, PlannerClient::Watch& watch, int64_t version, int64_t delta,
+                int64_t fetched) {
   auto next = watch.Next();
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(next->plan().version(), version);
