@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "bench/bench_shapes.h"
 #include "core/metrics.h"
@@ -55,6 +56,34 @@ void BM_Plan(benchmark::State& state, const char* policy_name, const bench::Name
   state.SetLabel(shape.DebugString());
 }
 
+// The cross-node share estimate eplbctl plan and the planner print beside a plan: the planned
+// (deepseek) and the contiguous map scored on one sample, with the default routing model and the
+// argument's tokens per layer (40, the default; 1: little more than the per-layer setup). Compare
+// with deepseek/<shape>, the cheapest plan it accompanies.
+void BM_CrossNodeShare(benchmark::State& state, const bench::NamedShape* named) {
+  const DeploymentShape& shape = named->shape;
+  const LoadMatrix load = SyntheticLoad(shape, 1234);
+  auto deepseek = CreatePolicy("deepseek");
+  auto contiguous = CreatePolicy("contiguous");
+  auto planned = (*deepseek)->Plan({.shape = shape, .load = &load});
+  auto current = (*contiguous)->Plan({.shape = shape, .load = &load});
+  if (!planned.ok() || !current.ok()) {
+    state.SkipWithError("cannot plan");
+    return;
+  }
+  const ExpertMap* maps[] = {&*current, &*planned};
+  std::vector<TrafficShareEstimate> estimates;
+  for (auto _ : state) {
+    estimates =
+        EstimateMeanCrossNodeTrafficShares(maps, load, shape.num_groups, shape.num_nodes,
+                                           {.tokens = static_cast<int32_t>(state.range(0))});
+    benchmark::DoNotOptimize(estimates.data());
+  }
+  state.counters["share"] = estimates[1].share;
+  state.counters["bound"] = estimates[1].error_bound;
+  state.SetLabel(shape.DebugString());
+}
+
 int RegisterAll() {
   for (const char* policy : {"contiguous", "deepseek", "balanced"}) {
     for (const bench::NamedShape& named : kShapes) {
@@ -62,6 +91,13 @@ int RegisterAll() {
                                    policy, &named)
           ->Unit(benchmark::kMicrosecond);
     }
+  }
+  for (const bench::NamedShape& named : kShapes) {
+    benchmark::RegisterBenchmark((std::string("cross_node_share/") + named.name).c_str(),
+                                 BM_CrossNodeShare, &named)
+        ->Arg(1)
+        ->Arg(40)
+        ->Unit(benchmark::kMicrosecond);
   }
   return 0;
 }

@@ -352,11 +352,27 @@ absl::StatusOr<v1::WatchPlansResponse> PlannerClient::Watch::Next() {
 absl::Status PlannerClient::Watch::RebuildMap(v1::WatchPlansResponse& response) {
   v1::Plan& plan = *response.mutable_plan();
   const int64_t version = plan.version();
+  // Whether `map` is the plan's: it parses and hashes to map_hash (phy2log; the replica ranks of
+  // the layers a delta leaves alone come from a base checked by its content hash).
+  const auto matches = [&plan](const v1::ExpertMap& map) -> absl::Status {
+    const absl::StatusOr<ExpertMap> parsed = ExpertMapFromProto(map, "plan.map");
+    if (!parsed.ok()) return parsed.status();
+    if (parsed->Hash() != plan.map_hash()) {
+      return absl::DataLossError("the map does not match the plan's map_hash");
+    }
+    return absl::OkStatus();
+  };
   if (!response.has_map_delta()) {
-    auto map = std::make_shared<v1::ExpertMap>(plan.map());
+    // Kept as a base only when it is what the plan says it is.
+    if (absl::Status whole = matches(plan.map()); !whole.ok()) {
+      spdlog::warn("watch of {}: plan version {}: {}; not kept as a base for deltas", deployment_,
+                   version, whole.ToString());
+      return absl::OkStatus();
+    }
+    auto map = std::make_shared<const v1::ExpertMap>(plan.map());
     absl::MutexLock lock(&maps_mu_);
     arrivals_.whole++;
-    Hold(version, plan.map_hash(), std::move(map));
+    Hold(version, std::move(map));
     return absl::OkStatus();
   }
   const v1::MapDelta& delta = response.map_delta();
@@ -371,13 +387,7 @@ absl::Status PlannerClient::Watch::RebuildMap(v1::WatchPlansResponse& response) 
   if (whole || base != nullptr) {
     absl::StatusOr<v1::ExpertMap> applied = ApplyMapDelta(base.get(), plan.map(), delta);
     absl::Status usable = applied.status();
-    if (applied.ok()) {
-      const absl::StatusOr<ExpertMap> parsed = ExpertMapFromProto(*applied, "plan.map");
-      usable = parsed.status();
-      if (parsed.ok() && parsed->Hash() != plan.map_hash()) {
-        usable = absl::DataLossError("the rebuilt map does not match the plan's map_hash");
-      }
-    }
+    if (applied.ok()) usable = matches(*applied);
     if (usable.ok()) {
       map = std::make_shared<const v1::ExpertMap>(*std::move(applied));
     } else {
@@ -387,7 +397,21 @@ absl::Status PlannerClient::Watch::RebuildMap(v1::WatchPlansResponse& response) 
   }
   bool fetched = false;
   if (map == nullptr) {
-    ASSIGN_OR_RETURN(map, FetchMap(plan));
+    absl::StatusOr<std::shared_ptr<const v1::ExpertMap>> got = FetchMap(plan);
+    if (!got.ok()) {
+      if (plan.state() == v1::ABORTED) {
+        // Nobody stages an aborted plan: it goes on without its map rather than ending the watch.
+        plan.mutable_map()->clear_phy2log();
+        plan.mutable_map()->clear_replica_rank();
+        response.clear_map_delta();
+        return absl::OkStatus();
+      }
+      // The stream is fine; a new one (which the caller opens) gets the map whole.
+      return absl::UnavailableError(
+          absl::StrCat("cannot rebuild the map of plan version ", version,
+                       " (no usable base for its delta): ", got.status().ToString()));
+    }
+    map = *std::move(got);
     fetched = true;
   }
   {
@@ -401,7 +425,7 @@ absl::Status PlannerClient::Watch::RebuildMap(v1::WatchPlansResponse& response) 
     } else {
       arrivals_.delta++;
     }
-    Hold(version, plan.map_hash(), map);
+    Hold(version, map);
   }
   *plan.mutable_map() = *map;
   response.clear_map_delta();
@@ -410,24 +434,34 @@ absl::Status PlannerClient::Watch::RebuildMap(v1::WatchPlansResponse& response) 
 
 absl::StatusOr<std::shared_ptr<const v1::ExpertMap>> PlannerClient::Watch::FetchMap(
     const v1::Plan& plan) {
-  absl::StatusOr<v1::Plan> whole = client_->GetPlan(deployment_, plan.version());
-  if (!whole.ok()) {
-    return absl::Status(
-        whole.status().code(),
-        absl::StrCat("cannot fetch the map of plan version ", plan.version(),
-                     " (its delta has no usable base here): ", whole.status().message()));
+  grpc::ClientContext context;
+  client_->PrepareContext(&context, /*with_deadline=*/true);
+  {
+    // Cancel() reaches this call too.
+    absl::MutexLock lock(&fetch_mu_);
+    if (cancelled_) return absl::CancelledError("watch cancelled");
+    fetch_context_ = &context;
   }
-  const absl::StatusOr<ExpertMap> parsed = ExpertMapFromProto(whole->map(), "plan.map");
-  if (!parsed.ok() || whole->map_hash() != plan.map_hash() || parsed->Hash() != plan.map_hash()) {
+  v1::GetPlanRequest request;
+  request.set_deployment(deployment_);
+  request.set_version(plan.version());
+  v1::Plan whole;
+  const grpc::Status status = client_->stub_->GetPlan(&context, request, &whole);
+  {
+    absl::MutexLock lock(&fetch_mu_);
+    fetch_context_ = nullptr;
+  }
+  RETURN_IF_ERROR(FromGrpcStatus(status));
+  const absl::StatusOr<ExpertMap> parsed = ExpertMapFromProto(whole.map(), "plan.map");
+  if (!parsed.ok() || whole.map_hash() != plan.map_hash() || parsed->Hash() != plan.map_hash()) {
     return absl::DataLossError(absl::StrCat("the map GetPlan returned for version ", plan.version(),
-                                            " does not match the watched plan's "
-                                            "map_hash"));
+                                            " does not match the watched plan's map_hash"));
   }
-  return std::make_shared<const v1::ExpertMap>(std::move(*whole->mutable_map()));
+  return std::make_shared<const v1::ExpertMap>(std::move(*whole.mutable_map()));
 }
 
-void PlannerClient::Watch::Hold(int64_t version, uint64_t hash,
-                                std::shared_ptr<const v1::ExpertMap> map) {
+void PlannerClient::Watch::Hold(int64_t version, std::shared_ptr<const v1::ExpertMap> map) {
+  const uint64_t hash = MapContentHash(*map);
   held_[version] = HeldMap{hash, std::move(map)};
   while (held_.size() > kHeldMaps) held_.erase(held_.begin());
 }
@@ -452,6 +486,9 @@ void PlannerClient::Watch::Cancel() {
   // Not under write_mu_: a Write blocked on flow control holds it, and cancelling is what unblocks
   // it. ClientContext::TryCancel is thread-safe.
   context_.TryCancel();
+  absl::MutexLock lock(&fetch_mu_);
+  cancelled_ = true;
+  if (fetch_context_ != nullptr) fetch_context_->TryCancel();
 }
 
 }  // namespace eplb::client

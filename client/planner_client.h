@@ -134,10 +134,12 @@ class PlannerClient {
 // published and every change of a plan's state; the rank acknowledges with Ack().
 //
 // Maps travel as deltas where they can: a plan as the layers that differ from a map this watch
-// already holds, a change of state without the map. Next() always returns the whole map: the
-// delta applied to the held map whose hash the planner named, checked against the plan's
-// map_hash; when the base is not held or anything does not match, the map is fetched whole with
-// GetPlan (and checked the same way).
+// already holds, a change of state without the map. Next() returns every plan with its whole map:
+// the delta applied to the held map whose content hash the planner named, checked against the
+// plan's map_hash; when the base is not held or anything does not match, the map is fetched whole
+// with GetPlan (and checked the same way). If that fails too, an ABORTED plan comes without its
+// map's rows (nobody stages it); for any other, Next() returns UNAVAILABLE and the stream ends (a
+// new one gets the map whole). Only maps that match their plan's hash are kept as bases.
 //
 // Thread-safety: Next() and Ack() may run at the same time on different threads (one reader, one
 // writer); calls of one of them are serialized. Cancel() may be called from any thread at any
@@ -178,12 +180,12 @@ class PlannerClient::Watch {
   MapArrivals map_arrivals() const;
 
   // Maps kept by version to apply deltas to (the planner assumes at most 4).
-  static constexpr size_t kHeldMaps = 8;
+  static constexpr size_t kHeldMaps = 5;
 
  private:
   friend class PlannerClient;
   struct HeldMap {
-    uint64_t hash = 0;
+    uint64_t hash = 0;  // MapContentHash
     std::shared_ptr<const v1::ExpertMap> map;
   };
   Watch(PlannerClient* client, std::string deployment)
@@ -194,7 +196,9 @@ class PlannerClient::Watch {
   absl::Status RebuildMap(v1::WatchPlansResponse& response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_);
   // The map of the response's version fetched with GetPlan, checked against its hash.
   absl::StatusOr<std::shared_ptr<const v1::ExpertMap>> FetchMap(const v1::Plan& plan);
-  void Hold(int64_t version, uint64_t hash, std::shared_ptr<const v1::ExpertMap> map)
+  // Keeps `map` (its content hash computed here) as a base for deltas; the oldest goes beyond
+  // kHeldMaps.
+  void Hold(int64_t version, std::shared_ptr<const v1::ExpertMap> map)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(maps_mu_);
 
   PlannerClient* const client_;
@@ -213,6 +217,11 @@ class PlannerClient::Watch {
   mutable absl::Mutex maps_mu_ ABSL_ACQUIRED_AFTER(read_mu_);
   std::map<int64_t, HeldMap> held_ ABSL_GUARDED_BY(maps_mu_);
   MapArrivals arrivals_ ABSL_GUARDED_BY(maps_mu_);
+
+  // The GetPlan call of FetchMap in progress, for Cancel() to end it too.
+  absl::Mutex fetch_mu_;
+  grpc::ClientContext* fetch_context_ ABSL_GUARDED_BY(fetch_mu_) = nullptr;
+  bool cancelled_ ABSL_GUARDED_BY(fetch_mu_) = false;
 
   // Serializes writes, and writes with Finish() (gRPC allows neither to overlap).
   absl::Mutex write_mu_ ABSL_ACQUIRED_AFTER(read_mu_);

@@ -211,10 +211,20 @@ class SampleStream {
 
 namespace {
 
-// Hoeffding's bound at 95% confidence for the mean of `n` independent samples, each within a range
-// of width `range`.
-double HoeffdingBound95(double range, double n) {
-  return n > 0 ? range * std::sqrt(std::log(2.0 / 0.05) / (2.0 * n)) : range;
+// A bound at 95% confidence on |mean − expected value| for `n` independent, identically
+// distributed samples within a range of width `range`, from their sum and sum of squares: the
+// smaller of Hoeffding's bound and the empirical Bernstein bound (Maurer and Pontil 2009, Theorem
+// 4, both sides), each at 97.5% so that both hold together at 95%. The Bernstein bound uses the
+// samples' variance: scores that vary far less than their range are bounded far more tightly.
+double SampleMeanBound95(double range, double n, double sum, double sum_of_squares) {
+  if (n < 2) return range;
+  const double delta = 0.025;
+  const double hoeffding = range * std::sqrt(std::log(2.0 / delta) / (2.0 * n));
+  const double variance = std::max(0.0, (sum_of_squares - sum * sum / n) / (n - 1));
+  const double log_term = std::log(4.0 / delta);
+  const double bernstein =
+      std::sqrt(2.0 * variance * log_term / n) + 7.0 * range * log_term / (3.0 * (n - 1));
+  return std::min(hoeffding, bernstein);
 }
 
 // One layer's sampler: tokens drawn under the routing model, each scored by its expected
@@ -251,19 +261,32 @@ class LayerTrafficSampler {
       const ExpertMap& map = *maps_[m];
       const int32_t rpn = map.num_ranks() / num_nodes_;
       NodeShares& shares = node_shares_[m];
-      shares.begin.clear();
+      shares.begin.resize(E + 1);
       shares.shares.clear();
       for (int32_t e = 0; e < E; ++e) {
-        shares.begin.push_back(static_cast<int32_t>(shares.shares.size()));
+        // The nodes of the expert's replicas (usually one or two), each with its replica count,
+        // in the order first seen; then the counts become shares.
+        const int32_t first = static_cast<int32_t>(shares.shares.size());
+        shares.begin[e] = first;
         const auto replicas = map.replicas(layer, e);
-        for (const int32_t slot : replicas) count_[map.layout().RankOfSlot(slot) / rpn]++;
-        for (int32_t n = 0; n < num_nodes_; ++n) {
-          if (count_[n] == 0) continue;
-          shares.shares.push_back({n, static_cast<double>(count_[n]) / replicas.size()});
-          count_[n] = 0;
+        for (const int32_t slot : replicas) {
+          const int32_t node = map.layout().RankOfSlot(slot) / rpn;
+          int32_t i = first;
+          while (i < static_cast<int32_t>(shares.shares.size()) && shares.shares[i].node != node) {
+            ++i;
+          }
+          if (i == static_cast<int32_t>(shares.shares.size())) {
+            shares.shares.push_back({node, 1.0});
+          } else {
+            shares.shares[i].share += 1.0;
+          }
+        }
+        const double replica_count = static_cast<double>(replicas.size());
+        for (size_t i = first; i < shares.shares.size(); ++i) {
+          shares.shares[i].share /= replica_count;
         }
       }
-      shares.begin.push_back(static_cast<int32_t>(shares.shares.size()));
+      shares.begin[E] = static_cast<int32_t>(shares.shares.size());
     }
     BuildAliasTables();
   }
@@ -271,11 +294,15 @@ class LayerTrafficSampler {
   // The per-token score's range: between 1 and min(nodes, experts per token) nodes reached.
   double range() const { return Scale() * (std::min(num_nodes_, experts_per_token_) - 1); }
 
-  // Adds the scores of `tokens` tokens to sums[m] for each map m.
-  void Sample(int32_t tokens, std::span<double> sums) {
+  // Adds the scores of `tokens` tokens to sums[m], and their squares to squares[m], for each map m.
+  void Sample(int32_t tokens, std::span<double> sums, std::span<double> squares) {
     for (int32_t t = 0; t < tokens; ++t) {
       DrawExperts();
-      for (size_t m = 0; m < node_shares_.size(); ++m) sums[m] += Score(node_shares_[m]);
+      for (size_t m = 0; m < node_shares_.size(); ++m) {
+        const double score = Score(node_shares_[m]);
+        sums[m] += score;
+        squares[m] += score * score;
+      }
     }
   }
 
@@ -473,9 +500,9 @@ TrafficShareEstimate EstimateCrossNodeTrafficShare(const ExpertMap& map, int32_t
   const ExpertMap* maps[] = {&map};
   LayerTrafficSampler sampler(maps, num_groups, num_nodes, model);
   sampler.SetLayer(layer, load);
-  double sum = 0;
-  sampler.Sample(model.tokens, {&sum, 1});
-  return {sum / model.tokens, HoeffdingBound95(sampler.range(), model.tokens)};
+  double sum = 0, squares = 0;
+  sampler.Sample(model.tokens, {&sum, 1}, {&squares, 1});
+  return {sum / model.tokens, SampleMeanBound95(sampler.range(), model.tokens, sum, squares)};
 }
 
 std::vector<TrafficShareEstimate> EstimateMeanCrossNodeTrafficShares(
@@ -489,16 +516,29 @@ std::vector<TrafficShareEstimate> EstimateMeanCrossNodeTrafficShares(
                    map->num_ranks() == maps.front()->num_ranks(),
                "maps of different shapes, or a load of another shape");
   }
-  std::vector<double> sums(maps.size(), 0.0);
+  // L × tokens samples, each of a layer drawn uniformly and a token of that layer: identically
+  // distributed, with the mean over layers as their expected value. The layers drawn are counted
+  // first, so that each layer is set up once.
+  const int32_t L = maps.front()->num_layers();
+  const int64_t n = int64_t{L} * model.tokens;
+  std::vector<int32_t> tokens_of(L, 0);
+  SampleStream layers(model.seed ^ 0x6c617965727321ULL);
+  for (int64_t i = 0; i < n; ++i) {
+    ++tokens_of[std::min(L - 1, static_cast<int32_t>(layers.Next() * L))];
+  }
+  std::vector<double> sums(maps.size(), 0.0), squares(maps.size(), 0.0);
   double range = 0;
   LayerTrafficSampler sampler(maps, num_groups, num_nodes, model);
-  for (int32_t l = 0; l < maps.front()->num_layers(); ++l) {
+  for (int32_t l = 0; l < L; ++l) {
+    if (tokens_of[l] == 0) continue;
     sampler.SetLayer(l, load.row(l));
-    sampler.Sample(model.tokens, sums);
+    sampler.Sample(tokens_of[l], sums, squares);
     range = std::max(range, sampler.range());
   }
-  const double n = static_cast<double>(maps.front()->num_layers()) * model.tokens;
-  for (size_t m = 0; m < maps.size(); ++m) out[m] = {sums[m] / n, HoeffdingBound95(range, n)};
+  for (size_t m = 0; m < maps.size(); ++m) {
+    out[m] = {sums[m] / static_cast<double>(n),
+              SampleMeanBound95(range, static_cast<double>(n), sums[m], squares[m])};
+  }
   return out;
 }
 

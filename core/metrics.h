@@ -43,13 +43,15 @@ double NodesPerGroup(const ExpertMap& map, int32_t layer, std::span<const double
 struct RoutingModel {
   int32_t experts_per_token = 8;  // clamped to the experts of the chosen groups
   int32_t groups_per_token = 4;   // clamped to num_groups
-  int32_t tokens = 128;           // sampled per layer (a fixed pseudo-random sequence)
+  int32_t tokens = 40;            // sampled per layer (a fixed pseudo-random sequence)
   uint64_t seed = 1;
 };
 
 // An estimate of the model's cross-node share and how far it may be from the exact value:
-// |share − exact| ≤ error_bound with probability at least 95% over the sampled tokens
-// (Hoeffding's inequality on the per-token scores, which lie in a known range).
+// |share − exact| ≤ error_bound with probability at least 95% over the sampled tokens. The
+// per-token scores are independent and identically distributed within a known range; the bound
+// is the smaller of Hoeffding's and the empirical Bernstein bound (Maurer and Pontil), each at
+// 97.5%, so that scores varying far less than their range are bounded far more tightly.
 struct TrafficShareEstimate {
   double share = 0;
   double error_bound = 0;
@@ -72,9 +74,10 @@ TrafficShareEstimate EstimateCrossNodeTrafficShare(const ExpertMap& map, int32_t
                                                    int32_t num_nodes,
                                                    const RoutingModel& model = {});
 
-// The mean over the map's layers (`load` has one row per layer), its bound over all layers'
-// tokens together: on the DeepSeek-V3 shape (58 layers, 4 nodes) with the default 128 tokens per
-// layer, ±0.0044.
+// The mean over the map's layers (`load` has one row per layer), from L × model.tokens tokens,
+// each of a layer drawn uniformly (so that the tokens are identically distributed and the bound
+// covers the differences between layers too): on the DeepSeek-V3 example (58 layers, 4 nodes)
+// with the default 40 tokens per layer, ±0.005.
 TrafficShareEstimate EstimateMeanCrossNodeTrafficShare(const ExpertMap& map, const LoadMatrix& load,
                                                        int32_t num_groups, int32_t num_nodes,
                                                        const RoutingModel& model = {});

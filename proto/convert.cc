@@ -102,6 +102,25 @@ int Phy2LogWidth(int32_t num_logical_experts) { return num_logical_experts <= 25
 
 }  // namespace
 
+uint64_t MapContentHash(const v1::ExpertMap& map) {
+  uint64_t hash = 14695981039346656037ULL;  // FNV-1a, 64 bits
+  const auto mix = [&hash](int32_t value) {
+    const auto bits = static_cast<uint32_t>(value);
+    for (int shift = 0; shift < 32; shift += 8) {
+      hash ^= (bits >> shift) & 0xffu;
+      hash *= 1099511628211ULL;
+    }
+  };
+  for (const int32_t count :
+       {map.num_layers(), map.num_logical_experts(), map.num_physical_experts(), map.num_ranks(),
+        map.phy2log_size(), map.replica_rank_size()}) {
+    mix(count);
+  }
+  for (const int32_t expert : map.phy2log()) mix(expert);
+  for (const int32_t rank : map.replica_rank()) mix(rank);
+  return hash;
+}
+
 void AppendMapRows(const v1::ExpertMap& map, std::span<const int32_t> layers, v1::MapDelta* delta) {
   const int32_t slots = map.num_physical_experts();
   const int width = Phy2LogWidth(map.num_logical_experts());
@@ -136,10 +155,15 @@ absl::StatusOr<v1::ExpertMap> ApplyMapDelta(const v1::ExpertMap* base, const v1:
   const int32_t layers = shape.num_layers();
   const int32_t slots = shape.num_physical_experts();
   const int32_t experts = shape.num_logical_experts();
-  if (layers < 1 || slots < 1 || experts < 1 || shape.num_ranks() < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("map_delta: the plan's map shape (L ", layers,
-                                                   ", P ", slots, ", E ", experts, ", R ",
-                                                   shape.num_ranks(), ") is not a map's"));
+  // A shape within the planner's limits first: nothing below is sized by an unchecked count.
+  DeploymentShape checked;
+  checked.num_layers = layers;
+  checked.num_logical_experts = experts;
+  checked.num_ranks = shape.num_ranks();
+  checked.num_physical_experts = slots;
+  if (const absl::Status valid = ValidateShape(checked); !valid.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("map_delta: the plan's map shape is not a map's: ", valid.message()));
   }
   // Sizes first: nothing is allocated for a shape the message's own rows do not back.
   const int width = Phy2LogWidth(experts);

@@ -37,13 +37,18 @@ absl::StatusOr<ExpertMap> ExpertMapFromProto(const v1::ExpertMap& map,
 
 // ---- Map deltas (v1::MapDelta, on WatchPlans streams) ------------------------------------------
 
+// A hash of everything in `map` (its counts, phy2log and replica_rank; FNV-1a, 64 bits): what
+// MapDelta.base_map_hash names. Unlike ExpertMap::Hash (phy2log only) it tells apart maps whose
+// replicas are ranked differently.
+uint64_t MapContentHash(const v1::ExpertMap& map);
 // Appends `layers` (ascending, after any already there) and their rows in `map` to `delta`:
 // phy2log packed, replica_rank left out while every row ranks its replicas in slot order. REQUIRES:
 // `map` lists every slot (phy2log and replica_rank both L × P) and the layers are in range.
 void AppendMapRows(const v1::ExpertMap& map, std::span<const int32_t> layers, v1::MapDelta* delta);
 // The map that `delta` describes: `base` (nullptr for base_version 0) with the delta's layers
 // replaced, in the shape of `shape` (its four counts; its rows are ignored). INVALID_ARGUMENT
-// naming what does not fit: a base of another shape or without every row, layers out of order or
+// naming what does not fit: a shape outside ValidateShape's limits (checked before anything is
+// sized by it), a base of another shape or without every row, layers out of order or
 // out of range, rows of the wrong size, base_version 0 without every layer. Neither the rows nor
 // the hash are validated here (ExpertMapFromProto and ExpertMap::Hash do that).
 absl::StatusOr<v1::ExpertMap> ApplyMapDelta(const v1::ExpertMap* base, const v1::ExpertMap& shape,

@@ -849,7 +849,7 @@ void Deployment::RefreshUpdate(PlanEntry& entry) const {
 
   delta.Clear();
   delta.set_base_version(entry.plan.version());
-  delta.set_base_map_hash(entry.plan.map_hash());
+  delta.set_base_map_hash(MapContentHash(entry.plan.map()));
   serialize(&update->state_bytes);
 
   const auto parent = plans_.find(entry.plan.parent_version());
@@ -871,7 +871,7 @@ void Deployment::RefreshUpdate(PlanEntry& entry) const {
       if (!same) layers.push_back(layer);
     }
     delta.set_base_version(parent->first);
-    delta.set_base_map_hash(parent->second.plan.map_hash());
+    delta.set_base_map_hash(MapContentHash(parent->second.plan.map()));
     AppendMapRows(next, layers, &delta);
     update->delta_base = parent->first;
     serialize(&update->delta_bytes);

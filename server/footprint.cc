@@ -63,10 +63,12 @@ Footprint DeploymentFootprint(const DeploymentShape& shape, const SmoothingOptio
   footprint.reports_bytes = r * (128 + kRecentSequences * 16);
   // A retained plan: the ExpertMap (phy2log and replica slots, L × P; counts and offsets, L × E),
   // the v1::Plan message (map tables in memory, 8 bytes a slot; R RankAcks of about 96 bytes) and
-  // the serialized updates watchers are sent: whole, compact (a byte or two a slot), as a delta
-  // against the parent (at most every layer: as big as compact) and a state change (no rows).
+  // the serialized updates watchers are sent: whole, compact (a byte or two a slot, and replica
+  // ranks when not in slot order), as a delta against the parent (at most every layer: as big as
+  // compact) and a state change (no rows).
   const MessageSizes sizes = ShapeMessageSizes(shape);
-  const int64_t compact = l * p * (e <= 256 ? 1 : 2) + l * 5 + 1024;
+  const int64_t compact =
+      l * p * (e <= 256 ? 1 : 2) + l * p * VarintBytes(static_cast<uint64_t>(p - e)) + l * 5 + 1024;
   footprint.plan_bytes = 4 * (2 * l * p + 2 * l * e + l) + 8 * l * p + r * 96 + sizes.plan_bytes +
                          2 * compact + 1024;
   footprint.retained_plans = int64_t{plan_history} + 2;

@@ -422,8 +422,9 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
         form = Form::kState;
       } else if (update->delta_base != 0 && HasCarried(update->delta_base)) {
         form = Form::kDelta;
+        Carried(update->delta_base);
       }
-      if (form != Form::kState) Carried(update->version);
+      Carried(update->version);
     }
     queue_.push_back(Queued{std::move(update), form});
     if (!writing_) {
@@ -480,13 +481,19 @@ class WatchReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       return &update->bytes;
     }
   };
-  // The versions whose maps this stream carried (or the client said it holds), newest last. The
-  // client keeps at least this many maps (PlannerClient::Watch keeps 8); a delta whose base it
-  // no longer holds still costs only a GetPlan.
+  // The versions whose maps this stream carried (or the client said it holds), the most recently
+  // carried or used as a base last (in acked mode every plan's base is the committed version,
+  // which aborted plans must not push out). The client keeps at least this many maps
+  // (PlannerClient::Watch keeps 5); a delta whose base it no longer holds still costs only a
+  // GetPlan.
   static constexpr size_t kCarriedVersions = 4;
   void Carried(int64_t version) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (HasCarried(version)) return;
-    if (carried_.size() == kCarriedVersions) carried_.erase(carried_.begin());
+    const auto it = std::find(carried_.begin(), carried_.end(), version);
+    if (it != carried_.end()) {
+      carried_.erase(it);
+    } else if (carried_.size() == kCarriedVersions) {
+      carried_.erase(carried_.begin());
+    }
     carried_.push_back(version);
   }
   bool HasCarried(int64_t version) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {

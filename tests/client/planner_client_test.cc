@@ -11,11 +11,13 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "client/load_reporter.h"
 #include "core/expert_map.h"
 #include "core/file_io.h"
@@ -148,17 +150,31 @@ TEST(MapDeltaTest, DeltasThatDoNotFitAreRefusedNamingWhy) {
             absl::InvalidArgumentError(
                 "map_delta: the base map (version 2) does not have the plan's shape with every "
                 "row"));
-  v1::ExpertMap huge = shape;  // a shape no message backs: refused before anything is allocated
-  huge.set_num_layers(1 << 30);
-  huge.set_num_physical_experts(1 << 30);
+  // Shapes beyond the planner's limits are refused before anything is sized by them.
+  v1::ExpertMap huge = shape;
+  huge.set_num_logical_experts(std::numeric_limits<int32_t>::max());
+  huge.set_num_physical_experts(std::numeric_limits<int32_t>::max());
   EXPECT_EQ(error(nullptr, huge, good),
             absl::InvalidArgumentError(
-                "map_delta.phy2log has 24 bytes, expected 2 layers × 1073741824 slots × 1"));
+                "map_delta: the plan's map shape is not a map's: num_logical_experts = 2147483647 "
+                "is out of range [1, 65536]"));
   v1::ExpertMap empty = shape;
   empty.set_num_ranks(0);
   EXPECT_EQ(error(&base, empty, good),
             absl::InvalidArgumentError(
-                "map_delta: the plan's map shape (L 3, P 12, E 8, R 0) is not a map's"));
+                "map_delta: the plan's map shape is not a map's: num_ranks = 0 is out of range "
+                "[1, 65536]"));
+}
+
+TEST(MapDeltaTest, TheContentHashCoversReplicaRanks) {
+  const v1::ExpertMap slot_order = TestMap(3, 8, 12);
+  const v1::ExpertMap reversed = TestMap(3, 8, 12, /*reversed=*/true);
+  ASSERT_EQ(ExpertMapFromProto(slot_order)->Hash(), ExpertMapFromProto(reversed)->Hash());
+  EXPECT_NE(MapContentHash(slot_order), MapContentHash(reversed));
+  EXPECT_EQ(MapContentHash(slot_order), MapContentHash(TestMap(3, 8, 12)));
+  v1::ExpertMap without_ranks = slot_order;
+  without_ranks.clear_replica_rank();
+  EXPECT_NE(MapContentHash(without_ranks), MapContentHash(slot_order));
 }
 
 // ---- Options ------------------------------------------------------------------------------------
@@ -776,6 +792,165 @@ TEST(PlannerClientWatchTest, ACommitArrivesWithoutTheMapAndComesBackWhole) {
     EXPECT_EQ(arrivals.held, 1);
     EXPECT_EQ(arrivals.fetched, 0);
   }
+}
+
+// A planner (or anything in between) whose watch sends what the test scripted, and whose
+// GetPlan answers with `stored` (NOT_FOUND when it has no map).
+class ScriptedWatchPlanner final : public v1::Planner::Service {
+ public:
+  std::vector<v1::WatchPlansResponse> script;
+  v1::Plan stored;
+  grpc::Status WatchPlans(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::WatchPlansResponse, v1::WatchPlansRequest>* stream) override {
+    v1::WatchPlansRequest subscribe;
+    if (!stream->Read(&subscribe)) return grpc::Status::OK;
+    for (const v1::WatchPlansResponse& response : script) stream->Write(response);
+    while (!context->IsCancelled()) absl::SleepFor(absl::Milliseconds(5));
+    return grpc::Status::CANCELLED;
+  }
+  grpc::Status GetPlan(grpc::ServerContext*, const v1::GetPlanRequest* request,
+                       v1::Plan* plan) override {
+    if (!stored.has_map() || request->version() != stored.version()) {
+      return {grpc::StatusCode::NOT_FOUND, "no such plan"};
+    }
+    *plan = stored;
+    return grpc::Status::OK;
+  }
+};
+
+// A watch response for plan `version` of TestMap(3, 8, 12, reversed) (its hash as map_hash), with
+// the map whole.
+v1::WatchPlansResponse Whole(int64_t version, bool reversed = false) {
+  v1::WatchPlansResponse response;
+  v1::Plan& plan = *response.mutable_plan();
+  plan.set_deployment("d1");
+  plan.set_version(version);
+  plan.set_state(v1::PENDING);
+  *plan.mutable_map() = TestMap(3, 8, 12, reversed);
+  plan.set_map_hash(ExpertMapFromProto(plan.map())->Hash());
+  return response;
+}
+
+// The same plan as a delta of every layer against `base` (whose map the delta names).
+v1::WatchPlansResponse AsDelta(v1::WatchPlansResponse whole, int64_t base,
+                               const v1::ExpertMap& base_map) {
+  v1::MapDelta& delta = *whole.mutable_map_delta();
+  delta.set_base_version(base);
+  delta.set_base_map_hash(MapContentHash(base_map));
+  const int32_t every[] = {0, 1, 2};
+  AppendMapRows(whole.plan().map(), every, &delta);
+  whole.mutable_plan()->mutable_map()->clear_phy2log();
+  whole.mutable_plan()->mutable_map()->clear_replica_rank();
+  return whole;
+}
+
+TEST(PlannerClientWatchTest, MapsThatDoNotMatchTheirHashAreNeverBasesAndBadDeltasAreFetched) {
+  ScriptedWatchPlanner planner;
+  // Version 1 arrives whole but with another map's hash: it must not become a base.
+  v1::WatchPlansResponse lying = Whole(1);
+  lying.mutable_plan()->set_map_hash(lying.plan().map_hash() + 1);
+  // Version 2 claims version 1's map as its base: rebuilt only by fetching.
+  v1::WatchPlansResponse second = AsDelta(Whole(2, /*reversed=*/true), 1, lying.plan().map());
+  // Version 3 arrives whole (a good base), version 4 as a delta on it whose layers are out of
+  // order: fetched.
+  v1::WatchPlansResponse third = Whole(3);
+  v1::WatchPlansResponse fourth = AsDelta(Whole(4, /*reversed=*/true), 3, third.plan().map());
+  fourth.mutable_map_delta()->set_layers(0, 2);
+  planner.script = {lying, second, third, fourth};
+  planner.stored = Whole(2, /*reversed=*/true).plan();
+  int port = 0;
+  auto server = Serve(&planner, &port);
+  ASSERT_NE(server, nullptr);
+  auto client = PlannerClient::Create({.server = absl::StrCat("127.0.0.1:", port)});
+  ASSERT_TRUE(client.ok());
+  auto watch = (*client)->StartWatch(Subscription("d1", 0));
+  ASSERT_TRUE(watch.ok());
+  auto first = (*watch)->Next();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ((*watch)->map_arrivals().whole, 0);  // not kept
+  auto rebuilt = (*watch)->Next();
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
+  EXPECT_FALSE(rebuilt->has_map_delta());
+  EXPECT_EQ(rebuilt->plan().map().SerializeAsString(), planner.stored.map().SerializeAsString());
+  EXPECT_EQ((*watch)->map_arrivals().fetched, 1);
+  ASSERT_TRUE((*watch)->Next().ok());  // version 3, whole and kept
+  EXPECT_EQ((*watch)->map_arrivals().whole, 1);
+  // Version 4 cannot be fetched (the planner no longer has it): the watch ends, to be opened again.
+  const absl::Status ended = (*watch)->Next().status();
+  EXPECT_EQ(ended.code(), absl::StatusCode::kUnavailable) << ended;
+  EXPECT_THAT(ended.message(),
+              HasSubstr("cannot rebuild the map of plan version 4 (no usable base for its delta)"));
+  EXPECT_EQ((*watch)->Next().status(), ended);
+  server->Shutdown();
+}
+
+TEST(PlannerClientWatchTest, AnAbortedPlanWhoseMapCannotBeHadComesWithoutIt) {
+  ScriptedWatchPlanner planner;
+  v1::WatchPlansResponse aborted = AsDelta(Whole(5), 4, TestMap(3, 8, 12));
+  aborted.mutable_plan()->set_state(v1::ABORTED);
+  v1::WatchPlansResponse next = Whole(6);
+  planner.script = {aborted, next};
+  int port = 0;
+  auto server = Serve(&planner, &port);
+  ASSERT_NE(server, nullptr);
+  auto client = PlannerClient::Create({.server = absl::StrCat("127.0.0.1:", port)});
+  ASSERT_TRUE(client.ok());
+  auto watch = (*client)->StartWatch(Subscription("d1", 0));
+  ASSERT_TRUE(watch.ok());
+  auto got = (*watch)->Next();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->plan().state(), v1::ABORTED);
+  EXPECT_FALSE(got->has_map_delta());
+  EXPECT_EQ(got->plan().map().phy2log_size(), 0);
+  auto after = (*watch)->Next();  // the watch goes on
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->plan().version(), 6);
+  watch->reset();  // ends the stream, which the scripted planner holds open until cancelled
+  server->Shutdown();
+}
+
+TEST(PlannerClientWatchTest, CancelEndsAFetchInProgress) {
+  // A planner whose GetPlan never answers: Cancel() must still end the Next() waiting on it.
+  class StuckPlanner final : public v1::Planner::Service {
+   public:
+    v1::WatchPlansResponse response;
+    grpc::Status WatchPlans(
+        grpc::ServerContext* context,
+        grpc::ServerReaderWriter<v1::WatchPlansResponse, v1::WatchPlansRequest>* stream) override {
+      v1::WatchPlansRequest subscribe;
+      stream->Read(&subscribe);
+      stream->Write(response);
+      while (!context->IsCancelled()) absl::SleepFor(absl::Milliseconds(5));
+      return grpc::Status::CANCELLED;
+    }
+    absl::Notification fetching;
+    grpc::Status GetPlan(grpc::ServerContext* context, const v1::GetPlanRequest*,
+                         v1::Plan*) override {
+      fetching.Notify();
+      while (!context->IsCancelled()) absl::SleepFor(absl::Milliseconds(5));
+      return grpc::Status::CANCELLED;
+    }
+  } planner;
+  planner.response = AsDelta(Whole(2), 1, TestMap(3, 8, 12));
+  int port = 0;
+  auto server = Serve(&planner, &port);
+  ASSERT_NE(server, nullptr);
+  auto client = PlannerClient::Create(
+      {.server = absl::StrCat("127.0.0.1:", port), .rpc_timeout = absl::Seconds(600)});
+  ASSERT_TRUE(client.ok());
+  auto watch = (*client)->StartWatch(Subscription("d1", 0));
+  ASSERT_TRUE(watch.ok());
+  std::thread canceller([&] {
+    planner.fetching.WaitForNotification();
+    (*watch)->Cancel();
+  });
+  // Returns once cancelled (without the fix it waits out the 600 s deadline).
+  const absl::Status status = (*watch)->Next().status();
+  canceller.join();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr("CANCELLED"));
+  server->Shutdown();
 }
 
 TEST(PlannerClientTest, SharedByThreads) {

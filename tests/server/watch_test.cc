@@ -223,7 +223,7 @@ void ExpectDelta(const v1::WatchPlansResponse& response, const v1::Plan* base,
   ASSERT_TRUE(response.has_map_delta());
   const v1::MapDelta& delta = response.map_delta();
   EXPECT_EQ(delta.base_version(), base != nullptr ? base->version() : 0);
-  EXPECT_EQ(delta.base_map_hash(), base != nullptr ? base->map_hash() : 0);
+  EXPECT_EQ(delta.base_map_hash(), base != nullptr ? MapContentHash(base->map()) : 0);
   std::vector<int32_t> changed(plan.map().num_layers());
   std::iota(changed.begin(), changed.end(), 0);
   if (base != nullptr) changed = ChangedLayers(base->map(), plan.map());
