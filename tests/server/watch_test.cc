@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <numeric>
 #include <thread>
 
@@ -342,6 +343,88 @@ TEST(PlannerWatchTest, AStateChangeOfAPlanTheStreamCarriedComesWithoutTheMap) {
   ExpectDelta(*committed, &*v2_plan, *v2_plan);  // against itself: no layers, no rows
   EXPECT_TRUE(committed->map_delta().layers().empty());
   EXPECT_EQ(committed->nonce(), pending->nonce());
+}
+
+// A delta stream that stops reading while plans are published and committed: its queued updates
+// are superseded (PENDING by COMMITTED of the same version) while earlier ones wait on flow
+// control. Whatever it then reads, every delta's base and every state change's map came earlier on
+// the stream, and the maps it rebuilds are the planner's.
+TEST(PlannerWatchTest, ADeltaStreamThatFellQuietStillCarriesEveryMapItsUpdatesNeed) {
+  PlannerEnv env;
+  v1::DeploymentSpec spec = Spec("big", 64, 1024, 2048, 2);  // acked; 256 KB compact maps, so
+  // that the quiet stream's flow-control window fills
+  spec.set_policy("deepseek");
+  spec.mutable_trigger()->set_interval_steps(0);
+  ASSERT_TRUE(Create(env.stub(), spec).ok());
+  grpc::ClientContext quiet_context;
+  auto quiet = env.stub().WatchPlans(&quiet_context);
+  v1::WatchPlansRequest subscribe;
+  subscribe.mutable_subscribe()->set_deployment("big");
+  subscribe.mutable_subscribe()->set_rank(-1);
+  subscribe.mutable_subscribe()->set_accept_map_delta(true);
+  ASSERT_TRUE(quiet->Write(subscribe));
+  WatchClient rank0(env.stub(), "big", 0);
+  WatchClient rank1(env.stub(), "big", 1);
+  ASSERT_TRUE(rank0.Get(0).has_value());
+
+  constexpr int kPlans = 20;
+  for (int round = 1; round <= kPlans; ++round) {
+    std::vector<std::vector<double>> load(64, std::vector<double>(1024));
+    for (int l = 0; l < 64; ++l) {
+      for (int e = 0; e < 1024; ++e) load[l][e] = 1 + (e * 7 + l * 13 + round * 31) % 97;
+    }
+    // Counted against the plan the ranks run: version `round` (1, then each round's).
+    ASSERT_TRUE(
+        SendReports(env.stub(), {Report("big", 0, round, round * 10, round * 10 + 9, load, round),
+                                 Report("big", 1, round, round * 10, round * 10 + 9, load, round)})
+            .ok());
+    auto published = Rebalance(env.stub(), "big");
+    ASSERT_TRUE(published.ok()) << published.status();
+    const int64_t v = published->version();
+    ASSERT_TRUE(rank0.WaitFor(v, v1::PENDING).has_value());
+    ASSERT_TRUE(rank0.Ack(v, v1::STAGED, published->map_hash()));
+    ASSERT_TRUE(rank1.Ack(v, v1::STAGED, published->map_hash()));
+    ASSERT_TRUE(rank0.WaitFor(v, v1::COMMITTED).has_value());
+  }
+
+  // Now read it all, as a client would, holding every map it carried.
+  std::map<int64_t, v1::ExpertMap> held;
+  std::map<int64_t, int> messages_of;
+  v1::WatchPlansResponse response;
+  int64_t last_committed = 0;
+  while (last_committed < kPlans + 1 && quiet->Read(&response)) {
+    const v1::Plan& plan = response.plan();
+    messages_of[plan.version()]++;
+    v1::ExpertMap map = plan.map();
+    if (response.has_map_delta()) {
+      const v1::MapDelta& delta = response.map_delta();
+      const v1::ExpertMap* base = nullptr;
+      if (delta.base_version() != 0) {
+        ASSERT_TRUE(held.contains(delta.base_version()))
+            << "version " << plan.version() << " names base " << delta.base_version()
+            << ", which the stream never carried";
+        base = &held.at(delta.base_version());
+        ASSERT_EQ(MapContentHash(*base), delta.base_map_hash());
+      }
+      auto rebuilt = ApplyMapDelta(base, plan.map(), delta);
+      ASSERT_TRUE(rebuilt.ok()) << rebuilt.status();
+      map = *rebuilt;
+    }
+    auto parsed = ExpertMapFromProto(map);
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    ASSERT_EQ(parsed->Hash(), plan.map_hash()) << "version " << plan.version();
+    held[plan.version()] = map;
+    if (plan.state() == v1::COMMITTED) last_committed = plan.version();
+  }
+  ASSERT_EQ(last_committed, kPlans + 1);
+  auto stored = GetPlan(env.stub(), "big", kPlans + 1);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_TRUE(MessageDifferencer::Equals(held.at(kPlans + 1), stored->map()));
+  // The scenario happened: some version's PENDING update was superseded by its COMMITTED one.
+  int superseded = 0;
+  for (const auto& [version, count] : messages_of) superseded += version > 1 && count == 1;
+  EXPECT_GT(superseded, 0);
+  quiet_context.TryCancel();
 }
 
 // ---- Acknowledgements ---------------------------------------------------------------------------
