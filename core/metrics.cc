@@ -56,18 +56,30 @@ double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, in
   return std::max(total / num_ranks, heap.top().first);
 }
 
+namespace {
+
+// REQUIRES of the functions scoring several maps on one load: every map of the first one's shape,
+// and the load of their layers and experts.
+void CheckSameShape(std::span<const ExpertMap* const> maps, const LoadMatrix& load) {
+  const ExpertMap& first = *maps.front();
+  for (const ExpertMap* map : maps) {
+    EPLB_CHECK(map->num_layers() == load.num_layers &&
+                   map->num_logical_experts() == load.num_experts &&
+                   map->num_physical_experts() == first.num_physical_experts() &&
+                   map->num_ranks() == first.num_ranks(),
+               "maps of different shapes, or a load of another shape (", load.num_layers, " x ",
+               load.num_experts, ")");
+  }
+}
+
+}  // namespace
+
 std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
                                      const LoadMatrix& load) {
   std::vector<MapQuality> out(maps.size());
   if (maps.empty()) return out;
   const ExpertMap& first = *maps.front();
-  for (const ExpertMap* map : maps) {
-    EPLB_CHECK(load.num_layers == map->num_layers() &&
-                   load.num_experts == map->num_logical_experts() &&
-                   map->num_physical_experts() == first.num_physical_experts() &&
-                   map->num_ranks() == first.num_ranks(),
-               load.num_layers, "x", load.num_experts);
-  }
+  CheckSameShape(maps, load);
   std::vector<double> sum_balancedness(maps.size(), 0.0), sum_over_bound(maps.size(), 0.0);
   for (MapQuality& quality : out) quality.layers.resize(first.num_layers());
   for (int32_t l = 0; l < first.num_layers(); ++l) {
@@ -510,12 +522,7 @@ std::vector<TrafficShareEstimate> EstimateMeanCrossNodeTrafficShares(
     int32_t num_nodes, const RoutingModel& model) {
   std::vector<TrafficShareEstimate> out(maps.size());
   if (num_nodes <= 1 || maps.empty()) return out;
-  for (const ExpertMap* map : maps) {
-    EPLB_CHECK(map->num_layers() == load.num_layers &&
-                   map->num_logical_experts() == load.num_experts &&
-                   map->num_ranks() == maps.front()->num_ranks(),
-               "maps of different shapes, or a load of another shape");
-  }
+  CheckSameShape(maps, load);
   // L × tokens samples, each of a layer drawn uniformly and a token of that layer: identically
   // distributed, with the mean over layers as their expected value. The layers drawn are counted
   // first, so that each layer is set up once.
