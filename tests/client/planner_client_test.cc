@@ -601,6 +601,16 @@ TEST(PlannerClientWatchTest, DeletingTheDeploymentEndsTheWatch) {
   EXPECT_EQ((*watch)->Next().status().code(), absl::StatusCode::kNotFound);
 }
 
+// A STAGED ack of the plan `response` carried, with its nonce and map hash.
+v1::WatchPlansRequest::Ack StagedAck(const v1::WatchPlansResponse& response) {
+  v1::WatchPlansRequest::Ack ack;
+  ack.set_version(response.plan().version());
+  ack.set_nonce(response.nonce());
+  ack.set_state(v1::STAGED);
+  ack.set_map_hash(response.plan().map_hash());
+  return ack;
+}
+
 TEST(PlannerClientWatchTest, RanksAcknowledgeAndThePlanCommits) {
   PlannerEnv env;
   auto client = Connect(env);
@@ -625,12 +635,7 @@ TEST(PlannerClientWatchTest, RanksAcknowledgeAndThePlanCommits) {
     ASSERT_TRUE(pending.ok()) << pending.status();
     ASSERT_EQ(pending->plan().version(), 2);
     ASSERT_EQ(pending->plan().state(), v1::PENDING);
-    v1::WatchPlansRequest::Ack ack;
-    ack.set_version(2);
-    ack.set_nonce(pending->nonce());
-    ack.set_state(v1::STAGED);
-    ack.set_map_hash(pending->plan().map_hash());
-    ASSERT_TRUE(watch->Ack(ack).ok());
+    ASSERT_TRUE(watch->Ack(StagedAck(*pending)).ok());
   }
   for (auto& watch : ranks) {
     auto committed = watch->Next();
@@ -774,12 +779,7 @@ TEST(PlannerClientWatchTest, ACommitArrivesWithoutTheMapAndComesBackWhole) {
     ASSERT_TRUE(pending.ok()) << pending.status();
     ASSERT_EQ(pending->plan().state(), v1::PENDING);
     ExpectWholeMap(*client, *pending);
-    v1::WatchPlansRequest::Ack ack;
-    ack.set_version(2);
-    ack.set_nonce(pending->nonce());
-    ack.set_state(v1::STAGED);
-    ack.set_map_hash(pending->plan().map_hash());
-    ASSERT_TRUE(watch->Ack(ack).ok());
+    ASSERT_TRUE(watch->Ack(StagedAck(*pending)).ok());
   }
   for (auto& watch : ranks) {
     auto committed = watch->Next();
