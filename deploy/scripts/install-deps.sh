@@ -8,7 +8,7 @@
 set -euo pipefail
 
 build_packages=(
-  build-essential cmake ninja-build pkg-config git python3 python3-yaml clang libclang-rt-14-dev openssl
+  build-essential cmake ninja-build ccache pkg-config git python3 python3-yaml clang libclang-rt-14-dev openssl
   libabsl-dev libspdlog-dev libfmt-dev libyaml-cpp-dev rapidjson-dev zlib1g-dev libssl-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev

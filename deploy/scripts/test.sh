@@ -8,19 +8,21 @@ cd "$(dirname "$0")/../.."
 
 deploy/scripts/install-deps.sh --python
 jobs=$(nproc)
+stage() { echo "== $1 (at ${SECONDS} s)"; }
 
-echo "== g++ build and tests"
+stage "g++ build and tests"
 deploy/scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$jobs"
 
-echo "== Python package (wheel, fresh venv, tests/python)"
+stage "Python package (wheel, fresh venv, tests/python)"
 deploy/scripts/test-python.sh
 
-echo "== deployment checks (Dockerfile, image build steps, Kubernetes manifests, flag file)"
+stage "deployment checks (Dockerfile, image build steps, Kubernetes manifests, flag file)"
 deploy/scripts/check-deploy.sh
 
-echo "== clang, AddressSanitizer + UndefinedBehaviorSanitizer"
+stage "clang, AddressSanitizer + UndefinedBehaviorSanitizer"
 CXX=clang++ cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug \
   -DEPLB_SANITIZE=address,undefined -DEPLB_BUILD_BENCH=OFF -DEPLB_FUZZ=ON
 cmake --build build-sanitize -j "$jobs"
 ctest --test-dir build-sanitize --output-on-failure -j "$jobs"
+stage "done"

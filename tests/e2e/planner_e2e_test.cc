@@ -31,6 +31,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
 #include "client/load_reporter.h"
 #include "client/planner_client.h"
 #include "client/report_parts.h"
@@ -419,8 +420,10 @@ TEST_F(PlannerE2eTest, KillNineUnderLoadLosesNoCommittedPlan) {
     auto load = (*client)->GetLoad("crash");
     ASSERT_TRUE(load.ok()) << load.status();
     EXPECT_LE(load->steps_seen(), accepted_steps);
-    // Load and plans while the kill comes at a random moment.
+    // Load and plans while the kill comes at a random moment after the round's first commit, so
+    // that every round has a plan at stake however slowly this machine runs.
     std::atomic<bool> stop = false;
+    absl::Notification first_commit;
     std::thread traffic([&, round] {
       for (int64_t i = 0; !stop.load(); ++i) {
         v1::LoadReport report;
@@ -442,10 +445,13 @@ TEST_F(PlannerE2eTest, KillNineUnderLoadLosesNoCommittedPlan) {
           if (!plan.ok()) break;
           EXPECT_EQ(committed.count(plan->version()), 0u) << "version reused";
           committed[plan->version()] = plan->map_hash();
+          if (!first_commit.HasBeenNotified()) first_commit.Notify();
         }
       }
     });
-    std::this_thread::sleep_for(std::chrono::milliseconds(20 + random() % 180));
+    const bool commits = first_commit.WaitForNotificationWithTimeout(absl::Seconds(60));
+    if (commits) std::this_thread::sleep_for(std::chrono::milliseconds(random() % 180));
+    EXPECT_TRUE(commits) << "round " << round << ": no plan committed within 60 s";
     CrashPlanner();
     stop = true;
     traffic.join();
