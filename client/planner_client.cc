@@ -293,6 +293,7 @@ absl::StatusOr<std::unique_ptr<PlannerClient::Watch>> PlannerClient::StartWatch(
     absl::MutexLock from(&resume->maps_mu_);
     absl::MutexLock to(&watch->maps_mu_);
     watch->held_ = resume->held_;
+    watch->uses_ = resume->uses_;
   }
   PrepareContext(&watch->context_, /*with_deadline=*/false);
   watch->stream_ = stub_->WatchPlans(&watch->context_);
@@ -381,7 +382,10 @@ absl::Status PlannerClient::Watch::RebuildMap(v1::WatchPlansResponse& response) 
   if (!whole) {
     absl::MutexLock lock(&maps_mu_);
     const auto held = held_.find(delta.base_version());
-    if (held != held_.end() && held->second.hash == delta.base_map_hash()) base = held->second.map;
+    if (held != held_.end() && held->second.hash == delta.base_map_hash()) {
+      base = held->second.map;
+      held->second.used = ++uses_;
+    }
   }
   std::shared_ptr<const v1::ExpertMap> map;
   if (whole || base != nullptr) {
@@ -462,8 +466,12 @@ absl::StatusOr<std::shared_ptr<const v1::ExpertMap>> PlannerClient::Watch::Fetch
 
 void PlannerClient::Watch::Hold(int64_t version, std::shared_ptr<const v1::ExpertMap> map) {
   const uint64_t hash = MapContentHash(*map);
-  held_[version] = HeldMap{hash, std::move(map)};
-  while (held_.size() > kHeldMaps) held_.erase(held_.begin());
+  held_[version] = HeldMap{hash, std::move(map), ++uses_};
+  while (held_.size() > kHeldMaps) {
+    held_.erase(std::min_element(held_.begin(), held_.end(), [](const auto& a, const auto& b) {
+      return a.second.used < b.second.used;
+    }));
+  }
 }
 
 PlannerClient::Watch::MapArrivals PlannerClient::Watch::map_arrivals() const {

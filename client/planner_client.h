@@ -187,6 +187,7 @@ class PlannerClient::Watch {
   struct HeldMap {
     uint64_t hash = 0;  // MapContentHash
     std::shared_ptr<const v1::ExpertMap> map;
+    uint64_t used = 0;  // when it last arrived or served as a base (a tick of `uses_`)
   };
   Watch(PlannerClient* client, std::string deployment)
       : client_(client), deployment_(std::move(deployment)) {}
@@ -196,8 +197,9 @@ class PlannerClient::Watch {
   absl::Status RebuildMap(v1::WatchPlansResponse& response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_);
   // The map of the response's version fetched with GetPlan, checked against its hash.
   absl::StatusOr<std::shared_ptr<const v1::ExpertMap>> FetchMap(const v1::Plan& plan);
-  // Keeps `map` (its content hash computed here) as a base for deltas; the oldest goes beyond
-  // kHeldMaps.
+  // Keeps `map` (its content hash computed here) as a base for deltas; beyond kHeldMaps the one
+  // least recently used goes, in the order the planner keeps (a base is used when a delta names
+  // it), so that the planner's bases are always among the maps held.
   void Hold(int64_t version, std::shared_ptr<const v1::ExpertMap> map)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(maps_mu_);
 
@@ -216,6 +218,7 @@ class PlannerClient::Watch {
   // map_arrivals() never waits for a message.
   mutable absl::Mutex maps_mu_ ABSL_ACQUIRED_AFTER(read_mu_);
   std::map<int64_t, HeldMap> held_ ABSL_GUARDED_BY(maps_mu_);
+  uint64_t uses_ ABSL_GUARDED_BY(maps_mu_) = 0;
   MapArrivals arrivals_ ABSL_GUARDED_BY(maps_mu_);
 
   // The GetPlan call of FetchMap in progress, for Cancel() to end it too.

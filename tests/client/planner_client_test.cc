@@ -794,6 +794,61 @@ TEST(PlannerClientWatchTest, ACommitArrivesWithoutTheMapAndComesBackWhole) {
   }
 }
 
+// In acked mode every plan's delta is against the committed map: plans aborted one after another
+// (more of them than the maps a watch holds) never push that base out.
+TEST(PlannerClientWatchTest, TheCommittedBaseOutlivesAbortedPlans) {
+  PlannerEnv env;
+  auto client = Connect(env);
+  ASSERT_TRUE(client->CreateDeployment(testing::Spec("d1", 4, 8, 12, 2)).ok());  // acked
+  std::vector<std::unique_ptr<PlannerClient::Watch>> ranks;
+  for (int rank = 0; rank < 2; ++rank) {
+    auto watch = client->StartWatch(Subscription("d1", rank));
+    ASSERT_TRUE(watch.ok());
+    ASSERT_TRUE((*watch)->Next().ok());
+    ranks.push_back(*std::move(watch));
+  }
+  // Publishes plan `seed` + 1 and acks it: STAGED by every rank, or FAILED by rank 0; returns
+  // its outcome.
+  const auto round = [&](int seed, v1::AckState state) {
+    PublishSkewed(*client, "d1", seed);
+    std::vector<v1::WatchPlansRequest::Ack> acks;
+    for (auto& watch : ranks) {
+      auto pending = watch->Next();
+      EXPECT_TRUE(pending.ok()) << pending.status();
+      if (!pending.ok()) return v1::PLAN_STATE_UNSPECIFIED;
+      EXPECT_EQ(pending->plan().version(), seed + 1);
+      ExpectWholeMap(*client, *pending);
+      acks.push_back(StagedAck(*pending));
+    }
+    if (state == v1::FAILED) {
+      acks[0].set_state(v1::FAILED);
+      acks[0].set_error_detail("out of memory");
+      EXPECT_TRUE(ranks[0]->Ack(acks[0]).ok());
+    } else {
+      for (int rank = 0; rank < 2; ++rank) EXPECT_TRUE(ranks[rank]->Ack(acks[rank]).ok());
+    }
+    v1::PlanState outcome = v1::PLAN_STATE_UNSPECIFIED;
+    for (auto& watch : ranks) {
+      auto decided = watch->Next();
+      EXPECT_TRUE(decided.ok()) << decided.status();
+      if (!decided.ok()) return v1::PLAN_STATE_UNSPECIFIED;
+      EXPECT_EQ(decided->plan().version(), seed + 1);
+      outcome = decided->plan().state();
+    }
+    return outcome;
+  };
+  ASSERT_EQ(round(1, v1::STAGED), v1::COMMITTED);  // version 2
+  for (int seed = 2; seed <= 7; ++seed) ASSERT_EQ(round(seed, v1::FAILED), v1::ABORTED);
+  ASSERT_EQ(round(8, v1::STAGED), v1::COMMITTED);  // version 9, against version 2
+  for (const auto& watch : ranks) {
+    const PlannerClient::Watch::MapArrivals arrivals = watch->map_arrivals();
+    EXPECT_EQ(arrivals.whole, 1);
+    EXPECT_EQ(arrivals.delta, 8);  // version 2, the 6 aborted plans against it, version 9
+    EXPECT_EQ(arrivals.held, 8);   // the commits and aborts
+    EXPECT_EQ(arrivals.fetched, 0);
+  }
+}
+
 // A planner (or anything in between) whose watch sends what the test scripted, and whose
 // GetPlan answers with `stored` (NOT_FOUND when it has no map).
 class ScriptedWatchPlanner final : public v1::Planner::Service {
