@@ -58,7 +58,7 @@ void BM_Plan(benchmark::State& state, const char* policy_name, const bench::Name
 
 // The cross-node share estimate eplbctl plan and the planner print beside a plan: the planned
 // (deepseek) and the contiguous map scored on one sample, with the default routing model and the
-// argument's tokens per layer (40, the default; 1: little more than the per-layer setup). Compare
+// argument's tokens per layer (32, the default; 1: little more than the per-layer setup). Compare
 // with deepseek/<shape>, the cheapest plan it accompanies.
 void BM_CrossNodeShare(benchmark::State& state, const bench::NamedShape* named) {
   const DeploymentShape& shape = named->shape;
@@ -96,7 +96,7 @@ int RegisterAll() {
     benchmark::RegisterBenchmark((std::string("cross_node_share/") + named.name).c_str(),
                                  BM_CrossNodeShare, &named)
         ->Arg(1)
-        ->Arg(40)
+        ->Arg(32)
         ->Unit(benchmark::kMicrosecond);
   }
   return 0;

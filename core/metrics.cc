@@ -256,51 +256,92 @@ class LayerTrafficSampler {
         experts_per_token_(std::min(model.experts_per_token, groups_per_token_ * per_group_)),
         seed_(model.seed),
         group_load_(num_groups, 0.0),
+        group_inverse_(num_groups, 0.0),
         node_shares_(maps.size()),
-        count_(num_nodes, 0),
-        miss_(num_nodes) {}
+        miss_(num_nodes),
+        taken_(maps.front()->num_logical_experts(), 0),
+        group_taken_(num_groups, 0) {
+    for (size_t m = 0; m < maps.size(); ++m) {
+      const ExpertMap& map = *maps[m];
+      const int32_t ranks_per_node = map.num_ranks() / num_nodes_;
+      std::vector<int32_t>& node_of_slot = node_shares_[m].node_of_slot;
+      node_of_slot.resize(map.num_physical_experts());
+      for (int32_t slot = 0; slot < map.num_physical_experts(); ++slot) {
+        node_of_slot[slot] = map.layout().RankOfSlot(slot) / ranks_per_node;
+      }
+    }
+  }
 
   void SetLayer(int32_t layer, std::span<const double> load) {
-    load_ = load;
     stream_ = SampleStream(seed_ ^ (static_cast<uint64_t>(layer) << 32));
     const int32_t E = maps_.front()->num_logical_experts();
-    std::fill(group_load_.begin(), group_load_.end(), 0.0);
-    for (int32_t e = 0; e < E; ++e) group_load_[e / per_group_] += std::max(0.0, load[e]);
-    layer_total_ = 0;
-    for (const double g : group_load_) layer_total_ += g;
+    // The weights draws are in proportion to: loads (a negative one as 0), scaled down when they
+    // are so large that their sum could overflow.
+    weight_.resize(E);
+    double largest = 0;
+    for (int32_t e = 0; e < E; ++e) {
+      weight_[e] = std::max(0.0, load[e]);
+      largest = std::max(largest, weight_[e]);
+    }
+    if (largest > 1e300) {
+      for (double& w : weight_) w /= largest;
+    }
+    // Cumulative weights, over experts and over groups.
+    expert_prefix_.resize(E + 1);
+    expert_prefix_[0] = 0;
+    for (int32_t e = 0; e < E; ++e) expert_prefix_[e + 1] = expert_prefix_[e] + weight_[e];
+    group_prefix_.resize(num_groups_ + 1);
+    for (int32_t g = 0; g <= num_groups_; ++g) group_prefix_[g] = expert_prefix_[g * per_group_];
+    for (int32_t g = 0; g < num_groups_; ++g) {
+      group_load_[g] = group_prefix_[g + 1] - group_prefix_[g];
+      group_inverse_[g] = group_load_[g] > 0 ? 1.0 / group_load_[g] : 0.0;
+    }
+    layer_total_ = group_prefix_[num_groups_];
+    group_guide_.resize(2 * num_groups_ + 1);
+    BuildGuide(group_prefix_, 0, num_groups_, group_guide_);
+    expert_guide_.resize(2 * E + 1);
+    for (int32_t g = 0; g < num_groups_; ++g) {
+      BuildGuide(expert_prefix_, g * per_group_, per_group_, expert_guide_);
+    }
     // Each expert's share of replicas per node: a token sent to it reaches node n with that share.
     for (size_t m = 0; m < maps_.size(); ++m) {
       const ExpertMap& map = *maps_[m];
-      const int32_t rpn = map.num_ranks() / num_nodes_;
       NodeShares& shares = node_shares_[m];
-      shares.begin.resize(E + 1);
-      shares.shares.clear();
+      shares.two.resize(2 * static_cast<size_t>(E));
+      shares.more_begin.resize(E + 1);
+      shares.more.clear();
       for (int32_t e = 0; e < E; ++e) {
-        // The nodes of the expert's replicas (usually one or two), each with its replica count,
-        // in the order first seen; then the counts become shares.
-        const int32_t first = static_cast<int32_t>(shares.shares.size());
-        shares.begin[e] = first;
+        shares.more_begin[e] = static_cast<int32_t>(shares.more.size());
         const auto replicas = map.replicas(layer, e);
+        NodeShare* two = &shares.two[2 * static_cast<size_t>(e)];
+        if (replicas.size() == 1) {
+          const int32_t node = shares.node_of_slot[replicas[0]];
+          two[0] = {node, 1.0};
+          two[1] = {node, 0.0};
+          continue;
+        }
+        // The nodes of the expert's replicas, each with its replica count, in the order first
+        // seen; then the counts become shares.
+        nodes_.clear();
         for (const int32_t slot : replicas) {
-          const int32_t node = map.layout().RankOfSlot(slot) / rpn;
-          int32_t i = first;
-          while (i < static_cast<int32_t>(shares.shares.size()) && shares.shares[i].node != node) {
-            ++i;
-          }
-          if (i == static_cast<int32_t>(shares.shares.size())) {
-            shares.shares.push_back({node, 1.0});
+          const int32_t node = shares.node_of_slot[slot];
+          auto it = std::find_if(nodes_.begin(), nodes_.end(),
+                                 [&](const NodeShare& n) { return n.node == node; });
+          if (it == nodes_.end()) {
+            nodes_.push_back({node, 1.0});
           } else {
-            shares.shares[i].share += 1.0;
+            it->share += 1.0;
           }
         }
         const double replica_count = static_cast<double>(replicas.size());
-        for (size_t i = first; i < shares.shares.size(); ++i) {
-          shares.shares[i].share /= replica_count;
-        }
+        for (NodeShare& n : nodes_) n.share /= replica_count;
+        two[0] = nodes_[0];
+        two[1] = nodes_.size() > 1 ? nodes_[1] : NodeShare{nodes_[0].node, 0.0};
+        shares.more.insert(shares.more.end(), nodes_.begin() + std::min<size_t>(2, nodes_.size()),
+                           nodes_.end());
       }
-      shares.begin[E] = static_cast<int32_t>(shares.shares.size());
+      shares.more_begin[E] = static_cast<int32_t>(shares.more.size());
     }
-    BuildAliasTables();
   }
 
   // The per-token score's range: between 1 and min(nodes, experts per token) nodes reached.
@@ -323,9 +364,14 @@ class LayerTrafficSampler {
     int32_t node;
     double share;
   };
-  struct NodeShares {  // of one map: expert e's are shares[begin[e], begin[e + 1])
-    std::vector<int32_t> begin;
-    std::vector<NodeShare> shares;
+  // Of one map: expert e's nodes are two[2e], two[2e + 1] (the second of share 0 when it has one
+  // node, so that the common case is scored without branches), then more[more_begin[e],
+  // more_begin[e + 1]).
+  struct NodeShares {
+    std::vector<NodeShare> two;
+    std::vector<int32_t> more_begin;
+    std::vector<NodeShare> more;
+    std::vector<int32_t> node_of_slot;  // the same in every layer
   };
 
   // Copies per token per dispatch: a node reached is remote for a token from any other node.
@@ -334,129 +380,125 @@ class LayerTrafficSampler {
            (static_cast<double>(num_nodes_) * experts_per_token_);
   }
 
-  // Walker's alias table of `n` items from `first`, in proportion to `weight(i)` (uniform when
-  // they are all 0), into probability[first, first + n) and alias[first, first + n).
-  template <typename Weight>
-  void BuildAlias(int32_t first, int32_t n, const Weight& weight, std::vector<double>& probability,
-                  std::vector<int32_t>& alias) {
-    double total = 0;
-    for (int32_t i = 0; i < n; ++i) total += weight(i);
-    std::vector<double>& scaled = scaled_;
-    std::vector<int32_t>& small = small_;
-    std::vector<int32_t>& large = large_;
-    scaled.resize(n);
-    small.clear();
-    large.clear();
-    for (int32_t i = 0; i < n; ++i) {
-      alias[first + i] = first + i;
-      probability[first + i] = 1.0;
-      scaled[i] = total > 0 ? weight(i) * n / total : 1.0;
-      (scaled[i] < 1.0 ? small : large).push_back(i);
-    }
-    while (!small.empty() && !large.empty()) {
-      const int32_t s = small.back(), l = large.back();
-      small.pop_back();
-      probability[first + s] = scaled[s];
-      alias[first + s] = first + l;
-      scaled[l] -= 1.0 - scaled[s];
-      if (scaled[l] < 1.0) {
-        large.pop_back();
-        small.push_back(l);
-      }
-    }
-    // What remains has probability 1 up to rounding (already set).
+  // x in [0, 1): NaN (0 × ∞ of a subnormal group's inverse) as 0, beyond 1 just below 1.
+  static double UnitInterval(double x) {
+    return x >= 0 ? std::min(x, std::nextafter(1.0, 0.0)) : 0.0;
   }
 
-  void BuildAliasTables() {
-    group_alias_probability_.resize(num_groups_);
-    group_alias_.resize(num_groups_);
-    BuildAlias(
-        0, num_groups_, [&](int32_t g) { return group_load_[g]; }, group_alias_probability_,
-        group_alias_);
-    alias_probability_.resize(load_.size());
-    alias_.resize(load_.size());
-    for (int32_t g = 0; g < num_groups_; ++g) {
-      const int32_t first = g * per_group_;
-      BuildAlias(
-          first, per_group_, [&](int32_t i) { return std::max(0.0, load_[first + i]); },
-          alias_probability_, alias_);
+  // Draws in proportion to weight by inversion of cumulative weights with a guide table (Chen and
+  // Asau): items [first, first + n) have the cumulative weights `prefix` (prefix[i] sums those
+  // before i) and guide[2 first + j] is the item where the j-th of 2n equal parts of their total
+  // starts, so that a draw rarely walks more than a step from there.
+  // Built without branches: each item marks the first part whose start its range holds or passed
+  // (the last item wins), then every part takes the largest mark at or before it. Locate corrects
+  // any rounding.
+  static void BuildGuide(const std::vector<double>& prefix, int32_t first, int32_t n,
+                         std::vector<int32_t>& guide) {
+    const int32_t parts = 2 * n;
+    const double total = prefix[first + n] - prefix[first];
+    const double scale = total > 0 ? parts / total : 0.0;
+    int32_t* part = &guide[2 * static_cast<size_t>(first)];
+    std::fill(part, part + parts + 1, first);
+    for (int32_t i = first; i < first + n; ++i) {
+      const double at = std::ceil((prefix[i] - prefix[first]) * scale);
+      part[at >= 0 && at < parts ? static_cast<int32_t>(at) : (at >= parts ? parts : 0)] =
+          i;  // part[parts]: past the last
     }
+    for (int32_t j = 1; j < parts; ++j) part[j] = std::max(part[j], part[j - 1]);
   }
-
-  // One of the `n` items from `first` of an alias table.
-  int32_t DrawAlias(int32_t first, int32_t n, const std::vector<double>& probability,
-                    const std::vector<int32_t>& alias) {
-    const double u = stream_.Next() * n;
-    const int32_t i = first + std::min(n - 1, static_cast<int32_t>(u));
-    return u - static_cast<double>(i - first) < probability[i] ? i : alias[i];
-  }
-
-  static bool Contains(const std::vector<int32_t>& v, int32_t x) {
-    return std::find(v.begin(), v.end(), x) != v.end();
+  // The item whose range [prefix[i], prefix[i + 1]) holds prefix[first] + u × total (u in
+  // [0, 1), total > 0; the nearest item when rounding put it outside every range). The first two
+  // steps from the guide are taken without a branch (the walk's length is what a branch
+  // mispredicts).
+  static int32_t Locate(const std::vector<double>& prefix, const std::vector<int32_t>& guide,
+                        int32_t first, int32_t n, double u, double total) {
+    const double target = prefix[first] + u * total;
+    const int32_t last = first + n - 1;
+    int32_t i = guide[2 * first + std::min(2 * n - 1, static_cast<int32_t>(u * (2 * n)))];
+    i += static_cast<int32_t>((i < last) & (prefix[i + 1] <= target));
+    i += static_cast<int32_t>((i < last) & (prefix[i + 1] <= target));
+    while (i < last && prefix[i + 1] <= target) ++i;
+    while (i > first && prefix[i] > target) --i;
+    return i;
   }
 
   // Draws a token's experts into chosen_experts_.
   void DrawExperts() {
+    for (const int32_t g : chosen_groups_) group_taken_[g] = 0;
+    for (const int32_t e : chosen_experts_) taken_[e] = 0;
     // Groups, then experts of those groups, each without replacement in proportion to load.
     chosen_groups_.clear();
     TakeWithoutReplacement(
         groups_per_token_, layer_total_ > 0,
-        [&] { return DrawAlias(0, num_groups_, group_alias_probability_, group_alias_); },
+        [&] {
+          const double u = stream_.Next();
+          if (layer_total_ <= 0)
+            return std::min(num_groups_ - 1, static_cast<int32_t>(u * num_groups_));
+          return Locate(group_prefix_, group_guide_, 0, num_groups_, u, layer_total_);
+        },
         [&](int32_t g) { return group_load_[g]; },
         [&](const auto& visit) {
           for (int32_t g = 0; g < num_groups_; ++g) visit(g);
         },
-        chosen_groups_);
+        chosen_groups_, group_taken_);
+    chosen_cumulative_.clear();
     double chosen_total = 0;
-    for (const int32_t g : chosen_groups_) chosen_total += group_load_[g];
+    for (const int32_t g : chosen_groups_) {
+      chosen_total += group_load_[g];
+      chosen_cumulative_.push_back(chosen_total);
+    }
     chosen_experts_.clear();
     TakeWithoutReplacement(
         experts_per_token_, chosen_total > 0,
         [&] {
-          // A chosen group in proportion to its load, then one of its experts.
-          int32_t g = chosen_groups_.back();
-          if (chosen_total > 0) {
-            double u = stream_.Next() * chosen_total;
-            for (const int32_t c : chosen_groups_) {
-              if (u < group_load_[c]) {
-                g = c;
-                break;
-              }
-              u -= group_load_[c];
-            }
-          } else {
-            g = chosen_groups_[std::min(groups_per_token_ - 1,
-                                        static_cast<int32_t>(stream_.Next() * groups_per_token_))];
+          // An expert of the chosen groups in proportion to its load, from one uniform draw: the
+          // chosen group whose cumulative range holds it (counted without branches), then the
+          // expert of that group whose range holds what is left of it.
+          const double u = stream_.Next();
+          if (chosen_total <= 0) {
+            const int32_t n = groups_per_token_ * per_group_;
+            const int32_t i = std::min(n - 1, static_cast<int32_t>(u * n));
+            return chosen_groups_[i / per_group_] * per_group_ + i % per_group_;
           }
-          return DrawAlias(g * per_group_, per_group_, alias_probability_, alias_);
+          const double target = u * chosen_total;
+          int32_t k = 0;
+          for (int32_t j = 0; j + 1 < groups_per_token_; ++j) k += target >= chosen_cumulative_[j];
+          const double below = k > 0 ? chosen_cumulative_[k - 1] : 0.0;
+          const int32_t g = chosen_groups_[k];
+          if (group_load_[g] <= 0) return g * per_group_;  // rounding past the last weight
+          const double within = UnitInterval((target - below) * group_inverse_[g]);
+          return Locate(expert_prefix_, expert_guide_, g * per_group_, per_group_, within,
+                        group_load_[g]);
         },
-        [&](int32_t e) { return std::max(0.0, load_[e]); },
+        [&](int32_t e) { return weight_[e]; },
         [&](const auto& visit) {
           for (const int32_t g : chosen_groups_) {
             for (int32_t e = g * per_group_; e < (g + 1) * per_group_; ++e) visit(e);
           }
         },
-        chosen_experts_);
+        chosen_experts_, taken_);
   }
 
   // Appends to `chosen` until it holds `k` ids, drawn without replacement in proportion to
-  // `weight(id)` (uniformly once the candidates left weigh nothing). `draw()` draws with
-  // replacement in proportion to weight (uniformly when `weighted` is false); an id already chosen,
-  // or weightless while weight is left, is rejected, which gives the same distribution. After 8
-  // rejections in a row (a few ids hold nearly all the weight) the rest are taken from the
-  // candidates left (`for_each_candidate(visit)` visits every candidate id) directly.
+  // `weight(id)` (uniformly once the candidates left weigh nothing), and marks them in `taken`
+  // (which marks exactly the ids of `chosen`). `draw()` draws with replacement in proportion to
+  // weight (uniformly when `weighted` is false); an id already chosen, or weightless while weight
+  // is left, is rejected, which gives the same distribution. After 8 rejections in a row (a few
+  // ids hold nearly all the weight) the rest are taken from the candidates left
+  // (`for_each_candidate(visit)` visits every candidate id) directly.
   template <typename Draw, typename Weight, typename ForEachCandidate>
   void TakeWithoutReplacement(int32_t k, bool weighted, const Draw& draw, const Weight& weight,
                               const ForEachCandidate& for_each_candidate,
-                              std::vector<int32_t>& chosen) {
+                              std::vector<int32_t>& chosen, std::vector<uint8_t>& taken) {
     int32_t rejected = 0;
     while (static_cast<int32_t>(chosen.size()) < k && rejected < 8) {
       const int32_t id = draw();
-      if (Contains(chosen, id) || (weighted && weight(id) <= 0)) {
+      if (taken[id] != 0 || (weighted && weight(id) <= 0)) {
         ++rejected;
         continue;
       }
       rejected = 0;
+      taken[id] = 1;
       chosen.push_back(id);
     }
     if (static_cast<int32_t>(chosen.size()) == k) return;
@@ -464,13 +506,15 @@ class LayerTrafficSampler {
     ids_.clear();
     double total = 0;
     for_each_candidate([&](int32_t id) {
-      if (Contains(chosen, id)) return;
+      if (taken[id] != 0) return;
       weights_.push_back(weight(id));
       ids_.push_back(id);
       total += weights_.back();
     });
     while (static_cast<int32_t>(chosen.size()) < k) {
-      chosen.push_back(stream_.Take(weights_, ids_, total));
+      const int32_t id = stream_.Take(weights_, ids_, total);
+      taken[id] = 1;
+      chosen.push_back(id);
     }
   }
 
@@ -479,8 +523,11 @@ class LayerTrafficSampler {
   double Score(const NodeShares& map) {
     std::fill(miss_.begin(), miss_.end(), 1.0);
     for (const int32_t e : chosen_experts_) {
-      for (int32_t i = map.begin[e]; i < map.begin[e + 1]; ++i) {
-        miss_[map.shares[i].node] *= 1.0 - map.shares[i].share;
+      const NodeShare* two = &map.two[2 * static_cast<size_t>(e)];
+      miss_[two[0].node] *= 1.0 - two[0].share;
+      miss_[two[1].node] *= 1.0 - two[1].share;
+      for (int32_t i = map.more_begin[e]; i < map.more_begin[e + 1]; ++i) {
+        miss_[map.more[i].node] *= 1.0 - map.more[i].share;
       }
     }
     double reached = 0;
@@ -489,18 +536,19 @@ class LayerTrafficSampler {
   }
 
   std::span<const ExpertMap* const> maps_;
-  std::span<const double> load_;
   const int32_t num_groups_, num_nodes_, per_group_, groups_per_token_, experts_per_token_;
   const uint64_t seed_;
-  std::vector<double> group_load_;
+  std::vector<double> group_load_, group_inverse_;
   double layer_total_ = 0;
   std::vector<NodeShares> node_shares_;  // per map
-  std::vector<double> alias_probability_, group_alias_probability_;
-  std::vector<int32_t> alias_, group_alias_;
+  std::vector<double> weight_;           // per expert (SetLayer)
+  std::vector<double> expert_prefix_, group_prefix_;  // cumulative loads: [i] sums those before i
+  std::vector<int32_t> expert_guide_, group_guide_;   // per group, and over groups (BuildGuide)
   SampleStream stream_{0};
-  std::vector<int32_t> count_;
-  std::vector<double> weights_, miss_, scaled_;
-  std::vector<int32_t> ids_, chosen_groups_, chosen_experts_, small_, large_;
+  std::vector<double> weights_, miss_, chosen_cumulative_;
+  std::vector<NodeShare> nodes_;
+  std::vector<uint8_t> taken_, group_taken_;  // 1 for what the token chose so far
+  std::vector<int32_t> ids_, chosen_groups_, chosen_experts_;
 };
 
 }  // namespace

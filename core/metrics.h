@@ -43,7 +43,7 @@ double NodesPerGroup(const ExpertMap& map, int32_t layer, std::span<const double
 struct RoutingModel {
   int32_t experts_per_token = 8;  // clamped to the experts of the chosen groups
   int32_t groups_per_token = 4;   // clamped to num_groups
-  int32_t tokens = 40;            // sampled per layer (a fixed pseudo-random sequence)
+  int32_t tokens = 32;            // sampled per layer (a fixed pseudo-random sequence)
   uint64_t seed = 1;
 };
 
@@ -65,8 +65,10 @@ struct TrafficShareEstimate {
 // Estimated from model.tokens tokens: each samples its groups and experts as the model does, and
 // is scored with the expected number of nodes its dispatch reaches given those experts (the origin
 // node and the replicas, both picked uniformly, are averaged exactly rather than sampled), so the
-// score varies only with the experts drawn. Cost: O(E + P) per layer plus about
-// experts_per_token draws per token.
+// score varies only with the experts drawn. Cost: O(E + P) per layer (cumulative loads and their
+// guide tables, each expert's share of replicas per node) plus about groups_per_token +
+// experts_per_token draws per token, each an inversion of cumulative loads started from a guide
+// table.
 // A negative load counts as 0 (loads are checked non-negative where they enter eplb).
 // REQUIRES: as NodesPerGroup; model.tokens ≥ 1, experts_per_token ≥ 1, groups_per_token ≥ 1.
 TrafficShareEstimate EstimateCrossNodeTrafficShare(const ExpertMap& map, int32_t layer,
@@ -77,7 +79,7 @@ TrafficShareEstimate EstimateCrossNodeTrafficShare(const ExpertMap& map, int32_t
 // The mean over the map's layers (`load` has one row per layer), from L × model.tokens tokens,
 // each of a layer drawn uniformly (so that the tokens are identically distributed and the bound
 // covers the differences between layers too): on the DeepSeek-V3 example (58 layers, 4 nodes)
-// with the default 40 tokens per layer, ±0.005.
+// with the default 32 tokens per layer, ±0.006.
 TrafficShareEstimate EstimateMeanCrossNodeTrafficShare(const ExpertMap& map, const LoadMatrix& load,
                                                        int32_t num_groups, int32_t num_nodes,
                                                        const RoutingModel& model = {});

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -224,6 +225,40 @@ TEST(CrossNodeTrafficShareTest, EstimateIsWithinItsBoundOfTheExactValue) {
     const RoutingModel many{.experts_per_token = 3, .groups_per_token = 2, .tokens = 50000};
     EXPECT_NEAR(CrossNodeTrafficShare(map, 0, load, 3, 3, many), exact, 0.002);
   }
+}
+
+// An expert with replicas on three nodes (and one with two on one node): every node its replicas
+// reach is scored, as exact enumeration counts them.
+TEST(CrossNodeTrafficShareTest, ExpertsOnManyNodesCountEveryNode) {
+  // 4 experts in 2 groups, 8 slots on 4 ranks, one rank per node: expert 0 on nodes 0, 1, 2;
+  // expert 3 twice on node 3.
+  const ExpertMap map = Map(1, 4, 8, 4, {0, 1, 0, 2, 0, 3, 3, 1});
+  for (const std::vector<double>& load :
+       {std::vector<double>{40, 10, 20, 30}, std::vector<double>{5, 0, 1, 100}}) {
+    SCOPED_TRACE(::testing::PrintToString(load));
+    const double exact = ExactCrossNodeShare(map, load, 2, 4, 1, 2);
+    const RoutingModel many{.experts_per_token = 2, .groups_per_token = 1, .tokens = 50000};
+    EXPECT_NEAR(CrossNodeTrafficShare(map, 0, load, 2, 4, many), exact, 0.002);
+  }
+}
+
+// Loads at the ends of the doubles (sums that would overflow, subnormal groups) are drawn in
+// proportion as any others: the estimate equals that of the same loads scaled into range.
+TEST(CrossNodeTrafficShareTest, LoadsAtTheEndsOfTheDoublesAreDrawnInProportion) {
+  const ExpertMap map = Map(1, 6, 9, 6, {0, 1, 2, 3, 0, 4, 5, 4, 3});
+  const RoutingModel model{.experts_per_token = 3, .groups_per_token = 2, .tokens = 20000};
+  const double huge = std::numeric_limits<double>::max();
+  const double exact = ExactCrossNodeShare(map, {4, 2, 1, 4, 0, 1}, 3, 3, 2, 3);
+  EXPECT_NEAR(
+      CrossNodeTrafficShare(
+          map, 0, std::vector<double>{huge, huge / 2, huge / 4, huge, 0, huge / 4}, 3, 3, model),
+      exact, 0.004);
+  // Group 1 weighs a subnormal 5e-324: it is all but never drawn, and nothing overflows.
+  const std::vector<double> tiny = {3, 1, 4.9e-324, 0, 2, 2};
+  const double tiny_exact = ExactCrossNodeShare(map, tiny, 3, 3, 2, 3);
+  const TrafficShareEstimate estimate = EstimateCrossNodeTrafficShare(map, 0, tiny, 3, 3, model);
+  EXPECT_TRUE(std::isfinite(estimate.share));
+  EXPECT_NEAR(estimate.share, tiny_exact, 0.004);
 }
 
 // The mean over layers, with its bound over every layer's tokens.
