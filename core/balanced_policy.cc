@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <functional>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <queue>
@@ -559,6 +562,197 @@ std::vector<int32_t> PairCounts(std::span<const double> load, std::vector<int32_
   return count;
 }
 
+// The replicas of `count`, as runs of equal weight (an expert's), heaviest first.
+struct ReplicaRun {
+  double weight;
+  int32_t n;
+};
+void RunsOf(std::span<const double> load, std::span<const int32_t> count,
+            std::vector<ReplicaRun>& runs) {
+  runs.clear();
+  for (size_t e = 0; e < load.size(); ++e) runs.push_back({load[e] / count[e], count[e]});
+  std::sort(runs.begin(), runs.end(),
+            [](const ReplicaRun& a, const ReplicaRun& b) { return a.weight > b.weight; });
+}
+
+// With two slots on every rank: the busiest rank of the pairing of the heaviest replica with the
+// lightest, the second heaviest with the second lightest, and so on, which is the best pairing for
+// these replicas (a pairing with every pair at most T exists exactly when, for every replica of
+// weight x above T/2, the replicas at least as heavy are no more than those at most T − x).
+double PairedMax(std::span<const ReplicaRun> runs) {
+  double max = 0;
+  size_t i = 0, j = runs.size() - 1;
+  int32_t left_i = runs.empty() ? 0 : runs[0].n, left_j = runs.empty() ? 0 : runs[j].n;
+  while (i < j) {
+    const int32_t k = std::min(left_i, left_j);
+    max = std::max(max, runs[i].weight + runs[j].weight);
+    left_i -= k;
+    left_j -= k;
+    if (left_i == 0) {
+      ++i;
+      left_i = i < j ? runs[i].n : left_j;
+    }
+    if (left_j == 0 && i < j) {
+      --j;
+      left_j = j > i ? runs[j].n : left_i;
+    }
+  }
+  if (i == j && left_i >= 2) max = std::max(max, 2 * runs[i].weight);  // the middle pairs itself
+  return max;
+}
+
+// A lower bound on the busiest rank of any packing of these replicas on R ranks of `slots` slots:
+// the heaviest replica, the mean rank load, and for k = 1 … slots − 1 the k + 1 lightest of the
+// kR + 1 heaviest replicas (some rank holds k + 1 of them).
+double CountBound(std::span<const ReplicaRun> runs, int32_t R, int32_t slots, double total) {
+  double bound = std::max(runs.empty() ? 0.0 : runs[0].weight, total / R);
+  for (int32_t k = 1; k < slots; ++k) {
+    // Items kR − k … kR (0-based, heaviest first).
+    const int64_t first = static_cast<int64_t>(k) * R - k, last = static_cast<int64_t>(k) * R;
+    double sum = 0;
+    int64_t at = 0;
+    for (const ReplicaRun& run : runs) {
+      const int64_t begin = std::max(at, first), end = std::min(at + run.n - 1, last);
+      if (begin <= end) sum += run.weight * static_cast<double>(end - begin + 1);
+      at += run.n;
+      if (at > last) break;
+    }
+    if (at > last) bound = std::max(bound, sum);
+  }
+  return bound;
+}
+
+// Replica counts searched jointly with the packing, for parts of few slots per rank where the
+// counts that minimise the heaviest replica can be far from the best counts for the packing.
+// Enumerates count vectors (at most R replicas each, P in all) whose heaviest replica lies below
+// the starting packing's busiest rank, depth first over the experts, heaviest first, and bounds
+// each: with two slots per rank by its best pairing (exact but for an expert paired with itself),
+// with more by CountBound. Those below the start are packed, with two slots in the order of their
+// pairing until the best packing meets the next, with more in the order of a greedy packing's
+// busiest rank (skipping those whose bound the best packing meets). Stops after `max_nodes` steps
+// of the enumeration and `max_packings` packings; never returns counts worse than the start.
+class CountSearch {
+ public:
+  // `pack(counts)`: the busiest rank of a packing with those counts.
+  using Pack = std::function<double(const std::vector<int32_t>&)>;
+
+  CountSearch(std::span<const double> load, int32_t P, int32_t R, int32_t slots, Pack pack,
+              int64_t max_nodes, int32_t max_packings)
+      : load_(load),
+        E_(static_cast<int32_t>(load.size())),
+        P_(P),
+        R_(R),
+        slots_(slots),
+        pack_(std::move(pack)),
+        max_nodes_(max_nodes),
+        max_packings_(max_packings),
+        order_(E_) {
+    std::iota(order_.begin(), order_.end(), 0);
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](int32_t a, int32_t b) { return load_[a] > load_[b]; });
+    for (const double l : load_) total_ += l;
+  }
+
+  // The best counts found, starting from `start` with busiest rank `start_max`; and whether the
+  // enumeration finished (then the counts are optimal for the scoring).
+  std::vector<int32_t> Run(std::vector<int32_t> start, double start_max, bool* complete) {
+    best_ = start_max;
+    best_count_ = std::move(start);
+    count_.assign(E_, 0);
+    nodes_ = 0;
+    fewest_.resize(E_);
+    fewest_after_.assign(E_ + 1, 0);
+    for (int32_t e = 0; e < E_; ++e) fewest_[e] = Fewest(e);
+    for (int32_t i = E_ - 1; i >= 0; --i)
+      fewest_after_[i] = fewest_after_[i + 1] + fewest_[order_[i]];
+    if (fewest_after_[0] <= P_) Descend(0, P_);
+    const bool finished = nodes_ <= max_nodes_;
+    std::sort(candidates_.begin(), candidates_.end());
+    int32_t packings = 0;
+    for (const auto& [estimate, bound, counts] : candidates_) {
+      if (estimate >= Limit() && slots_ == 2) break;  // exact but for self-pairs: none left better
+      if (bound >= Limit()) continue;
+      if (++packings > max_packings_) break;
+      const double packed = pack_(counts);
+      if (packed < Limit()) {
+        best_ = packed;
+        best_count_ = counts;
+      }
+    }
+    if (complete != nullptr) *complete = finished;
+    return best_count_;
+  }
+
+ private:
+  // Strictly below the best found (rounding aside).
+  double Limit() const { return best_ * (1 - 1e-9); }
+  // The fewest replicas of expert e whose weight lies below Limit(); R + 1 when none does.
+  int32_t Fewest(int32_t e) const {
+    if (load_[e] <= 0) return 1;
+    const double n = std::floor(load_[e] / Limit()) + 1;
+    return n > R_ ? R_ + 1 : std::max(1, static_cast<int32_t>(n));
+  }
+
+  void Descend(int32_t i, int32_t slots_left) {
+    if (++nodes_ > max_nodes_) return;
+    if (i == E_) {
+      if (slots_left == 0) Leaf();
+      return;
+    }
+    const int32_t e = order_[i];
+    const int32_t most = std::min(R_, slots_left - fewest_after_[i + 1]);
+    for (int32_t n = fewest_[e]; n <= most && nodes_ <= max_nodes_; ++n) {
+      if (i == E_ - 1 && n != slots_left) continue;
+      count_[e] = n;
+      Descend(i + 1, slots_left - n);
+    }
+    count_[e] = 0;
+  }
+
+  // The busiest rank when runs_' replicas go, heaviest first, to the least loaded rank with a
+  // free slot (an expert may land twice on a rank): what the packing starts from, cheaply.
+  double GreedyMax() {
+    using Open = std::pair<double, int32_t>;  // (load, slots used)
+    std::priority_queue<Open, std::vector<Open>, std::greater<>> open;
+    for (int32_t r = 0; r < R_; ++r) open.push({0.0, 0});
+    double max = 0;
+    for (const ReplicaRun& run : runs_) {
+      for (int32_t k = 0; k < run.n && !open.empty(); ++k) {
+        auto [load, used] = open.top();
+        open.pop();
+        load += run.weight;
+        max = std::max(max, load);
+        if (used + 1 < slots_) open.push({load, used + 1});
+      }
+    }
+    return max;
+  }
+
+  void Leaf() {
+    RunsOf(load_, count_, runs_);
+    const double bound = slots_ == 2 ? PairedMax(runs_) : CountBound(runs_, R_, slots_, total_);
+    if (bound < Limit() && static_cast<int64_t>(candidates_.size()) < max_nodes_) {
+      candidates_.push_back({slots_ == 2 ? bound : GreedyMax(), bound, count_});
+    }
+  }
+
+  std::span<const double> load_;
+  const int32_t E_, P_, R_, slots_;
+  const Pack pack_;
+  const int64_t max_nodes_;
+  const int32_t max_packings_;
+  std::vector<int32_t> order_;
+  double total_ = 0;
+  double best_ = 0;
+  std::vector<int32_t> best_count_, count_;
+  // During the enumeration: each expert's fewest replicas, and their sum over order_[i …].
+  std::vector<int32_t> fewest_, fewest_after_;
+  int64_t nodes_ = 0;
+  std::vector<ReplicaRun> runs_;
+  // (estimate, bound, counts): packed in the order of the estimate.
+  std::vector<std::tuple<double, double, std::vector<int32_t>>> candidates_;
+};
+
 // Adds the replicas the packing's counts ask for beyond `placed`, heaviest first.
 bool FillRemaining(Packing& packing, std::span<const int32_t> placed) {
   std::vector<std::pair<double, int32_t>> items;  // (−weight, expert)
@@ -715,6 +909,15 @@ struct Part {
   const std::vector<std::vector<int32_t>>* rival = nullptr;
 };
 
+// Parts with at most this many slots on every rank and at most this many experts search their
+// replica counts with the packing (CountSearch), within this many steps of the enumeration per
+// expert of the part, and this many packings (more in small parts).
+constexpr int32_t kFewSlots = 4;
+constexpr int32_t kSearchedExperts = 64;
+constexpr int64_t kSearchSteps = 100000;
+constexpr int32_t kSearchPackings = 16;  // or as many as pack this many replicas in all
+constexpr int32_t kSearchPackedReplicas = 2048;
+
 // The fresh packing (or the rival's, when better), then, with a previous placement: the previous
 // sets if within options.tolerance of it; else the previous sets repaired by swaps and retargets
 // (with the previous replica counts, then the new ones) until within the tolerance, or under a
@@ -738,6 +941,33 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
   std::vector<std::vector<int32_t>> sets(R);
   for (int32_t r = 0; r < R; ++r) sets[r] = fresh.on(r);
   double best = fresh.MaxLoad();
+
+  // Few slots per rank: the replica counts searched with the packing.
+  const int32_t slots = part.capacity.front();
+  if (slots <= kFewSlots && E <= kSearchedExperts &&
+      std::all_of(part.capacity.begin(), part.capacity.end(),
+                  [&](int32_t c) { return c == slots; })) {
+    std::optional<Packing> best_packing;
+    const auto pack = [&](const std::vector<int32_t>& counts) {
+      Packing packing(part.capacity, load, counts);
+      if (!FillRemaining(packing, std::vector<int32_t>(E, 0))) {
+        return std::numeric_limits<double>::infinity();
+      }
+      packing.Improve({.max_steps = max_swaps});
+      const double max = packing.MaxLoad();
+      if (max < best) {
+        best = max;
+        best_packing.emplace(std::move(packing));
+      }
+      return max;
+    };
+    CountSearch(load, P, R, slots, pack, kSearchSteps / E,
+                std::max(kSearchPackings, kSearchPackedReplicas / P))
+        .Run(count, best, nullptr);
+    if (best_packing) {
+      for (int32_t r = 0; r < R; ++r) sets[r] = best_packing->on(r);
+    }
+  }
 
   if (part.rival != nullptr) {
     const std::vector<std::vector<int32_t>>& rival = *part.rival;
