@@ -762,17 +762,23 @@ TEST(PlannerClientWatchTest, AHeldMapOfAnEarlierDeploymentOfTheSameNameIsNeverUs
   ExpectNext(*client, **watch, 3, /*delta=*/0, /*fetched=*/1);
 }
 
+// A watch of deployment d1 for each of its `num_ranks` ranks, each past its current plan.
+void WatchEveryRank(PlannerClient& client, int num_ranks,
+                    std::vector<std::unique_ptr<PlannerClient::Watch>>& ranks) {
+  for (int rank = 0; rank < num_ranks; ++rank) {
+    auto watch = client.StartWatch(Subscription("d1", rank));
+    ASSERT_TRUE(watch.ok()) << watch.status();
+    ASSERT_TRUE((*watch)->Next().ok());
+    ranks.push_back(*std::move(watch));
+  }
+}
+
 TEST(PlannerClientWatchTest, ACommitArrivesWithoutTheMapAndComesBackWhole) {
   PlannerEnv env;
   auto client = Connect(env);
   ASSERT_TRUE(client->CreateDeployment(testing::Spec("d1", 4, 8, 12, 2)).ok());  // acked
   std::vector<std::unique_ptr<PlannerClient::Watch>> ranks;
-  for (int rank = 0; rank < 2; ++rank) {
-    auto watch = client->StartWatch(Subscription("d1", rank));
-    ASSERT_TRUE(watch.ok());
-    ASSERT_TRUE((*watch)->Next().ok());
-    ranks.push_back(*std::move(watch));
-  }
+  ASSERT_NO_FATAL_FAILURE(WatchEveryRank(*client, 2, ranks));
   PublishSkewed(*client, "d1", 1);
   for (auto& watch : ranks) {
     auto pending = watch->Next();
@@ -801,12 +807,7 @@ TEST(PlannerClientWatchTest, TheCommittedBaseOutlivesAbortedPlans) {
   auto client = Connect(env);
   ASSERT_TRUE(client->CreateDeployment(testing::Spec("d1", 4, 8, 12, 2)).ok());  // acked
   std::vector<std::unique_ptr<PlannerClient::Watch>> ranks;
-  for (int rank = 0; rank < 2; ++rank) {
-    auto watch = client->StartWatch(Subscription("d1", rank));
-    ASSERT_TRUE(watch.ok());
-    ASSERT_TRUE((*watch)->Next().ok());
-    ranks.push_back(*std::move(watch));
-  }
+  ASSERT_NO_FATAL_FAILURE(WatchEveryRank(*client, 2, ranks));
   // Publishes plan `seed` + 1 and acks it: STAGED by every rank, or FAILED by rank 0; returns
   // its outcome.
   const auto round = [&](int seed, v1::AckState state) {
