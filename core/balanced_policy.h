@@ -11,6 +11,11 @@
 //   2. Packing: replicas, heaviest first, go to the least loaded rank that has a free slot and no
 //      replica of the expert yet (slots per rank may differ: P need not be a multiple of R). Then
 //      the busiest rank swaps replicas with other ranks while that lowers it (best swap first).
+//      With at most 4 slots on every rank and at most 64 experts (per node with affinity), the
+//      counts are searched with the packing within a fixed budget: count vectors whose heaviest
+//      replica beats the packing so far are bounded (two slots: their best pairing; more: the
+//      heaviest replica, the mean, and the k + 1 lightest of the kR + 1 heaviest replicas), and
+//      the most promising are packed; the best packing wins.
 //   3. When the `deepseek` policy can serve the shape and its layer has a less loaded busiest
 //      rank, that layer is taken instead (repaired first if it puts an expert twice on a rank).
 //   4. With a previous placement: the layer stays as it is when its busiest rank is within
