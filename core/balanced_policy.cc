@@ -630,7 +630,7 @@ double CountBound(std::span<const ReplicaRun> runs, int32_t R, int32_t slots, do
 // with more by CountBound. Those below the start are packed, with two slots in the order of their
 // pairing until the best packing meets the next, with more in the order of a greedy packing's
 // busiest rank (skipping those whose bound the best packing meets). Stops after `max_nodes` steps
-// of the enumeration and `max_packings` packings; never returns counts worse than the start.
+// of the enumeration and `max_packings` packings.
 class CountSearch {
  public:
   // `pack(counts)`: the busiest rank of a packing with those counts.
@@ -653,34 +653,27 @@ class CountSearch {
     for (const double l : load_) total_ += l;
   }
 
-  // The best counts found, starting from `start` with busiest rank `start_max`; and whether the
-  // enumeration finished (then the counts are optimal for the scoring).
-  std::vector<int32_t> Run(std::vector<int32_t> start, double start_max, bool* complete) {
+  // Searches below a packing whose busiest rank is `start_max`; the caller's `pack` keeps the best
+  // packing it was asked for.
+  void Run(double start_max) {
     best_ = start_max;
-    best_count_ = std::move(start);
     count_.assign(E_, 0);
     nodes_ = 0;
     fewest_.resize(E_);
     fewest_after_.assign(E_ + 1, 0);
     for (int32_t e = 0; e < E_; ++e) fewest_[e] = Fewest(e);
-    for (int32_t i = E_ - 1; i >= 0; --i)
+    for (int32_t i = E_ - 1; i >= 0; --i) {
       fewest_after_[i] = fewest_after_[i + 1] + fewest_[order_[i]];
+    }
     if (fewest_after_[0] <= P_) Descend(0, P_);
-    const bool finished = nodes_ <= max_nodes_;
     std::sort(candidates_.begin(), candidates_.end());
     int32_t packings = 0;
     for (const auto& [estimate, bound, counts] : candidates_) {
       if (estimate >= Limit() && slots_ == 2) break;  // exact but for self-pairs: none left better
       if (bound >= Limit()) continue;
       if (++packings > max_packings_) break;
-      const double packed = pack_(counts);
-      if (packed < Limit()) {
-        best_ = packed;
-        best_count_ = counts;
-      }
+      best_ = std::min(best_, pack_(counts));
     }
-    if (complete != nullptr) *complete = finished;
-    return best_count_;
   }
 
  private:
@@ -744,7 +737,7 @@ class CountSearch {
   std::vector<int32_t> order_;
   double total_ = 0;
   double best_ = 0;
-  std::vector<int32_t> best_count_, count_;
+  std::vector<int32_t> count_;
   // During the enumeration: each expert's fewest replicas, and their sum over order_[i …].
   std::vector<int32_t> fewest_, fewest_after_;
   int64_t nodes_ = 0;
@@ -909,6 +902,16 @@ struct Part {
   const std::vector<std::vector<int32_t>>* rival = nullptr;
 };
 
+// A packing of these counts from scratch: FillRemaining, then Improve; nullopt when the replicas
+// do not fit.
+std::optional<Packing> PackFresh(const std::vector<int32_t>& capacity, std::span<const double> load,
+                                 std::vector<int32_t> count, int64_t max_swaps) {
+  Packing packing(capacity, load, std::move(count));
+  if (!FillRemaining(packing, std::vector<int32_t>(load.size(), 0))) return std::nullopt;
+  packing.Improve({.max_steps = max_swaps});
+  return packing;
+}
+
 // Parts with at most this many slots on every rank and at most this many experts search their
 // replica counts with the packing (CountSearch), within this many steps of the enumeration per
 // expert of the part, and this many packings (more in small parts).
@@ -933,14 +936,11 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
   if (std::all_of(part.capacity.begin(), part.capacity.end(), [](int32_t c) { return c == 2; })) {
     count = PairCounts(load, std::move(count), R);
   }
-  Packing fresh(part.capacity, load, count);
-  if (!FillRemaining(fresh, std::vector<int32_t>(E, 0))) {
-    return absl::InternalError("no room for every replica");
-  }
-  fresh.Improve({.max_steps = max_swaps});
+  std::optional<Packing> fresh = PackFresh(part.capacity, load, count, max_swaps);
+  if (!fresh) return absl::InternalError("no room for every replica");
   std::vector<std::vector<int32_t>> sets(R);
-  for (int32_t r = 0; r < R; ++r) sets[r] = fresh.on(r);
-  double best = fresh.MaxLoad();
+  for (int32_t r = 0; r < R; ++r) sets[r] = fresh->on(r);
+  double best = fresh->MaxLoad();
 
   // Few slots per rank: the replica counts searched with the packing.
   const int32_t slots = part.capacity.front();
@@ -949,21 +949,18 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
                   [&](int32_t c) { return c == slots; })) {
     std::optional<Packing> best_packing;
     const auto pack = [&](const std::vector<int32_t>& counts) {
-      Packing packing(part.capacity, load, counts);
-      if (!FillRemaining(packing, std::vector<int32_t>(E, 0))) {
-        return std::numeric_limits<double>::infinity();
-      }
-      packing.Improve({.max_steps = max_swaps});
-      const double max = packing.MaxLoad();
+      std::optional<Packing> packing = PackFresh(part.capacity, load, counts, max_swaps);
+      if (!packing) return std::numeric_limits<double>::infinity();
+      const double max = packing->MaxLoad();
       if (max < best) {
         best = max;
-        best_packing.emplace(std::move(packing));
+        best_packing = std::move(packing);
       }
       return max;
     };
     CountSearch(load, P, R, slots, pack, kSearchSteps / E,
                 std::max(kSearchPackings, kSearchPackedReplicas / P))
-        .Run(count, best, nullptr);
+        .Run(best);
     if (best_packing) {
       for (int32_t r = 0; r < R; ++r) sets[r] = best_packing->on(r);
     }

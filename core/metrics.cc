@@ -432,8 +432,9 @@ class LayerTrafficSampler {
         groups_per_token_, layer_total_ > 0,
         [&] {
           const double u = stream_.Next();
-          if (layer_total_ <= 0)
+          if (layer_total_ <= 0) {
             return std::min(num_groups_ - 1, static_cast<int32_t>(u * num_groups_));
+          }
           return Locate(group_prefix_, group_guide_, 0, num_groups_, u, layer_total_);
         },
         [&](int32_t g) { return group_load_[g]; },
