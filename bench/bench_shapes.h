@@ -33,6 +33,12 @@ inline constexpr DeploymentShape kR64{.num_layers = 58,
                                       .num_nodes = 8,
                                       .num_ranks = 64,
                                       .num_physical_experts = 320};
+// Mixtral-like: 32 layers × 8 experts on 8 ranks, 16 slots (2/rank).
+inline constexpr DeploymentShape kMixtral{
+    .num_layers = 32, .num_logical_experts = 8, .num_ranks = 8, .num_physical_experts = 16};
+// 48 layers × 12 experts on 6 ranks, 18 slots (3/rank).
+inline constexpr DeploymentShape kE12ThreeSlots{
+    .num_layers = 48, .num_logical_experts = 12, .num_ranks = 6, .num_physical_experts = 18};
 // 58 layers × 512 experts, 32 groups, 32 nodes, 256 ranks, 768 slots.
 inline constexpr DeploymentShape kLarge{.num_layers = 58,
                                         .num_logical_experts = 512,

@@ -30,6 +30,7 @@ absl::StatusOr<std::optional<BalancedFlags>> ParseBalancedFlags(const ParsedArgs
   o.max_received_per_rank = static_cast<int32_t>(per_rank);
   o.max_received_per_layer = static_cast<int32_t>(per_layer);
   ASSIGN_OR_RETURN(o.min_gain, args.GetDouble("layer-min-gain", 0, 0, 1));
+  ASSIGN_OR_RETURN(o.gain_per_move, args.GetDouble("gain-per-move", 0, 0, 1));
   o.node_affinity = args.Has("node-affinity");
   return flags;
 }

@@ -11,7 +11,7 @@
 
 namespace eplb::cli {
 
-inline constexpr std::array<FlagSpec, 5> kBalancedFlags = {{
+inline constexpr std::array<FlagSpec, 6> kBalancedFlags = {{
     {"tolerance", "X",
      "balanced: slack on a layer's busiest rank within which moving fewer experts wins "
      "(default 0.01)"},
@@ -22,6 +22,9 @@ inline constexpr std::array<FlagSpec, 5> kBalancedFlags = {{
     {"layer-min-gain", "X",
      "balanced, from a previous map: a layer moves only if its busiest rank drops by this "
      "fraction (default 0)"},
+    {"gain-per-move", "X",
+     "balanced, from a previous map: within the tolerance, move an expert only for this gain on "
+     "the busiest rank, as a fraction of the mean rank load (default 0: move none)"},
     {"node-affinity", "", "balanced: keep each expert group's replicas on one node"},
 }};
 

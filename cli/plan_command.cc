@@ -151,9 +151,14 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
     }
     err << absl::StrFormat("balancedness  %-10s min %.4f  mean %.4f\n", baseline_name,
                            before.min_balancedness, before.mean_balancedness);
-    err << absl::StrFormat("balancedness  %-10s min %.4f  mean %.4f  (max/bound mean %.4f)\n",
+    err << absl::StrFormat("balancedness  %-10s min %.4f  mean %.4f  (max/bound mean %.4f",
                            "planned", after.min_balancedness, after.mean_balancedness,
                            after.mean_max_over_bound);
+    // With few slots per rank the count bound (core/metrics.h CountLowerBound) is tighter.
+    if (CountLowerBoundApplies(s.num_logical_experts, s.num_physical_experts, s.num_ranks)) {
+      err << absl::StrFormat(", max/count bound %.4f", after.mean_max_over_count_bound);
+    }
+    err << ")\n";
     if (s.num_nodes > 1) {
       const RoutingModel model;
       const ExpertMap* maps[] = {&baseline, &map};

@@ -108,6 +108,7 @@ std::string BalancedText(const v1::DeploymentSpec& spec) {
     absl::StrAppend(&text, ", at most ", b.max_received_per_layer(), " received per layer");
   }
   if (b.min_gain() > 0) absl::StrAppend(&text, ", layer min gain ", b.min_gain());
+  if (b.gain_per_move() > 0) absl::StrAppend(&text, ", gain per move ", b.gain_per_move());
   if (b.node_affinity()) absl::StrAppend(&text, ", node affinity");
   return absl::StrCat(text, ")");
 }
@@ -273,6 +274,7 @@ absl::StatusOr<Action> ParseCreate(const ParsedArgs& args) {
     b.set_max_received_per_rank(balanced->options.max_received_per_rank);
     b.set_max_received_per_layer(balanced->options.max_received_per_layer);
     b.set_min_gain(balanced->options.min_gain);
+    b.set_gain_per_move(balanced->options.gain_per_move);
     b.set_node_affinity(balanced->options.node_affinity);
   }
   ASSIGN_OR_RETURN(const int64_t bytes, args.GetInt("bytes-per-expert", 0, 0, kInt64Max));

@@ -17,6 +17,7 @@
 #include "core/check.h"
 #include "core/deepseek_policy.h"
 #include "core/metrics.h"
+#include "core/replica_bounds.h"
 #include "core/status_macros.h"
 
 namespace eplb {
@@ -38,6 +39,10 @@ struct ImproveOptions {
   // Besides swapping replicas between ranks, a rank's replica of an expert with two or more may be
   // replaced by one more replica of an expert on the busiest rank (replica counts change).
   bool retarget = false;
+  // With `home`: once the busiest rank is at the target, steps go on while one lowers it by more
+  // than this load per replica it places away from home (net of those it returns home). Negative:
+  // stop at the target.
+  double move_price = -1;
 };
 
 // One layer's packing: which experts each rank holds (one replica each), the replica counts and the
@@ -215,7 +220,7 @@ class Packing {
     while (steps < options.max_steps) {
       const int32_t h = Busiest();
       const double lh = load_[h];
-      if (lh <= target) break;
+      if (lh <= target && options.move_price < 0) break;
       SortByLoad(order);
       Step best;
       if (options.retarget) RankHolders();
@@ -269,23 +274,60 @@ class Packing {
         }
       };
 
+      if (lh <= target) {
+        // At the target: the step lowering the busiest rank with the most gain less the price of
+        // the replicas it places away from home, if that is positive. A swap with r gains at most
+        // half the gap lh − lr and returns at most two replicas home.
+        const double price = options.move_price;
+        double best_value = 0;
+        const auto consider = [&](Step::Kind kind, int cost, double m, int32_t a, int32_t r,
+                                  int32_t b) {
+          const double value = cost == 0 ? lh - m : (lh - m) - price * cost;
+          if (m < lh * (1 - 1e-12) && value > best_value) {
+            best_value = value;
+            best = {kind, cost, m, a, r, b};
+          }
+        };
+        for_each_swap(
+            [&](double lr) { return lr >= lh || (lh - lr) / 2 + 2 * price <= best_value; },
+            [&](int32_t a, int32_t r, int32_t b) {
+              const double wa = weight_[a], wb = weight_[b], lr = load_[r];
+              const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
+              if (within_budget(h, dh, dh + dr) && within_budget(r, dr, dh + dr)) {
+                consider(Step::kSwap, dh + dr, std::max(lh - wa + wb, lr - wb + wa), a, r, b);
+              }
+            });
+        if (options.retarget) {
+          for_each_retarget([](int32_t, double) { return false; }, [&] { return lh; },
+                            [&](int32_t a, int32_t r, int32_t b) {
+                              const int cost = away(r, a) - away(r, b);
+                              if (within_budget(r, cost, cost)) {
+                                consider(Step::kRetarget, cost, retarget_max(a, r, b), a, r, b);
+                              }
+                            });
+        }
+        if (best.kind == Step::kNone) break;
+      }
+
       // Steps reaching the target: a swap needs lh − target ≤ wa − wb ≤ target − lr, so only
       // ranks up to 2 · target − lh qualify; a retarget needs a's share on h to drop by lh −
       // target.
       const double fix_limit = 2 * target - lh;
-      for_each_swap([&](double lr) { return lr > fix_limit; },
-                    [&](int32_t a, int32_t r, int32_t b) {
-                      const double wa = weight_[a], wb = weight_[b], lr = load_[r];
-                      if (wa - wb < lh - target || lr - wb + wa > target) return;
-                      const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
-                      const int cost = dh + dr;
-                      const double h_after = lh - wa + wb;
-                      if (best.Beaten(cost, h_after) && within_budget(h, dh, cost) &&
-                          within_budget(r, dr, cost)) {
-                        best = {Step::kSwap, cost, h_after, a, r, b};
-                      }
-                    });
-      if (options.retarget) {
+      if (best.kind == Step::kNone) {
+        for_each_swap([&](double lr) { return lr > fix_limit; },
+                      [&](int32_t a, int32_t r, int32_t b) {
+                        const double wa = weight_[a], wb = weight_[b], lr = load_[r];
+                        if (wa - wb < lh - target || lr - wb + wa > target) return;
+                        const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
+                        const int cost = dh + dr;
+                        const double h_after = lh - wa + wb;
+                        if (best.Beaten(cost, h_after) && within_budget(h, dh, cost) &&
+                            within_budget(r, dr, cost)) {
+                          best = {Step::kSwap, cost, h_after, a, r, b};
+                        }
+                      });
+      }
+      if (options.retarget && best.kind == Step::kNone) {
         for_each_retarget(
             [&](int32_t a, double wa_more) { return weight_[a] - wa_more < lh - target; },
             [&] { return target; },
@@ -560,66 +602,6 @@ std::vector<int32_t> PairCounts(std::span<const double> load, std::vector<int32_
     now = heaviest_pair(&light, &heavy);
   }
   return count;
-}
-
-// The replicas of `count`, as runs of equal weight (an expert's), heaviest first.
-struct ReplicaRun {
-  double weight;
-  int32_t n;
-};
-void RunsOf(std::span<const double> load, std::span<const int32_t> count,
-            std::vector<ReplicaRun>& runs) {
-  runs.clear();
-  for (size_t e = 0; e < load.size(); ++e) runs.push_back({load[e] / count[e], count[e]});
-  std::sort(runs.begin(), runs.end(),
-            [](const ReplicaRun& a, const ReplicaRun& b) { return a.weight > b.weight; });
-}
-
-// With two slots on every rank: the busiest rank of the pairing of the heaviest replica with the
-// lightest, the second heaviest with the second lightest, and so on, which is the best pairing for
-// these replicas (a pairing with every pair at most T exists exactly when, for every replica of
-// weight x above T/2, the replicas at least as heavy are no more than those at most T − x).
-double PairedMax(std::span<const ReplicaRun> runs) {
-  double max = 0;
-  size_t i = 0, j = runs.size() - 1;
-  int32_t left_i = runs.empty() ? 0 : runs[0].n, left_j = runs.empty() ? 0 : runs[j].n;
-  while (i < j) {
-    const int32_t k = std::min(left_i, left_j);
-    max = std::max(max, runs[i].weight + runs[j].weight);
-    left_i -= k;
-    left_j -= k;
-    if (left_i == 0) {
-      ++i;
-      left_i = i < j ? runs[i].n : left_j;
-    }
-    if (left_j == 0 && i < j) {
-      --j;
-      left_j = j > i ? runs[j].n : left_i;
-    }
-  }
-  if (i == j && left_i >= 2) max = std::max(max, 2 * runs[i].weight);  // the middle pairs itself
-  return max;
-}
-
-// A lower bound on the busiest rank of any packing of these replicas on R ranks of `slots` slots:
-// the heaviest replica, the mean rank load, and for k = 1 … slots − 1 the k + 1 lightest of the
-// kR + 1 heaviest replicas (some rank holds k + 1 of them).
-double CountBound(std::span<const ReplicaRun> runs, int32_t R, int32_t slots, double total) {
-  double bound = std::max(runs.empty() ? 0.0 : runs[0].weight, total / R);
-  for (int32_t k = 1; k < slots; ++k) {
-    // Items kR − k … kR (0-based, heaviest first).
-    const int64_t first = static_cast<int64_t>(k) * R - k, last = static_cast<int64_t>(k) * R;
-    double sum = 0;
-    int64_t at = 0;
-    for (const ReplicaRun& run : runs) {
-      const int64_t begin = std::max(at, first), end = std::min(at + run.n - 1, last);
-      if (begin <= end) sum += run.weight * static_cast<double>(end - begin + 1);
-      at += run.n;
-      if (at > last) break;
-    }
-    if (at > last) bound = std::max(bound, sum);
-  }
-  return bound;
 }
 
 // Replica counts searched jointly with the packing, for parts of few slots per rank where the
@@ -1006,8 +988,16 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
 
   const std::vector<std::vector<int32_t>>& previous = *part.previous;
   const double target = best * (1 + options.tolerance);
-  if (IsComplete(previous, part.capacity, E) && MaxLoadOf(previous, load) <= target) {
-    return previous;  // nothing moves
+  // What a replica placed away from home must gain on the busiest rank, once within the target:
+  // gain_per_move of the mean rank load; without it, no gain is enough (only steps placing none
+  // away from home are taken).
+  const double move_price =
+      options.gain_per_move > 0
+          ? options.gain_per_move * (std::accumulate(load.begin(), load.end(), 0.0) / R)
+          : std::numeric_limits<double>::infinity();
+  if (IsComplete(previous, part.capacity, E) && MaxLoadOf(previous, load) <= target &&
+      options.gain_per_move == 0) {
+    return previous;  // nothing moves: every replica is home
   }
   // Start from the previous placement: first with its replica counts (swaps and retargets change
   // them only where that lowers the busiest rank), then with the new counts.
@@ -1051,13 +1041,49 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanPart(const Part& part,
                   .home = &home,
                   .rank_budget = options.max_received_per_rank,
                   .layer_budget = options.max_received_per_layer,
-                  .retarget = true});
+                  .retarget = true,
+                  .move_price = move_price});
     if (warm.MaxLoad() <= target || budgeted) {
       for (int32_t r = 0; r < R; ++r) sets[r] = warm.on(r);
       return sets;
     }
   }
   return MatchRanks(std::move(sets), part.capacity, previous, E);
+}
+
+// Node affinity planned afresh tries at most this many assignments of groups to nodes beside the
+// packing of group loads, among the first kMaxAssignments (none when there are more).
+constexpr int32_t kAssignmentPlans = 4;
+constexpr size_t kMaxAssignments = 1024;
+
+// Every assignment of G / N groups to each of N interchangeable nodes (group g joins a node
+// already used or the first empty one), as the groups of each node; none when there are more than
+// `limit`.
+std::vector<std::vector<std::vector<int32_t>>> Assignments(int32_t G, int32_t N, size_t limit) {
+  std::vector<std::vector<std::vector<int32_t>>> out;
+  std::vector<std::vector<int32_t>> groups_on(N);
+  bool over = false;
+  const auto assign = [&](auto&& self, int32_t g) -> void {
+    if (over) return;
+    if (g == G) {
+      if (out.size() == limit) {
+        over = true;
+        return;
+      }
+      out.push_back(groups_on);
+      return;
+    }
+    for (int32_t n = 0; n < N; ++n) {
+      if (static_cast<int32_t>(groups_on[n].size()) == G / N) continue;
+      groups_on[n].push_back(g);
+      self(self, g + 1);
+      groups_on[n].pop_back();
+      if (groups_on[n].empty()) break;
+    }
+  };
+  assign(assign, 0);
+  if (over) out.clear();
+  return out;
 }
 
 // Whether every group's replicas lie on the ranks of one node.
@@ -1118,63 +1144,107 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanWithAffinity(
     }
   }
 
-  std::vector<std::vector<int32_t>> sets(R);
-  int32_t layer_budget_left = options.max_received_per_layer;
-  for (int32_t n = 0; n < N; ++n) {
-    std::vector<int32_t> experts;  // global ids, ascending
-    std::vector<int32_t> groups = groups_on[n];
-    std::sort(groups.begin(), groups.end());
-    for (const int32_t g : groups) {
-      for (int32_t k = 0; k < per_group; ++k) experts.push_back(g * per_group + k);
-    }
-    const int32_t ne = static_cast<int32_t>(experts.size());
-    std::vector<int32_t> ranks_capacity(capacity.begin() + n * rpn,
-                                        capacity.begin() + (n + 1) * rpn);
-    const int32_t node_slots = std::accumulate(ranks_capacity.begin(), ranks_capacity.end(), 0);
-    if (node_slots < ne || static_cast<int64_t>(ne) * rpn < node_slots) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("node affinity: node ", n, " has ", node_slots, " slots for ", ne,
-                       " experts on ", rpn, " ranks; it needs experts ≤ slots ≤ experts × ranks"));
-    }
-    std::vector<double> node_load(ne);
-    std::vector<int32_t> local(shape.num_logical_experts, -1);
-    for (int32_t i = 0; i < ne; ++i) {
-      node_load[i] = load[experts[i]];
-      local[experts[i]] = i;
-    }
-    std::vector<std::vector<int32_t>> node_previous;
-    if (previous != nullptr) {
-      node_previous.resize(rpn);
-      for (int32_t i = 0; i < rpn; ++i) {
-        for (const int32_t e : (*previous)[n * rpn + i]) {
-          if (local[e] >= 0) node_previous[i].push_back(local[e]);
+  // Each node's experts planned on its ranks, from the node's previous sets.
+  const auto plan_nodes = [&](const std::vector<std::vector<int32_t>>& groups_on)
+      -> absl::StatusOr<std::vector<std::vector<int32_t>>> {
+    std::vector<std::vector<int32_t>> sets(R);
+    int32_t layer_budget_left = options.max_received_per_layer;
+    for (int32_t n = 0; n < N; ++n) {
+      std::vector<int32_t> experts;  // global ids, ascending
+      std::vector<int32_t> groups = groups_on[n];
+      std::sort(groups.begin(), groups.end());
+      for (const int32_t g : groups) {
+        for (int32_t k = 0; k < per_group; ++k) experts.push_back(g * per_group + k);
+      }
+      const int32_t ne = static_cast<int32_t>(experts.size());
+      std::vector<int32_t> ranks_capacity(capacity.begin() + n * rpn,
+                                          capacity.begin() + (n + 1) * rpn);
+      const int32_t node_slots = std::accumulate(ranks_capacity.begin(), ranks_capacity.end(), 0);
+      if (node_slots < ne || static_cast<int64_t>(ne) * rpn < node_slots) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "node affinity: node ", n, " has ", node_slots, " slots for ", ne, " experts on ", rpn,
+            " ranks; it needs experts ≤ slots ≤ experts × ranks"));
+      }
+      std::vector<double> node_load(ne);
+      std::vector<int32_t> local(shape.num_logical_experts, -1);
+      for (int32_t i = 0; i < ne; ++i) {
+        node_load[i] = load[experts[i]];
+        local[experts[i]] = i;
+      }
+      std::vector<std::vector<int32_t>> node_previous;
+      if (previous != nullptr) {
+        node_previous.resize(rpn);
+        for (int32_t i = 0; i < rpn; ++i) {
+          for (const int32_t e : (*previous)[n * rpn + i]) {
+            if (local[e] >= 0) node_previous[i].push_back(local[e]);
+          }
         }
       }
-    }
-    const Part part{.load = node_load,
-                    .capacity = ranks_capacity,
-                    .previous = previous != nullptr ? &node_previous : nullptr};
-    // The layer's budget is shared by its nodes, in node order.
-    BalancedOptions node_options = options;
-    node_options.max_received_per_layer = layer_budget_left;
-    std::vector<std::vector<int32_t>> node_sets;
-    if (options.max_received_per_layer > 0 && layer_budget_left == 0 &&
-        IsComplete(node_previous, ranks_capacity, ne)) {
-      node_sets = node_previous;
-    } else {
-      ASSIGN_OR_RETURN(node_sets, PlanPart(part, node_options, max_swaps));
-    }
-    if (options.max_received_per_layer > 0 && previous != nullptr) {
-      for (int32_t i = 0; i < rpn; ++i) {
-        for (const int32_t e : node_sets[i]) {
-          const auto& before = node_previous[i];
-          if (std::find(before.begin(), before.end(), e) == before.end()) --layer_budget_left;
-        }
+      const Part part{.load = node_load,
+                      .capacity = ranks_capacity,
+                      .previous = previous != nullptr ? &node_previous : nullptr};
+      // The layer's budget is shared by its nodes, in node order.
+      BalancedOptions node_options = options;
+      node_options.max_received_per_layer = layer_budget_left;
+      std::vector<std::vector<int32_t>> node_sets;
+      if (options.max_received_per_layer > 0 && layer_budget_left == 0 &&
+          IsComplete(node_previous, ranks_capacity, ne)) {
+        node_sets = node_previous;
+      } else {
+        ASSIGN_OR_RETURN(node_sets, PlanPart(part, node_options, max_swaps));
       }
-      layer_budget_left = std::max(layer_budget_left, 0);
+      if (options.max_received_per_layer > 0 && previous != nullptr) {
+        for (int32_t i = 0; i < rpn; ++i) {
+          for (const int32_t e : node_sets[i]) {
+            const auto& before = node_previous[i];
+            if (std::find(before.begin(), before.end(), e) == before.end()) --layer_budget_left;
+          }
+        }
+        layer_budget_left = std::max(layer_budget_left, 0);
+      }
+      for (int32_t i = 0; i < rpn; ++i) {
+        for (const int32_t e : node_sets[i]) sets[n * rpn + i].push_back(experts[e]);
+      }
     }
-    for (int32_t i = 0; i < rpn; ++i) {
-      for (const int32_t e : node_sets[i]) sets[n * rpn + i].push_back(experts[e]);
+    return sets;
+  };
+  ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> sets, plan_nodes(groups_on));
+
+  // Planned afresh with few slots on every rank (as many on each): the packing of group loads
+  // need not be the best assignment for the nodes' own packings, which are coarse. Other
+  // assignments are planned too, in the order of their bound (the busiest node's
+  // MaxRankLoadLowerBound), while that beats the best so far.
+  const int32_t slots = capacity.front();
+  if (previous != nullptr || slots > kFewSlots ||
+      std::any_of(capacity.begin(), capacity.end(), [&](int32_t c) { return c != slots; })) {
+    return sets;
+  }
+  const int32_t node_slots = slots * rpn;
+  std::vector<std::vector<std::vector<int32_t>>> candidates = Assignments(G, N, kMaxAssignments);
+  std::vector<std::pair<double, size_t>> order;
+  std::vector<double> node_load;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    double bound = 0;
+    for (const std::vector<int32_t>& groups : candidates[i]) {
+      node_load.clear();
+      for (const int32_t g : groups) {
+        for (int32_t k = 0; k < per_group; ++k) node_load.push_back(load[g * per_group + k]);
+      }
+      bound = std::max(bound, MaxRankLoadLowerBound(node_load, node_slots, rpn));
+    }
+    order.emplace_back(bound, i);
+  }
+  std::sort(order.begin(), order.end());
+  double best = MaxLoadOf(sets, load);
+  int32_t planned = 0;
+  for (const auto& [bound, i] : order) {
+    if (bound >= best * (1 - 1e-12) || planned == kAssignmentPlans) break;
+    ++planned;
+    ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> other, plan_nodes(candidates[i]));
+    const double max = MaxLoadOf(other, load);
+    if (max < best * (1 - 1e-12)) {
+      best = max;
+      sets = std::move(other);
     }
   }
   return sets;
@@ -1194,6 +1264,7 @@ absl::Status ValidateBalancedOptions(const BalancedOptions& options) {
   };
   RETURN_IF_ERROR(fraction("tolerance", options.tolerance));
   RETURN_IF_ERROR(fraction("min_gain", options.min_gain));
+  RETURN_IF_ERROR(fraction("gain_per_move", options.gain_per_move));
   constexpr int64_t kMax = BalancedOptions::kMaxBudget;
   RETURN_IF_ERROR(count("max_received_per_rank", options.max_received_per_rank, kMax));
   RETURN_IF_ERROR(count("max_received_per_layer", options.max_received_per_layer, kMax));

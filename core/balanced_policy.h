@@ -25,13 +25,20 @@
 //      leaving it lowest (under drift, a rank just under the target is the likeliest to pass it
 //      at the next rebalance); a step swaps two replicas between ranks, or turns one replica of
 //      an expert with several into one more replica of an expert on the busiest rank. When no
-//      step reaches the target, the one lowering the busiest rank most. This runs with the previous
-//      replica counts, then with the new ones; if neither reaches the target, the fresh packing is
-//      used with its ranks matched to the previous ones. An expert that stays on its rank keeps its
-//      slot. Move budgets (max_received_per_rank, max_received_per_layer) bound the repair, even
-//      short of the target; `min_gain` keeps a layer whose busiest rank would drop by less.
+//      step reaches the target, the one lowering the busiest rank most. At the target the repair
+//      goes on, not stopping at the edge of the band: while a step lowers the busiest rank without
+//      placing a replica away from home (it returns replicas to ranks that held them), and, with
+//      `gain_per_move`, while one gains more than that price per replica it places away (the step
+//      with the most gain less price first; a layer within the tolerance is then improved the
+//      same way instead of kept). This runs with the previous replica counts, then with the new
+//      ones; if neither reaches the target, the fresh packing is used with its ranks matched to the
+//      previous ones. An expert that stays on its rank keeps its slot. Move budgets
+//      (max_received_per_rank, max_received_per_layer) bound the repair, even short of the target;
+//      `min_gain` keeps a layer whose busiest rank would drop by less.
 //   5. Node affinity: groups are assigned to nodes first (the previous assignment kept or repaired
-//      the same way), then each node's experts are planned on its ranks as above.
+//      the same way), then each node's experts are planned on its ranks as above. Planned afresh
+//      with at most 4 slots on every rank, up to 4 other assignments (when there are at most 1024,
+//      lowest bound first, while the bound beats the best) are planned too; the best is kept.
 // Layers are planned in parallel (BalancedOptions::threads).
 // Never two replicas of one expert on one rank (FAILED_PRECONDITION when P > E · R makes that
 // impossible). Deterministic: ties go to the lower expert, replica and rank index.
@@ -65,6 +72,12 @@ struct BalancedOptions {
   // With a previous placement, a layer keeps it unless the new layer lowers its busiest rank by at
   // least this fraction of that rank's load (0: any gain beyond `tolerance` moves). In [0, 1].
   double min_gain = 0;
+  // With a previous placement, once a layer's busiest rank is within `tolerance`, the repair goes
+  // on with steps that lower it by more than this fraction of the layer's mean rank load per
+  // expert they make a rank receive (net of replicas they return to ranks that held them): the
+  // tolerance is a limit, and this the price of balance in moves. 0: only steps that make no
+  // rank receive an expert. In [0, 1].
+  double gain_per_move = 0;
   // Node affinity: every expert group's replicas stay on the ranks of one node (groups are packed
   // onto nodes, G / N each, then each node is planned on its own), bounding cross-node traffic as
   // the hierarchical algorithm does. Needs G to be a multiple of N; no effect with one node. With

@@ -6,6 +6,7 @@
 #include <queue>
 
 #include "core/check.h"
+#include "core/replica_bounds.h"
 
 namespace eplb {
 
@@ -56,6 +57,73 @@ double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, in
   return std::max(total / num_ranks, heap.top().first);
 }
 
+bool CountLowerBoundApplies(int32_t num_experts, int32_t num_slots, int32_t num_ranks) {
+  return num_slots % num_ranks == 0 && num_slots / num_ranks >= 2 && num_slots / num_ranks <= 4 &&
+         num_experts <= 12;
+}
+
+double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks) {
+  const double basic = MaxRankLoadLowerBound(load, num_slots, num_ranks);
+  const int32_t E = static_cast<int32_t>(load.size()), R = num_ranks, P = num_slots;
+  const int32_t slots = P / R;
+  if (!CountLowerBoundApplies(E, P, R) || basic <= 0) return basic;
+  double total = 0;
+  for (const double v : load) total += v;
+  std::vector<int32_t> order(E);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return load[a] > load[b]; });
+  std::vector<ReplicaRun> runs;
+  const auto bound_of = [&](const std::vector<int32_t>& count) {
+    RunsOf(load, count, runs);
+    return slots == 2 ? PairedMax(runs) : CountBound(runs, R, slots, total);
+  };
+  // Start from the counts minimising the heaviest replica (greedy, as MaxRankLoadLowerBound).
+  std::vector<int32_t> count(E, 1);
+  {
+    std::priority_queue<std::pair<double, int32_t>> heap;
+    for (int32_t e = 0; e < E; ++e) heap.emplace(load[e], e);
+    for (int32_t i = E; i < P; ++i) {
+      const int32_t e = heap.top().second;
+      heap.pop();
+      heap.emplace(load[e] / ++count[e], e);
+    }
+  }
+  double best = bound_of(count);
+  // Every count vector whose heaviest replica lies below `best` (any count vector's bound is at
+  // least its heaviest replica), heaviest expert first: fewest[e] replicas at least.
+  std::vector<int32_t> fewest(E), fewest_after(E + 1, 0);
+  const int32_t most = P - E + 1;
+  int64_t steps = 0;
+  bool over = false;
+  const auto fewest_of = [&](int32_t e) {
+    const double n = std::floor(load[e] / best) + 1;
+    return n > most ? most + 1 : std::max(1, static_cast<int32_t>(n));
+  };
+  const auto descend = [&](auto&& self, int32_t i, int32_t left) -> void {
+    if (over) return;
+    if (++steps > kCountBoundSteps) {
+      over = true;
+      return;
+    }
+    if (i == E) {
+      if (left == 0) best = std::min(best, bound_of(count));
+      return;
+    }
+    const int32_t e = order[i];
+    const int32_t first = fewest_of(e);  // best only falls: fewer vectors qualify as it does
+    for (int32_t n = first; n <= left - fewest_after[i + 1] && !over; ++n) {
+      if (i == E - 1 && n != left) continue;
+      count[e] = n;
+      self(self, i + 1, left - n);
+    }
+  };
+  for (int32_t e = 0; e < E; ++e) fewest[e] = fewest_of(e);
+  for (int32_t i = E - 1; i >= 0; --i) fewest_after[i] = fewest_after[i + 1] + fewest[order[i]];
+  if (fewest_after[0] <= P) descend(descend, 0, P);
+  return over ? basic : std::max(basic, best);
+}
+
 namespace {
 
 // REQUIRES of the functions scoring several maps on one load: every map of the first one's shape,
@@ -80,12 +148,15 @@ std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
   if (maps.empty()) return out;
   const ExpertMap& first = *maps.front();
   CheckSameShape(maps, load);
-  std::vector<double> sum_balancedness(maps.size(), 0.0), sum_over_bound(maps.size(), 0.0);
+  std::vector<double> sum_balancedness(maps.size(), 0.0), sum_over_bound(maps.size(), 0.0),
+      sum_over_count_bound(maps.size(), 0.0);
   for (MapQuality& quality : out) quality.layers.resize(first.num_layers());
   for (int32_t l = 0; l < first.num_layers(); ++l) {
     // The bound depends on the load and the shape only: once for every map.
     const double bound =
         MaxRankLoadLowerBound(load.row(l), first.num_physical_experts(), first.num_ranks());
+    const double count_bound =
+        CountLowerBound(load.row(l), first.num_physical_experts(), first.num_ranks());
     for (size_t m = 0; m < maps.size(); ++m) {
       const std::vector<double> rank_loads = RankLoads(*maps[m], l, load.row(l));
       const double max = *std::max_element(rank_loads.begin(), rank_loads.end());
@@ -93,8 +164,10 @@ std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
       LayerQuality& q = quality.layers[l];
       q.balancedness = Balancedness(rank_loads);
       q.max_over_bound = bound > 0.0 ? max / bound : 1.0;
+      q.max_over_count_bound = count_bound > 0.0 ? max / count_bound : 1.0;
       sum_balancedness[m] += q.balancedness;
       sum_over_bound[m] += q.max_over_bound;
+      sum_over_count_bound[m] += q.max_over_count_bound;
       quality.min_balancedness =
           l == 0 ? q.balancedness : std::min(quality.min_balancedness, q.balancedness);
     }
@@ -102,6 +175,7 @@ std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
   for (size_t m = 0; m < maps.size(); ++m) {
     out[m].mean_balancedness = sum_balancedness[m] / first.num_layers();
     out[m].mean_max_over_bound = sum_over_bound[m] / first.num_layers();
+    out[m].mean_max_over_count_bound = sum_over_count_bound[m] / first.num_layers();
   }
   return out;
 }

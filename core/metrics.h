@@ -23,6 +23,19 @@ double Balancedness(std::span<const double> rank_loads);
 // `num_ranks` ranks: max(total / R, the min over replica counts of the max per-replica load).
 double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks);
 
+// A tighter lower bound where replica counts matter most: with S ≤ 4 slots on every rank
+// (num_slots = S × num_ranks, S ≥ 2) and at most 12 experts, the least over every replica count
+// vector of a bound for placements with those counts: with two slots, the best pairing of the
+// replicas (heaviest with lightest); with more, the heaviest replica, the mean, and for each k the
+// k + 1 lightest of the kR + 1 heaviest replicas (core/replica_bounds.h). It holds for every
+// placement, two replicas of an expert on one rank included. Enumerated depth first within
+// kCountBoundSteps steps (about 4 ms); beyond that budget, and for other shapes,
+// MaxRankLoadLowerBound.
+inline constexpr int64_t kCountBoundSteps = 20000;
+double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks);
+// Whether CountLowerBound enumerates for this shape (2–4 slots on every rank, at most 12 experts).
+bool CountLowerBoundApplies(int32_t num_experts, int32_t num_slots, int32_t num_ranks);
+
 // How many nodes a layer spreads each expert group over, weighted by the group's load: the mean,
 // over groups, of the number of nodes holding a replica of any of its experts (1.0 when every
 // group lives on one node, as the hierarchical algorithm and node affinity keep it). With routing
@@ -99,6 +112,7 @@ double MeanCrossNodeTrafficShare(const ExpertMap& map, const LoadMatrix& load, i
 struct LayerQuality {
   double balancedness = 1.0;    // mean / max rank load
   double max_over_bound = 1.0;  // max rank load / MaxRankLoadLowerBound (1.0 when both are 0)
+  double max_over_count_bound = 1.0;  // max rank load / CountLowerBound (1.0 when both are 0)
 };
 
 struct MapQuality {
@@ -106,6 +120,7 @@ struct MapQuality {
   double min_balancedness = 1.0;
   double mean_balancedness = 1.0;
   double mean_max_over_bound = 1.0;
+  double mean_max_over_count_bound = 1.0;
 };
 
 // REQUIRES: load has map.num_layers() rows of map.num_logical_experts() values.

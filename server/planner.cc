@@ -449,6 +449,7 @@ absl::StatusOr<v1::Plan> Planner::PlanOnWorker(const std::shared_ptr<Deployment>
   metrics.set_balancedness_before(before.mean_balancedness);
   metrics.set_balancedness_after(after.mean_balancedness);
   metrics.set_max_over_bound(after.mean_max_over_bound);
+  metrics.set_max_over_count_bound(after.mean_max_over_count_bound);
   metrics.set_slots_changed(migration.slots_changed);
   metrics.set_experts_moved(migration.experts_received);
   metrics.set_bytes_to_move(migration.bytes_moved);

@@ -72,6 +72,10 @@ absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
       return OutOfRange("spec.balanced.min_gain",
                         absl::StrCat("= ", b.min_gain(), " is out of range [0, 1]"));
     }
+    if (!(b.gain_per_move() >= 0 && b.gain_per_move() <= 1)) {
+      return OutOfRange("spec.balanced.gain_per_move",
+                        absl::StrCat("= ", b.gain_per_move(), " is out of range [0, 1]"));
+    }
     RETURN_IF_ERROR(
         CheckRange("spec.balanced.max_received_per_rank", b.max_received_per_rank(), 0, slots));
     RETURN_IF_ERROR(
@@ -87,6 +91,7 @@ absl::StatusOr<ValidatedSpec> ValidateSpec(const v1::DeploymentSpec& input,
                                .max_received_per_rank = b.max_received_per_rank(),
                                .max_received_per_layer = b.max_received_per_layer(),
                                .min_gain = b.min_gain(),
+                               .gain_per_move = b.gain_per_move(),
                                .node_affinity = b.node_affinity(),
                                .threads = plan_threads};
   } else if (spec.has_balanced()) {

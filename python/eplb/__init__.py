@@ -104,8 +104,9 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks, *,
 
 
 def evaluate(map, load, previous=None, *, bytes_per_expert=0) -> Evaluation:  # noqa: A002
-    """The quality of `map` under `load` [L, E]: balancedness (mean / max rank load) and max /
-    lower bound per layer, with their min and mean; with `previous` (an ExpertMap or a phy2log
+    """The quality of `map` under `load` [L, E]: balancedness (mean / max rank load), max / lower
+    bound and max / count bound (tighter with 2-4 slots per rank and at most 12 experts) per layer,
+    with their min and mean; with `previous` (an ExpertMap or a phy2log
     table of the same shape) also what moving from it costs: slots changed, experts received (in
     all and per rank) and bytes moved (experts received × bytes_per_expert)."""
     array, _ = _as_numpy(load)

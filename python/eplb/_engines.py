@@ -24,6 +24,7 @@ _OPTION_TYPES = {
     "max_received_per_rank": int,
     "max_received_per_layer": int,
     "min_gain": float,
+    "gain_per_move": float,
     "node_affinity": bool,
     "threads": int,
 }

@@ -337,9 +337,11 @@ std::string PathOf(const py::object& path) {
 struct Evaluation {
   std::vector<double> balancedness;
   std::vector<double> max_over_bound;
+  std::vector<double> max_over_count_bound;
   double min_balancedness = 1.0;
   double mean_balancedness = 1.0;
   double mean_max_over_bound = 1.0;
+  double mean_max_over_count_bound = 1.0;
   std::optional<Migration> migration;
 };
 
@@ -366,10 +368,12 @@ Evaluation Evaluate(const ExpertMap& map, const py::object& load_array, const Ex
   for (const LayerQuality& layer : quality.layers) {
     e.balancedness.push_back(layer.balancedness);
     e.max_over_bound.push_back(layer.max_over_bound);
+    e.max_over_count_bound.push_back(layer.max_over_count_bound);
   }
   e.min_balancedness = quality.min_balancedness;
   e.mean_balancedness = quality.mean_balancedness;
   e.mean_max_over_bound = quality.mean_max_over_bound;
+  e.mean_max_over_count_bound = quality.mean_max_over_count_bound;
   if (previous != nullptr) e.migration = ComputeMigration(*previous, map, bytes_per_expert);
   return e;
 }
@@ -488,8 +492,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<BalancedOptions>(m, "BalancedOptions",
                               "Options of the balanced policy (core/balanced_policy.h).")
       .def(py::init([](double tolerance, int64_t max_received_per_rank,
-                       int64_t max_received_per_layer, double min_gain, bool node_affinity,
-                       int64_t threads) {
+                       int64_t max_received_per_layer, double min_gain, double gain_per_move,
+                       bool node_affinity, int64_t threads) {
              constexpr int64_t kMaxBudget = BalancedOptions::kMaxBudget;
              BalancedOptions o{
                  .tolerance = tolerance,
@@ -498,6 +502,7 @@ PYBIND11_MODULE(_core, m) {
                  .max_received_per_layer =
                      Narrow("max_received_per_layer", max_received_per_layer, 0, kMaxBudget),
                  .min_gain = min_gain,
+                 .gain_per_move = gain_per_move,
                  .node_affinity = node_affinity,
                  .threads = Narrow("threads", threads, 0, BalancedOptions::kMaxThreads)};
              ThrowIfError(ValidateBalancedOptions(o));
@@ -507,20 +512,23 @@ PYBIND11_MODULE(_core, m) {
            py::arg("max_received_per_rank") = BalancedOptions{}.max_received_per_rank,
            py::arg("max_received_per_layer") = BalancedOptions{}.max_received_per_layer,
            py::arg("min_gain") = BalancedOptions{}.min_gain,
+           py::arg("gain_per_move") = BalancedOptions{}.gain_per_move,
            py::arg("node_affinity") = BalancedOptions{}.node_affinity,
            py::arg("threads") = BalancedOptions{}.threads)
       .def_readonly("tolerance", &BalancedOptions::tolerance)
       .def_readonly("max_received_per_rank", &BalancedOptions::max_received_per_rank)
       .def_readonly("max_received_per_layer", &BalancedOptions::max_received_per_layer)
       .def_readonly("min_gain", &BalancedOptions::min_gain)
+      .def_readonly("gain_per_move", &BalancedOptions::gain_per_move)
       .def_readonly("node_affinity", &BalancedOptions::node_affinity)
       .def_readonly("threads", &BalancedOptions::threads)
       .def("__repr__", [](const BalancedOptions& o) {
-        return absl::StrCat(
-            "BalancedOptions(tolerance=", o.tolerance,
-            ", max_received_per_rank=", o.max_received_per_rank,
-            ", max_received_per_layer=", o.max_received_per_layer, ", min_gain=", o.min_gain,
-            ", node_affinity=", o.node_affinity ? "True" : "False", ", threads=", o.threads, ")");
+        return absl::StrCat("BalancedOptions(tolerance=", o.tolerance,
+                            ", max_received_per_rank=", o.max_received_per_rank,
+                            ", max_received_per_layer=", o.max_received_per_layer,
+                            ", min_gain=", o.min_gain, ", gain_per_move=", o.gain_per_move,
+                            ", node_affinity=", o.node_affinity ? "True" : "False",
+                            ", threads=", o.threads, ")");
       });
 
   py::class_<ExpertMap>(m, "ExpertMap",
@@ -620,6 +628,10 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("min_balancedness", &Evaluation::min_balancedness)
       .def_readonly("mean_balancedness", &Evaluation::mean_balancedness)
       .def_readonly("mean_max_over_bound", &Evaluation::mean_max_over_bound)
+      .def_property_readonly(
+          "max_over_count_bound",
+          [](const Evaluation& e) { return ToNumpyDouble(e.max_over_count_bound); })
+      .def_readonly("mean_max_over_count_bound", &Evaluation::mean_max_over_count_bound)
       .def_property_readonly("slots_changed",
                              [](const Evaluation& e) -> std::optional<int64_t> {
                                if (!e.migration) return std::nullopt;

@@ -20,6 +20,7 @@ namespace fs = std::filesystem;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::MatchesRegex;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 using Result = testing::ProcessResult;
@@ -82,7 +83,18 @@ TEST_F(EplbctlPlanTest, SummaryFiguresAreTheMapsMetrics) {
                 q.layers[1].max_over_bound);
   // The "before" column is the contiguous map's; check the planned columns.
   EXPECT_THAT(r.err, HasSubstr(std::string(line).substr(20)));
+  // Two slots per rank: the count bound beside the basic one.
+  std::snprintf(line, sizeof line, "(max/bound mean %.4f, max/count bound %.4f)\n",
+                q.mean_max_over_bound, q.mean_max_over_count_bound);
+  EXPECT_THAT(r.err, HasSubstr(line));
   EXPECT_THAT(r.err, HasSubstr("wrote " + Path("map.json") + " (eplb, version 1)"));
+
+  // Six slots per rank: the basic bound alone.
+  const Result six = Run({"plan", "--load", load_path, "--num-physical-experts", "24",
+                          "--num-ranks", "4", "--policy", "balanced"});
+  ASSERT_EQ(six.exit_code, 0) << six.err;
+  EXPECT_THAT(six.err, MatchesRegex("(.|\n)*\\(max/bound mean [0-9.]+\\)\n(.|\n)*"));
+  EXPECT_THAT(six.err, Not(HasSubstr("count bound")));
 }
 
 TEST_F(EplbctlPlanTest, ContiguousWithoutLoad) {
@@ -445,6 +457,11 @@ INSTANTIATE_TEST_SUITE_P(
                 {"--policy", "balanced", "--layer-min-gain", "some"},
                 2,
                 "--layer-min-gain = \"some\" is not a number (see eplbctl plan --help)"},
+        BadCase{"gain_per_move_out_of_range",
+                R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
+                {"--policy", "balanced", "--gain-per-move", "2"},
+                2,
+                "--gain-per-move = 2 is out of range [0, 1] (see eplbctl plan --help)"},
         BadCase{"layer_budget_without_balanced",
                 R"({"load": [[1,2,3,4,5,6,7,8,9,10,11,12]]})",
                 {"--policy", "deepseek", "--max-received-per-layer", "3"},

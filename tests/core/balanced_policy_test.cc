@@ -233,7 +233,7 @@ TEST(BalancedPolicyTest, FewSlotsPerRankReachTheOptimumOfThePublishedExample) {
 // Small instances (few slots per rank, log-normal loads up to σ 1.5) against their exact optimum.
 TEST(BalancedPolicyTest, FewSlotsPerRankPlanWithinHalfAPercentOfTheOptimum) {
   std::mt19937_64 rng(21);
-  int instances = 0;
+  int instances = 0, tighter = 0, exact = 0;
   for (const double sigma : {0.5, 1.0, 1.5}) {
     for (const auto& [E, R, slots] :
          {std::tuple{4, 3, 2}, std::tuple{5, 4, 2}, std::tuple{6, 4, 2}, std::tuple{7, 5, 2},
@@ -247,10 +247,95 @@ TEST(BalancedPolicyTest, FewSlotsPerRankPlanWithinHalfAPercentOfTheOptimum) {
           << "σ " << sigma << ", " << E << " experts on " << R << " × " << slots << ", load "
           << ::testing::PrintToString(load);
       EXPECT_GE(planned, optimum * (1 - 1e-9));
+      // The count bound lies between the basic bound and the optimum, and is tighter on some.
+      const double basic = MaxRankLoadLowerBound(load, R * slots, R);
+      const double bound = CountLowerBound(load, R * slots, R);
+      EXPECT_GE(bound, basic);
+      EXPECT_LE(bound, optimum * (1 + 1e-9)) << ::testing::PrintToString(load);
+      tighter += bound > basic * (1 + 1e-9);
+      exact += bound >= optimum * (1 - 1e-9);
       ++instances;
     }
   }
   EXPECT_EQ(instances, 24);
+  EXPECT_GE(tighter, 12);
+  std::cerr << "count bound tighter than the basic bound on " << tighter
+            << " of 24, the optimum on " << exact << "\n";
+}
+
+// The exact optimum of one layer with every group's replicas on one node: the lowest, over every
+// assignment of G / N groups to each node, of the busiest node's ExactOptimum on its R / N ranks.
+double AffinityOptimum(const std::vector<double>& load, int32_t G, int32_t N, int32_t R,
+                       int32_t slots, double upper) {
+  const int32_t per_group = static_cast<int32_t>(load.size()) / G;
+  double best = upper;
+  std::vector<int32_t> node_of(G, -1), filled(N, 0);
+  const auto assign = [&](auto&& self, int32_t g) -> void {
+    if (g == G) {
+      double worst = 0;
+      for (int32_t n = 0; n < N && worst < best; ++n) {
+        std::vector<double> node_load;
+        for (int32_t h = 0; h < G; ++h) {
+          if (node_of[h] != n) continue;
+          for (int32_t k = 0; k < per_group; ++k) node_load.push_back(load[h * per_group + k]);
+        }
+        worst = std::max(worst, ExactOptimum(node_load, R / N, slots).Solve(best));
+      }
+      best = std::min(best, worst);
+      return;
+    }
+    // Nodes are interchangeable: group g goes to a node already used or to the first empty one.
+    for (int32_t n = 0; n < N; ++n) {
+      if (filled[n] == G / N) continue;
+      node_of[g] = n;
+      ++filled[n];
+      self(self, g + 1);
+      --filled[n];
+      if (filled[n] == 0) break;
+    }
+  };
+  assign(assign, 0);
+  return best;
+}
+
+// Small instances with expert groups on nodes (σ up to 1.5) against their exact optimum: without
+// node affinity (the groups constrain nothing, but `deepseek`'s hierarchical plan is the rival),
+// and with it (the optimum over every assignment of groups to nodes).
+TEST(BalancedPolicyTest, GroupsOnNodesPlanWithinHalfAPercentOfTheOptimum) {
+  std::mt19937_64 rng(22);
+  int instances = 0;
+  for (const double sigma : {0.5, 1.0, 1.5}) {
+    for (const auto& [E, G, N, R, slots] :
+         {std::tuple{8, 4, 2, 4, 3}, std::tuple{8, 4, 2, 6, 2}, std::tuple{12, 4, 2, 8, 2},
+          std::tuple{9, 3, 3, 6, 2}, std::tuple{8, 2, 2, 4, 3}}) {
+      const DeploymentShape shape{.num_layers = 1,
+                                  .num_logical_experts = E,
+                                  .num_groups = G,
+                                  .num_nodes = N,
+                                  .num_ranks = R,
+                                  .num_physical_experts = R * slots};
+      std::lognormal_distribution<double> share(0.0, sigma);
+      LoadMatrix load{.num_layers = 1, .num_experts = E, .values = std::vector<double>(E)};
+      for (double& v : load.values) v = std::round(share(rng) * 1000.0);
+      for (const bool affinity : {false, true}) {
+        auto map =
+            BalancedPolicy({.node_affinity = affinity}).Plan({.shape = shape, .load = &load});
+        ASSERT_TRUE(map.ok()) << map.status();
+        ExpectNoDuplicatesOnARank(*map);
+        const double planned = MaxRankLoad(*map, 0, load);
+        const double optimum =
+            affinity ? AffinityOptimum(load.values, G, N, R, slots, planned * (1 + 1e-9))
+                     : ExactOptimum(load.values, R, slots).Solve(planned * (1 + 1e-9));
+        EXPECT_LE(planned, optimum * 1.005)
+            << "σ " << sigma << ", " << E << " experts in " << G << " groups on " << N
+            << " nodes of " << R / N << " ranks × " << slots << ", affinity " << affinity
+            << ", load " << ::testing::PrintToString(load.values);
+        EXPECT_GE(planned, optimum * (1 - 1e-9));
+        ++instances;
+      }
+    }
+  }
+  EXPECT_EQ(instances, 30);
 }
 
 // 8 experts on 8 ranks of 2 slots (Mixtral-like): never worse than deepseek on any layer where
@@ -270,6 +355,10 @@ TEST(BalancedPolicyTest, EightExpertsOnEightRanksOfTwoSlotsNeverLoseToDeepSeek) 
     ExpectNoDuplicatesOnARank(*balanced);
     for (int32_t l = 0; l < shape.num_layers; ++l) {
       const double b = MaxRankLoad(*balanced, l, load);
+      // The count bound holds for deepseek's placements too, duplicates on a rank included.
+      const double bound = CountLowerBound(load.row(l), 16, 8);
+      EXPECT_LE(bound, MaxRankLoad(*deepseek, l, load) * (1 + 1e-12)) << "layer " << l;
+      EXPECT_LE(bound, b * (1 + 1e-12)) << "layer " << l;
       if (!HasDuplicateOnARank(*deepseek, l)) {
         EXPECT_LE(b, MaxRankLoad(*deepseek, l, load) * (1 + 1e-12))
             << "σ " << sigma << ", layer " << l;
@@ -362,6 +451,116 @@ TEST(BalancedPolicyTest, DriftMovesFewExpertsAndKeepsTheBalance) {
   }
   EXPECT_LE(moved * 5, deepseek_moved)
       << "balanced moved " << moved << ", deepseek " << deepseek_moved;
+}
+
+// Within the tolerance, gain_per_move buys balance with moves at its price, and not above it.
+TEST(BalancedPolicyTest, GainPerMoveBuysBalanceAtItsPriceAndNoDearer) {
+  // Loads 10, 6, 7, 5 on 2 ranks of 2 slots; previous {0, 1} {2, 3}: busiest 16, the best 15
+  // ({0, 3} {1, 2}, or {1, 2} {0, 3}), within a tolerance of 10%. Swapping to the best gains 1
+  // on the busiest rank for 2 experts received; the mean rank load is 14, so the swap is worth
+  // it at a gain per move below 1 / 28.
+  const DeploymentShape shape{
+      .num_layers = 1, .num_logical_experts = 4, .num_ranks = 2, .num_physical_experts = 4};
+  const LoadMatrix load{.num_layers = 1, .num_experts = 4, .values = {10, 6, 7, 5}};
+  auto previous = ExpertMap::FromPhy2Log(1, 4, shape.slot_layout(), {0, 1, 2, 3});
+  ASSERT_TRUE(previous.ok());
+  for (const double gain : {0.0, 0.0360, 0.5}) {
+    auto kept = BalancedPolicy({.tolerance = 0.1, .gain_per_move = gain})
+                    .Plan({.shape = shape, .load = &load, .previous = &*previous});
+    ASSERT_TRUE(kept.ok());
+    EXPECT_EQ(*kept, *previous) << "gain per move " << gain;
+  }
+  auto bought = BalancedPolicy({.tolerance = 0.1, .gain_per_move = 0.0354})
+                    .Plan({.shape = shape, .load = &load, .previous = &*previous});
+  ASSERT_TRUE(bought.ok());
+  EXPECT_EQ(MaxRankLoad(*bought, 0, load), 15);
+  EXPECT_EQ(ComputeMigration(*previous, *bought, 1).experts_received, 2);
+}
+
+// The weights and loads of one layer's sets: per expert its load over its replicas.
+struct LayerSets {
+  std::vector<std::set<int32_t>> sets;
+  std::vector<double> weight, rank_load;
+};
+LayerSets SetsOf(const ExpertMap& map, int32_t l, std::span<const double> load) {
+  const SlotLayout& layout = map.layout();
+  LayerSets out;
+  out.sets.resize(layout.num_ranks());
+  std::vector<int32_t> count(load.size(), 0);
+  for (int32_t r = 0; r < layout.num_ranks(); ++r) {
+    for (int32_t p = layout.FirstSlotOfRank(r); p < layout.FirstSlotOfRank(r + 1); ++p) {
+      out.sets[r].insert(map.phy2log(l)[p]);
+      ++count[map.phy2log(l)[p]];
+    }
+  }
+  for (size_t e = 0; e < load.size(); ++e) out.weight.push_back(load[e] / count[e]);
+  for (const auto& set : out.sets) {
+    double sum = 0;
+    for (const int32_t e : set) sum += out.weight[e];
+    out.rank_load.push_back(sum);
+  }
+  return out;
+}
+
+// Under drift, the repair does not stop at the tolerance while a swap that makes no rank
+// receive an expert (it returns replicas to ranks that held them) lowers the layer's busiest rank;
+// and a gain per move buys a lower busiest rank with more experts received.
+TEST(BalancedPolicyTest, RepairsGoOnWithFreeStepsAndWithPaidOnes) {
+  const DeploymentShape shape{.num_layers = 6,
+                              .num_logical_experts = 64,
+                              .num_groups = 8,
+                              .num_nodes = 2,
+                              .num_ranks = 8,
+                              .num_physical_experts = 80};
+  std::mt19937_64 rng(17);
+  LoadMatrix load = LogNormalLoad(shape, 1.0, rng);
+  std::lognormal_distribution<double> noise(0.0, 0.1);
+  const BalancedPolicy free_only, paid({.gain_per_move = 0.001});
+  auto previous = free_only.Plan({.shape = shape, .load = &load});
+  ASSERT_TRUE(previous.ok());
+  ExpertMap paid_previous = *previous;
+  int64_t free_moved = 0, paid_moved = 0;
+  double free_max = 0, paid_max = 0;
+  for (int round = 0; round < 10; ++round) {
+    for (double& v : load.values) v = std::round(v * noise(rng));
+    auto next = free_only.Plan({.shape = shape, .load = &load, .previous = &*previous});
+    auto paid_next = paid.Plan({.shape = shape, .load = &load, .previous = &paid_previous});
+    ASSERT_TRUE(next.ok() && paid_next.ok());
+    for (int32_t l = 0; l < shape.num_layers; ++l) {
+      const LayerSets before = SetsOf(*previous, l, load.row(l));
+      const LayerSets after = SetsOf(*next, l, load.row(l));
+      const auto away = [&](int32_t r, int32_t e) { return before.sets[r].contains(e) ? 0 : 1; };
+      const int32_t h =
+          static_cast<int32_t>(std::ranges::max_element(after.rank_load) - after.rank_load.begin());
+      const double lh = after.rank_load[h];
+      for (int32_t r = 0; r < shape.num_ranks; ++r) {
+        for (const int32_t a : after.sets[h]) {
+          for (const int32_t b : after.sets[r]) {
+            if (r == h || after.sets[r].contains(a) || after.sets[h].contains(b)) continue;
+            const int cost = away(h, b) - away(h, a) + away(r, a) - away(r, b);
+            // The layer's busiest rank after the swap (another rank may be as busy as h).
+            double m = std::max(lh - after.weight[a] + after.weight[b],
+                                after.rank_load[r] - after.weight[b] + after.weight[a]);
+            for (int32_t x = 0; x < shape.num_ranks; ++x) {
+              if (x != h && x != r) m = std::max(m, after.rank_load[x]);
+            }
+            EXPECT_FALSE(cost <= 0 && m < lh * (1 - 1e-9))
+                << "round " << round << " layer " << l << ": swapping " << a << " (rank " << h
+                << ") with " << b << " (rank " << r << ") lowers " << lh << " to " << m
+                << " and makes no rank receive an expert";
+          }
+        }
+      }
+      free_max += MaxRankLoad(*next, l, load);
+      paid_max += MaxRankLoad(*paid_next, l, load);
+    }
+    free_moved += ComputeMigration(*previous, *next, 1).experts_received;
+    paid_moved += ComputeMigration(paid_previous, *paid_next, 1).experts_received;
+    previous = *std::move(next);
+    paid_previous = *std::move(paid_next);
+  }
+  EXPECT_LT(paid_max, free_max);
+  EXPECT_GT(paid_moved, free_moved);
 }
 
 // Experts received by rank r in layer l going from `from` to `to` (held now, not before).
@@ -520,6 +719,12 @@ INSTANTIATE_TEST_SUITE_P(
             "nan_tolerance", {.tolerance = std::nan("")}, "tolerance = nan is out of range [0, 1]"},
         BadOptionCase{
             "min_gain_above_one", {.min_gain = 1.5}, "min_gain = 1.5 is out of range [0, 1]"},
+        BadOptionCase{"negative_gain_per_move",
+                      {.gain_per_move = -0.1},
+                      "gain_per_move = -0.1 is out of range [0, 1]"},
+        BadOptionCase{"nan_gain_per_move",
+                      {.gain_per_move = std::nan("")},
+                      "gain_per_move = nan is out of range [0, 1]"},
         BadOptionCase{"negative_rank_budget",
                       {.max_received_per_rank = -1},
                       "max_received_per_rank = -1 is out of range [0, 1048576]"},

@@ -72,6 +72,31 @@ TEST(MetricsTest, EvaluateMap) {
   EXPECT_DOUBLE_EQ(q.min_balancedness, 6.0 / 9.0);
   EXPECT_DOUBLE_EQ(q.mean_balancedness, (8.0 / 9.0 + 6.0 / 9.0) / 2);
   EXPECT_DOUBLE_EQ(q.mean_max_over_bound, (9.0 / 8.0 + 9.0 / 6.0) / 2);
+  // Two slots per rank: the count bound of layer 0 is 9 (counts 2, 1, 1 pair 5 + 4 and 5 + 2; every
+  // other count vector pairs worse), so the map is optimal; layer 1's is 6 (6 + 0, 3 + 3).
+  EXPECT_DOUBLE_EQ(q.layers[0].max_over_count_bound, 1.0);
+  EXPECT_DOUBLE_EQ(q.layers[1].max_over_count_bound, 9.0 / 6.0);
+  EXPECT_DOUBLE_EQ(q.mean_max_over_count_bound, (1.0 + 9.0 / 6.0) / 2);
+}
+
+TEST(MetricsTest, CountLowerBoundIsTighterWithFewSlotsAndTheBasicBoundElsewhere) {
+  // The published example, 8 ranks × 2 slots: counts (5, 3, 2, 2, 1, 1, 1, 1) pair to 560 / 3 +
+  // 10, the optimum; the basic bound is only the mean.
+  const std::vector<double> example = {600, 560, 120, 120, 20, 10, 10, 10};
+  EXPECT_DOUBLE_EQ(MaxRankLoadLowerBound(example, 16, 8), 1450.0 / 8);
+  EXPECT_NEAR(CountLowerBound(example, 16, 8), 560.0 / 3 + 10, 1e-9);
+  // Outside its shapes it is the basic bound, exactly: 5 slots per rank, 13 experts, slots not a
+  // multiple of the ranks, one slot per rank.
+  std::mt19937_64 rng(3);
+  std::lognormal_distribution<double> share(0.0, 1.5);
+  std::vector<double> many(13);
+  for (double& v : many) v = share(rng);
+  const std::vector<double> few(many.begin(), many.begin() + 8);
+  EXPECT_EQ(CountLowerBound(few, 20, 4), MaxRankLoadLowerBound(few, 20, 4));
+  EXPECT_EQ(CountLowerBound(many, 26, 13), MaxRankLoadLowerBound(many, 26, 13));
+  EXPECT_EQ(CountLowerBound(few, 15, 4), MaxRankLoadLowerBound(few, 15, 4));
+  EXPECT_EQ(CountLowerBound(few, 8, 8), MaxRankLoadLowerBound(few, 8, 8));
+  EXPECT_EQ(CountLowerBound(std::vector<double>{0, 0}, 4, 2), 0.0);
 }
 
 TEST(MetricsTest, MigrationCountsExpertsNewToARank) {

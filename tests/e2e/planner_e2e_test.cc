@@ -219,13 +219,13 @@ std::vector<std::string> WithFlag(std::vector<std::string> args, const std::stri
 // The balanced policy's options from eplbctl flags, shown on the deployment's line.
 TEST_F(PlannerE2eTest, BalancedOptionsFromTheCommandLine) {
   ASSERT_NO_FATAL_FAILURE(StartPlanner());
-  const std::string created =
-      CtlOk({"create-deployment", "--name", "bal", "--num-layers", "2", "--num-logical-experts",
-             "16", "--num-physical-experts", "20", "--num-ranks", "4", "--tolerance", "0.01",
-             "--max-received-per-layer", "2", "--layer-min-gain", "0.05"});
+  const std::string created = CtlOk(
+      {"create-deployment", "--name", "bal", "--num-layers", "2", "--num-logical-experts", "16",
+       "--num-physical-experts", "20", "--num-ranks", "4", "--tolerance", "0.01",
+       "--max-received-per-layer", "2", "--layer-min-gain", "0.05", "--gain-per-move", "0.002"});
   EXPECT_THAT(created, StartsWith("bal  L=2 E=16 G=1 N=1 R=4 P=20  policy balanced (tolerance "
-                                  "0.01, at most 2 received per layer, layer min gain 0.05)  "
-                                  "commit acked  "));
+                                  "0.01, at most 2 received per layer, layer min gain 0.05, gain "
+                                  "per move 0.002)  commit acked  "));
   // The planner's checks apply: a budget above the slots is refused and nothing is created.
   const ProcessResult refused =
       Ctl({"create-deployment", "--name", "big", "--num-layers", "2", "--num-logical-experts", "16",

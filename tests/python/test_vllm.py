@@ -172,7 +172,8 @@ def test_vllm_without_policy_classes_is_refused_at_plugin_load(tmp_path):
      "ValueError: EPLB_BALANCED_OPTIONS: tolerance = 2 is out of range [0, 1]"),
     ({"EPLB_VLLM_POLICY": "balanced", "EPLB_BALANCED_OPTIONS": "speed=3"},
      'ValueError: EPLB_BALANCED_OPTIONS: "speed=3" is not KEY=VALUE with KEY one of: tolerance, '
-     'max_received_per_rank, max_received_per_layer, min_gain, node_affinity, threads'),
+     'max_received_per_rank, max_received_per_layer, min_gain, gain_per_move, node_affinity, '
+     'threads'),
     ({"EPLB_VLLM_POLICY": "balanced", "EPLB_BALANCED_OPTIONS": "threads=two"},
      'ValueError: EPLB_BALANCED_OPTIONS: threads = "two" is not a valid int'),
     ({"EPLB_VLLM_POLICY": "deepseek", "EPLB_BALANCED_OPTIONS": "threads=2"},

@@ -349,6 +349,12 @@ TEST(PlannerDeploymentTest, BadSpecsAreRefusedWithTheFieldAndNothingIsCreated) {
        "spec.balanced.min_gain = 2 is out of range [0, 1]"},
       {[](auto& s) {
          s.set_policy("balanced");
+         s.mutable_balanced()->set_gain_per_move(-0.5);
+       },
+       absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
+       "spec.balanced.gain_per_move = -0.5 is out of range [0, 1]"},
+      {[](auto& s) {
+         s.set_policy("balanced");
          s.mutable_balanced()->set_max_received_per_rank(5);
        },
        absl::StatusCode::kInvalidArgument, v1::FIELD_OUT_OF_RANGE,
@@ -884,6 +890,8 @@ TEST(PlannerTriggerTest, RebalancesEveryIntervalOnceAllRanksReported) {
   EXPECT_EQ(plan.state(), v1::COMMITTED);
   EXPECT_NEAR(plan.metrics().balancedness_before(), 11.0 / 20.0, 1e-6);
   EXPECT_GT(plan.metrics().balancedness_after(), 0.99);
+  // Two slots per rank: 10 + 1 on each rank meets the count bound (the pairing 10 + 1, 10 + 1).
+  EXPECT_NEAR(plan.metrics().max_over_count_bound(), 1.0, 1e-6);
 }
 
 TEST(PlannerTriggerTest, MinGainAndMinStepsHoldBackTheTrigger) {
