@@ -38,23 +38,34 @@ double Balancedness(std::span<const double> rank_loads) {
   return total / static_cast<double>(rank_loads.size()) / max;
 }
 
-double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks) {
+namespace {
+
+// The replica counts (num_slots in all) that minimise the heaviest replica: greedy replication is
+// optimal for that, always splitting the expert whose replicas are the heaviest.
+std::vector<int32_t> MinMaxReplicaCounts(std::span<const double> load, int32_t num_slots) {
   const int32_t E = static_cast<int32_t>(load.size());
-  EPLB_CHECK(E >= 1 && num_slots >= E && num_ranks >= 1, E, " ", num_slots, " ", num_ranks);
-  double total = 0.0;
-  for (double v : load) total += v;
-  // Greedy replication is optimal for the min-max per-replica load: always split the expert whose
-  // replicas are the heaviest.
   std::vector<int32_t> count(E, 1);
   std::priority_queue<std::pair<double, int32_t>> heap;
   for (int32_t e = 0; e < E; ++e) heap.emplace(load[e], e);
   for (int32_t i = E; i < num_slots; ++i) {
     const int32_t e = heap.top().second;
     heap.pop();
-    ++count[e];
-    heap.emplace(load[e] / count[e], e);
+    heap.emplace(load[e] / ++count[e], e);
   }
-  return std::max(total / num_ranks, heap.top().first);
+  return count;
+}
+
+}  // namespace
+
+double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks) {
+  const int32_t E = static_cast<int32_t>(load.size());
+  EPLB_CHECK(E >= 1 && num_slots >= E && num_ranks >= 1, E, " ", num_slots, " ", num_ranks);
+  double total = 0.0;
+  for (double v : load) total += v;
+  const std::vector<int32_t> count = MinMaxReplicaCounts(load, num_slots);
+  double heaviest = 0;
+  for (int32_t e = 0; e < E; ++e) heaviest = std::max(heaviest, load[e] / count[e]);
+  return std::max(total / num_ranks, heaviest);
 }
 
 bool CountLowerBoundApplies(int32_t num_experts, int32_t num_slots, int32_t num_ranks) {
@@ -78,17 +89,8 @@ double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t 
     RunsOf(load, count, runs);
     return slots == 2 ? PairedMax(runs) : CountBound(runs, R, slots, total);
   };
-  // Start from the counts minimising the heaviest replica (greedy, as MaxRankLoadLowerBound).
-  std::vector<int32_t> count(E, 1);
-  {
-    std::priority_queue<std::pair<double, int32_t>> heap;
-    for (int32_t e = 0; e < E; ++e) heap.emplace(load[e], e);
-    for (int32_t i = E; i < P; ++i) {
-      const int32_t e = heap.top().second;
-      heap.pop();
-      heap.emplace(load[e] / ++count[e], e);
-    }
-  }
+  // Start from the counts minimising the heaviest replica.
+  std::vector<int32_t> count = MinMaxReplicaCounts(load, P);
   double best = bound_of(count);
   // Every count vector whose heaviest replica lies below `best` (any count vector's bound is at
   // least its heaviest replica), heaviest expert first: fewest[e] replicas at least.
@@ -156,7 +158,10 @@ std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
     const double bound =
         MaxRankLoadLowerBound(load.row(l), first.num_physical_experts(), first.num_ranks());
     const double count_bound =
-        CountLowerBound(load.row(l), first.num_physical_experts(), first.num_ranks());
+        CountLowerBoundApplies(first.num_logical_experts(), first.num_physical_experts(),
+                               first.num_ranks())
+            ? CountLowerBound(load.row(l), first.num_physical_experts(), first.num_ranks())
+            : bound;
     for (size_t m = 0; m < maps.size(); ++m) {
       const std::vector<double> rank_loads = RankLoads(*maps[m], l, load.row(l));
       const double max = *std::max_element(rank_loads.begin(), rank_loads.end());

@@ -414,15 +414,18 @@ TEST(BalancedPolicyTest, AnOptimalPreviousPlacementMovesNothing) {
   EXPECT_EQ(ComputeMigration(*first, *again, 1).slots_changed, 0);
 }
 
+// The shape of the drift tests: 64 experts in 8 groups on 8 ranks (2 nodes) of 10 slots.
+constexpr DeploymentShape kDriftShape{.num_layers = 6,
+                                      .num_logical_experts = 64,
+                                      .num_groups = 8,
+                                      .num_nodes = 2,
+                                      .num_ranks = 8,
+                                      .num_physical_experts = 80};
+
 // Slowly drifting load: with the previous placement, few experts move, and no layer's busiest rank
 // ends more than the tolerance above planning from scratch.
 TEST(BalancedPolicyTest, DriftMovesFewExpertsAndKeepsTheBalance) {
-  const DeploymentShape shape{.num_layers = 6,
-                              .num_logical_experts = 64,
-                              .num_groups = 8,
-                              .num_nodes = 2,
-                              .num_ranks = 8,
-                              .num_physical_experts = 80};
+  const DeploymentShape shape = kDriftShape;
   std::mt19937_64 rng(13);
   LoadMatrix load = LogNormalLoad(shape, 1.0, rng);
   std::lognormal_distribution<double> noise(0.0, 0.1);
@@ -506,12 +509,7 @@ LayerSets SetsOf(const ExpertMap& map, int32_t l, std::span<const double> load) 
 // receive an expert (it returns replicas to ranks that held them) lowers the layer's busiest rank;
 // and a gain per move buys a lower busiest rank with more experts received.
 TEST(BalancedPolicyTest, RepairsGoOnWithFreeStepsAndWithPaidOnes) {
-  const DeploymentShape shape{.num_layers = 6,
-                              .num_logical_experts = 64,
-                              .num_groups = 8,
-                              .num_nodes = 2,
-                              .num_ranks = 8,
-                              .num_physical_experts = 80};
+  const DeploymentShape shape = kDriftShape;
   std::mt19937_64 rng(17);
   LoadMatrix load = LogNormalLoad(shape, 1.0, rng);
   std::lognormal_distribution<double> noise(0.0, 0.1);
