@@ -2,7 +2,9 @@
 //
 // For each shape and skew (per-expert log-normal load, σ 0.5, 1.0, 1.5; 58 layers): the busiest
 // rank over the lower bound (max/LB, mean over layers), the balancedness (mean / max rank load)
-// and the planning time of each policy (best of 3). Then node affinity: max/LB and the cross-node
+// with uniform routing over replicas and with the optimal routing shares ("weighted"), and the
+// planning time of each policy (best of 3). Then shapes with few slots per rank: max over the
+// count bound, and the balance decode steps realize. Then node affinity: max/LB and the cross-node
 // share of token traffic (core/metrics.h RoutingModel: 8 experts in 4 groups per token). Then a
 // drift sequence per shape: 50 rebalances, the load multiplied before each by log-normal noise
 // (σ 0.1) per expert; `deepseek` plans from scratch, `balanced` from its previous placement.
@@ -46,6 +48,18 @@ const FewSlotShape kFewSlotShapes[] = {
     {{"Mixtral-like (E 8, R 8, 2 slots/rank)", bench::kMixtral}, 2},
     {{"E 12, R 6, 3 slots/rank", bench::kE12ThreeSlots}, 2},
 };
+
+// The mean over layers of the balancedness (mean / busiest rank) with each layer's optimal replica
+// routing shares (core/metrics.h OptimalReplicaShares) instead of uniform ones.
+double WeightedBalancedness(const ExpertMap& map, const LoadMatrix& load) {
+  double sum = 0;
+  for (int32_t l = 0; l < map.num_layers(); ++l) {
+    const double total = std::accumulate(load.row(l).begin(), load.row(l).end(), 0.0);
+    const double max = OptimalReplicaShares(map, l, load.row(l)).max_rank_load;
+    sum += max > 0 ? total / map.num_ranks() / max : 1.0;
+  }
+  return sum / map.num_layers();
+}
 
 // What a decode step realizes: `tokens_per_rank` tokens per rank, each choosing `top_k` distinct
 // experts drawn in proportion to the layer's load, each served by one replica of the expert,
@@ -136,8 +150,9 @@ int main(int argc, char** argv) {
   const DeepSeekPolicy deepseek;
   const BalancedPolicy balanced;
   std::printf(
-      "| shape | σ | deepseek max/LB | balanced max/LB | deepseek balancedness | "
-      "balanced balancedness | deepseek ms | balanced ms |\n|---|---|---|---|---|---|---|---|\n");
+      "| shape | σ | deepseek max/LB | balanced max/LB | deepseek balancedness | weighted | "
+      "balanced balancedness | weighted | deepseek ms | balanced ms |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n");
   for (const bench::NamedShape& named : kShapes) {
     for (const double sigma : {0.5, 1.0, 1.5}) {
       std::mt19937_64 rng(1234);
@@ -153,9 +168,10 @@ int main(int argc, char** argv) {
         return 1;
       }
       const MapQuality qd = EvaluateMap(*ds, load), qb = EvaluateMap(*bal, load);
-      std::printf("| %s | %.1f | %.4f | %.4f | %.4f | %.4f | %.2f | %.2f |\n", named.name, sigma,
-                  qd.mean_max_over_bound, qb.mean_max_over_bound, qd.mean_balancedness,
-                  qb.mean_balancedness, ds_ms, bal_ms);
+      std::printf("| %s | %.1f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.2f | %.2f |\n",
+                  named.name, sigma, qd.mean_max_over_bound, qb.mean_max_over_bound,
+                  qd.mean_balancedness, WeightedBalancedness(*ds, load), qb.mean_balancedness,
+                  WeightedBalancedness(*bal, load), ds_ms, bal_ms);
     }
   }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <queue>
 
@@ -188,6 +189,138 @@ std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
 MapQuality EvaluateMap(const ExpertMap& map, const LoadMatrix& load) {
   const ExpertMap* maps[] = {&map};
   return std::move(EvaluateMaps(maps, load).front());
+}
+
+namespace {
+
+// Maximum flow (Dinic) on a small graph with real capacities.
+class MaxFlow {
+ public:
+  explicit MaxFlow(int32_t nodes) : first_(nodes, -1), level_(nodes), next_edge_(nodes) {}
+  // An edge u → v of capacity c; returns its index (flow(index) after Run).
+  int32_t Add(int32_t u, int32_t v, double c) {
+    edges_.push_back({v, first_[u], c, c});
+    first_[u] = static_cast<int32_t>(edges_.size()) - 1;
+    edges_.push_back({u, first_[v], 0, 0});
+    first_[v] = static_cast<int32_t>(edges_.size()) - 1;
+    return static_cast<int32_t>(edges_.size()) - 2;
+  }
+  void SetCapacity(int32_t edge, double c) { edges_[edge].capacity = c; }
+  double flow(int32_t edge) const { return edges_[edge].capacity - edges_[edge].left; }
+  double Run(int32_t source, int32_t sink) {
+    for (size_t i = 0; i < edges_.size(); ++i) edges_[i].left = edges_[i].capacity;
+    double total = 0;
+    while (Levels(source, sink)) {
+      next_edge_ = first_;
+      while (const double pushed = Push(source, sink, kInfinity)) total += pushed;
+    }
+    return total;
+  }
+
+ private:
+  static constexpr double kInfinity = std::numeric_limits<double>::infinity();
+  struct Edge {
+    int32_t to, next;
+    double capacity, left;
+  };
+  bool Levels(int32_t source, int32_t sink) {
+    std::fill(level_.begin(), level_.end(), -1);
+    std::vector<int32_t> queue = {source};
+    level_[source] = 0;
+    for (size_t i = 0; i < queue.size(); ++i) {
+      for (int32_t e = first_[queue[i]]; e >= 0; e = edges_[e].next) {
+        if (edges_[e].left > kEpsilon && level_[edges_[e].to] < 0) {
+          level_[edges_[e].to] = level_[queue[i]] + 1;
+          queue.push_back(edges_[e].to);
+        }
+      }
+    }
+    return level_[sink] >= 0;
+  }
+  double Push(int32_t u, int32_t sink, double limit) {
+    if (u == sink) return limit;
+    for (int32_t& e = next_edge_[u]; e >= 0; e = edges_[e].next) {
+      Edge& edge = edges_[e];
+      if (edge.left <= kEpsilon || level_[edge.to] != level_[u] + 1) continue;
+      if (const double pushed = Push(edge.to, sink, std::min(limit, edge.left)); pushed > 0) {
+        edge.left -= pushed;
+        edges_[e ^ 1].left += pushed;
+        return pushed;
+      }
+    }
+    return 0;
+  }
+  static constexpr double kEpsilon = 1e-12;
+  std::vector<Edge> edges_;
+  std::vector<int32_t> first_, level_, next_edge_;
+};
+
+}  // namespace
+
+ReplicaShares OptimalReplicaShares(const ExpertMap& map, int32_t layer,
+                                   std::span<const double> load) {
+  const int32_t E = map.num_logical_experts(), R = map.num_ranks();
+  EPLB_CHECK(load.size() == static_cast<size_t>(E), load.size());
+  const SlotLayout& layout = map.layout();
+  // Nodes: source, experts, ranks, sink. Loads scaled to a total of 1 (flows stay well above the
+  // tolerance whatever the units).
+  double total = 0;
+  for (const double v : load) total += v;
+  ReplicaShares out;
+  out.share.assign(map.num_physical_experts(), 0.0);
+  const std::vector<double> uniform = RankLoads(map, layer, load);
+  out.max_rank_load = *std::max_element(uniform.begin(), uniform.end());
+  for (int32_t e = 0; e < E; ++e) {
+    for (const int32_t p : map.replicas(layer, e))
+      out.share[p] = 1.0 / map.replicas(layer, e).size();
+  }
+  if (total <= 0) return out;
+  const int32_t source = 0, sink = E + R + 1;
+  MaxFlow flow(E + R + 2);
+  std::vector<std::vector<std::pair<int32_t, int32_t>>> held(E);  // per expert: (rank, edge)
+  for (int32_t e = 0; e < E; ++e) {
+    flow.Add(source, 1 + e, load[e] / total);
+    for (const int32_t p : map.replicas(layer, e)) {
+      const int32_t r = layout.RankOfSlot(p);
+      if (std::none_of(held[e].begin(), held[e].end(),
+                       [&](const auto& h) { return h.first == r; })) {
+        held[e].push_back({r, flow.Add(1 + e, 1 + E + r, 1.0)});
+      }
+    }
+  }
+  std::vector<int32_t> rank_edge(R);
+  for (int32_t r = 0; r < R; ++r) rank_edge[r] = flow.Add(1 + E + r, sink, 0);
+  const auto feasible = [&](double t) {
+    for (int32_t r = 0; r < R; ++r) flow.SetCapacity(rank_edge[r], t);
+    return flow.Run(source, sink) >= 1 - 1e-9;
+  };
+  // Between the mean and uniform routing's busiest rank (which is feasible).
+  double lo = 1.0 / R, hi = out.max_rank_load / total;
+  if (feasible(lo)) {
+    hi = lo;
+  } else {
+    while (hi - lo > 1e-9 * hi) {
+      const double mid = (lo + hi) / 2;
+      (feasible(mid) ? hi : lo) = mid;
+    }
+    feasible(hi);
+  }
+  if (hi * total >= out.max_rank_load) return out;  // uniform is as good
+  out.max_rank_load = hi * total;
+  for (int32_t e = 0; e < E; ++e) {
+    double sent = 0;  // e's load routed, normalised to 1 below (the flow is exact to 1e-9)
+    for (const auto& [r, edge] : held[e]) sent += flow.flow(edge);
+    if (load[e] <= 0 || sent <= 0) continue;
+    for (const auto& [r, edge] : held[e]) {
+      // The rank's part of e, split evenly over e's slots on it.
+      int32_t on_rank = 0;
+      for (const int32_t p : map.replicas(layer, e)) on_rank += layout.RankOfSlot(p) == r;
+      for (const int32_t p : map.replicas(layer, e)) {
+        if (layout.RankOfSlot(p) == r) out.share[p] = flow.flow(edge) / sent / on_rank;
+      }
+    }
+  }
+  return out;
 }
 
 Migration ComputeMigration(const ExpertMap& before, const ExpertMap& after,

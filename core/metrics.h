@@ -1,5 +1,6 @@
-// Quality and cost of a placement: rank loads, balancedness, the lower bound on the busiest rank,
-// and the migration between two placements. Pure functions of their arguments.
+// Quality and cost of a placement: rank loads, balancedness, lower bounds on the busiest rank,
+// optimal replica routing shares, and the migration between two placements. Pure functions of their
+// arguments.
 #ifndef EPLB_CORE_METRICS_H_
 #define EPLB_CORE_METRICS_H_
 
@@ -128,6 +129,20 @@ MapQuality EvaluateMap(const ExpertMap& map, const LoadMatrix& load);
 // EvaluateMap of several maps of one shape, each layer's lower bound computed once for all.
 std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
                                      const LoadMatrix& load);
+
+// Replica routing shares of one layer: for each slot, the share of its expert's tokens that
+// replica should receive so that the busiest rank is as low as the placement allows (an expert's
+// shares sum to 1; uniform routing gives each replica 1 / its replicas). max_rank_load is that
+// busiest rank: the least, over every split of each expert's load among the ranks holding it, of
+// the highest rank load. Found by bisection on it with a max-flow test (experts → the ranks holding
+// them → sink), to a relative 1e-9; replicas of an expert on one rank share its part evenly.
+// REQUIRES: load.size() == map.num_logical_experts(), loads finite and ≥ 0.
+struct ReplicaShares {
+  std::vector<double> share;  // per slot
+  double max_rank_load = 0;
+};
+ReplicaShares OptimalReplicaShares(const ExpertMap& map, int32_t layer,
+                                   std::span<const double> load);
 
 // What moving from `before` to `after` costs.
 struct Migration {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -97,6 +98,61 @@ TEST(MetricsTest, CountLowerBoundIsTighterWithFewSlotsAndTheBasicBoundElsewhere)
   EXPECT_EQ(CountLowerBound(few, 15, 4), MaxRankLoadLowerBound(few, 15, 4));
   EXPECT_EQ(CountLowerBound(few, 8, 8), MaxRankLoadLowerBound(few, 8, 8));
   EXPECT_EQ(CountLowerBound(std::vector<double>{0, 0}, 4, 2), 0.0);
+}
+
+TEST(ReplicaSharesTest, SplitAnExpertUnevenlyWhereThatLowersTheBusiestRank) {
+  // Expert 0 (load 10) on ranks 0 and 1, expert 1 (load 2) on rank 0: uniform routing loads the
+  // ranks 7 and 5; sending 40% of expert 0 to rank 0 loads both 6.
+  const ExpertMap map = Map(1, 2, 3, 2, {0, 1, 0});
+  const ReplicaShares shares = OptimalReplicaShares(map, 0, std::vector<double>{10, 2});
+  EXPECT_NEAR(shares.max_rank_load, 6.0, 1e-8);
+  EXPECT_NEAR(shares.share[0], 0.4, 1e-8);
+  EXPECT_NEAR(shares.share[1], 1.0, 1e-12);
+  EXPECT_NEAR(shares.share[2], 0.6, 1e-8);
+  // Nothing to gain: the uniform shares, and uniform routing's busiest rank.
+  const ReplicaShares even = OptimalReplicaShares(map, 0, std::vector<double>{10, 0});
+  EXPECT_EQ(even.max_rank_load, 5.0);
+  EXPECT_EQ(even.share, (std::vector<double>{0.5, 1.0, 0.5}));
+}
+
+// Against the exact optimum of the split: the largest, over every set S of ranks, of the load of
+// the experts held only on S over |S| (Hall's condition), on random maps of 6 ranks (deepseek's
+// included, which may hold an expert twice on a rank).
+TEST(ReplicaSharesTest, ReachTheBestSplitOnRandomMaps) {
+  std::mt19937_64 rng(8);
+  for (int trial = 0; trial < 40; ++trial) {
+    const int32_t E = 8, R = 6, P = 18;
+    std::vector<int32_t> phy2log(P);
+    for (int32_t p = 0; p < P; ++p) phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % E);
+    std::shuffle(phy2log.begin(), phy2log.end(), rng);
+    const ExpertMap map = Map(1, E, P, R, phy2log);
+    std::lognormal_distribution<double> share(0.0, 1.5);
+    std::vector<double> load(E);
+    for (double& v : load) v = std::round(share(rng) * 100);
+    const ReplicaShares shares = OptimalReplicaShares(map, 0, load);
+    double best = 0;
+    for (uint32_t set = 1; set < (1u << R); ++set) {
+      double inside = 0;
+      for (int32_t e = 0; e < E; ++e) {
+        bool all = true;
+        for (const int32_t p : map.replicas(0, e)) all &= (set >> map.layout().RankOfSlot(p)) & 1;
+        if (all) inside += load[e];
+      }
+      best = std::max(best, inside / std::popcount(set));
+    }
+    EXPECT_NEAR(shares.max_rank_load, best, 1e-7 * best) << "trial " << trial;
+    // The shares route every expert's load, and realise that busiest rank.
+    std::vector<double> rank_load(R, 0.0), routed(E, 0.0);
+    for (int32_t p = 0; p < P; ++p) {
+      EXPECT_GE(shares.share[p], 0.0);
+      routed[phy2log[p]] += shares.share[p];
+      rank_load[map.layout().RankOfSlot(p)] += shares.share[p] * load[phy2log[p]];
+    }
+    for (int32_t e = 0; e < E; ++e) EXPECT_NEAR(routed[e], 1.0, 1e-9) << "expert " << e;
+    EXPECT_LE(*std::max_element(rank_load.begin(), rank_load.end()), best * (1 + 1e-7));
+    const std::vector<double> uniform = RankLoads(map, 0, load);
+    EXPECT_LE(shares.max_rank_load, *std::max_element(uniform.begin(), uniform.end()));
+  }
 }
 
 TEST(MetricsTest, MigrationCountsExpertsNewToARank) {
