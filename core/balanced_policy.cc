@@ -275,14 +275,16 @@ class Packing {
       };
 
       if (lh <= target) {
-        // At the target: the step lowering the busiest rank with the most gain less the price of
-        // the replicas it places away from home, if that is positive. A swap with r gains at most
-        // half the gap lh − lr and returns at most two replicas home.
-        const double price = options.move_price;
+        // At the target: the step with the most gain on the busiest rank (the load it takes off
+        // h, down to the highest rank it touches) less the price of the replicas it places away
+        // from home, if that is positive. Without a price (infinite), one returning replicas home
+        // counts as more than any gain, and gains order the rest. A swap with r gains at most half
+        // the gap lh − lr and returns at most two replicas home.
+        const double price = std::isinf(options.move_price) ? 2 * lh + 1 : options.move_price;
         double best_value = 0;
         const auto consider = [&](Step::Kind kind, int cost, double m, int32_t a, int32_t r,
                                   int32_t b) {
-          const double value = cost == 0 ? lh - m : (lh - m) - price * cost;
+          const double value = (lh - m) - price * cost;
           if (m < lh * (1 - 1e-12) && value > best_value) {
             best_value = value;
             best = {kind, cost, m, a, r, b};
@@ -1138,6 +1140,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanWithAffinity(
     BalancedOptions node_options = options;
     node_options.max_received_per_rank = 0;
     node_options.max_received_per_layer = 0;
+    node_options.gain_per_move = 0;  // a group is many experts: its nodes' parts price the moves
     ASSIGN_OR_RETURN(groups_on, PlanPart(node_part, node_options, max_swaps));
     if (!complete && !prev_groups_on.empty()) {
       groups_on = MatchRanks(std::move(groups_on), node_capacity, prev_groups_on, G);
@@ -1221,6 +1224,12 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> PlanWithAffinity(
   }
   const int32_t node_slots = slots * rpn;
   std::vector<std::vector<std::vector<int32_t>>> candidates = Assignments(G, N, kMaxAssignments);
+  // The assignment already planned, in the enumeration's form (each node's groups ascending,
+  // nodes by their first group): not planned again.
+  std::vector<std::vector<int32_t>> planned_form = groups_on;
+  for (std::vector<int32_t>& groups : planned_form) std::sort(groups.begin(), groups.end());
+  std::sort(planned_form.begin(), planned_form.end());
+  std::erase(candidates, planned_form);
   std::vector<std::pair<double, size_t>> order;
   std::vector<double> node_load;
   for (size_t i = 0; i < candidates.size(); ++i) {

@@ -28,13 +28,13 @@
 //      step reaches the target, the one lowering the busiest rank most. At the target the repair
 //      goes on, not stopping at the edge of the band: while a step lowers the busiest rank without
 //      placing a replica away from home (it returns replicas to ranks that held them), and, with
-//      `gain_per_move`, while one gains more than that price per replica it places away (the step
-//      with the most gain less price first; a layer within the tolerance is then improved the
-//      same way instead of kept). This runs with the previous replica counts, then with the new
-//      ones; if neither reaches the target, the fresh packing is used with its ranks matched to the
-//      previous ones. An expert that stays on its rank keeps its slot. Move budgets
-//      (max_received_per_rank, max_received_per_layer) bound the repair, even short of the target;
-//      `min_gain` keeps a layer whose busiest rank would drop by less.
+//      `gain_per_move`, while one lowers the busiest rank's load by more than that price per
+//      replica it places away (the most gain less price first; a layer within the tolerance is then
+//      improved the same way instead of kept). This runs with the previous
+//      replica counts, then with the new ones; if neither reaches the target, the fresh packing is
+//      used with its ranks matched to the previous ones. An expert that stays on its rank keeps its
+//      slot. Move budgets (max_received_per_rank, max_received_per_layer) bound the repair, even
+//      short of the target; `min_gain` keeps a layer whose busiest rank would drop by less.
 //   5. Node affinity: groups are assigned to nodes first (the previous assignment kept or repaired
 //      the same way), then each node's experts are planned on its ranks as above. Planned afresh
 //      with at most 4 slots on every rank, up to 4 other assignments (when there are at most 1024,
@@ -73,10 +73,12 @@ struct BalancedOptions {
   // least this fraction of that rank's load (0: any gain beyond `tolerance` moves). In [0, 1].
   double min_gain = 0;
   // With a previous placement, once a layer's busiest rank is within `tolerance`, the repair goes
-  // on with steps that lower it by more than this fraction of the layer's mean rank load per
-  // expert they make a rank receive (net of replicas they return to ranks that held them): the
-  // tolerance is a limit, and this the price of balance in moves. 0: only steps that make no
-  // rank receive an expert. In [0, 1].
+  // on with steps that lower the busiest rank's load by more than this fraction of the layer's
+  // mean rank load per expert they make a rank receive (net of replicas returned to ranks that
+  // held them): the tolerance is a limit, and this the price of balance in moves. Each step is
+  // judged on the rank it lowers: where several ranks are as busy, the layer's busiest load drops
+  // once each of them is lowered. With node affinity, per node (its mean, its busiest rank). 0:
+  // only steps that make no rank receive an expert. In [0, 1].
   double gain_per_move = 0;
   // Node affinity: every expert group's replicas stay on the ranks of one node (groups are packed
   // onto nodes, G / N each, then each node is planned on its own), bounding cross-node traffic as

@@ -74,7 +74,8 @@ bool CountLowerBoundApplies(int32_t num_experts, int32_t num_slots, int32_t num_
          num_experts <= 12;
 }
 
-double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks) {
+double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks,
+                       int64_t max_steps) {
   const double basic = MaxRankLoadLowerBound(load, num_slots, num_ranks);
   const int32_t E = static_cast<int32_t>(load.size()), R = num_ranks, P = num_slots;
   const int32_t slots = P / R;
@@ -105,7 +106,7 @@ double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t 
   };
   const auto descend = [&](auto&& self, int32_t i, int32_t left) -> void {
     if (over) return;
-    if (++steps > kCountBoundSteps) {
+    if (++steps > max_steps) {
       over = true;
       return;
     }

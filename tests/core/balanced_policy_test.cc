@@ -480,6 +480,29 @@ TEST(BalancedPolicyTest, GainPerMoveBuysBalanceAtItsPriceAndNoDearer) {
   EXPECT_EQ(ComputeMigration(*previous, *bought, 1).experts_received, 2);
 }
 
+// Each step bought with moves is judged on the busiest rank it lowers: with two ranks equally busy,
+// each swap lowers one of them by 1 for 2 experts received, bought at a price below 1 / 2 (of the
+// mean rank load 9: a gain per move below 1 / 18), and the layer's busiest rank drops once both
+// are lowered.
+TEST(BalancedPolicyTest, GainPerMoveIsPaidOnTheRankEachStepLowers) {
+  // Ranks {6, 4} {6, 4} {5, 3} {5, 3}: loads 10, 10, 8, 8, mean 9, the best 9 ({6, 3} {5, 4} ...),
+  // within a tolerance of 12%.
+  const DeploymentShape shape{
+      .num_layers = 1, .num_logical_experts = 8, .num_ranks = 4, .num_physical_experts = 8};
+  const LoadMatrix load{.num_layers = 1, .num_experts = 8, .values = {6, 4, 6, 4, 5, 3, 5, 3}};
+  auto previous = ExpertMap::FromPhy2Log(1, 8, shape.slot_layout(), {0, 1, 2, 3, 4, 5, 6, 7});
+  ASSERT_TRUE(previous.ok());
+  auto kept = BalancedPolicy({.tolerance = 0.12, .gain_per_move = 0.056})
+                  .Plan({.shape = shape, .load = &load, .previous = &*previous});
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*kept, *previous);
+  auto bought = BalancedPolicy({.tolerance = 0.12, .gain_per_move = 0.055})
+                    .Plan({.shape = shape, .load = &load, .previous = &*previous});
+  ASSERT_TRUE(bought.ok());
+  EXPECT_EQ(MaxRankLoad(*bought, 0, load), 9);
+  EXPECT_EQ(ComputeMigration(*previous, *bought, 1).experts_received, 4);
+}
+
 // The weights and loads of one layer's sets: per expert its load over its replicas.
 struct LayerSets {
   std::vector<std::set<int32_t>> sets;

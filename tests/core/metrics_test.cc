@@ -86,6 +86,8 @@ TEST(MetricsTest, CountLowerBoundIsTighterWithFewSlotsAndTheBasicBoundElsewhere)
   const std::vector<double> example = {600, 560, 120, 120, 20, 10, 10, 10};
   EXPECT_DOUBLE_EQ(MaxRankLoadLowerBound(example, 16, 8), 1450.0 / 8);
   EXPECT_NEAR(CountLowerBound(example, 16, 8), 560.0 / 3 + 10, 1e-9);
+  // An enumeration cut short proves nothing: the basic bound, not the least found so far.
+  EXPECT_EQ(CountLowerBound(example, 16, 8, /*max_steps=*/3), 1450.0 / 8);
   // Outside its shapes it is the basic bound, exactly: 5 slots per rank, 13 experts, slots not a
   // multiple of the ranks, one slot per rank.
   std::mt19937_64 rng(3);
