@@ -340,26 +340,21 @@ absl::Status ShmGroup::Fail(const absl::Status& status) {
 
 absl::Status ShmGroup::Gone(const char* op, int32_t peer) const {
   const RankHead& r = RankOf(base_, layout_, peer);
-  const int32_t state = Atomic(const_cast<int32_t&>(r.state)).load(std::memory_order_acquire);
-  if (state == kLeft) {
+  const auto state = [&] {
+    return Atomic(const_cast<int32_t&>(r.state)).load(std::memory_order_acquire);
+  };
+  const auto left = [&] {
     return absl::UnavailableError(
         absl::StrCat(op, " on rank ", rank_, ": rank ", peer, " left the group"));
-  }
+  };
+  const int32_t seen = state();
+  if (seen == kLeft) return left();
   const pid_t p = static_cast<pid_t>(Atomic(const_cast<int64_t&>(r.pid)).load());
-  if (state == kJoined && p > 0 && ProcessExited(p)) {
+  if (seen == kJoined && p > 0 && ProcessExited(p)) {
+    // A rank that leaves marks itself before it exits: it may have done both since `seen`.
+    if (state() == kLeft) return left();
     return absl::UnavailableError(
         absl::StrCat(op, " on rank ", rank_, ": rank ", peer, " (pid ", p, ") exited"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ShmGroup::CheckPeers(const char* op, std::span<const int32_t> peers, bool force) {
-  if (absl::Status f = failure(); !f.ok()) return f;
-  const absl::Time now = absl::Now();
-  if (!force && now - last_peer_check_ < absl::Milliseconds(1)) return absl::OkStatus();
-  last_peer_check_ = now;
-  for (int32_t peer : peers) {
-    if (absl::Status gone = Gone(op, peer); !gone.ok()) return Fail(gone);
   }
   return absl::OkStatus();
 }
@@ -370,9 +365,16 @@ absl::Status ShmGroup::WaitUntil(const char* op, const std::function<bool()>& do
   for (uint64_t spin = 0;; ++spin) {
     if (done()) return absl::OkStatus();
     if (absl::Status f = failure(); !f.ok()) return f;
-    if (absl::Now() - last_peer_check_ >= absl::Milliseconds(1)) {
-      // Only the ranks still waited for: one that did its part and then left is no failure.
-      if (absl::Status s = CheckPeers(op, waiting_for(), /*force=*/true); !s.ok()) return s;
+    if (const absl::Time now = absl::Now(); now - last_peer_check_ >= absl::Milliseconds(1)) {
+      last_peer_check_ = now;
+      // Only the ranks still waited for: one that did its part and then left is no failure. It
+      // may do both between reading who is waited for and looking at it: done() tells.
+      for (const int32_t peer : waiting_for()) {
+        if (absl::Status gone = Gone(op, peer); !gone.ok()) {
+          if (done()) return absl::OkStatus();
+          return Fail(gone);
+        }
+      }
     }
     if (absl::Now() > deadline) {
       if (done()) return absl::OkStatus();

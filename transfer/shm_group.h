@@ -125,9 +125,6 @@ class ShmGroup {
   // between polls; the ranks are checked at most every millisecond.
   absl::Status WaitUntil(const char* op, const std::function<bool()>& done,
                          const std::function<std::vector<int32_t>()>& waiting_for);
-  // Fails the group if a rank of `peers` is gone (checked at most every millisecond unless
-  // `force`). OK otherwise, or the group's failure.
-  absl::Status CheckPeers(const char* op, std::span<const int32_t> peers, bool force = false);
 
   // ---- Collectives ----
   // Every rank contributes `bytes` (at most gather_bytes; the same size on every rank); returns
