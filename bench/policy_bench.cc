@@ -84,6 +84,29 @@ void BM_CrossNodeShare(benchmark::State& state, const bench::NamedShape* named) 
   state.SetLabel(shape.DebugString());
 }
 
+// Optimal replica routing shares (core/metrics.h OptimalReplicaShares) of every layer of the
+// planned map, as `eplbctl plan --replica-shares` computes them. Compare with the plan's own time.
+void BM_ReplicaShares(benchmark::State& state, const char* policy_name,
+                      const bench::NamedShape* named) {
+  const DeploymentShape& shape = named->shape;
+  const LoadMatrix load = SyntheticLoad(shape, 1234);
+  auto policy = CreatePolicy(policy_name);
+  auto planned = (*policy)->Plan({.shape = shape, .load = &load});
+  if (!planned.ok()) {
+    state.SkipWithError("cannot plan");
+    return;
+  }
+  double sum_max = 0;
+  for (auto _ : state) {
+    sum_max = 0;
+    for (int32_t l = 0; l < shape.num_layers; ++l) {
+      sum_max += OptimalReplicaShares(*planned, l, load.row(l)).max_rank_load;
+    }
+    benchmark::DoNotOptimize(sum_max);
+  }
+  state.SetLabel(shape.DebugString());
+}
+
 int RegisterAll() {
   for (const char* policy : {"contiguous", "deepseek", "balanced"}) {
     for (const bench::NamedShape& named : kShapes) {
@@ -98,6 +121,14 @@ int RegisterAll() {
         ->Arg(1)
         ->Arg(32)
         ->Unit(benchmark::kMicrosecond);
+  }
+  for (const char* policy : {"deepseek", "balanced"}) {
+    for (const bench::NamedShape& named : kShapes) {
+      benchmark::RegisterBenchmark(
+          (std::string("replica_shares/") + policy + "/" + named.name).c_str(), BM_ReplicaShares,
+          policy, &named)
+          ->Unit(benchmark::kMillisecond);
+    }
   }
   return 0;
 }

@@ -25,7 +25,7 @@
 namespace eplb::cli {
 namespace {
 
-constexpr std::array<FlagSpec, 16> kOwnFlags = {{
+constexpr std::array<FlagSpec, 17> kOwnFlags = {{
     {"load", "PATH",
      "the load: a file {\"load\": [[…E…] × L]}, or as --load-format says (required unless "
      "--policy contiguous)"},
@@ -45,6 +45,9 @@ constexpr std::array<FlagSpec, 16> kOwnFlags = {{
     {"output", "FILE", "write the map here, atomically (default: standard output)"},
     {"format", "NAME", "eplb, vllm-ascend, sglang or trtllm (default eplb)"},
     {"bytes-per-expert", "B", "bytes of one expert's weights, to report the bytes to move"},
+    {"replica-shares", "",
+     "write each replica's share of its expert's tokens that balances the ranks best into the map "
+     "(replica_share; --format eplb) and print the balance it routes to"},
     {"per-layer", "", "print the balancedness of every layer, before and after"},
     {"help", "", "print this help"},
 }};
@@ -61,6 +64,7 @@ struct PlanOptions {
   std::optional<BalancedFlags> balanced;  // balanced's options, when any was given
   std::optional<LayerIds> layer_ids;      // how --previous and --output number rows
   bool per_layer = false;
+  bool replica_shares = false;  // compute and write optimal routing shares
 };
 
 absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
@@ -105,6 +109,15 @@ absl::StatusOr<PlanOptions> ReadOptions(const ParsedArgs& args) {
   if (args.Has("previous")) o.previous_path = args.Get("previous");
   if (args.Has("output")) o.output_path = args.Get("output");
   o.per_layer = args.Has("per-layer");
+  o.replica_shares = args.Has("replica-shares");
+  if (o.replica_shares && o.format != MapFormat::kEplb) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--replica-shares needs --format eplb: ", MapFormatName(o.format),
+                     " cannot carry routing shares"));
+  }
+  if (o.replica_shares && !o.load_path) {
+    return absl::InvalidArgumentError("--replica-shares needs --load: shares follow the load");
+  }
   if (!o.load_path) {
     if (o.policy != ContiguousPolicy::kName) {
       return absl::InvalidArgumentError(absl::StrCat("--load is required by --policy ", o.policy));
@@ -127,9 +140,10 @@ absl::StatusOr<ParsedExpertMap> ReadPrevious(const std::string& path, const Depl
   return map;
 }
 
+// `shares`: the routing shares written with the map (empty: none).
 void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* load,
-                  const ExpertMap& baseline, bool baseline_is_previous, double plan_ms,
-                  std::ostream& err) {
+                  std::span<const double> shares, const ExpertMap& baseline,
+                  bool baseline_is_previous, double plan_ms, std::ostream& err) {
   const DeploymentShape& s = o.shape;
   err << absl::StrFormat(
       "policy %s: %d layers, %d experts (%d groups), %d slots on %d ranks (%d nodes), %.2f ms\n",
@@ -141,12 +155,15 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
     const std::vector<MapQuality> qualities = EvaluateMaps(evaluated, *load);
     const MapQuality& before = qualities[0];
     const MapQuality& after = qualities[1];
+    std::optional<RoutedBalance> routed;
+    if (!shares.empty()) routed = EvaluateRouting(map, *load, shares);
     if (o.per_layer) {
-      err << absl::StrFormat("%5s  %-12s %-12s %s\n", "layer", baseline_name, "planned",
-                             "max/bound");
+      err << absl::StrFormat("%5s  %-12s %-12s %s", "layer", baseline_name, "planned",
+                             routed ? "max/bound    weighted\n" : "max/bound\n");
       for (int32_t l = 0; l < s.num_layers; ++l) {
-        err << absl::StrFormat("%5d  %-12.4f %-12.4f %.4f\n", l, before.layers[l].balancedness,
+        err << absl::StrFormat("%5d  %-12.4f %-12.4f %.4f", l, before.layers[l].balancedness,
                                after.layers[l].balancedness, after.layers[l].max_over_bound);
+        err << (routed ? absl::StrFormat("       %.4f\n", routed->balancedness[l]) : "\n");
       }
     }
     err << absl::StrFormat("balancedness  %-10s min %.4f  mean %.4f\n", baseline_name,
@@ -159,6 +176,11 @@ void PrintSummary(const PlanOptions& o, const ExpertMap& map, const LoadMatrix* 
       err << absl::StrFormat(", max/count bound %.4f", after.mean_max_over_count_bound);
     }
     err << ")\n";
+    if (routed) {
+      err << absl::StrFormat(
+          "balancedness  %-10s min %.4f  mean %.4f  (routed by the replica shares in the map)\n",
+          "weighted", routed->min_balancedness, routed->mean_balancedness);
+    }
     if (s.num_nodes > 1) {
       const RoutingModel model;
       const ExpertMap* maps[] = {&baseline, &map};
@@ -246,11 +268,13 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (!map.ok()) return fail(map.status());
 
+  std::vector<double> shares;
+  if (o.replica_shares) shares = OptimalReplicaShareTable(*map, *load);
   const int64_t version = previous ? previous->version + 1 : 1;
   if (o.output_path) {
     const LayerIds* layer_ids = o.layer_ids ? &*o.layer_ids : nullptr;
     if (absl::Status written =
-            WriteExpertMapFile(*o.output_path, *map, o.format, version, layer_ids);
+            WriteExpertMapFile(*o.output_path, *map, o.format, version, layer_ids, shares);
         !written.ok()) {
       return fail(written);
     }
@@ -260,7 +284,7 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
         [&out](absl::string_view piece) {
           out.write(piece.data(), static_cast<std::streamsize>(piece.size()));
         },
-        o.layer_ids ? &*o.layer_ids : nullptr);
+        o.layer_ids ? &*o.layer_ids : nullptr, shares);
     out.flush();
   }
 
@@ -270,7 +294,7 @@ int Plan(const PlanOptions& options, std::ostream& out, std::ostream& err) {
     if (!planned.ok()) return fail(planned.status());
     contiguous = *std::move(planned);
   }
-  PrintSummary(o, *map, load ? &*load : nullptr, previous ? previous->map : *contiguous,
+  PrintSummary(o, *map, load ? &*load : nullptr, shares, previous ? previous->map : *contiguous,
                previous.has_value(), plan_ms, err);
   if (o.output_path) {
     err << absl::StrFormat("wrote %s (%s, version %d)\n", *o.output_path, MapFormatName(o.format),
@@ -291,6 +315,7 @@ std::string PlanUsage() {
       "                    [--max-received-per-layer M] [--layer-min-gain X] [--node-affinity]\n"
       "                    [--output MAP.json] [--format eplb|vllm-ascend|sglang|trtllm] "
       "[--per-layer]\n"
+      "                    [--replica-shares]\n"
       "                    [--layer-ids LIST | --first-moe-layer K] [--num-hidden-layers H]\n"
       "       eplbctl plan --policy contiguous --num-layers L --num-logical-experts E\n"
       "                    --num-physical-experts P --num-ranks R --output MAP.json\n\n"

@@ -32,8 +32,9 @@ absl::StatusOr<ParsedExpertMap> ReadExpertMapFile(const std::string& path,
 }
 
 absl::Status WriteExpertMapFile(const std::string& path, const ExpertMap& map, MapFormat format,
-                                int64_t version, const LayerIds* layer_ids) {
-  RETURN_IF_ERROR(CheckMapWritable(map, format, layer_ids));
+                                int64_t version, const LayerIds* layer_ids,
+                                std::span<const double> replica_share) {
+  RETURN_IF_ERROR(CheckMapWritable(map, format, layer_ids, replica_share));
   ASSIGN_OR_RETURN(AtomicFileWriter writer, AtomicFileWriter::Create(path));
   absl::Status written;
   WriteExpertMapText(
@@ -41,7 +42,7 @@ absl::Status WriteExpertMapFile(const std::string& path, const ExpertMap& map, M
       [&](absl::string_view piece) {
         if (written.ok()) written = writer.Append(piece);
       },
-      layer_ids);
+      layer_ids, replica_share);
   RETURN_IF_ERROR(written);
   return writer.Commit();
 }

@@ -5,6 +5,7 @@
 #define EPLB_CORE_MAP_FILES_H_
 
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "absl/status/status.h"
@@ -28,11 +29,12 @@ absl::StatusOr<LoadMatrix> ReadLoadFile(const std::string& path);
 absl::StatusOr<ParsedExpertMap> ReadExpertMapFile(const std::string& path,
                                                   const MapShapeHints& hints = {});
 
-// Writes `map` to `path` in `format` (`version` goes into the eplb format only; `layer_ids`
-// numbers the sglang and trtllm formats' rows, as WriteExpertMapText), atomically. Refuses what
-// CheckMapWritable refuses, writing nothing.
+// Writes `map` to `path` in `format` (`version` and `replica_share` go into the eplb format only;
+// `layer_ids` numbers the sglang and trtllm formats' rows, as WriteExpertMapText), atomically.
+// Refuses what CheckMapWritable refuses, writing nothing.
 absl::Status WriteExpertMapFile(const std::string& path, const ExpertMap& map, MapFormat format,
-                                int64_t version, const LayerIds* layer_ids = nullptr);
+                                int64_t version, const LayerIds* layer_ids = nullptr,
+                                std::span<const double> replica_share = {});
 
 }  // namespace eplb
 

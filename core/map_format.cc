@@ -11,6 +11,7 @@
 #include "absl/base/attributes.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/check.h"
 #include "core/json.h"
@@ -257,6 +258,37 @@ absl::Status PrefixShapeError(absl::Status status) {
 
 // ---- eplb.expert_map.v1 ------------------------------------------------------------------------
 
+// The numbers of replica_share: L rows of P (their values are checked by CheckReplicaShares).
+absl::StatusOr<std::vector<double>> ReadReplicaShares(const JsonValue& v, int32_t L, int32_t P) {
+  JsonValue::Array rows_scratch, row_scratch;
+  ASSIGN_OR_RETURN(const JsonValue::Array* rows,
+                   ReadArray(
+                       v, [] { return std::string("replica_share"); }, &rows_scratch));
+  if (static_cast<int64_t>(rows->size()) != L) {
+    return Invalid(
+        absl::StrCat("replica_share has ", rows->size(), " rows, expected num_layers = ", L));
+  }
+  std::vector<double> share;
+  share.reserve(static_cast<size_t>(L) * P);
+  for (int32_t l = 0; l < L; ++l) {
+    ASSIGN_OR_RETURN(const JsonValue::Array* row,
+                     ReadArray((*rows)[l], [&] { return absl::StrCat("replica_share[", l, "]"); },
+                               &row_scratch));
+    if (static_cast<int64_t>(row->size()) != P) {
+      return Invalid(absl::StrCat("replica_share[", l, "] has ", row->size(),
+                                  " entries, expected num_physical_experts = ", P));
+    }
+    for (int32_t p = 0; p < P; ++p) {
+      const JsonValue& item = (*row)[p];
+      if (!item.is_number()) {
+        return Invalid(absl::StrCat("replica_share[", l, "][", p, "] is not a number"));
+      }
+      share.push_back(item.number_value());
+    }
+  }
+  return share;
+}
+
 absl::StatusOr<ParsedExpertMap> ParseEplbMap(const JsonValue& root, const MapShapeHints& hints) {
   ASSIGN_OR_RETURN(const JsonValue* format, RequireMember(root, "format"));
   if (!format->is_string()) return Invalid("format is not a string");
@@ -358,7 +390,12 @@ absl::StatusOr<ParsedExpertMap> ParseEplbMap(const JsonValue& root, const MapSha
 
   ASSIGN_OR_RETURN(ExpertMap map,
                    ExpertMap::FromTables(L, E, layout, std::move(phy2log), log2phy, logcnt));
-  return ParsedExpertMap{std::move(map), MapFormat::kEplb, version};
+  ParsedExpertMap parsed{std::move(map), MapFormat::kEplb, version, {}};
+  if (const JsonValue* v = root.Find("replica_share")) {
+    ASSIGN_OR_RETURN(parsed.replica_share, ReadReplicaShares(*v, L, P));
+    RETURN_IF_ERROR(CheckReplicaShares(parsed.map, parsed.replica_share));
+  }
+  return parsed;
 }
 
 // ---- vllm-ascend -------------------------------------------------------------------------------
@@ -604,7 +641,8 @@ void AppendKey(std::string* out, absl::string_view indent, absl::string_view key
   out->append(": ");
 }
 
-void WriteEplbMap(const ExpertMap& map, int64_t version, PieceWriter& w) {
+void WriteEplbMap(const ExpertMap& map, int64_t version, std::span<const double> replica_share,
+                  PieceWriter& w) {
   const int32_t L = map.num_layers(), E = map.num_logical_experts(), P = map.num_physical_experts();
   const int32_t R = map.num_ranks(), W = map.log2phy_width();
   std::string* out = w.out();
@@ -645,6 +683,18 @@ void WriteEplbMap(const ExpertMap& map, int64_t version, PieceWriter& w) {
   out->append(",\n");
   AppendKey(out, "  ", "logcnt");
   AppendRows(w, L, "  ", [&](int64_t l) { AppendJsonIntArray(out, map.logcnt(l)); });
+  if (!replica_share.empty()) {
+    out->append(",\n");
+    AppendKey(out, "  ", "replica_share");
+    AppendRows(w, L, "  ", [&](int64_t l) {
+      out->push_back('[');
+      for (int32_t p = 0; p < P; ++p) {
+        if (p > 0) out->append(", ");
+        AppendJsonNumber(out, replica_share[static_cast<size_t>(l) * P + p]);
+      }
+      out->push_back(']');
+    });
+  }
   out->append("\n}\n");
 }
 
@@ -789,8 +839,49 @@ std::string LoadToJson(const LoadMatrix& load) {
   return json;
 }
 
-absl::Status CheckMapWritable(const ExpertMap& map, MapFormat format, const LayerIds* layer_ids) {
+absl::Status CheckReplicaShares(const ExpertMap& map, std::span<const double> share) {
+  const int32_t L = map.num_layers(), E = map.num_logical_experts(), P = map.num_physical_experts();
+  const size_t expected = static_cast<size_t>(L) * P;
+  if (share.size() != expected) {
+    return Invalid(absl::StrCat("replica_share has ", share.size(),
+                                " entries, expected num_layers × num_physical_experts = ", L, " × ",
+                                P, " = ", expected));
+  }
+  for (int32_t l = 0; l < L; ++l) {
+    const std::span<const double> row = share.subspan(static_cast<size_t>(l) * P, P);
+    for (int32_t p = 0; p < P; ++p) {
+      if (!(row[p] >= 0.0 && row[p] <= 1.0)) {  // NaN fails both
+        return Invalid(
+            absl::StrCat("replica_share[", l, "][", p, "] = ", row[p], " is out of range [0, 1]"));
+      }
+    }
+    for (int32_t e = 0; e < E; ++e) {
+      const std::span<const int32_t> slots = map.replicas(l, e);
+      double sum = 0;
+      for (const int32_t p : slots) sum += row[p];
+      if (!(std::abs(sum - 1.0) <= kReplicaShareSumTolerance)) {
+        constexpr size_t kNamed = 8;
+        std::string named = absl::StrJoin(slots.subspan(0, std::min(slots.size(), kNamed)), ", ");
+        if (slots.size() > kNamed) absl::StrAppend(&named, ", …");
+        return Invalid(absl::StrCat("replica_share[", l, "]: the shares of expert ", e, " (slot",
+                                    slots.size() > 1 ? "s " : " ", named, ") sum to ",
+                                    absl::StrFormat("%.9g", sum), ", expected 1"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckMapWritable(const ExpertMap& map, MapFormat format, const LayerIds* layer_ids,
+                              std::span<const double> replica_share) {
   if (layer_ids != nullptr) RETURN_IF_ERROR(layer_ids->CheckFits(map.num_layers(), "the map"));
+  if (!replica_share.empty()) {
+    if (format != MapFormat::kEplb) {
+      return Invalid(absl::StrCat("replica shares are carried by the eplb format only, not ",
+                                  MapFormatName(format)));
+    }
+    RETURN_IF_ERROR(CheckReplicaShares(map, replica_share));
+  }
   if (format == MapFormat::kTrtllm && map.num_physical_experts() % map.num_ranks() != 0) {
     return Invalid(
         absl::StrCat("the map has ", map.num_physical_experts(), " slots on ", map.num_ranks(),
@@ -800,9 +891,9 @@ absl::Status CheckMapWritable(const ExpertMap& map, MapFormat format, const Laye
 }
 
 void WriteExpertMapText(const ExpertMap& map, MapFormat format, int64_t version,
-                        absl::FunctionRef<void(absl::string_view)> sink,
-                        const LayerIds* layer_ids) {
-  const absl::Status writable = CheckMapWritable(map, format, layer_ids);
+                        absl::FunctionRef<void(absl::string_view)> sink, const LayerIds* layer_ids,
+                        std::span<const double> replica_share) {
+  const absl::Status writable = CheckMapWritable(map, format, layer_ids, replica_share);
   EPLB_CHECK(writable.ok(), writable.message());
   if (format == MapFormat::kTrtllm) {
     internal::WriteTrtllmMap(map, layer_ids ? *layer_ids : LayerIds::AllMoe(map.num_layers()),
@@ -813,7 +904,7 @@ void WriteExpertMapText(const ExpertMap& map, MapFormat format, int64_t version,
   switch (format) {
     case MapFormat::kEplb:
       EPLB_CHECK(version >= 0, "version ", version);
-      WriteEplbMap(map, version, writer);
+      WriteEplbMap(map, version, replica_share, writer);
       return;  // ~PieceWriter hands over the rest
     case MapFormat::kVllmAscend:
       WriteVllmAscendMap(map, writer);
@@ -828,11 +919,12 @@ void WriteExpertMapText(const ExpertMap& map, MapFormat format, int64_t version,
 }
 
 std::string ExpertMapToText(const ExpertMap& map, MapFormat format, int64_t version,
-                            const LayerIds* layer_ids) {
+                            const LayerIds* layer_ids, std::span<const double> replica_share) {
   std::string json;
   WriteExpertMapText(
       map, format, version,
-      [&json](absl::string_view piece) { json.append(piece.data(), piece.size()); }, layer_ids);
+      [&json](absl::string_view piece) { json.append(piece.data(), piece.size()); }, layer_ids,
+      replica_share);
   return json;
 }
 

@@ -198,7 +198,7 @@ namespace {
 class MaxFlow {
  public:
   explicit MaxFlow(int32_t nodes) : first_(nodes, -1), level_(nodes), next_edge_(nodes) {}
-  // An edge u → v of capacity c; returns its index (flow(index) after Run).
+  // An edge u → v of capacity c; returns its index (for flow(index)).
   int32_t Add(int32_t u, int32_t v, double c) {
     edges_.push_back({v, first_[u], c, c});
     first_[u] = static_cast<int32_t>(edges_.size()) - 1;
@@ -206,10 +206,13 @@ class MaxFlow {
     first_[v] = static_cast<int32_t>(edges_.size()) - 1;
     return static_cast<int32_t>(edges_.size()) - 2;
   }
-  void SetCapacity(int32_t edge, double c) { edges_[edge].capacity = c; }
-  double flow(int32_t edge) const { return edges_[edge].capacity - edges_[edge].left; }
-  double Run(int32_t source, int32_t sink) {
-    for (size_t i = 0; i < edges_.size(); ++i) edges_[i].left = edges_[i].capacity;
+  // Raises an edge's capacity to c ≥ its capacity, keeping the flow found so far.
+  void RaiseCapacity(int32_t edge, double c) {
+    edges_[edge].left += c - edges_[edge].capacity;
+    edges_[edge].capacity = c;
+  }
+  // Augments the current flow to a maximum one; returns the flow added.
+  double Augment(int32_t source, int32_t sink) {
     double total = 0;
     while (Levels(source, sink)) {
       next_edge_ = first_;
@@ -217,6 +220,13 @@ class MaxFlow {
     }
     return total;
   }
+  // The flow on an edge (never negative: augmenting a flow in floating point can leave -1e-15).
+  double flow(int32_t edge) const {
+    return std::max(0.0, edges_[edge].capacity - edges_[edge].left);
+  }
+  // After Augment: whether `node` is reachable from the source in the residual graph (the source
+  // side of a minimum cut).
+  bool SourceSide(int32_t node) const { return level_[node] >= 0; }
 
  private:
   static constexpr double kInfinity = std::numeric_limits<double>::infinity();
@@ -291,21 +301,32 @@ ReplicaShares OptimalReplicaShares(const ExpertMap& map, int32_t layer,
   }
   std::vector<int32_t> rank_edge(R);
   for (int32_t r = 0; r < R; ++r) rank_edge[r] = flow.Add(1 + E + r, sink, 0);
+  // Capacities only grow from one t to the next: each test augments the last flow.
+  double routed = 0;
   const auto feasible = [&](double t) {
-    for (int32_t r = 0; r < R; ++r) flow.SetCapacity(rank_edge[r], t);
-    return flow.Run(source, sink) >= 1 - 1e-9;
+    for (int32_t r = 0; r < R; ++r) flow.RaiseCapacity(rank_edge[r], t);
+    routed += flow.Augment(source, sink);
+    return routed >= 1 - 1e-9;
   };
-  // Between the mean and uniform routing's busiest rank (which is feasible).
-  double lo = 1.0 / R, hi = out.max_rank_load / total;
-  if (feasible(lo)) {
-    hi = lo;
-  } else {
-    while (hi - lo > 1e-9 * hi) {
-      const double mid = (lo + hi) / 2;
-      (feasible(mid) ? hi : lo) = mid;
-    }
-    feasible(hi);
+  // Dinkelbach's iteration on the ratio of Hall's condition, from the mean: when the ranks cannot
+  // take every expert's load at t, the minimum cut names a set of ranks B holding all replicas of
+  // a set of experts A with load(A) > t × |B| (an edge expert → rank carries the whole load, so
+  // no such edge is cut); the busiest rank is at least load(A) / |B|, the next t. Each t is a
+  // ratio of some set, strictly larger than the last, so the iteration ends, in a few steps in
+  // practice; rounding is caught by requiring progress.
+  double t = 1.0 / R;
+  const double uniform_max = out.max_rank_load / total;
+  for (int32_t step = 0; !feasible(t); ++step) {
+    double held_load = 0;
+    int32_t held_ranks = 0;
+    for (int32_t e = 0; e < E; ++e) held_load += flow.SourceSide(1 + e) ? load[e] / total : 0.0;
+    for (int32_t r = 0; r < R; ++r) held_ranks += flow.SourceSide(1 + E + r);
+    const double next = held_ranks > 0 ? held_load / held_ranks : uniform_max;
+    if (next >= uniform_max || step > 2 * R + 8) return out;  // uniform routing is as good
+    // Rounding: a cut that names no larger ratio; the smallest step up ends it.
+    t = next > t * (1 + 1e-12) ? next : t * (1 + 1e-9);
   }
+  const double hi = t;
   if (hi * total >= out.max_rank_load) return out;  // uniform is as good
   out.max_rank_load = hi * total;
   for (int32_t e = 0; e < E; ++e) {
@@ -321,6 +342,50 @@ ReplicaShares OptimalReplicaShares(const ExpertMap& map, int32_t layer,
       }
     }
   }
+  return out;
+}
+
+std::vector<double> OptimalReplicaShareTable(const ExpertMap& map, const LoadMatrix& load) {
+  EPLB_CHECK(load.num_layers == map.num_layers() && load.num_experts == map.num_logical_experts(),
+             "load of ", load.num_layers, " × ", load.num_experts);
+  std::vector<double> table;
+  table.reserve(static_cast<size_t>(map.num_layers()) * map.num_physical_experts());
+  for (int32_t l = 0; l < map.num_layers(); ++l) {
+    const ReplicaShares shares = OptimalReplicaShares(map, l, load.row(l));
+    table.insert(table.end(), shares.share.begin(), shares.share.end());
+  }
+  return table;
+}
+
+std::vector<double> RoutedRankLoads(const ExpertMap& map, int32_t layer,
+                                    std::span<const double> load, std::span<const double> share) {
+  EPLB_CHECK(load.size() == static_cast<size_t>(map.num_logical_experts()), load.size());
+  EPLB_CHECK(share.size() == static_cast<size_t>(map.num_physical_experts()), share.size());
+  const SlotLayout& layout = map.layout();
+  std::vector<double> rank_loads(map.num_ranks(), 0.0);
+  const std::span<const int32_t> phy2log = map.phy2log(layer);
+  for (int32_t p = 0; p < map.num_physical_experts(); ++p) {
+    rank_loads[layout.RankOfSlot(p)] += share[p] * load[phy2log[p]];
+  }
+  return rank_loads;
+}
+
+RoutedBalance EvaluateRouting(const ExpertMap& map, const LoadMatrix& load,
+                              std::span<const double> share_table) {
+  const int32_t L = map.num_layers(), P = map.num_physical_experts();
+  EPLB_CHECK(load.num_layers == L && load.num_experts == map.num_logical_experts(), "load of ",
+             load.num_layers, " × ", load.num_experts);
+  EPLB_CHECK(share_table.size() == static_cast<size_t>(L) * P, share_table.size());
+  RoutedBalance out;
+  double sum = 0;
+  for (int32_t l = 0; l < L; ++l) {
+    const double b = Balancedness(
+        RoutedRankLoads(map, l, load.row(l), share_table.subspan(static_cast<size_t>(l) * P, P)));
+    out.balancedness.push_back(b);
+    out.min_balancedness = l == 0 ? b : std::min(out.min_balancedness, b);
+    sum += b;
+  }
+  out.mean_balancedness = sum / L;
   return out;
 }
 

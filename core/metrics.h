@@ -145,6 +145,28 @@ struct ReplicaShares {
 ReplicaShares OptimalReplicaShares(const ExpertMap& map, int32_t layer,
                                    std::span<const double> load);
 
+// OptimalReplicaShares' shares of every layer, as one table of L × P entries, row-major (the
+// eplb map format's replica_share, core/map_format.h). REQUIRES: load has map.num_layers() rows of
+// map.num_logical_experts() values.
+std::vector<double> OptimalReplicaShareTable(const ExpertMap& map, const LoadMatrix& load);
+
+// Load on each rank of one layer when slot p receives share[p] of its expert's load (`share`: the
+// layer's P entries). With 1 / replicas for every slot, RankLoads.
+// REQUIRES: load.size() == map.num_logical_experts(), share.size() == map.num_physical_experts().
+std::vector<double> RoutedRankLoads(const ExpertMap& map, int32_t layer,
+                                    std::span<const double> load, std::span<const double> share);
+
+// Balancedness (mean / max rank load) of every layer with tokens routed by `share_table` (L × P,
+// as OptimalReplicaShareTable), and its min and mean over layers: the "weighted" balance beside
+// EvaluateMap's uniform one. REQUIRES: as OptimalReplicaShareTable; share_table.size() == L × P.
+struct RoutedBalance {
+  std::vector<double> balancedness;
+  double min_balancedness = 1.0;
+  double mean_balancedness = 1.0;
+};
+RoutedBalance EvaluateRouting(const ExpertMap& map, const LoadMatrix& load,
+                              std::span<const double> share_table);
+
 // What moving from `before` to `after` costs.
 struct Migration {
   int64_t slots_changed = 0;  // slots whose logical expert changes, summed over layers

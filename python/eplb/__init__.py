@@ -36,7 +36,9 @@ __all__ = [
     "evaluate",
     "plan",
     "read_load",
+    "read_replica_shares",
     "rebalance_experts",
+    "replica_shares",
 ]
 
 __version__ = "0.1.0"
@@ -103,15 +105,41 @@ def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_ranks, *,
     return restore(result.phy2log), restore(result.log2phy), restore(result.logcnt)
 
 
-def evaluate(map, load, previous=None, *, bytes_per_expert=0) -> Evaluation:  # noqa: A002
-    """The quality of `map` under `load` [L, E]: balancedness (mean / max rank load), max / lower
-    bound and max / count bound (tighter with 2-4 slots per rank and at most 12 experts) per layer,
-    with their min and mean; with `previous` (an ExpertMap or a phy2log
-    table of the same shape) also what moving from it costs: slots changed, experts received (in
-    all and per rank) and bytes moved (experts received × bytes_per_expert)."""
+def evaluate(map, load, previous=None, *, bytes_per_expert=0,  # noqa: A002
+             replica_shares=None) -> Evaluation:
+    """The quality of `map` under `load` [L, E]: balancedness (mean / max rank load, each expert's
+    tokens split evenly over its replicas), max / lower bound and max / count bound (tighter with
+    2-4 slots per rank and at most 12 experts) per layer, with their min and mean; with `previous`
+    (an ExpertMap or a phy2log table of the same shape) also what moving from it costs: slots
+    changed, experts received (in all and per rank) and bytes moved (experts received ×
+    bytes_per_expert).
+
+    replica_shares: the weighted balance beside the uniform one (weighted_balancedness, with its
+    min and mean; None without): "optimal" for the shares that balance the ranks best (as
+    replica_shares() computes them), or a table [L, P] of each slot's share of its expert's
+    tokens (as read_replica_shares() reads them), checked as the map format checks them."""
     array, _ = _as_numpy(load)
     prev = _previous_map(previous, map.num_logical_experts, map.num_ranks)
-    return _core.evaluate(map, array, prev, bytes_per_expert)
+    if replica_shares is not None and not isinstance(replica_shares, str):
+        replica_shares, _ = _as_numpy(replica_shares)
+    return _core.evaluate(map, array, prev, bytes_per_expert, replica_shares)
+
+
+def replica_shares(map, load):  # noqa: A002
+    """Replica routing shares [L, P] (float64): for each slot, the share of its expert's tokens
+    its replica should receive so that the busiest rank under `load` [L, E] is as low as `map`
+    allows (each expert's shares sum to 1; uniform routing gives 1 / replicas). For engines that
+    split an expert's tokens unevenly over its replicas; `map.write(path,
+    replica_shares=shares)` stores them in the eplb format."""
+    array, _ = _as_numpy(load)
+    return _core.replica_shares(map, array)
+
+
+def read_replica_shares(path, *, num_logical_experts=None, num_ranks=None):
+    """The replica routing shares [L, P] an eplb map file carries (its "replica_share"), checked
+    against the file's map; None when it carries none (and for the other formats)."""
+    return _core.read_replica_shares(path, num_logical_experts=num_logical_experts,
+                                     num_ranks=num_ranks)
 
 
 def read_load(path, format="eplb", *, layer_ids=None, num_hidden_layers=None,  # noqa: A002

@@ -333,6 +333,48 @@ std::string PathOf(const py::object& path) {
   return text;
 }
 
+// Routing shares [L, P] (any integer or floating dtype) for `map`, checked as the map format
+// checks them (ValueError naming the shape or the first bad entry).
+std::vector<double> SharesOf(const py::object& object, const ExpertMap& map) {
+  const py::array array = AsArray(object);
+  CheckArray(array, "replica_shares", 2, "[layers, physical experts]", "iuf",
+             "an integer or floating dtype");
+  if (array.shape(0) != map.num_layers() || array.shape(1) != map.num_physical_experts()) {
+    throw py::value_error(absl::StrCat("replica_shares has shape ", ShapeText(array),
+                                       ", expected (", map.num_layers(), ", ",
+                                       map.num_physical_experts(), ") as the map"));
+  }
+  std::vector<double> share;
+  VisitElements<double>(array, [&](const auto* data, size_t n) { share.assign(data, data + n); });
+  ThrowIfError(CheckReplicaShares(map, share));
+  return share;
+}
+
+py::array_t<double> SharesArray(const std::vector<double>& share, const ExpertMap& map) {
+  py::array_t<double> out({static_cast<py::ssize_t>(map.num_layers()),
+                           static_cast<py::ssize_t>(map.num_physical_experts())});
+  std::copy(share.begin(), share.end(), out.mutable_data());
+  return out;
+}
+
+// The shares an argument names: None (none), "optimal" (OptimalReplicaShareTable under `load`,
+// which must be given) or a table [L, P].
+std::optional<std::vector<double>> SharesArgument(const py::object& object, const ExpertMap& map,
+                                                  const LoadMatrix* load) {
+  if (object.is_none()) return std::nullopt;
+  if (py::isinstance<py::str>(object)) {
+    const std::string name = object.cast<std::string>();
+    if (name != "optimal" || load == nullptr) {
+      throw py::value_error(absl::StrCat("replica_shares = ", std::string(py::repr(object)),
+                                         " is not ", load ? "\"optimal\" or " : "",
+                                         "an array [layers, physical experts]"));
+    }
+    py::gil_scoped_release release;
+    return OptimalReplicaShareTable(map, *load);
+  }
+  return SharesOf(object, map);
+}
+
 // The result of evaluate(): quality of `map` under a load, and the migration from `previous`.
 struct Evaluation {
   std::vector<double> balancedness;
@@ -342,11 +384,12 @@ struct Evaluation {
   double mean_balancedness = 1.0;
   double mean_max_over_bound = 1.0;
   double mean_max_over_count_bound = 1.0;
+  std::optional<RoutedBalance> routed;  // with replica shares
   std::optional<Migration> migration;
 };
 
 Evaluation Evaluate(const ExpertMap& map, const py::object& load_array, const ExpertMap* previous,
-                    int64_t bytes_per_expert) {
+                    int64_t bytes_per_expert, const py::object& replica_shares) {
   const LoadMatrix load = ToLoad(AsArray(load_array), "load");
   ThrowIfError(ValidateLoad(load, map.num_layers(), map.num_logical_experts()));
   if (bytes_per_expert < 0 || bytes_per_expert > kMaxBytesPerExpert) {
@@ -362,8 +405,10 @@ Evaluation Evaluate(const ExpertMap& map, const py::object& load_array, const Ex
       throw py::value_error(absl::StrCat("previous ", st.message()));
     }
   }
+  const std::optional<std::vector<double>> shares = SharesArgument(replica_shares, map, &load);
   Evaluation e;
   py::gil_scoped_release release;
+  if (shares) e.routed = EvaluateRouting(map, load, *shares);
   const MapQuality quality = EvaluateMap(map, load);
   for (const LayerQuality& layer : quality.layers) {
     e.balancedness.push_back(layer.balancedness);
@@ -565,32 +610,43 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "to_text",
           [](const ExpertMap& map, const std::string& format, int64_t version,
-             const py::object& layer_ids, std::optional<int64_t> num_hidden_layers) {
+             const py::object& layer_ids, std::optional<int64_t> num_hidden_layers,
+             const py::object& replica_shares) {
+            const MapFormat f = FormatOf(format);
             const std::optional<LayerIds> ids = LayerIdsOf(layer_ids, num_hidden_layers);
-            return ExpertMapToText(map, FormatOf(format), Version(version),
-                                   FittingLayerIds(map, ids));
+            const LayerIds* fitting = FittingLayerIds(map, ids);
+            const std::vector<double> shares =
+                SharesArgument(replica_shares, map, nullptr).value_or(std::vector<double>());
+            ThrowIfError(CheckMapWritable(map, f, fitting, shares));
+            return ExpertMapToText(map, f, Version(version), fitting, shares);
           },
           py::arg("format") = "eplb", py::arg("version") = 0, py::kw_only(),
-          py::arg("layer_ids") = py::none(), py::arg("num_hidden_layers") = py::none())
+          py::arg("layer_ids") = py::none(), py::arg("num_hidden_layers") = py::none(),
+          py::arg("replica_shares") = py::none())
       .def(
           "write",
           [](const ExpertMap& map, const py::object& path, const std::string& format,
-             int64_t version, const py::object& layer_ids,
-             std::optional<int64_t> num_hidden_layers) {
+             int64_t version, const py::object& layer_ids, std::optional<int64_t> num_hidden_layers,
+             const py::object& replica_shares) {
             const MapFormat f = FormatOf(format);
             version = Version(version);
             const std::optional<LayerIds> ids = LayerIdsOf(layer_ids, num_hidden_layers);
             const LayerIds* fitting = FittingLayerIds(map, ids);
+            const std::vector<double> shares =
+                SharesArgument(replica_shares, map, nullptr).value_or(std::vector<double>());
+            // Refused before the file is touched, as ValueError (bad arguments, not a file error).
+            ThrowIfError(CheckMapWritable(map, f, fitting, shares));
             const std::string file = PathOf(path);
             absl::Status written;
             {
               py::gil_scoped_release release;
-              written = WriteExpertMapFile(file, map, f, version, fitting);
+              written = WriteExpertMapFile(file, map, f, version, fitting, shares);
             }
             ThrowIfError(written, /*file_io=*/true);
           },
           py::arg("path"), py::arg("format") = "eplb", py::arg("version") = 0, py::kw_only(),
-          py::arg("layer_ids") = py::none(), py::arg("num_hidden_layers") = py::none())
+          py::arg("layer_ids") = py::none(), py::arg("num_hidden_layers") = py::none(),
+          py::arg("replica_shares") = py::none())
       .def_property_readonly("num_layers", &ExpertMap::num_layers)
       .def_property_readonly("num_logical_experts", &ExpertMap::num_logical_experts)
       .def_property_readonly("num_physical_experts", &ExpertMap::num_physical_experts)
@@ -632,6 +688,21 @@ PYBIND11_MODULE(_core, m) {
           "max_over_count_bound",
           [](const Evaluation& e) { return ToNumpyDouble(e.max_over_count_bound); })
       .def_readonly("mean_max_over_count_bound", &Evaluation::mean_max_over_count_bound)
+      .def_property_readonly("weighted_balancedness",
+                             [](const Evaluation& e) -> py::object {
+                               if (!e.routed) return py::none();
+                               return ToNumpyDouble(e.routed->balancedness);
+                             })
+      .def_property_readonly("min_weighted_balancedness",
+                             [](const Evaluation& e) -> std::optional<double> {
+                               if (!e.routed) return std::nullopt;
+                               return e.routed->min_balancedness;
+                             })
+      .def_property_readonly("mean_weighted_balancedness",
+                             [](const Evaluation& e) -> std::optional<double> {
+                               if (!e.routed) return std::nullopt;
+                               return e.routed->mean_balancedness;
+                             })
       .def_property_readonly("slots_changed",
                              [](const Evaluation& e) -> std::optional<int64_t> {
                                if (!e.migration) return std::nullopt;
@@ -669,7 +740,35 @@ PYBIND11_MODULE(_core, m) {
   m.def("moe_layers_of", &MoeLayersOf, py::arg("hidden_rows"), py::arg("layer_ids"),
         py::arg("num_hidden_layers"));
   m.def("evaluate", &Evaluate, py::arg("map"), py::arg("load"), py::arg("previous"),
-        py::arg("bytes_per_expert"));
+        py::arg("bytes_per_expert"), py::arg("replica_shares"));
+  m.def(
+      "replica_shares",
+      [](const ExpertMap& map, const py::object& load_object) {
+        const LoadMatrix load = ToLoad(AsArray(load_object), "load");
+        ThrowIfError(ValidateLoad(load, map.num_layers(), map.num_logical_experts()));
+        std::vector<double> shares;
+        {
+          py::gil_scoped_release release;
+          shares = OptimalReplicaShareTable(map, load);
+        }
+        return SharesArray(shares, map);
+      },
+      py::arg("map"), py::arg("load"));
+  m.def(
+      "read_replica_shares",
+      [](const py::object& path, std::optional<int64_t> num_logical_experts,
+         std::optional<int64_t> num_ranks, const py::object& layer_ids,
+         std::optional<int64_t> num_hidden_layers) -> py::object {
+        MapShapeHints hints =
+            Hints(num_logical_experts, num_ranks, LayerIdsOf(layer_ids, num_hidden_layers));
+        const ParsedExpertMap parsed =
+            ValueOrThrow(ReadExpertMapFile(PathOf(path), hints), /*file_io=*/true);
+        if (parsed.replica_share.empty()) return py::none();
+        return SharesArray(parsed.replica_share, parsed.map);
+      },
+      py::arg("path"), py::kw_only(), py::arg("num_logical_experts") = py::none(),
+      py::arg("num_ranks") = py::none(), py::arg("layer_ids") = py::none(),
+      py::arg("num_hidden_layers") = py::none());
   m.def("policy_names", [] {
     std::vector<std::string> names;
     for (absl::string_view name : PolicyNames()) names.emplace_back(name);

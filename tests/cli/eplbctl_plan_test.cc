@@ -97,6 +97,59 @@ TEST_F(EplbctlPlanTest, SummaryFiguresAreTheMapsMetrics) {
   EXPECT_THAT(six.err, Not(HasSubstr("count bound")));
 }
 
+TEST_F(EplbctlPlanTest, ReplicaSharesAreWrittenWithTheMapAndTheirBalancePrinted) {
+  const std::string load_path = Write("load.json", kExampleLoad);
+  std::vector<std::string> args = ExampleArgs(load_path);
+  args.insert(args.end(), {"--output", Path("map.json"), "--per-layer", "--replica-shares"});
+  const Result r = Run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto parsed = ParseExpertMapJson(Slurp(Path("map.json")));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  auto load = ParseLoadJson(kExampleLoad);
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(parsed->replica_share, OptimalReplicaShareTable(parsed->map, *load));
+  const RoutedBalance routed = EvaluateRouting(parsed->map, *load, parsed->replica_share);
+  const MapQuality q = EvaluateMap(parsed->map, *load);
+  char line[160];
+  std::snprintf(line, sizeof line,
+                "balancedness  weighted   min %.4f  mean %.4f  (routed by the replica shares in "
+                "the map)\n",
+                routed.min_balancedness, routed.mean_balancedness);
+  EXPECT_THAT(r.err, HasSubstr(line));
+  EXPECT_THAT(r.err, HasSubstr("max/bound    weighted\n"));
+  std::snprintf(line, sizeof line, "%-12.4f %.4f       %.4f\n", q.layers[1].balancedness,
+                q.layers[1].max_over_bound, routed.balancedness[1]);
+  EXPECT_THAT(r.err, HasSubstr(line));
+  // deepseek's plan of the example leaves something to route better.
+  EXPECT_GT(routed.mean_balancedness, q.mean_balancedness + 0.01);
+
+  // Without the flag: no shares in the map, no weighted figures.
+  args.pop_back();
+  const Result plain = Run(args);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_THAT(plain.err, Not(HasSubstr("weighted")));
+  parsed = ParseExpertMapJson(Slurp(Path("map.json")));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->replica_share.empty());
+
+  // Refused where shares cannot go or cannot be computed, the output kept.
+  const std::string kept = Slurp(Path("map.json"));
+  args.insert(args.end(), {"--replica-shares", "--format", "vllm-ascend"});
+  Result refused = Run(args);
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_EQ(refused.err,
+            "eplbctl plan: --replica-shares needs --format eplb: vllm-ascend cannot carry routing "
+            "shares (see eplbctl plan --help)\n");
+  refused = Run({"plan", "--policy", "contiguous", "--num-layers", "2", "--num-logical-experts",
+                 "30", "--num-physical-experts", "30", "--num-ranks", "8", "--output",
+                 Path("map.json"), "--replica-shares"});
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_EQ(refused.err,
+            "eplbctl plan: --replica-shares needs --load: shares follow the load (see eplbctl "
+            "plan --help)\n");
+  EXPECT_EQ(Slurp(Path("map.json")), kept);
+}
+
 TEST_F(EplbctlPlanTest, ContiguousWithoutLoad) {
   const Result r =
       Run({"plan", "--policy", "contiguous", "--num-layers", "2", "--num-logical-experts", "30",

@@ -87,5 +87,28 @@ TEST_F(MapFilesTest, AFailedWriteLeavesTheOldFile) {
   EXPECT_TRUE(fs::is_empty(dir_ / "sub"));
 }
 
+TEST_F(MapFilesTest, ReplicaSharesRoundTripAndBadOnesWriteNothing) {
+  const ExpertMap map = TwoRankMap();  // expert 0 on slots 0 and 3
+  const std::vector<double> share = {0.75, 1, 1, 0.25};
+  ASSERT_TRUE(WriteExpertMapFile(Path("map.json"), map, MapFormat::kEplb, 2, nullptr, share).ok());
+  auto read = ReadExpertMapFile(Path("map.json"));
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->map, map);
+  EXPECT_EQ(read->replica_share, share);
+  const std::string before = Read("map.json");
+  // Shares that do not add up, or a format that cannot carry them: refused, the file kept.
+  const std::vector<double> bad = {0.5, 1, 1, 0.25};
+  absl::Status written =
+      WriteExpertMapFile(Path("map.json"), map, MapFormat::kEplb, 3, nullptr, bad);
+  EXPECT_EQ(written.message(),
+            "replica_share[0]: the shares of expert 0 (slots 0, 3) sum to 0.75, expected 1");
+  written = WriteExpertMapFile(Path("map.json"), map, MapFormat::kSglang, 3, nullptr, share);
+  EXPECT_EQ(written.message(), "replica shares are carried by the eplb format only, not sglang");
+  EXPECT_EQ(Read("map.json"), before);
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir_)) names.push_back(entry.path().filename());
+  EXPECT_EQ(names, (std::vector<std::string>{"map.json"}));
+}
+
 }  // namespace
 }  // namespace eplb

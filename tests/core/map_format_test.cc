@@ -182,6 +182,110 @@ TEST(MapFormatTest, WritesEplbFormat) {
 )");
 }
 
+// SmallMap's layers: expert 0 on slots 0 and 4, expert 1 on 1 and 5 (layer 0); expert 2 on 2
+// and 5, expert 3 on 0 and 1 (layer 1); the others once.
+const std::vector<double> kSmallShares = {0.25,       0.5,   1,       1, 0.75, 0.5,
+                                          /**/ 0.125, 0.875, 1.0 / 3, 1, 1,    2.0 / 3};
+
+TEST(MapFormatTest, WritesReplicaSharesAfterTheTablesAndReadsThemBackExactly) {
+  const std::string json = ExpertMapToText(SmallMap(), MapFormat::kEplb, 12, nullptr, kSmallShares);
+  EXPECT_THAT(json, HasSubstr(R"(  "logcnt": [
+    [2, 2, 1, 1],
+    [1, 1, 2, 2]
+  ],
+  "replica_share": [
+    [0.25, 0.5, 1, 1, 0.75, 0.5],
+    [0.125, 0.875, 0.3333333333333333, 1, 1, 0.6666666666666666]
+  ]
+}
+)"));
+  absl::StatusOr<ParsedExpertMap> parsed = ParseExpertMapJson(json);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->map, SmallMap());
+  EXPECT_EQ(parsed->replica_share, kSmallShares);  // bit for bit
+  // Without shares the key is absent and the table empty.
+  parsed = ParseExpertMapJson(ExpertMapToText(SmallMap(), MapFormat::kEplb, 12));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->replica_share.empty());
+  // Only the eplb format carries them.
+  for (MapFormat format : {MapFormat::kVllmAscend, MapFormat::kSglang, MapFormat::kTrtllm}) {
+    const absl::Status st = CheckMapWritable(SmallMap(), format, nullptr, kSmallShares);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(st.message(), absl::StrCat("replica shares are carried by the eplb format only, not ",
+                                         MapFormatName(format)));
+  }
+}
+
+TEST(MapFormatTest, ReplicaSharesAreChecked) {
+  const ExpertMap map = SmallMap();
+  const auto error = [&](std::vector<double> share) {
+    const absl::Status st = CheckReplicaShares(map, share);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+    // CheckMapWritable refuses the same, in the same words.
+    EXPECT_EQ(CheckMapWritable(map, MapFormat::kEplb, nullptr, share), st);
+    return std::string(st.message());
+  };
+  EXPECT_TRUE(CheckReplicaShares(map, kSmallShares).ok());
+  EXPECT_EQ(error({1, 1}),
+            "replica_share has 2 entries, expected num_layers × num_physical_experts = 2 × 6 = 12");
+  std::vector<double> share = kSmallShares;
+  share[10] = 1.5;
+  EXPECT_EQ(error(share), "replica_share[1][4] = 1.5 is out of range [0, 1]");
+  share[10] = -0.25;
+  EXPECT_EQ(error(share), "replica_share[1][4] = -0.25 is out of range [0, 1]");
+  share[10] = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_EQ(error(share), "replica_share[1][4] = nan is out of range [0, 1]");
+  share = kSmallShares;
+  share[4] = 0.65;  // expert 0 of layer 0: 0.25 + 0.65
+  EXPECT_EQ(error(share),
+            "replica_share[0]: the shares of expert 0 (slots 0, 4) sum to 0.9, expected 1");
+  share = kSmallShares;
+  share[9] = 0.5;  // expert 1 of layer 1, one slot
+  EXPECT_EQ(error(share),
+            "replica_share[1]: the shares of expert 1 (slot 3) sum to 0.5, expected 1");
+  // Within the tolerance: accepted.
+  share = kSmallShares;
+  share[4] += 0.5e-6;
+  EXPECT_TRUE(CheckReplicaShares(map, share).ok());
+}
+
+TEST(MapFormatTest, ReplicaSharesInAFileAreChecked) {
+  const std::string json = ExpertMapToText(SmallMap(), MapFormat::kEplb, 1, nullptr, kSmallShares);
+  const auto error = [&](const std::function<void(JsonValue&)>& edit) {
+    return MapError(Edit(json, edit));
+  };
+  EXPECT_EQ(error([](JsonValue& d) { Member(d, "replica_share") = JsonValue::Int(1); }),
+            "replica_share is not an array");
+  EXPECT_EQ(
+      error([](JsonValue& d) { Member(d, "replica_share").mutable_array_items().pop_back(); }),
+      "replica_share has 1 rows, expected num_layers = 2");
+  EXPECT_EQ(error([](JsonValue& d) { At(Member(d, "replica_share"), 1) = JsonValue::Null(); }),
+            "replica_share[1] is not an array");
+  EXPECT_EQ(error([](JsonValue& d) {
+              At(Member(d, "replica_share"), 1).mutable_array_items().pop_back();
+            }),
+            "replica_share[1] has 5 entries, expected num_physical_experts = 6");
+  EXPECT_EQ(error([](JsonValue& d) {
+              At(At(Member(d, "replica_share"), 0), 2) = JsonValue::String("1");
+            }),
+            "replica_share[0][2] is not a number");
+  EXPECT_EQ(
+      error([](JsonValue& d) { At(At(Member(d, "replica_share"), 0), 2) = JsonValue::Int(2); }),
+      "replica_share[0][2] = 2 is out of range [0, 1]");
+  EXPECT_EQ(error([](JsonValue& d) {
+              At(At(Member(d, "replica_share"), 1), 5) = JsonValue::Double(0.5);
+            }),
+            "replica_share[1]: the shares of expert 2 (slots 2, 5) sum to 0.833333333, "
+            "expected 1");
+  // Integers are numbers: a row of whole shares reads as well.
+  absl::StatusOr<ParsedExpertMap> parsed = ParseExpertMapJson(Edit(json, [](JsonValue& d) {
+    At(Member(d, "replica_share"), 0) = JsonValue::MakeIntArray({1, 1, 1, 1, 0, 0});
+  }));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->replica_share[0], 1.0);
+  EXPECT_EQ(parsed->replica_share[4], 0.0);
+}
+
 TEST(MapFormatTest, WritesVllmAscendFormat) {
   EXPECT_EQ(ExpertMapToText(SmallMap(), MapFormat::kVllmAscend),
             R"({

@@ -118,12 +118,12 @@ TEST(ReplicaSharesTest, SplitAnExpertUnevenlyWhereThatLowersTheBusiestRank) {
 }
 
 // Against the exact optimum of the split: the largest, over every set S of ranks, of the load of
-// the experts held only on S over |S| (Hall's condition), on random maps of 6 ranks (deepseek's
-// included, which may hold an expert twice on a rank).
+// the experts held only on S over |S| (Hall's condition), on random maps of 6 and 11 ranks
+// (deepseek's included, which may hold an expert twice on a rank).
 TEST(ReplicaSharesTest, ReachTheBestSplitOnRandomMaps) {
   std::mt19937_64 rng(8);
-  for (int trial = 0; trial < 40; ++trial) {
-    const int32_t E = 8, R = 6, P = 18;
+  for (int trial = 0; trial < 80; ++trial) {
+    const int32_t R = trial % 2 == 0 ? 6 : 11, E = R + 2, P = 3 * R;
     std::vector<int32_t> phy2log(P);
     for (int32_t p = 0; p < P; ++p) phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % E);
     std::shuffle(phy2log.begin(), phy2log.end(), rng);
@@ -155,6 +155,47 @@ TEST(ReplicaSharesTest, ReachTheBestSplitOnRandomMaps) {
     const std::vector<double> uniform = RankLoads(map, 0, load);
     EXPECT_LE(shares.max_rank_load, *std::max_element(uniform.begin(), uniform.end()));
   }
+}
+
+// The table of every layer, and the balance it routes to: uniform shares give EvaluateMap's
+// balancedness, the optimal ones mean / OptimalReplicaShares' busiest rank, never less.
+TEST(ReplicaSharesTest, TableOfEveryLayerAndTheBalanceItRoutes) {
+  // Layer 0 as SplitAnExpertUnevenly…; layer 1 holds expert 1 twice.
+  const ExpertMap map = Map(2, 2, 3, 2, {0, 1, 0, /**/ 1, 0, 1});
+  LoadMatrix load;
+  load.num_layers = 2;
+  load.num_experts = 2;
+  load.values = {10, 2, /**/ 4, 8};
+  const std::vector<double> table = OptimalReplicaShareTable(map, load);
+  ASSERT_EQ(table.size(), 6u);
+  for (int32_t l = 0; l < 2; ++l) {
+    const ReplicaShares shares = OptimalReplicaShares(map, l, load.row(l));
+    EXPECT_TRUE(std::equal(shares.share.begin(), shares.share.end(), table.begin() + 3 * l));
+  }
+  EXPECT_NEAR(table[0], 0.4, 1e-8);
+  EXPECT_THAT(RoutedRankLoads(map, 0, load.row(0), std::span(table).subspan(0, 3)),
+              ElementsAre(::testing::DoubleNear(6, 1e-7), ::testing::DoubleNear(6, 1e-7)));
+  // Layer 1: rank 0 holds expert 1 (slot 0) and expert 0 (slot 1), rank 1 expert 1 (slot 2):
+  // uniform loads 8 and 4 (half of expert 1 each way); a quarter of it to rank 0 gives 6 and 6.
+  EXPECT_THAT(RoutedRankLoads(map, 1, load.row(1), std::vector<double>{0.5, 1, 0.5}),
+              ElementsAre(8, 4));
+  EXPECT_NEAR(table[3], 0.25, 1e-8);
+  EXPECT_NEAR(table[5], 0.75, 1e-8);
+
+  const std::vector<double> uniform = {0.5, 1, 0.5, /**/ 0.5, 1, 0.5};
+  const RoutedBalance even = EvaluateRouting(map, load, uniform);
+  const MapQuality quality = EvaluateMap(map, load);
+  ASSERT_EQ(even.balancedness.size(), 2u);
+  for (int32_t l = 0; l < 2; ++l) {
+    EXPECT_DOUBLE_EQ(even.balancedness[l], quality.layers[l].balancedness);
+  }
+  EXPECT_DOUBLE_EQ(even.min_balancedness, quality.min_balancedness);
+  EXPECT_DOUBLE_EQ(even.mean_balancedness, quality.mean_balancedness);
+  const RoutedBalance best = EvaluateRouting(map, load, table);
+  EXPECT_NEAR(best.balancedness[0], 1.0, 1e-8);  // 6 and 6
+  EXPECT_NEAR(best.balancedness[1], 1.0, 1e-8);
+  EXPECT_NEAR(best.mean_balancedness, 1.0, 1e-8);
+  EXPECT_DOUBLE_EQ(even.mean_balancedness, (6.0 / 7 + 0.75) / 2);  // 7, 5 and 8, 4
 }
 
 TEST(MetricsTest, MigrationCountsExpertsNewToARank) {

@@ -1,7 +1,8 @@
 // libFuzzer target: JSON and the expert maps in the JSON formats (eplb, vllm-ascend, sglang).
 // Whatever the input, the JSON parser returns a document that writes back to text that parses as
 // the same document, or INVALID_ARGUMENT naming a line and column; the map reader returns a map or
-// INVALID_ARGUMENT, and a map it returns writes back to text that reads as the same map.
+// INVALID_ARGUMENT, and a map it returns (with its replica shares) writes back to text that reads
+// as the same map and shares.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -35,13 +36,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       continue;
     }
     const eplb::LayerIds* ids = hints.layer_ids ? &*hints.layer_ids : nullptr;
-    const std::string again = eplb::ExpertMapToText(parsed->map, parsed->format, 0, ids);
+    // Replica shares come only with the eplb format, and were checked by the reader.
+    EPLB_CHECK(parsed->replica_share.empty() || parsed->format == eplb::MapFormat::kEplb,
+               "replica shares read from ", eplb::MapFormatName(parsed->format));
+    const std::string again =
+        eplb::ExpertMapToText(parsed->map, parsed->format, 0, ids, parsed->replica_share);
     auto reread =
         eplb::ParseExpertMapJson(again, {.num_logical_experts = parsed->map.num_logical_experts(),
                                          .num_ranks = parsed->map.num_ranks(),
                                          .layer_ids = hints.layer_ids});
-    EPLB_CHECK(reread.ok() && reread->map == parsed->map,
-               "round trip: ", reread.status().ToString());
+    EPLB_CHECK(
+        reread.ok() && reread->map == parsed->map && reread->replica_share == parsed->replica_share,
+        "round trip: ", reread.status().ToString());
   }
   return 0;
 }

@@ -288,6 +288,7 @@ def test_the_readme_example_runs(tmp_path):
     proc = run_python(f"import os; os.chdir({str(tmp_path)!r})\n{example}")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "map.json").exists()
+    assert "replica_share" in json.loads((tmp_path / "routed.json").read_text())
 
 
 @pytest.mark.parametrize("call, message", [
@@ -401,3 +402,76 @@ def test_gain_per_move_buys_balance_at_its_price():
                        options=eplb.BalancedOptions(tolerance=0.1, gain_per_move=0.0354))
     assert eplb.evaluate(bought, load, previous).experts_received == 2
     assert "gain_per_move=0.0354" in repr(eplb.BalancedOptions(gain_per_move=0.0354))
+
+
+def test_replica_shares_route_better_are_written_with_the_map_and_evaluated(tmp_path):
+    # Expert 0 (load 10) on ranks 0 and 1, expert 1 (load 2) on rank 0: uniform routing loads the
+    # ranks 7 and 5; sending 40% of expert 0 to rank 0 loads both 6.
+    m = eplb.ExpertMap.from_phy2log(np.array([[0, 1, 0, 1]]), 2, 2)  # rank 0: 0, 1; rank 1: 0, 1
+    one_sided = eplb.ExpertMap.from_phy2log(np.array([[0, 1, 0]]), 2, 2)
+    load = [[10, 2]]
+    shares = eplb.replica_shares(one_sided, load)
+    assert shares.shape == (1, 3) and shares.dtype == np.float64
+    assert shares.tolist() == [[pytest.approx(0.4), 1.0, pytest.approx(0.6)]]
+    e = eplb.evaluate(one_sided, load, replica_shares="optimal")
+    assert e.balancedness.tolist() == [pytest.approx(6 / 7)]
+    assert e.weighted_balancedness.tolist() == [pytest.approx(1.0)]
+    assert e.min_weighted_balancedness == e.mean_weighted_balancedness == pytest.approx(1.0)
+    # Given shares: uniform ones give the uniform balance; without shares, no weighted figures.
+    uniform = eplb.evaluate(one_sided, load, replica_shares=[[0.5, 1, 0.5]])
+    assert uniform.weighted_balancedness.tolist() == [pytest.approx(6 / 7)]
+    plain = eplb.evaluate(one_sided, load)
+    assert plain.weighted_balancedness is None and plain.mean_weighted_balancedness is None
+    assert eplb.evaluate(m, load, replica_shares="optimal").mean_weighted_balancedness == 1.0
+
+    # Written into the eplb format and read back bit for bit; a map without them reads None.
+    path = tmp_path / "map.json"
+    one_sided.write(str(path), version=4, replica_shares=shares)
+    assert json.loads(path.read_text())["replica_share"] == shares.tolist()
+    assert eplb.read_replica_shares(str(path)).tolist() == shares.tolist()
+    assert eplb.ExpertMap.read(str(path)) == one_sided
+    assert '"replica_share"' in one_sided.to_text(replica_shares=shares)
+    one_sided.write(str(tmp_path / "plain.json"))
+    assert eplb.read_replica_shares(str(tmp_path / "plain.json")) is None
+
+
+@pytest.mark.parametrize("shares, message", [
+    ([[0.5, 1, 0.4]], r"replica_share\[0\]: the shares of expert 0 \(slots 0, 2\) sum to 0\.9, "
+                      r"expected 1"),
+    ([[0.5, 1.5, 0.5]], r"replica_share\[0\]\[1\] = 1\.5 is out of range \[0, 1\]"),
+    ([[0.5, float("nan"), 0.5]], r"replica_share\[0\]\[1\] = nan is out of range \[0, 1\]"),
+    ([[0.5, 1]], r"replica_shares has shape \(1, 2\), expected \(1, 3\) as the map"),
+    ([0.5, 1, 0.5], r"replica_shares has shape \(3,\), expected 2-D"),
+    ([["a", "b", "c"]], r"replica_shares has dtype <U1, expected an integer or floating dtype"),
+    ("best", r"replica_shares = 'best' is not \"optimal\" or an array"),
+])
+def test_bad_replica_shares_raise_and_write_nothing(tmp_path, shares, message):
+    m = eplb.ExpertMap.from_phy2log(np.array([[0, 1, 0]]), 2, 2)
+    with pytest.raises(ValueError, match=message):
+        eplb.evaluate(m, [[10, 2]], replica_shares=shares)
+    path = tmp_path / "map.json"
+    path.write_text("previous contents")
+    with pytest.raises(ValueError):
+        m.write(str(path), replica_shares=shares)
+    assert path.read_text() == "previous contents"
+    assert os.listdir(tmp_path) == ["map.json"]
+
+
+def test_replica_shares_go_into_the_eplb_format_only(tmp_path):
+    m = eplb.ExpertMap.from_phy2log(np.array([[0, 1, 0]]), 2, 2)
+    path = tmp_path / "map.json"
+    with pytest.raises(ValueError, match="replica shares are carried by the eplb format only, "
+                                         "not vllm-ascend"):
+        m.write(str(path), format="vllm-ascend", replica_shares=[[0.5, 1, 0.5]])
+    with pytest.raises(ValueError, match="is not an array"):  # "optimal" needs a load
+        m.to_text(replica_shares="optimal")
+    assert not path.exists()
+    # A file whose shares do not add up is refused naming the file and the entry.
+    m.write(str(path), replica_shares=[[0.5, 1, 0.5]])
+    doc = json.loads(path.read_text())
+    doc["replica_share"][0][2] = 0.25
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=f"{path}: replica_share\\[0\\]: the shares of expert 0"):
+        eplb.read_replica_shares(str(path))
+    with pytest.raises(ValueError, match="replica_share"):
+        eplb.ExpertMap.read(str(path))
