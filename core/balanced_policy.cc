@@ -623,17 +623,12 @@ class CountSearch {
   CountSearch(std::span<const double> load, int32_t P, int32_t R, int32_t slots, Pack pack,
               int64_t max_nodes, int32_t max_packings)
       : load_(load),
-        E_(static_cast<int32_t>(load.size())),
         P_(P),
         R_(R),
         slots_(slots),
         pack_(std::move(pack)),
         max_nodes_(max_nodes),
-        max_packings_(max_packings),
-        order_(E_) {
-    std::iota(order_.begin(), order_.end(), 0);
-    std::stable_sort(order_.begin(), order_.end(),
-                     [&](int32_t a, int32_t b) { return load_[a] > load_[b]; });
+        max_packings_(max_packings) {
     for (const double l : load_) total_ += l;
   }
 
@@ -641,15 +636,10 @@ class CountSearch {
   // packing it was asked for.
   void Run(double start_max) {
     best_ = start_max;
-    count_.assign(E_, 0);
-    nodes_ = 0;
-    fewest_.resize(E_);
-    fewest_after_.assign(E_ + 1, 0);
-    for (int32_t e = 0; e < E_; ++e) fewest_[e] = Fewest(e);
-    for (int32_t i = E_ - 1; i >= 0; --i) {
-      fewest_after_[i] = fewest_after_[i + 1] + fewest_[order_[i]];
-    }
-    if (fewest_after_[0] <= P_) Descend(0, P_);
+    // The limit stays fixed during the walk: packings come after it.
+    EnumerateReplicaCounts(
+        load_, P_, R_, [this] { return Limit(); },
+        [this](std::span<const int32_t> count) { Leaf(count); }, max_nodes_);
     std::sort(candidates_.begin(), candidates_.end());
     int32_t packings = 0;
     for (const auto& [estimate, bound, counts] : candidates_) {
@@ -663,29 +653,6 @@ class CountSearch {
  private:
   // Strictly below the best found (rounding aside).
   double Limit() const { return best_ * (1 - 1e-9); }
-  // The fewest replicas of expert e whose weight lies below Limit(); R + 1 when none does.
-  int32_t Fewest(int32_t e) const {
-    if (load_[e] <= 0) return 1;
-    const double n = std::floor(load_[e] / Limit()) + 1;
-    return n > R_ ? R_ + 1 : std::max(1, static_cast<int32_t>(n));
-  }
-
-  void Descend(int32_t i, int32_t slots_left) {
-    if (++nodes_ > max_nodes_) return;
-    if (i == E_) {
-      if (slots_left == 0) Leaf();
-      return;
-    }
-    const int32_t e = order_[i];
-    const int32_t most = std::min(R_, slots_left - fewest_after_[i + 1]);
-    for (int32_t n = fewest_[e]; n <= most && nodes_ <= max_nodes_; ++n) {
-      if (i == E_ - 1 && n != slots_left) continue;
-      count_[e] = n;
-      Descend(i + 1, slots_left - n);
-    }
-    count_[e] = 0;
-  }
-
   // The busiest rank when runs_' replicas go, heaviest first, to the least loaded rank with a
   // free slot (an expert may land twice on a rank): what the packing starts from, cheaply.
   double GreedyMax() {
@@ -705,26 +672,22 @@ class CountSearch {
     return max;
   }
 
-  void Leaf() {
-    RunsOf(load_, count_, runs_);
+  void Leaf(std::span<const int32_t> count) {
+    RunsOf(load_, count, runs_);
     const double bound = slots_ == 2 ? PairedMax(runs_) : CountBound(runs_, R_, slots_, total_);
     if (bound < Limit() && static_cast<int64_t>(candidates_.size()) < max_nodes_) {
-      candidates_.push_back({slots_ == 2 ? bound : GreedyMax(), bound, count_});
+      candidates_.push_back({slots_ == 2 ? bound : GreedyMax(), bound,
+                             std::vector<int32_t>(count.begin(), count.end())});
     }
   }
 
   std::span<const double> load_;
-  const int32_t E_, P_, R_, slots_;
+  const int32_t P_, R_, slots_;
   const Pack pack_;
   const int64_t max_nodes_;
   const int32_t max_packings_;
-  std::vector<int32_t> order_;
   double total_ = 0;
   double best_ = 0;
-  std::vector<int32_t> count_;
-  // During the enumeration: each expert's fewest replicas, and their sum over order_[i …].
-  std::vector<int32_t> fewest_, fewest_after_;
-  int64_t nodes_ = 0;
   std::vector<ReplicaRun> runs_;
   // (estimate, bound, counts): packed in the order of the estimate.
   std::vector<std::tuple<double, double, std::vector<int32_t>>> candidates_;

@@ -82,50 +82,19 @@ double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t 
   if (!CountLowerBoundApplies(E, P, R) || basic <= 0) return basic;
   double total = 0;
   for (const double v : load) total += v;
-  std::vector<int32_t> order(E);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int32_t a, int32_t b) { return load[a] > load[b]; });
   std::vector<ReplicaRun> runs;
-  const auto bound_of = [&](const std::vector<int32_t>& count) {
+  const auto bound_of = [&](std::span<const int32_t> count) {
     RunsOf(load, count, runs);
     return slots == 2 ? PairedMax(runs) : CountBound(runs, R, slots, total);
   };
-  // Start from the counts minimising the heaviest replica.
-  std::vector<int32_t> count = MinMaxReplicaCounts(load, P);
-  double best = bound_of(count);
-  // Every count vector whose heaviest replica lies below `best` (any count vector's bound is at
-  // least its heaviest replica), heaviest expert first: fewest[e] replicas at least.
-  std::vector<int32_t> fewest(E), fewest_after(E + 1, 0);
-  const int32_t most = P - E + 1;
-  int64_t steps = 0;
-  bool over = false;
-  const auto fewest_of = [&](int32_t e) {
-    const double n = std::floor(load[e] / best) + 1;
-    return n > most ? most + 1 : std::max(1, static_cast<int32_t>(n));
-  };
-  const auto descend = [&](auto&& self, int32_t i, int32_t left) -> void {
-    if (over) return;
-    if (++steps > max_steps) {
-      over = true;
-      return;
-    }
-    if (i == E) {
-      if (left == 0) best = std::min(best, bound_of(count));
-      return;
-    }
-    const int32_t e = order[i];
-    const int32_t first = fewest_of(e);  // best only falls: fewer vectors qualify as it does
-    for (int32_t n = first; n <= left - fewest_after[i + 1] && !over; ++n) {
-      if (i == E - 1 && n != left) continue;
-      count[e] = n;
-      self(self, i + 1, left - n);
-    }
-  };
-  for (int32_t e = 0; e < E; ++e) fewest[e] = fewest_of(e);
-  for (int32_t i = E - 1; i >= 0; --i) fewest_after[i] = fewest_after[i + 1] + fewest[order[i]];
-  if (fewest_after[0] <= P) descend(descend, 0, P);
-  return over ? basic : std::max(basic, best);
+  // Start from the counts minimising the heaviest replica, then every count vector whose heaviest
+  // replica lies below the best bound found (any count vector's bound is at least its heaviest
+  // replica).
+  double best = bound_of(MinMaxReplicaCounts(load, P));
+  const bool finished = EnumerateReplicaCounts(
+      load, P, P - E + 1, [&] { return best; },
+      [&](std::span<const int32_t> count) { best = std::min(best, bound_of(count)); }, max_steps);
+  return finished ? std::max(basic, best) : basic;
 }
 
 namespace {
