@@ -107,6 +107,23 @@ void BM_ReplicaShares(benchmark::State& state, const char* policy_name,
   state.SetLabel(shape.DebugString());
 }
 
+// The count bound eplbctl plan, the planner and policy_quality report beside the basic one
+// (core/metrics.h CountLowerBound): on the decode shape (two slots per rank) the pairing bound,
+// for all 58 layers. Compare with the plans it accompanies.
+void BM_CountBound(benchmark::State& state, const bench::NamedShape* named) {
+  const DeploymentShape& shape = named->shape;
+  const LoadMatrix load = SyntheticLoad(shape, 1234);
+  double sum = 0;
+  for (auto _ : state) {
+    sum = 0;
+    for (int32_t l = 0; l < shape.num_layers; ++l) {
+      sum += CountLowerBound(load.row(l), shape.num_physical_experts, shape.num_ranks);
+    }
+    benchmark::DoNotOptimize(sum);
+  }
+  state.SetLabel(shape.DebugString());
+}
+
 int RegisterAll() {
   for (const char* policy : {"contiguous", "deepseek", "balanced"}) {
     for (const bench::NamedShape& named : kShapes) {
@@ -130,6 +147,8 @@ int RegisterAll() {
           ->Unit(benchmark::kMillisecond);
     }
   }
+  benchmark::RegisterBenchmark("count_bound/decode", BM_CountBound, &kShapes[1])
+      ->Unit(benchmark::kMillisecond);
   return 0;
 }
 

@@ -69,9 +69,147 @@ double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, in
   return std::max(total / num_ranks, heaviest);
 }
 
-bool CountLowerBoundApplies(int32_t num_experts, int32_t num_slots, int32_t num_ranks) {
+namespace {
+
+// Rules out busiest-rank values T for placements on R ranks of two slots each. Necessary
+// conditions of a placement with every rank at most T, with any replica counts c (Σ c = 2R, each
+// replica weighing w / c):
+//  - every replica weighs at most T: c ≥ m = ⌈w / T⌉;
+//  - for each y in (0, T/2]: a replica heavier than T − y ("big") shares its rank with one of at
+//    most y ("tiny"; two bigs exceed T together), so #big ≤ #tiny.
+// For λ in [0, 1], λ(#big − #tiny + 2R) + (1 − λ) 2R ≤ 2R, a sum over experts of
+// λ(big(c) − tiny(c) + c) + (1 − λ)c: (1 + λ)c while big, c in between, (1 − λ)c while tiny. Each
+// term is at least its least over c ≥ m: min((1 + λ)m, b, (1 − λ)s), with b the fewest replicas
+// that are not big and s the fewest that are tiny. If that sum exceeds 2R for some y, T is ruled
+// out. Swept over y, the terms change where s or b does (y = w / j, y = T − w / k); the event
+// positions are sorted once for the range of T tested (w / j and w / k do not depend on T).
+class PairingTest {
+ public:
+  // For T in [lo, hi].
+  PairingTest(std::span<const double> load, int32_t R, double lo, double hi) : load_(load), R_(R) {
+    const int32_t E = static_cast<int32_t>(load.size());
+    for (int32_t e = 0; e < E; ++e) {
+      const double w = std::max(0.0, load[e]);
+      if (w <= 0) continue;
+      const double most = std::min(Fewest(w / lo), 2.0 * R + 1), least = Fewest(w / hi);
+      for (double j = 1; j < 3 * most; ++j) s_events_.push_back({w / j * (1 - 1e-12), e, j});
+      for (double k = least; k < 1.5 * most; ++k) b_events_.push_back({w / k, e, k});
+    }
+    std::sort(s_events_.begin(), s_events_.end(),
+              [](const Event& a, const Event& b) { return a.at < b.at; });
+    // By T − w / k ascending.
+    std::sort(b_events_.begin(), b_events_.end(),
+              [](const Event& a, const Event& b) { return a.at > b.at; });
+  }
+
+  bool RulesOut(double T) {
+    const double S = 2.0 * R_;
+    experts_.clear();
+    double count = 0;
+    for (const double v : load_) {
+      const double w = std::max(0.0, v);
+      const double m = w > 0 ? Fewest(w / T) : 1.0;
+      count += m;
+      if (count > S) return true;  // the replicas do not fit
+      // As y → 0: nothing is tiny (s beyond every term), and b = m unless w / T is m exactly
+      // (then its event at y = 0 follows).
+      experts_.push_back({m, m, w > 0 ? 4 * m : 1.0});
+    }
+    double sum[2] = {0, 0};
+    for (const Expert& x : experts_) {
+      for (int i = 0; i < 2; ++i) sum[i] += Term(x, kLambda[i]);
+    }
+    const auto over = [&] { return sum[0] > S + 1e-9 || sum[1] > S + 1e-9; };
+    if (over()) return true;
+    // b becomes k + 1 just above y = T − w / k (applied late: b smaller meanwhile) while it can be
+    // the least term (k < 1.5 m); s becomes j from y = w / j on (applied early: s smaller
+    // meanwhile) while (1 − λ) s can be (j < 3 m). Both below T / 2.
+    const auto b_at = [&](const Event& ev) { return std::max(0.0, T - ev.at + 1e-12 * T); };
+    size_t i = 0, j = 0;
+    const auto skip = [&] {
+      while (i < s_events_.size() && s_events_[i].value >= 3 * experts_[s_events_[i].e].m) ++i;
+      while (j < b_events_.size() && (b_events_[j].value < experts_[b_events_[j].e].m ||
+                                      b_events_[j].value >= 1.5 * experts_[b_events_[j].e].m)) {
+        ++j;
+      }
+    };
+    const auto apply = [&](const Event& ev, bool tiny) {
+      Expert& x = experts_[ev.e];
+      for (int l = 0; l < 2; ++l) sum[l] -= Term(x, kLambda[l]);
+      (tiny ? x.s : x.b) = tiny ? ev.value : ev.value + 1;
+      for (int l = 0; l < 2; ++l) sum[l] += Term(x, kLambda[l]);
+    };
+    for (skip();; skip()) {
+      const double ys = i < s_events_.size() ? s_events_[i].at : T;
+      const double yb = j < b_events_.size() ? b_at(b_events_[j]) : T;
+      const double y = std::min(ys, yb);
+      if (y >= T / 2) return false;
+      // Every change at this y, then the terms of the interval above it.
+      for (skip(); i < s_events_.size() && s_events_[i].at == y; skip())
+        apply(s_events_[i++], true);
+      for (skip(); j < b_events_.size() && b_at(b_events_[j]) == y; skip()) {
+        apply(b_events_[j++], false);
+      }
+      if (over()) return true;
+    }
+  }
+
+ private:
+  static constexpr double kLambda[] = {0.25, 0.5};
+  struct Expert {
+    double m, b, s;
+  };
+  struct Event {
+    double at;  // s events: y; b events: w / k
+    int32_t e;
+    double value;  // j (s becomes j) or k (b becomes k + 1)
+  };
+  // Rounded towards fewer replicas (each term smaller: the test weaker, never wrong).
+  static double Fewest(double x) { return std::max(1.0, std::ceil(x * (1 - 1e-12))); }
+  static double Term(const Expert& x, double lambda) {
+    return std::min({(1 + lambda) * x.m, x.b, (1 - lambda) * x.s});
+  }
+
+  std::span<const double> load_;
+  const int32_t R_;
+  std::vector<Event> s_events_, b_events_;
+  std::vector<Expert> experts_;
+};
+
+}  // namespace
+
+double PairingLowerBound(std::span<const double> load, int32_t num_ranks) {
+  const int32_t R = num_ranks, P = 2 * num_ranks;
+  const int32_t E = static_cast<int32_t>(load.size());
+  EPLB_CHECK(E >= 1 && E <= P && R >= 1, E, " ", R);
+  const double basic = MaxRankLoadLowerBound(load, P, R);
+  if (basic <= 0) return basic;
+  // Between the basic bound and a placement's busiest rank (the pairing of the counts that
+  // minimise the heaviest replica), to a relative 1e-5: the largest T ruled out.
+  std::vector<ReplicaRun> runs;
+  RunsOf(load, MinMaxReplicaCounts(load, P), runs);
+  double lo = basic, hi = PairedMax(runs);
+  PairingTest test(load, R, lo, hi);
+  if (!test.RulesOut(lo) || test.RulesOut(hi)) return basic;
+  while (hi - lo > 1e-5 * hi) {
+    const double mid = (lo + hi) / 2;
+    (test.RulesOut(mid) ? lo : hi) = mid;
+  }
+  return lo;
+}
+
+namespace {
+
+// Whether CountLowerBound enumerates count vectors for this shape.
+bool CountsEnumerated(int32_t num_experts, int32_t num_slots, int32_t num_ranks) {
   return num_slots % num_ranks == 0 && num_slots / num_ranks >= 2 && num_slots / num_ranks <= 4 &&
          num_experts <= 12;
+}
+
+}  // namespace
+
+bool CountLowerBoundApplies(int32_t num_experts, int32_t num_slots, int32_t num_ranks) {
+  return CountsEnumerated(num_experts, num_slots, num_ranks) || num_slots == 2 * num_ranks;
 }
 
 double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks,
@@ -79,7 +217,8 @@ double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t 
   const double basic = MaxRankLoadLowerBound(load, num_slots, num_ranks);
   const int32_t E = static_cast<int32_t>(load.size()), R = num_ranks, P = num_slots;
   const int32_t slots = P / R;
-  if (!CountLowerBoundApplies(E, P, R) || basic <= 0) return basic;
+  if (basic <= 0) return basic;
+  if (!CountsEnumerated(E, P, R)) return P == 2 * R ? PairingLowerBound(load, R) : basic;
   double total = 0;
   for (const double v : load) total += v;
   std::vector<ReplicaRun> runs;
@@ -94,7 +233,8 @@ double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t 
   const bool finished = EnumerateReplicaCounts(
       load, P, P - E + 1, [&] { return best; },
       [&](std::span<const int32_t> count) { best = std::min(best, bound_of(count)); }, max_steps);
-  return finished ? std::max(basic, best) : basic;
+  if (finished) return std::max(basic, best);
+  return slots == 2 ? PairingLowerBound(load, R) : basic;
 }
 
 namespace {
