@@ -306,6 +306,9 @@ namespace {
 // Maximum flow (Dinic) on a small graph with real capacities.
 class MaxFlow {
  public:
+  // Residual capacities at or below this are treated as none.
+  static constexpr double kEpsilon = 1e-12;
+
   explicit MaxFlow(int32_t nodes) : first_(nodes, -1), level_(nodes), next_edge_(nodes) {}
   // An edge u → v of capacity c; returns its index (for flow(index)).
   int32_t Add(int32_t u, int32_t v, double c) {
@@ -370,7 +373,6 @@ class MaxFlow {
     }
     return 0;
   }
-  static constexpr double kEpsilon = 1e-12;
   std::vector<Edge> edges_;
   std::vector<int32_t> first_, level_, next_edge_;
 };
@@ -410,12 +412,15 @@ ReplicaShares OptimalReplicaShares(const ExpertMap& map, int32_t layer,
   }
   std::vector<int32_t> rank_edge(R);
   for (int32_t r = 0; r < R; ++r) rank_edge[r] = flow.Add(1 + E + r, sink, 0);
-  // Capacities only grow from one t to the next: each test augments the last flow.
+  // Capacities only grow from one t to the next: each test augments the last flow. Experts of a
+  // load the flow treats as none are not waited for (they keep uniform shares).
+  double routable = 0;
+  for (const double v : load) routable += v / total > MaxFlow::kEpsilon ? v / total : 0.0;
   double routed = 0;
   const auto feasible = [&](double t) {
     for (int32_t r = 0; r < R; ++r) flow.RaiseCapacity(rank_edge[r], t);
     routed += flow.Augment(source, sink);
-    return routed >= 1 - 1e-9;
+    return routed >= routable - 1e-9;
   };
   // Dinkelbach's iteration on the ratio of Hall's condition, from the mean: when the ranks cannot
   // take every expert's load at t, the minimum cut names a set of ranks B holding all replicas of
@@ -435,9 +440,8 @@ ReplicaShares OptimalReplicaShares(const ExpertMap& map, int32_t layer,
     // Rounding: a cut that names no larger ratio; the smallest step up ends it.
     t = next > t * (1 + 1e-12) ? next : t * (1 + 1e-9);
   }
-  const double hi = t;
-  if (hi * total >= out.max_rank_load) return out;  // uniform is as good
-  out.max_rank_load = hi * total;
+  if (t >= uniform_max) return out;  // uniform is as good
+  ReplicaShares best = out;
   for (int32_t e = 0; e < E; ++e) {
     double sent = 0;  // e's load routed, normalised to 1 below (the flow is exact to 1e-9)
     for (const auto& [r, edge] : held[e]) sent += flow.flow(edge);
@@ -447,11 +451,14 @@ ReplicaShares OptimalReplicaShares(const ExpertMap& map, int32_t layer,
       int32_t on_rank = 0;
       for (const int32_t p : map.replicas(layer, e)) on_rank += layout.RankOfSlot(p) == r;
       for (const int32_t p : map.replicas(layer, e)) {
-        if (layout.RankOfSlot(p) == r) out.share[p] = flow.flow(edge) / sent / on_rank;
+        if (layout.RankOfSlot(p) == r) best.share[p] = flow.flow(edge) / sent / on_rank;
       }
     }
   }
-  return out;
+  // The busiest rank these shares give (t × total but for rounding and the experts left uniform).
+  const std::vector<double> routed_loads = RoutedRankLoads(map, layer, load, best.share);
+  best.max_rank_load = *std::max_element(routed_loads.begin(), routed_loads.end());
+  return best.max_rank_load < out.max_rank_load ? best : out;
 }
 
 std::vector<double> OptimalReplicaShareTable(const ExpertMap& map, const LoadMatrix& load) {

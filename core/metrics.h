@@ -31,8 +31,9 @@ double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, in
 // k + 1 lightest of the kR + 1 heaviest replicas (core/replica_bounds.h). It holds for every
 // placement, two replicas of an expert on one rank included. Enumerated depth first within
 // `max_steps` steps (kCountBoundSteps: about 4 ms on a 2-core test machine); when the enumeration
-// does not finish, MaxRankLoadLowerBound. With two slots on every rank and more experts,
-// PairingLowerBound; for other shapes, MaxRankLoadLowerBound.
+// does not finish, PairingLowerBound with two slots per rank, MaxRankLoadLowerBound with more.
+// With two slots on every rank and more experts, PairingLowerBound; for other shapes,
+// MaxRankLoadLowerBound.
 inline constexpr int64_t kCountBoundSteps = 20000;
 double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks,
                        int64_t max_steps = kCountBoundSteps);
@@ -146,10 +147,13 @@ std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
 
 // Replica routing shares of one layer: for each slot, the share of its expert's tokens that
 // replica should receive so that the busiest rank is as low as the placement allows (an expert's
-// shares sum to 1; uniform routing gives each replica 1 / its replicas). max_rank_load is that
-// busiest rank: the least, over every split of each expert's load among the ranks holding it, of
-// the highest rank load. Found by bisection on it with a max-flow test (experts → the ranks holding
-// them → sink), to a relative 1e-9; replicas of an expert on one rank share its part evenly.
+// shares sum to 1; uniform routing gives each replica 1 / its replicas). max_rank_load is the
+// busiest rank these shares give: the least, over every split of each expert's load among the
+// ranks holding it, of the highest rank load (to rounding; never above uniform routing's). Found by
+// Dinkelbach's iteration on Hall's condition (the largest load held only by a set of ranks over
+// its size), each step a maximum flow (experts → the ranks holding them → sink) whose minimum cut
+// names the next set; replicas of an expert on one rank share its part evenly. Experts whose load
+// is below 1e-12 of the layer's keep uniform shares.
 // REQUIRES: load.size() == map.num_logical_experts(), loads finite and ≥ 0.
 struct ReplicaShares {
   std::vector<double> share;  // per slot

@@ -135,11 +135,14 @@ def replica_shares(map, load):  # noqa: A002
     return _core.replica_shares(map, array)
 
 
-def read_replica_shares(path, *, num_logical_experts=None, num_ranks=None):
+def read_replica_shares(path, *, num_logical_experts=None, num_ranks=None, layer_ids=None,
+                        num_hidden_layers=None):
     """The replica routing shares [L, P] an eplb map file carries (its "replica_share"), checked
-    against the file's map; None when it carries none (and for the other formats)."""
+    against the file's map; None when it carries none (and for the other formats, which take the
+    hints ExpertMap.read takes)."""
     return _core.read_replica_shares(path, num_logical_experts=num_logical_experts,
-                                     num_ranks=num_ranks)
+                                     num_ranks=num_ranks, layer_ids=layer_ids,
+                                     num_hidden_layers=num_hidden_layers)
 
 
 def read_load(path, format="eplb", *, layer_ids=None, num_hidden_layers=None,  # noqa: A002

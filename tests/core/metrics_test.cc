@@ -237,6 +237,28 @@ TEST(ReplicaSharesTest, ReachTheBestSplitOnRandomMaps) {
   }
 }
 
+// Experts too light for the flow to carry (below 1e-12 of the layer each, 3e-9 together) keep
+// uniform shares and do not keep the others from their best split.
+TEST(ReplicaSharesTest, ManyNegligibleExpertsDoNotBlockTheSplit) {
+  // Rank 0: expert 0, expert 1, tiny experts 2 … 15001; rank 1: expert 0, tiny 15002 … 30001.
+  constexpr int32_t kTiny = 30000;
+  std::vector<int32_t> phy2log = {0, 1};
+  for (int32_t e = 2; e < 2 + kTiny / 2; ++e) phy2log.push_back(e);
+  phy2log.push_back(0);
+  for (int32_t e = 2 + kTiny / 2; e < 2 + kTiny; ++e) phy2log.push_back(e);
+  const ExpertMap map = Map(1, 2 + kTiny, 3 + kTiny, 2, phy2log);
+  ASSERT_EQ(map.layout().RankOfSlot(2 + kTiny / 2), 1);
+  std::vector<double> load(2 + kTiny, 1e-13);
+  load[0] = load[1] = 1;
+  const ReplicaShares shares = OptimalReplicaShares(map, 0, load);
+  EXPECT_NEAR(shares.max_rank_load, 1.0, 1e-8);  // uniform: 1.5 and 0.5
+  EXPECT_NEAR(shares.share[0], 0.0, 1e-8);
+  EXPECT_NEAR(shares.share[2 + kTiny / 2], 1.0, 1e-8);
+  EXPECT_EQ(shares.share[2], 1.0);  // a tiny expert, uniform (one replica)
+  const std::vector<double> routed = RoutedRankLoads(map, 0, load, shares.share);
+  EXPECT_DOUBLE_EQ(shares.max_rank_load, std::max(routed[0], routed[1]));
+}
+
 // The table of every layer, and the balance it routes to: uniform shares give EvaluateMap's
 // balancedness, the optimal ones mean / OptimalReplicaShares' busiest rank, never less.
 TEST(ReplicaSharesTest, TableOfEveryLayerAndTheBalanceItRoutes) {
