@@ -56,17 +56,29 @@ std::vector<int32_t> MinMaxReplicaCounts(std::span<const double> load, int32_t n
   return count;
 }
 
+// MaxRankLoadLowerBound with what it is made of, which the tighter bounds start from.
+struct BasicBound {
+  double total = 0;            // the layer's load
+  std::vector<int32_t> count;  // MinMaxReplicaCounts
+  double value = 0;            // max(total / R, the heaviest replica of `count`)
+};
+
+BasicBound ComputeBasicBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks) {
+  const int32_t E = static_cast<int32_t>(load.size());
+  EPLB_CHECK(E >= 1 && num_slots >= E && num_ranks >= 1, E, " ", num_slots, " ", num_ranks);
+  BasicBound b;
+  for (double v : load) b.total += v;
+  b.count = MinMaxReplicaCounts(load, num_slots);
+  double heaviest = 0;
+  for (int32_t e = 0; e < E; ++e) heaviest = std::max(heaviest, load[e] / b.count[e]);
+  b.value = std::max(b.total / num_ranks, heaviest);
+  return b;
+}
+
 }  // namespace
 
 double MaxRankLoadLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks) {
-  const int32_t E = static_cast<int32_t>(load.size());
-  EPLB_CHECK(E >= 1 && num_slots >= E && num_ranks >= 1, E, " ", num_slots, " ", num_ranks);
-  double total = 0.0;
-  for (double v : load) total += v;
-  const std::vector<int32_t> count = MinMaxReplicaCounts(load, num_slots);
-  double heaviest = 0;
-  for (int32_t e = 0; e < E; ++e) heaviest = std::max(heaviest, load[e] / count[e]);
-  return std::max(total / num_ranks, heaviest);
+  return ComputeBasicBound(load, num_slots, num_ranks).value;
 }
 
 namespace {
@@ -176,21 +188,16 @@ class PairingTest {
   std::vector<Expert> experts_;
 };
 
-}  // namespace
-
-double PairingLowerBound(std::span<const double> load, int32_t num_ranks) {
-  const int32_t R = num_ranks, P = 2 * num_ranks;
-  const int32_t E = static_cast<int32_t>(load.size());
-  EPLB_CHECK(E >= 1 && E <= P && R >= 1, E, " ", R);
-  const double basic = MaxRankLoadLowerBound(load, P, R);
-  if (basic <= 0) return basic;
+// PairingLowerBound from the basic bound of the same load on 2R slots.
+double PairingBound(std::span<const double> load, int32_t R, const BasicBound& basic) {
+  if (basic.value <= 0) return basic.value;
   // Between the basic bound and a placement's busiest rank (the pairing of the counts that
   // minimise the heaviest replica), to a relative 1e-5: the largest T ruled out.
   std::vector<ReplicaRun> runs;
-  RunsOf(load, MinMaxReplicaCounts(load, P), runs);
-  double lo = basic, hi = PairedMax(runs);
+  RunsOf(load, basic.count, runs);
+  double lo = basic.value, hi = PairedMax(runs);
   PairingTest test(load, R, lo, hi);
-  if (!test.RulesOut(lo) || test.RulesOut(hi)) return basic;
+  if (!test.RulesOut(lo) || test.RulesOut(hi)) return basic.value;
   while (hi - lo > 1e-5 * hi) {
     const double mid = (lo + hi) / 2;
     (test.RulesOut(mid) ? lo : hi) = mid;
@@ -198,15 +205,42 @@ double PairingLowerBound(std::span<const double> load, int32_t num_ranks) {
   return lo;
 }
 
-namespace {
-
 // Whether CountLowerBound enumerates count vectors for this shape.
 bool CountsEnumerated(int32_t num_experts, int32_t num_slots, int32_t num_ranks) {
   return num_slots % num_ranks == 0 && num_slots / num_ranks >= 2 && num_slots / num_ranks <= 4 &&
          num_experts <= 12;
 }
 
+// CountLowerBound from the basic bound of the same load and shape.
+double CountBoundFrom(std::span<const double> load, int32_t P, int32_t R, const BasicBound& basic,
+                      int64_t max_steps) {
+  const int32_t E = static_cast<int32_t>(load.size());
+  const int32_t slots = P / R;
+  if (basic.value <= 0) return basic.value;
+  if (!CountsEnumerated(E, P, R)) return P == 2 * R ? PairingBound(load, R, basic) : basic.value;
+  std::vector<ReplicaRun> runs;
+  const auto bound_of = [&](std::span<const int32_t> count) {
+    RunsOf(load, count, runs);
+    return slots == 2 ? PairedMax(runs) : CountBound(runs, R, slots, basic.total);
+  };
+  // Start from the counts minimising the heaviest replica, then every count vector whose heaviest
+  // replica lies below the best bound found (any count vector's bound is at least its heaviest
+  // replica).
+  double best = bound_of(basic.count);
+  const bool finished = EnumerateReplicaCounts(
+      load, P, P - E + 1, [&] { return best; },
+      [&](std::span<const int32_t> count) { best = std::min(best, bound_of(count)); }, max_steps);
+  if (finished) return std::max(basic.value, best);
+  return slots == 2 ? PairingBound(load, R, basic) : basic.value;
+}
+
 }  // namespace
+
+double PairingLowerBound(std::span<const double> load, int32_t num_ranks) {
+  const int32_t E = static_cast<int32_t>(load.size());
+  EPLB_CHECK(E >= 1 && E <= 2 * num_ranks && num_ranks >= 1, E, " ", num_ranks);
+  return PairingBound(load, num_ranks, ComputeBasicBound(load, 2 * num_ranks, num_ranks));
+}
 
 bool CountLowerBoundApplies(int32_t num_experts, int32_t num_slots, int32_t num_ranks) {
   return CountsEnumerated(num_experts, num_slots, num_ranks) || num_slots == 2 * num_ranks;
@@ -214,27 +248,8 @@ bool CountLowerBoundApplies(int32_t num_experts, int32_t num_slots, int32_t num_
 
 double CountLowerBound(std::span<const double> load, int32_t num_slots, int32_t num_ranks,
                        int64_t max_steps) {
-  const double basic = MaxRankLoadLowerBound(load, num_slots, num_ranks);
-  const int32_t E = static_cast<int32_t>(load.size()), R = num_ranks, P = num_slots;
-  const int32_t slots = P / R;
-  if (basic <= 0) return basic;
-  if (!CountsEnumerated(E, P, R)) return P == 2 * R ? PairingLowerBound(load, R) : basic;
-  double total = 0;
-  for (const double v : load) total += v;
-  std::vector<ReplicaRun> runs;
-  const auto bound_of = [&](std::span<const int32_t> count) {
-    RunsOf(load, count, runs);
-    return slots == 2 ? PairedMax(runs) : CountBound(runs, R, slots, total);
-  };
-  // Start from the counts minimising the heaviest replica, then every count vector whose heaviest
-  // replica lies below the best bound found (any count vector's bound is at least its heaviest
-  // replica).
-  double best = bound_of(MinMaxReplicaCounts(load, P));
-  const bool finished = EnumerateReplicaCounts(
-      load, P, P - E + 1, [&] { return best; },
-      [&](std::span<const int32_t> count) { best = std::min(best, bound_of(count)); }, max_steps);
-  if (finished) return std::max(basic, best);
-  return slots == 2 ? PairingLowerBound(load, R) : basic;
+  return CountBoundFrom(load, num_slots, num_ranks, ComputeBasicBound(load, num_slots, num_ranks),
+                        max_steps);
 }
 
 namespace {
@@ -265,13 +280,16 @@ std::vector<MapQuality> EvaluateMaps(std::span<const ExpertMap* const> maps,
       sum_over_count_bound(maps.size(), 0.0);
   for (MapQuality& quality : out) quality.layers.resize(first.num_layers());
   for (int32_t l = 0; l < first.num_layers(); ++l) {
-    // The bound depends on the load and the shape only: once for every map.
-    const double bound =
-        MaxRankLoadLowerBound(load.row(l), first.num_physical_experts(), first.num_ranks());
+    // The bounds depend on the load and the shape only: once for every map, the count bound
+    // from the basic one.
+    const BasicBound basic =
+        ComputeBasicBound(load.row(l), first.num_physical_experts(), first.num_ranks());
+    const double bound = basic.value;
     const double count_bound =
         CountLowerBoundApplies(first.num_logical_experts(), first.num_physical_experts(),
                                first.num_ranks())
-            ? CountLowerBound(load.row(l), first.num_physical_experts(), first.num_ranks())
+            ? CountBoundFrom(load.row(l), first.num_physical_experts(), first.num_ranks(), basic,
+                             kCountBoundSteps)
             : bound;
     for (size_t m = 0; m < maps.size(); ++m) {
       const std::vector<double> rank_loads = RankLoads(*maps[m], l, load.row(l));
