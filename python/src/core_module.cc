@@ -634,8 +634,6 @@ PYBIND11_MODULE(_core, m) {
             const LayerIds* fitting = FittingLayerIds(map, ids);
             const std::vector<double> shares =
                 SharesArgument(replica_shares, map, nullptr).value_or(std::vector<double>());
-            // Refused before the file is touched, as ValueError (bad arguments, not a file error).
-            ThrowIfError(CheckMapWritable(map, f, fitting, shares));
             const std::string file = PathOf(path);
             absl::Status written;
             {
