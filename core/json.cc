@@ -631,17 +631,16 @@ void AppendJsonInt(std::string* out, int64_t value) {
   out->append(buf, result.ptr);
 }
 
-void AppendJsonIntArray(std::string* out, std::span<const int32_t> values) {
-  constexpr size_t kMaxChars = 11 + 2;  // "-2147483648" and ", "
+void AppendJsonIntArray(std::string* out, std::span<const int32_t> values,
+                        absl::string_view separator) {
+  EPLB_CHECK(separator.size() <= 2, separator.size());
+  constexpr size_t kMaxChars = 11 + 2;  // "-2147483648" and the separator
   const size_t old_size = out->size();
   out->resize(old_size + 2 + values.size() * kMaxChars);
   char* p = out->data() + old_size;
   *p++ = '[';
   for (size_t i = 0; i < values.size(); ++i) {
-    if (i > 0) {
-      *p++ = ',';
-      *p++ = ' ';
-    }
+    if (i > 0) p = std::copy(separator.begin(), separator.end(), p);
     p = std::to_chars(p, p + 11, values[i]).ptr;
   }
   *p++ = ']';

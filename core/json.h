@@ -209,8 +209,10 @@ void AppendJsonString(std::string* out, absl::string_view s);
 // "-0" would not). REQUIRES: std::isfinite(value).
 void AppendJsonNumber(std::string* out, double value);
 void AppendJsonInt(std::string* out, int64_t value);
-// Appends "[a, b, c]" (", " between entries).
-void AppendJsonIntArray(std::string* out, std::span<const int32_t> values);
+// Appends "[a, b, c]": `separator` between entries (", ", or "," for compact rows). REQUIRES:
+// separator.size() ≤ 2.
+void AppendJsonIntArray(std::string* out, std::span<const int32_t> values,
+                        absl::string_view separator = ", ");
 
 }  // namespace eplb
 

@@ -670,13 +670,22 @@ void WriteEplbMap(const ExpertMap& map, int64_t version, std::span<const double>
   AppendRows(w, L, "  ", [&](int64_t l) { AppendJsonIntArray(out, map.phy2log(l)); });
   out->append(",\n");
   AppendKey(out, "  ", "log2phy");
-  std::vector<int32_t> padded(W);
+  // log2phy is mostly padding (P − E + 1 entries per expert, where most experts have one or two
+  // replicas), so its rows are written without spaces: 3 bytes per padding entry, not 4. Each
+  // expert's padding is copied from one prepared run of ",-1".
+  std::string padding;
+  for (int32_t i = 0; i < W; ++i) padding.append(",-1");
   AppendRows(w, L, "  ", [&](int64_t l) {
     out->push_back('[');
     for (int32_t e = 0; e < E; ++e) {
-      if (e > 0) out->append(", ");
-      map.PaddedLog2PhyRow(static_cast<int32_t>(l), e, padded);
-      AppendJsonIntArray(out, padded);
+      if (e > 0) out->push_back(',');
+      const std::span<const int32_t> slots = map.replicas(static_cast<int32_t>(l), e);
+      AppendJsonIntArray(out, slots, ",");
+      out->pop_back();  // its ']'
+      const size_t pad = static_cast<size_t>(W) - slots.size();
+      // Without replicas (never in a valid map) the padding opens the row, less its comma.
+      out->append(padding, slots.empty() ? 1 : 0, 3 * pad - (slots.empty() ? 1 : 0));
+      out->push_back(']');
     }
     out->push_back(']');
   });

@@ -419,6 +419,12 @@ TEST(JsonWriteTest, IntsAndIntArrays) {
   out.clear();
   AppendJsonIntArray(&out, {});
   EXPECT_EQ(out, "[]");
+  out.clear();
+  AppendJsonIntArray(&out, values, ",");
+  EXPECT_EQ(out, "[0,-1,2147483647,-2147483648,42]");
+  out.clear();
+  AppendJsonIntArray(&out, std::span<const int32_t>(values).first(1), ",");
+  EXPECT_EQ(out, "[0]");
 }
 
 // Random documents survive write → parse unchanged.

@@ -150,7 +150,7 @@ TEST(MapFormatTest, KeepsReplicaOrderInEplbFormat) {
       ExpertMap::FromReplicaRanks(1, 2, SlotLayout(4, 2), {0, 1, 0, 0}, {2, 0, 0, 1});
   ASSERT_TRUE(map.ok()) << map.status();
   const std::string json = ExpertMapToText(*map, MapFormat::kEplb, 3);
-  EXPECT_THAT(json, HasSubstr("\"log2phy\": [\n    [[2, 3, 0], [1, -1, -1]]\n  ]"));
+  EXPECT_THAT(json, HasSubstr("\"log2phy\": [\n    [[2,3,0],[1,-1,-1]]\n  ]"));
   absl::StatusOr<ParsedExpertMap> parsed = ParseExpertMapJson(json);
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(parsed->map, *map);
@@ -171,8 +171,8 @@ TEST(MapFormatTest, WritesEplbFormat) {
     [3, 3, 2, 1, 0, 2]
   ],
   "log2phy": [
-    [[0, 4, -1], [1, 5, -1], [2, -1, -1], [3, -1, -1]],
-    [[4, -1, -1], [3, -1, -1], [2, 5, -1], [0, 1, -1]]
+    [[0,4,-1],[1,5,-1],[2,-1,-1],[3,-1,-1]],
+    [[4,-1,-1],[3,-1,-1],[2,5,-1],[0,1,-1]]
   ],
   "logcnt": [
     [2, 2, 1, 1],
