@@ -214,6 +214,18 @@ class Packing {
              (options.layer_budget == 0 || layer_change <= 0 ||
               away_total + layer_change <= options.layer_budget);
     };
+    // The replicas a step places away from home (net of those it returns), if within the budgets.
+    // A swap of a (on h) with b (on r); a retarget of r's replica of b into one of a.
+    const auto swap_cost = [&](int32_t h, int32_t a, int32_t r, int32_t b) -> std::optional<int> {
+      const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
+      if (!within_budget(h, dh, dh + dr) || !within_budget(r, dr, dh + dr)) return std::nullopt;
+      return dh + dr;
+    };
+    const auto retarget_cost = [&](int32_t a, int32_t r, int32_t b) -> std::optional<int> {
+      const int cost = away(r, a) - away(r, b);
+      if (!within_budget(r, cost, cost)) return std::nullopt;
+      return cost;
+    };
     const double target = options.target;
     std::vector<int32_t> order;
     int64_t steps = 0;
@@ -294,17 +306,15 @@ class Packing {
             [&](double lr) { return lr >= lh || (lh - lr) / 2 + 2 * price <= best_value; },
             [&](int32_t a, int32_t r, int32_t b) {
               const double wa = weight_[a], wb = weight_[b], lr = load_[r];
-              const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
-              if (within_budget(h, dh, dh + dr) && within_budget(r, dr, dh + dr)) {
-                consider(Step::kSwap, dh + dr, std::max(lh - wa + wb, lr - wb + wa), a, r, b);
+              if (const std::optional<int> cost = swap_cost(h, a, r, b)) {
+                consider(Step::kSwap, *cost, std::max(lh - wa + wb, lr - wb + wa), a, r, b);
               }
             });
         if (options.retarget) {
           for_each_retarget([](int32_t, double) { return false; }, [&] { return lh; },
                             [&](int32_t a, int32_t r, int32_t b) {
-                              const int cost = away(r, a) - away(r, b);
-                              if (within_budget(r, cost, cost)) {
-                                consider(Step::kRetarget, cost, retarget_max(a, r, b), a, r, b);
+                              if (const std::optional<int> cost = retarget_cost(a, r, b)) {
+                                consider(Step::kRetarget, *cost, retarget_max(a, r, b), a, r, b);
                               }
                             });
         }
@@ -320,12 +330,10 @@ class Packing {
                       [&](int32_t a, int32_t r, int32_t b) {
                         const double wa = weight_[a], wb = weight_[b], lr = load_[r];
                         if (wa - wb < lh - target || lr - wb + wa > target) return;
-                        const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
-                        const int cost = dh + dr;
+                        const std::optional<int> cost = swap_cost(h, a, r, b);
                         const double h_after = lh - wa + wb;
-                        if (best.Beaten(cost, h_after) && within_budget(h, dh, cost) &&
-                            within_budget(r, dr, cost)) {
-                          best = {Step::kSwap, cost, h_after, a, r, b};
+                        if (cost && best.Beaten(*cost, h_after)) {
+                          best = {Step::kSwap, *cost, h_after, a, r, b};
                         }
                       });
       }
@@ -334,11 +342,11 @@ class Packing {
             [&](int32_t a, double wa_more) { return weight_[a] - wa_more < lh - target; },
             [&] { return target; },
             [&](int32_t a, int32_t r, int32_t b) {
-              const int cost = away(r, a) - away(r, b);
-              if (!best.Beaten(cost, -1) || !within_budget(r, cost, cost)) return;
+              const std::optional<int> cost = retarget_cost(a, r, b);
+              if (!cost || !best.Beaten(*cost, -1)) return;
               const double h_after = holder_after_retarget(h, a, b);
-              if (best.Beaten(cost, h_after) && retarget_max(a, r, b) <= target) {
-                best = {Step::kRetarget, cost, h_after, a, r, b};
+              if (best.Beaten(*cost, h_after) && retarget_max(a, r, b) <= target) {
+                best = {Step::kRetarget, *cost, h_after, a, r, b};
               }
             });
       }
@@ -359,18 +367,16 @@ class Packing {
         for_each_swap([&](double lr) { return lr >= lh || lh - (lh - lr) / 2 > lowest; },
                       [&](int32_t a, int32_t r, int32_t b) {
                         const double wa = weight_[a], wb = weight_[b], lr = load_[r];
-                        const int dh = away(h, b) - away(h, a), dr = away(r, a) - away(r, b);
-                        const double m = std::max(lh - wa + wb, lr - wb + wa);
-                        if (within_budget(h, dh, dh + dr) && within_budget(r, dr, dh + dr)) {
-                          lower(Step::kSwap, dh + dr, m, a, r, b);
+                        if (const std::optional<int> cost = swap_cost(h, a, r, b)) {
+                          lower(Step::kSwap, *cost, std::max(lh - wa + wb, lr - wb + wa), a, r, b);
                         }
                       });
         if (options.retarget) {
           for_each_retarget([](int32_t, double) { return false; }, [&] { return lowest; },
                             [&](int32_t a, int32_t r, int32_t b) {
-                              const int cost = away(r, a) - away(r, b);
-                              if (!within_budget(r, cost, cost)) return;
-                              lower(Step::kRetarget, cost, retarget_max(a, r, b), a, r, b);
+                              if (const std::optional<int> cost = retarget_cost(a, r, b)) {
+                                lower(Step::kRetarget, *cost, retarget_max(a, r, b), a, r, b);
+                              }
                             });
         }
       }
