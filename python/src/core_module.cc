@@ -388,6 +388,17 @@ struct Evaluation {
   std::optional<Migration> migration;
 };
 
+// The getter of a number in an optional part of an Evaluation (`routed`, `migration`): None
+// without that part.
+template <auto kPart, auto kField>
+auto OptionalNumber() {
+  return [](const Evaluation& e) {
+    const auto& part = e.*kPart;
+    using Number = std::remove_cvref_t<decltype((*part).*kField)>;
+    return part ? std::optional<Number>((*part).*kField) : std::nullopt;
+  };
+}
+
 Evaluation Evaluate(const ExpertMap& map, const py::object& load_array, const ExpertMap* previous,
                     int64_t bytes_per_expert, const py::object& replica_shares) {
   const LoadMatrix load = ToLoad(AsArray(load_array), "load");
@@ -691,41 +702,27 @@ PYBIND11_MODULE(_core, m) {
                                if (!e.routed) return py::none();
                                return ToNumpyDouble(e.routed->balancedness);
                              })
-      .def_property_readonly("min_weighted_balancedness",
-                             [](const Evaluation& e) -> std::optional<double> {
-                               if (!e.routed) return std::nullopt;
-                               return e.routed->min_balancedness;
-                             })
-      .def_property_readonly("mean_weighted_balancedness",
-                             [](const Evaluation& e) -> std::optional<double> {
-                               if (!e.routed) return std::nullopt;
-                               return e.routed->mean_balancedness;
-                             })
+      .def_property_readonly(
+          "min_weighted_balancedness",
+          OptionalNumber<&Evaluation::routed, &RoutedBalance::min_balancedness>())
+      .def_property_readonly(
+          "mean_weighted_balancedness",
+          OptionalNumber<&Evaluation::routed, &RoutedBalance::mean_balancedness>())
       .def_property_readonly("slots_changed",
-                             [](const Evaluation& e) -> std::optional<int64_t> {
-                               if (!e.migration) return std::nullopt;
-                               return e.migration->slots_changed;
-                             })
+                             OptionalNumber<&Evaluation::migration, &Migration::slots_changed>())
       .def_property_readonly("experts_received",
-                             [](const Evaluation& e) -> std::optional<int64_t> {
-                               if (!e.migration) return std::nullopt;
-                               return e.migration->experts_received;
-                             })
-      .def_property_readonly("max_experts_received_by_a_rank",
-                             [](const Evaluation& e) -> std::optional<int64_t> {
-                               if (!e.migration) return std::nullopt;
-                               return e.migration->max_experts_received_by_a_rank;
-                             })
+                             OptionalNumber<&Evaluation::migration, &Migration::experts_received>())
+      .def_property_readonly(
+          "max_experts_received_by_a_rank",
+          OptionalNumber<&Evaluation::migration, &Migration::max_experts_received_by_a_rank>())
       .def_property_readonly("experts_received_per_rank",
                              [](const Evaluation& e) -> py::object {
                                if (!e.migration) return py::none();
                                const auto& v = e.migration->experts_received_per_rank;
                                return ToNumpy(v, {static_cast<py::ssize_t>(v.size())});
                              })
-      .def_property_readonly("bytes_moved", [](const Evaluation& e) -> std::optional<int64_t> {
-        if (!e.migration) return std::nullopt;
-        return e.migration->bytes_moved;
-      });
+      .def_property_readonly("bytes_moved",
+                             OptionalNumber<&Evaluation::migration, &Migration::bytes_moved>());
 
   m.def("plan", &Plan, py::arg("load"), py::arg("num_layers"), py::arg("num_logical_experts"),
         py::arg("num_physical_experts"), py::arg("num_ranks"), py::arg("num_groups"),
