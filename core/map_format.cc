@@ -679,12 +679,11 @@ void WriteEplbMap(const ExpertMap& map, int64_t version, std::span<const double>
     out->push_back('[');
     for (int32_t e = 0; e < E; ++e) {
       if (e > 0) out->push_back(',');
+      // One slot or more: an ExpertMap places every expert.
       const std::span<const int32_t> slots = map.replicas(static_cast<int32_t>(l), e);
       AppendJsonIntArray(out, slots, ",");
       out->pop_back();  // its ']'
-      const size_t pad = static_cast<size_t>(W) - slots.size();
-      // Without replicas (never in a valid map) the padding opens the row, less its comma.
-      out->append(padding, slots.empty() ? 1 : 0, 3 * pad - (slots.empty() ? 1 : 0));
+      out->append(padding, 0, 3 * (static_cast<size_t>(W) - slots.size()));
       out->push_back(']');
     }
     out->push_back(']');
