@@ -217,7 +217,11 @@ double CountBoundFrom(std::span<const double> load, int32_t P, int32_t R, const 
   const int32_t E = static_cast<int32_t>(load.size());
   const int32_t slots = P / R;
   if (basic.value <= 0) return basic.value;
-  if (!CountsEnumerated(E, P, R)) return P == 2 * R ? PairingBound(load, R, basic) : basic.value;
+  // Without the enumeration (or when it is cut short): the pairing bound with two slots per rank.
+  const auto without_enumeration = [&] {
+    return P == 2 * R ? PairingBound(load, R, basic) : basic.value;
+  };
+  if (!CountsEnumerated(E, P, R)) return without_enumeration();
   std::vector<ReplicaRun> runs;
   const auto bound_of = [&](std::span<const int32_t> count) {
     RunsOf(load, count, runs);
@@ -230,8 +234,7 @@ double CountBoundFrom(std::span<const double> load, int32_t P, int32_t R, const 
   const bool finished = EnumerateReplicaCounts(
       load, P, P - E + 1, [&] { return best; },
       [&](std::span<const int32_t> count) { best = std::min(best, bound_of(count)); }, max_steps);
-  if (finished) return std::max(basic.value, best);
-  return slots == 2 ? PairingBound(load, R, basic) : basic.value;
+  return finished ? std::max(basic.value, best) : without_enumeration();
 }
 
 }  // namespace
