@@ -109,10 +109,10 @@ def evaluate(map, load, previous=None, *, bytes_per_expert=0,  # noqa: A002
              replica_shares=None) -> Evaluation:
     """The quality of `map` under `load` [L, E]: balancedness (mean / max rank load, each expert's
     tokens split evenly over its replicas), max / lower bound and max / count bound (tighter with
-    2-4 slots per rank and at most 12 experts, and with 2 slots per rank) per layer, with their min and mean; with `previous`
-    (an ExpertMap or a phy2log table of the same shape) also what moving from it costs: slots
-    changed, experts received (in all and per rank) and bytes moved (experts received ×
-    bytes_per_expert).
+    2-4 slots per rank and at most 12 experts, and with 2 slots per rank) per layer, with their
+    min and mean; with `previous` (an ExpertMap or a phy2log table of the same shape) also what
+    moving from it costs: slots changed, experts received (in all and per rank) and bytes moved
+    (experts received × bytes_per_expert).
 
     replica_shares: the weighted balance beside the uniform one (weighted_balancedness, with its
     min and mean; None without): "optimal" for the shares that balance the ranks best (as
